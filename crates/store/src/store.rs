@@ -1,0 +1,269 @@
+//! The store handle: views, write transactions, batches, watches, snapshots.
+//!
+//! A [`Store`] pairs the [`StateMachine`] (the tables behind a read-write lock, plus the watch
+//! queue) with a [`Proposer`] that decides how a transaction gets committed. A write runs the
+//! caller's closure against a consistent view, collects its changes, releases the lock and
+//! hands the changes to the proposer; the call returns once the changes are applied locally.
+//!
+//! - With the [`LocalProposer`] the changes are applied at once: a single-node store.
+//! - With Raft (a later crate) the proposer appends the transaction to the replicated log; the
+//!   Raft driver applies committed entries to the same state machine on every manager.
+//!
+//! No lock is held while a proposal is in flight, so concurrent transactions pipeline; the
+//! state machine's `apply` refuses the ones that were built from data that changed meanwhile.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use shoal_api::clock::{Clock, SystemClock};
+use shoal_api::defaults::{MAX_CHANGES_PER_TRANSACTION, MAX_TRANSACTION_BYTES};
+use shoal_api::v1::StoreSnapshot;
+use tokio::sync::broadcast;
+
+use crate::error::{Result, StoreError};
+use crate::tables::Tables;
+use crate::transaction::ChangeSet;
+use crate::tx::{PendingChanges, ReadTx, WriteTx};
+use crate::watch::{Commit, Filter, Subscription};
+
+/// Commits the watch queue holds before a slow subscriber is told it lagged.
+pub const DEFAULT_WATCH_CAPACITY: usize = 4096;
+
+/// The store's content and its watch queue. Raft applies committed entries here.
+pub struct StateMachine {
+    tables: RwLock<Tables>,
+    events: broadcast::Sender<Arc<Commit>>,
+}
+
+impl StateMachine {
+    pub fn new(watch_capacity: usize) -> Self {
+        let (events, _) = broadcast::channel(watch_capacity.max(1));
+        Self { tables: RwLock::new(Tables::default()), events }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Tables> {
+        self.tables.read().expect("store lock poisoned: a panic happened while applying")
+    }
+
+    /// Applies a transaction whole or not at all and publishes its events. Returns the new
+    /// store version.
+    pub fn apply(&self, changes: ChangeSet) -> Result<u64> {
+        let mut tables =
+            self.tables.write().expect("store lock poisoned: a panic happened while applying");
+        let (version, events) = tables.apply(changes)?;
+        // Published under the write lock, so subscribers see commits in version order and a
+        // subscription taken under a read lock starts exactly after the version it viewed.
+        let _ = self.events.send(Arc::new(Commit { version, events, reset: false }));
+        Ok(version)
+    }
+
+    /// Replaces the whole content with `snapshot`. Every subscription ends with `Reset`.
+    pub fn restore(&self, snapshot: StoreSnapshot) -> Result<()> {
+        let restored = Tables::from_snapshot(snapshot)?;
+        let mut tables =
+            self.tables.write().expect("store lock poisoned: a panic happened while applying");
+        *tables = restored;
+        let _ = self.events.send(Arc::new(Commit {
+            version: tables.version(),
+            events: Vec::new(),
+            reset: true,
+        }));
+        Ok(())
+    }
+
+    /// The whole content at one version, objects sorted by ID.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        self.read().snapshot()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.read().version()
+    }
+}
+
+/// A future resolving once a proposal is applied locally, to the store version it produced.
+pub type ProposeFuture = Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
+
+/// Gets transactions committed.
+pub trait Proposer: Send + Sync + 'static {
+    /// Commits `changes` and resolves once they are applied to `state` (or refused).
+    fn propose(&self, state: &Arc<StateMachine>, changes: ChangeSet) -> ProposeFuture;
+}
+
+/// Commits by applying at once: a store on one node, without replication.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalProposer;
+
+impl Proposer for LocalProposer {
+    fn propose(&self, state: &Arc<StateMachine>, changes: ChangeSet) -> ProposeFuture {
+        let result = state.apply(changes);
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// A handle to the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    state: Arc<StateMachine>,
+    proposer: Arc<dyn Proposer>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    /// A single-node store on the system clock.
+    pub fn new() -> Self {
+        Self::with(Arc::new(LocalProposer), Arc::new(SystemClock), DEFAULT_WATCH_CAPACITY)
+    }
+
+    pub fn with(proposer: Arc<dyn Proposer>, clock: Arc<dyn Clock>, watch_capacity: usize) -> Self {
+        Self { state: Arc::new(StateMachine::new(watch_capacity)), proposer, clock }
+    }
+
+    /// The state machine, for the replication layer to apply committed entries to.
+    pub fn state_machine(&self) -> &Arc<StateMachine> {
+        &self.state
+    }
+
+    /// The current store version.
+    pub fn version(&self) -> u64 {
+        self.state.version()
+    }
+
+    /// Runs `f` on a consistent view of the store.
+    pub fn view<R>(&self, f: impl FnOnce(&ReadTx<'_>) -> R) -> R {
+        let tables = self.state.read();
+        f(&ReadTx { tables: &tables })
+    }
+
+    /// Subscribes to the changes committed from now on.
+    pub fn watch(&self, filter: Filter) -> Subscription {
+        Subscription::new(self.state.events.subscribe(), filter)
+    }
+
+    /// Runs `f` on a view and subscribes to the changes after that view, atomically: no change
+    /// is missed between the two, and none is seen twice.
+    pub fn view_and_watch<R>(
+        &self,
+        filter: Filter,
+        f: impl FnOnce(&ReadTx<'_>) -> R,
+    ) -> (R, Subscription) {
+        let tables = self.state.read();
+        let subscription = Subscription::new(self.state.events.subscribe(), filter);
+        (f(&ReadTx { tables: &tables }), subscription)
+    }
+
+    fn build<R>(
+        &self,
+        pending: &mut PendingChanges,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let tables = self.state.read();
+        let mut tx = WriteTx::new(&tables, pending, self.clock.timestamp());
+        f(&mut tx)
+    }
+
+    async fn commit(&self, changes: ChangeSet) -> Result<u64> {
+        self.proposer.propose(&self.state, changes).await
+    }
+
+    /// Runs `f` in a write transaction and commits its changes, all or nothing. If `f` fails,
+    /// nothing is written. A transaction that changes nothing commits nothing.
+    pub async fn update<R>(&self, f: impl FnOnce(&mut WriteTx<'_>) -> Result<R>) -> Result<R> {
+        let mut pending = PendingChanges::default();
+        let result = self.build(&mut pending, f)?;
+        if pending.is_empty() {
+            return Ok(result);
+        }
+        if pending.bytes() > MAX_TRANSACTION_BYTES {
+            return Err(StoreError::TooLarge { bytes: pending.bytes(), limit: MAX_TRANSACTION_BYTES });
+        }
+        self.commit(pending.take()).await?;
+        Ok(result)
+    }
+
+    /// A batch: many small updates committed as few transactions as the size limits allow.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { store: self, pending: PendingChanges::default(), transactions: 0 }
+    }
+
+    /// The whole content at one version.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        self.state.snapshot()
+    }
+
+    /// Replaces the whole content with `snapshot`.
+    pub fn restore(&self, snapshot: StoreSnapshot) -> Result<()> {
+        self.state.restore(snapshot)
+    }
+}
+
+/// Groups many updates into transactions of at most [`MAX_CHANGES_PER_TRANSACTION`] changes
+/// and [`MAX_TRANSACTION_BYTES`] bytes. Each `update` is atomic on its own; the batch as a
+/// whole is not (as with SwarmKit's `Batch`): after an error, the updates committed before it
+/// stay committed.
+pub struct Batch<'s> {
+    store: &'s Store,
+    pending: PendingChanges,
+    transactions: usize,
+}
+
+impl Batch<'_> {
+    /// Adds the changes made by `f`. When they would overflow the current transaction, that
+    /// transaction is committed first and `f` runs again on a fresh view.
+    pub async fn update(&mut self, mut f: impl FnMut(&mut WriteTx<'_>) -> Result<()>) -> Result<()> {
+        let mark = self.pending.mark();
+        let had_changes = !self.pending.is_empty();
+        if let Err(e) = self.store.build(&mut self.pending, &mut f) {
+            self.pending.rollback(mark);
+            return Err(e);
+        }
+        let over = self.pending.len() > MAX_CHANGES_PER_TRANSACTION
+            || self.pending.bytes() > MAX_TRANSACTION_BYTES;
+        if !over {
+            return Ok(());
+        }
+        if had_changes {
+            self.pending.rollback(mark);
+            self.flush().await?;
+            if let Err(e) = self.store.build(&mut self.pending, &mut f) {
+                self.pending.rollback(self.pending.mark());
+                self.pending = PendingChanges::default();
+                return Err(e);
+            }
+        }
+        if self.pending.bytes() > MAX_TRANSACTION_BYTES {
+            let bytes = self.pending.bytes();
+            self.pending = PendingChanges::default();
+            return Err(StoreError::TooLarge { bytes, limit: MAX_TRANSACTION_BYTES });
+        }
+        // A single update larger than the change limit is committed whole: splitting it would
+        // break its atomicity.
+        if self.pending.len() >= MAX_CHANGES_PER_TRANSACTION {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let changes = self.pending.take();
+        self.transactions += 1;
+        self.store.commit(changes).await?;
+        Ok(())
+    }
+
+    /// Commits what is pending; returns the number of transactions the batch committed.
+    pub async fn commit(mut self) -> Result<usize> {
+        self.flush().await?;
+        Ok(self.transactions)
+    }
+}

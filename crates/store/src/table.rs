@@ -1,0 +1,180 @@
+//! One table: the objects of one kind, by ID and by each of the kind's indexes.
+//!
+//! Objects live in a slab of rows (`Vec<Option<Arc<T>>>`); the ID map and the indexes refer
+//! to rows by a `u32`, so an index entry costs a few bytes rather than a copy of the ID, and a
+//! lookup through an index reaches the object without a second search. The ID map is ordered
+//! so that ID-prefix lookups are a range scan; so are the index maps, whose keys are bytes
+//! (names, IDs, big-endian numbers) and therefore support prefix scans too.
+//!
+//! A table does no checking: the state machine (`tables.rs`) decides what may be written and
+//! calls `put` / `remove` only for changes it has accepted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::object::{Index, StoreObject};
+
+type IndexMap = BTreeMap<Box<[u8]>, BTreeSet<u32>>;
+
+#[derive(Debug)]
+pub struct Table<T: StoreObject> {
+    rows: Vec<Option<Arc<T>>>,
+    free: Vec<u32>,
+    by_id: BTreeMap<Box<str>, u32>,
+    /// One map per entry of `T::INDEXES`, in the same order.
+    indexes: Vec<IndexMap>,
+}
+
+impl<T: StoreObject> Default for Table<T> {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            free: Vec::new(),
+            by_id: BTreeMap::new(),
+            indexes: T::INDEXES.iter().map(|_| IndexMap::new()).collect(),
+        }
+    }
+}
+
+impl<T: StoreObject> Table<T> {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<T>> {
+        let row = *self.by_id.get(id)?;
+        self.rows[row as usize].as_ref()
+    }
+
+    /// All objects in ID order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<T>> + '_ {
+        self.by_id.values().filter_map(|row| self.rows[*row as usize].as_ref())
+    }
+
+    /// Objects whose ID starts with `prefix`, in ID order.
+    pub fn with_id_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Arc<T>> + 'a {
+        self.by_id
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(move |(id, _)| id.starts_with(prefix))
+            .filter_map(|(_, row)| self.rows[*row as usize].as_ref())
+    }
+
+    fn index_position(index: Index) -> Option<usize> {
+        T::INDEXES.iter().position(|i| *i == index)
+    }
+
+    /// Whether this kind has `index`.
+    pub fn has_index(index: Index) -> bool {
+        Self::index_position(index).is_some()
+    }
+
+    /// Objects whose `index` key equals `key`, in row order.
+    pub fn with_key<'a>(&'a self, index: Index, key: &[u8]) -> impl Iterator<Item = &'a Arc<T>> + 'a {
+        let rows = Self::index_position(index).and_then(|p| self.indexes[p].get(key));
+        rows.into_iter().flatten().filter_map(|row| self.rows[*row as usize].as_ref())
+    }
+
+    /// Objects whose `index` key starts with `prefix`, by key, without duplicates.
+    pub fn with_key_prefix<'a>(&'a self, index: Index, prefix: &'a [u8]) -> Vec<&'a Arc<T>> {
+        let Some(p) = Self::index_position(index) else { return Vec::new() };
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        let range = self.indexes[p]
+            .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        for (_, rows) in range {
+            for row in rows {
+                if seen.insert(*row)
+                    && let Some(o) = self.rows[*row as usize].as_ref()
+                {
+                    out.push(o);
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of objects whose `index` key equals `key`.
+    pub fn count_key(&self, index: Index, key: &[u8]) -> usize {
+        Self::index_position(index)
+            .and_then(|p| self.indexes[p].get(key))
+            .map(BTreeSet::len)
+            .unwrap_or(0)
+    }
+
+    /// Inserts or replaces the object with the same ID; returns the one replaced.
+    pub fn put(&mut self, object: Arc<T>) -> Option<Arc<T>> {
+        let mut keys = Vec::new();
+        if let Some(&row) = self.by_id.get(object.id()) {
+            let old = self.rows[row as usize].replace(object.clone()).expect("row of a live ID");
+            for (p, index) in T::INDEXES.iter().enumerate() {
+                keys.clear();
+                old.index_keys(*index, &mut keys);
+                let mut new_keys = Vec::new();
+                object.index_keys(*index, &mut new_keys);
+                if keys == new_keys {
+                    continue;
+                }
+                for key in &keys {
+                    remove_entry(&mut self.indexes[p], key, row);
+                }
+                for key in new_keys {
+                    self.indexes[p].entry(key.into_boxed_slice()).or_default().insert(row);
+                }
+            }
+            return Some(old);
+        }
+        let row = match self.free.pop() {
+            Some(row) => {
+                self.rows[row as usize] = Some(object.clone());
+                row
+            }
+            None => {
+                self.rows.push(Some(object.clone()));
+                u32::try_from(self.rows.len() - 1).expect("fewer than 2^32 objects of a kind")
+            }
+        };
+        self.by_id.insert(object.id().into(), row);
+        for (p, index) in T::INDEXES.iter().enumerate() {
+            keys.clear();
+            object.index_keys(*index, &mut keys);
+            for key in keys.drain(..) {
+                self.indexes[p].entry(key.into_boxed_slice()).or_default().insert(row);
+            }
+        }
+        None
+    }
+
+    /// Removes the object with `id`; returns it.
+    pub fn remove(&mut self, id: &str) -> Option<Arc<T>> {
+        let row = self.by_id.remove(id)?;
+        let old = self.rows[row as usize].take().expect("row of a live ID");
+        let mut keys = Vec::new();
+        for (p, index) in T::INDEXES.iter().enumerate() {
+            keys.clear();
+            old.index_keys(*index, &mut keys);
+            for key in &keys {
+                remove_entry(&mut self.indexes[p], key, row);
+            }
+        }
+        self.free.push(row);
+        Some(old)
+    }
+
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+fn remove_entry(index: &mut IndexMap, key: &[u8], row: u32) {
+    if let Some(rows) = index.get_mut(key) {
+        rows.remove(&row);
+        if rows.is_empty() {
+            index.remove(key);
+        }
+    }
+}
