@@ -30,7 +30,10 @@ pub fn encode_base36(mut value: u128, width: usize) -> String {
 
 /// Whether `id` has the shape of a generated ID (25 lower-case base36 characters).
 pub fn is_valid_id(id: &str) -> bool {
-    id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    id.len() == ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -49,7 +52,10 @@ mod tests {
         assert_eq!(encode_base36(0, ID_LEN), "0".repeat(25));
         assert_eq!(encode_base36(35, 1), "z");
         assert_eq!(encode_base36(36, 1), "10");
-        assert_eq!(encode_base36(u128::MAX, ID_LEN), "f5lxx1zz5pnorynqglhzmsp33");
+        assert_eq!(
+            encode_base36(u128::MAX, ID_LEN),
+            "f5lxx1zz5pnorynqglhzmsp33"
+        );
         assert_eq!(encode_base36(u128::MAX, ID_LEN).len(), ID_LEN);
     }
 

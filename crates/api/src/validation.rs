@@ -28,7 +28,10 @@ pub struct ValidationError {
 pub type Result<T = ()> = std::result::Result<T, ValidationError>;
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
-    ValidationError { field: field.into(), message: message.into() }
+    ValidationError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Checks an object name: 1–63 characters, letters and digits, `-` and `_` only between them
@@ -48,7 +51,9 @@ pub fn validate_name(field: &str, name: &str) -> Result {
         ));
     }
     let bytes = name.as_bytes();
-    let ok = bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    let ok = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric();
     if !ok {
@@ -71,11 +76,16 @@ pub fn validate_file_object_name(field: &str, name: &str) -> Result {
     if name.len() > defaults::MAX_NAME_LEN {
         return Err(invalid(
             field,
-            format!("name {name:?} is longer than {} characters", defaults::MAX_NAME_LEN),
+            format!(
+                "name {name:?} is longer than {} characters",
+                defaults::MAX_NAME_LEN
+            ),
         ));
     }
     let bytes = name.as_bytes();
-    let ok = bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    let ok = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric();
     if !ok {
@@ -93,7 +103,10 @@ pub fn validate_file_object_name(field: &str, name: &str) -> Result {
 fn validate_labels(field: &str, annotations: &v1::Annotations) -> Result {
     for key in annotations.labels.keys() {
         if key.is_empty() {
-            return Err(invalid(format!("{field}.labels"), "label keys must not be empty"));
+            return Err(invalid(
+                format!("{field}.labels"),
+                "label keys must not be empty",
+            ));
         }
     }
     Ok(())
@@ -101,7 +114,10 @@ fn validate_labels(field: &str, annotations: &v1::Annotations) -> Result {
 
 fn validate_enum<E: TryFrom<i32>>(field: &str, value: i32, accepted: &str) -> Result {
     if E::try_from(value).is_err() {
-        return Err(invalid(field, format!("unknown value {value}; accepted: {accepted}")));
+        return Err(invalid(
+            field,
+            format!("unknown value {value}; accepted: {accepted}"),
+        ));
     }
     Ok(())
 }
@@ -131,12 +147,18 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Result {
     validate_name("spec.annotations.name", &annotations.name)?;
     validate_labels("spec.annotations", &annotations)?;
     validate_mode(spec)?;
-    let task = spec.task.as_ref().ok_or_else(|| invalid("spec.task", "a task spec is required"))?;
+    let task = spec
+        .task
+        .as_ref()
+        .ok_or_else(|| invalid("spec.task", "a task spec is required"))?;
     validate_task_spec("spec.task", task)?;
     validate_update_config("spec.update", &spec.update)?;
     validate_update_config("spec.rollback", &spec.rollback)?;
     if is_job(spec) && spec.update.is_some() {
-        return Err(invalid("spec.update", "jobs do not support an update config"));
+        return Err(invalid(
+            "spec.update",
+            "jobs do not support an update config",
+        ));
     }
     if let Some(endpoint) = &spec.endpoint {
         validate_endpoint("spec.endpoint", endpoint)?;
@@ -148,11 +170,20 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Result {
 /// and name cannot change.
 pub fn validate_service_update(old: &ServiceSpec, new: &ServiceSpec) -> Result {
     validate_service_spec(new)?;
-    let name = |s: &ServiceSpec| s.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default();
+    let name = |s: &ServiceSpec| {
+        s.annotations
+            .as_ref()
+            .map(|a| a.name.clone())
+            .unwrap_or_default()
+    };
     if name(old) != name(new) {
         return Err(invalid(
             "spec.annotations.name",
-            format!("renaming services is not supported ({:?} to {:?})", name(old), name(new)),
+            format!(
+                "renaming services is not supported ({:?} to {:?})",
+                name(old),
+                name(new)
+            ),
         ));
     }
     if mode_name(old) != mode_name(new) {
@@ -274,7 +305,10 @@ pub fn validate_task_spec(field: &str, task: &TaskSpec) -> Result {
     let mut targets = BTreeSet::new();
     for (i, n) in task.networks.iter().enumerate() {
         if n.target.is_empty() {
-            return Err(invalid(format!("{field}.networks[{i}].target"), "a network is required"));
+            return Err(invalid(
+                format!("{field}.networks[{i}].target"),
+                "a network is required",
+            ));
         }
         if !targets.insert(&n.target) {
             return Err(invalid(
@@ -321,7 +355,11 @@ fn validate_file_references(
         if s.secret_id.is_empty() {
             return Err(invalid(format!("{f}.secret_id"), "a secret ID is required"));
         }
-        let target = s.file.as_ref().map(|t| t.name.as_str()).unwrap_or(&s.secret_name);
+        let target = s
+            .file
+            .as_ref()
+            .map(|t| t.name.as_str())
+            .unwrap_or(&s.secret_name);
         if !target.is_empty() && !names.insert(("secret", target.to_string())) {
             return Err(invalid(
                 format!("{f}.file.name"),
@@ -334,7 +372,11 @@ fn validate_file_references(
         if c.config_id.is_empty() {
             return Err(invalid(format!("{f}.config_id"), "a config ID is required"));
         }
-        let target = c.file.as_ref().map(|t| t.name.as_str()).unwrap_or(&c.config_name);
+        let target = c
+            .file
+            .as_ref()
+            .map(|t| t.name.as_str())
+            .unwrap_or(&c.config_name);
         if !target.is_empty() && !names.insert(("config", target.to_string())) {
             return Err(invalid(
                 format!("{f}.file.name"),
@@ -354,7 +396,9 @@ fn validate_healthcheck(field: &str, h: &HealthConfig) -> Result {
     ] {
         if let Some(d) = d {
             let std = to_std_duration(d);
-            if d.seconds < 0 || d.nanos < 0 || (std > std::time::Duration::ZERO && std < defaults::MIN_HEALTH_DURATION)
+            if d.seconds < 0
+                || d.nanos < 0
+                || (std > std::time::Duration::ZERO && std < defaults::MIN_HEALTH_DURATION)
             {
                 return Err(invalid(
                     format!("{field}.{name}"),
@@ -389,7 +433,10 @@ fn validate_resources(field: &str, r: &Resources) -> Result {
         match &g.resource {
             Some(v1::generic_resource::Resource::Discrete(d)) => {
                 if d.kind.is_empty() {
-                    return Err(invalid(format!("{field}.generic[{i}].kind"), "a kind is required"));
+                    return Err(invalid(
+                        format!("{field}.generic[{i}].kind"),
+                        "a kind is required",
+                    ));
                 }
                 if d.value < 0 {
                     return Err(invalid(
@@ -407,7 +454,10 @@ fn validate_resources(field: &str, r: &Resources) -> Result {
                 }
             }
             None => {
-                return Err(invalid(format!("{field}.generic[{i}]"), "the resource is empty"));
+                return Err(invalid(
+                    format!("{field}.generic[{i}]"),
+                    "the resource is empty",
+                ));
             }
         }
     }
@@ -479,11 +529,17 @@ pub fn parse_constraint(expr: &str) -> std::result::Result<Constraint, String> {
     } else if let Some((k, v)) = expr.split_once("!=") {
         (k, false, v)
     } else {
-        return Err(format!("constraint {expr:?} has no operator; use key==value or key!=value"));
+        return Err(format!(
+            "constraint {expr:?} has no operator; use key==value or key!=value"
+        ));
     };
     let (key, value) = (key.trim(), value.trim());
     let known = CONSTRAINT_KEYS.iter().any(|k| {
-        if k.ends_with('.') { key.len() > k.len() && key.starts_with(k) } else { key == *k }
+        if k.ends_with('.') {
+            key.len() > k.len() && key.starts_with(k)
+        } else {
+            key == *k
+        }
     });
     if !known {
         return Err(format!(
@@ -498,7 +554,11 @@ pub fn parse_constraint(expr: &str) -> std::result::Result<Constraint, String> {
     if value.contains("==") || value.contains("!=") {
         return Err(format!("constraint {expr:?} has more than one operator"));
     }
-    Ok(Constraint { key: key.to_string(), equal, value: value.to_string() })
+    Ok(Constraint {
+        key: key.to_string(),
+        equal,
+        value: value.to_string(),
+    })
 }
 
 fn validate_placement(field: &str, p: &Placement) -> Result {
@@ -522,12 +582,18 @@ fn validate_placement(field: &str, p: &Placement) -> Result {
                 }
             }
             None => {
-                return Err(invalid(format!("{field}.preferences[{i}]"), "the preference is empty"));
+                return Err(invalid(
+                    format!("{field}.preferences[{i}]"),
+                    "the preference is empty",
+                ));
             }
         }
     }
     if i64::try_from(p.max_replicas).is_err() {
-        return Err(invalid(format!("{field}.max_replicas"), "must be zero or more"));
+        return Err(invalid(
+            format!("{field}.max_replicas"),
+            "must be zero or more",
+        ));
     }
     Ok(())
 }
@@ -553,7 +619,10 @@ fn validate_update_config(field: &str, u: &Option<UpdateConfig>) -> Result {
         ));
     }
     if i64::try_from(u.parallelism).is_err() {
-        return Err(invalid(format!("{field}.parallelism"), "must be zero or more"));
+        return Err(invalid(
+            format!("{field}.parallelism"),
+            "must be zero or more",
+        ));
     }
     Ok(())
 }
@@ -563,17 +632,27 @@ fn validate_endpoint(field: &str, e: &EndpointSpec) -> Result {
     let mut published = BTreeSet::new();
     for (i, p) in e.ports.iter().enumerate() {
         let f = format!("{field}.ports[{i}]");
-        validate_enum::<port_config::Protocol>(&format!("{f}.protocol"), p.protocol, "tcp, udp, sctp")?;
+        validate_enum::<port_config::Protocol>(
+            &format!("{f}.protocol"),
+            p.protocol,
+            "tcp, udp, sctp",
+        )?;
         validate_enum::<port_config::PublishMode>(
             &format!("{f}.publish_mode"),
             p.publish_mode,
             "ingress, host",
         )?;
         if p.target_port == 0 || p.target_port > 65535 {
-            return Err(invalid(format!("{f}.target_port"), "must be between 1 and 65535"));
+            return Err(invalid(
+                format!("{f}.target_port"),
+                "must be between 1 and 65535",
+            ));
         }
         if p.published_port > 65535 {
-            return Err(invalid(format!("{f}.published_port"), "must be between 0 and 65535"));
+            return Err(invalid(
+                format!("{f}.published_port"),
+                "must be between 0 and 65535",
+            ));
         }
         let ingress = p.publish_mode == port_config::PublishMode::Ingress as i32;
         if ingress && e.mode == endpoint_spec::ResolutionMode::Dnsrr as i32 {
@@ -583,7 +662,8 @@ fn validate_endpoint(field: &str, e: &EndpointSpec) -> Result {
                  publish it in host mode or use vip",
             ));
         }
-        if p.published_port != 0 && !published.insert((p.published_port, p.protocol, p.publish_mode))
+        if p.published_port != 0
+            && !published.insert((p.published_port, p.protocol, p.publish_mode))
         {
             return Err(invalid(
                 format!("{f}.published_port"),
@@ -672,9 +752,8 @@ pub fn validate_network_spec(spec: &NetworkSpec) -> Result {
     if let Some(ipam) = &spec.ipam {
         for (i, c) in ipam.configs.iter().enumerate() {
             if !c.subnet.is_empty() {
-                parse_cidr(&c.subnet).map_err(|m| {
-                    invalid(format!("spec.ipam.configs[{i}].subnet"), m)
-                })?;
+                parse_cidr(&c.subnet)
+                    .map_err(|m| invalid(format!("spec.ipam.configs[{i}].subnet"), m))?;
             }
             if !c.gateway.is_empty() && c.gateway.parse::<std::net::IpAddr>().is_err() {
                 return Err(invalid(
@@ -707,7 +786,10 @@ pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result {
         if let Some(p) = &d.heartbeat_period
             && to_std_duration(p).is_zero()
         {
-            return Err(invalid("spec.dispatcher.heartbeat_period", "must be positive"));
+            return Err(invalid(
+                "spec.dispatcher.heartbeat_period",
+                "must be positive",
+            ));
         }
     }
     if let Some(ca) = &spec.ca_config {

@@ -1,1 +1,40 @@
-fn main() {}
+//! `shoal-bench`: Shoal's benchmark scenarios. Each prints a table of figures and, with
+//! `--json`, one machine-readable JSON object. Figures are for reports (docs/BENCHMARKS.md),
+//! never assertions: every loop is bounded in count, and nothing leaves the machine.
+
+/// The same allocator as the `shoal` binary, so figures match what the daemon does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod report;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "shoal-bench", version, about = "Shoal's benchmark scenarios")]
+struct Cli {
+    /// Print figures as JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// The in-memory object store: create, update, get, find, list, watch fan-out, memory.
+    Store(store::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let report = match cli.scenario {
+        Scenario::Store(args) => store::run(args),
+    };
+    if cli.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+}

@@ -22,7 +22,11 @@ pub enum StoreError {
     NotFound { kind: &'static str, what: String },
 
     #[error("{kind} {what} is ambiguous ({matches} matches found); use more of the ID")]
-    Ambiguous { kind: &'static str, what: String, matches: usize },
+    Ambiguous {
+        kind: &'static str,
+        what: String,
+        matches: usize,
+    },
 
     #[error("{kind} {name} already exists; choose another name")]
     NameConflict { kind: &'static str, name: String },
@@ -34,7 +38,12 @@ pub enum StoreError {
         "update out of sequence: {kind} {id} has changed since it was read (version {read} was \
          read, it is now at {current}); read it again and retry"
     )]
-    SequenceConflict { kind: &'static str, id: String, read: u64, current: u64 },
+    SequenceConflict {
+        kind: &'static str,
+        id: String,
+        read: u64,
+        current: u64,
+    },
 
     #[error("invalid transaction: {0}")]
     InvalidTransaction(String),

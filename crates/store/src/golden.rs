@@ -32,7 +32,7 @@ use shoal_api::v1::{
 };
 
 use crate::{
-    Action, By, Filter, LocalProposer, Object, Reader, StoreObject, Store, Subscription, WriteTx,
+    Action, By, Filter, LocalProposer, Object, Reader, Store, StoreObject, Subscription, WriteTx,
 };
 
 type Res<T = String> = Result<T, Box<dyn Error>>;
@@ -50,9 +50,17 @@ impl Runner {
     fn new() -> Self {
         let clock = Arc::new(ManualClock::at_unix_seconds(1_000));
         let store = Store::with(Arc::new(LocalProposer), clock.clone(), 16);
-        let runtime =
-            tokio::runtime::Builder::new_current_thread().build().expect("a tokio runtime");
-        Self { store, clock, runtime, txn: None, watches: BTreeMap::new(), snapshot: None }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a tokio runtime");
+        Self {
+            store,
+            clock,
+            runtime,
+            txn: None,
+            watches: BTreeMap::new(),
+            snapshot: None,
+        }
     }
 }
 
@@ -75,7 +83,9 @@ fn parse_state(s: &str) -> Res<TaskState> {
 }
 
 fn state_name(v: i32) -> &'static str {
-    TaskState::try_from(v).map(shoal_api::task_state::name).unwrap_or("?")
+    TaskState::try_from(v)
+        .map(shoal_api::task_state::name)
+        .unwrap_or("?")
 }
 
 fn annotations(a: &mut Option<Annotations>) -> &mut Annotations {
@@ -120,10 +130,9 @@ fn set_fields(object: &mut Object, fields: &[(String, String)]) -> Res<()> {
                         } as i32
                     }
                     "availability" => {
-                        spec.availability = node_spec::Availability::from_str_name(
-                            &value.to_uppercase(),
-                        )
-                        .ok_or("unknown availability")? as i32
+                        spec.availability =
+                            node_spec::Availability::from_str_name(&value.to_uppercase())
+                                .ok_or("unknown availability")? as i32
                     }
                     k => return Err(format!("unknown node field {k}").into()),
                 }
@@ -146,7 +155,10 @@ fn set_fields(object: &mut Object, fields: &[(String, String)]) -> Res<()> {
                         .task
                         .get_or_insert_with(TaskSpec::default)
                         .networks
-                        .push(v1::NetworkAttachmentConfig { target: value.into(), ..Default::default() }),
+                        .push(v1::NetworkAttachmentConfig {
+                            target: value.into(),
+                            ..Default::default()
+                        }),
                     k => return Err(format!("unknown service field {k}").into()),
                 }
             }
@@ -156,7 +168,9 @@ fn set_fields(object: &mut Object, fields: &[(String, String)]) -> Res<()> {
                     "name" => annotations(&mut t.annotations).name = value.into(),
                     "service" => t.service_id = value.into(),
                     "service_name" => {
-                        t.service_annotations.get_or_insert_with(Default::default).name = value.into()
+                        t.service_annotations
+                            .get_or_insert_with(Default::default)
+                            .name = value.into()
                     }
                     "slot" => t.slot = value.parse()?,
                     "node" => t.node_id = value.into(),
@@ -167,9 +181,10 @@ fn set_fields(object: &mut Object, fields: &[(String, String)]) -> Res<()> {
                     }
                     "secret" | "config" => {
                         let spec = t.spec.get_or_insert_with(Default::default);
-                        let process = match spec.runtime.get_or_insert_with(|| {
-                            v1::task_spec::Runtime::Process(Box::default())
-                        }) {
+                        let process = match spec
+                            .runtime
+                            .get_or_insert_with(|| v1::task_spec::Runtime::Process(Box::default()))
+                        {
                             v1::task_spec::Runtime::Process(p) => p,
                             _ => return Err("not a process task".into()),
                         };
@@ -193,7 +208,9 @@ fn set_fields(object: &mut Object, fields: &[(String, String)]) -> Res<()> {
                 }
             }
             Object::Network(o) => {
-                let spec = Arc::make_mut(o).spec.get_or_insert_with(NetworkSpec::default);
+                let spec = Arc::make_mut(o)
+                    .spec
+                    .get_or_insert_with(NetworkSpec::default);
                 match key.as_str() {
                     "name" => annotations(&mut spec.annotations).name = value.into(),
                     "labels" => set_labels(annotations(&mut spec.annotations), value),
@@ -201,14 +218,18 @@ fn set_fields(object: &mut Object, fields: &[(String, String)]) -> Res<()> {
                 }
             }
             Object::Cluster(o) => {
-                let spec = Arc::make_mut(o).spec.get_or_insert_with(ClusterSpec::default);
+                let spec = Arc::make_mut(o)
+                    .spec
+                    .get_or_insert_with(ClusterSpec::default);
                 match key.as_str() {
                     "name" => annotations(&mut spec.annotations).name = value.into(),
                     k => return Err(format!("unknown cluster field {k}").into()),
                 }
             }
             Object::Secret(o) => {
-                let spec = Arc::make_mut(o).spec.get_or_insert_with(SecretSpec::default);
+                let spec = Arc::make_mut(o)
+                    .spec
+                    .get_or_insert_with(SecretSpec::default);
                 match key.as_str() {
                     "name" => annotations(&mut spec.annotations).name = value.into(),
                     "labels" => set_labels(annotations(&mut spec.annotations), value),
@@ -217,7 +238,9 @@ fn set_fields(object: &mut Object, fields: &[(String, String)]) -> Res<()> {
                 }
             }
             Object::Config(o) => {
-                let spec = Arc::make_mut(o).spec.get_or_insert_with(ConfigSpec::default);
+                let spec = Arc::make_mut(o)
+                    .spec
+                    .get_or_insert_with(ConfigSpec::default);
                 match key.as_str() {
                     "name" => annotations(&mut spec.annotations).name = value.into(),
                     "labels" => set_labels(annotations(&mut spec.annotations), value),
@@ -231,22 +254,51 @@ fn set_fields(object: &mut Object, fields: &[(String, String)]) -> Res<()> {
 }
 
 fn new_object(kind: ObjectKind, id: &str) -> Object {
-    let meta = Some(Meta { id: id.into(), ..Default::default() });
+    let meta = Some(Meta {
+        id: id.into(),
+        ..Default::default()
+    });
     match kind {
-        ObjectKind::Node => Object::Node(Arc::new(Node { meta, ..Default::default() })),
-        ObjectKind::Service => Object::Service(Arc::new(Service { meta, ..Default::default() })),
-        ObjectKind::Task => Object::Task(Arc::new(Task { meta, ..Default::default() })),
-        ObjectKind::Network => Object::Network(Arc::new(Network { meta, ..Default::default() })),
-        ObjectKind::Cluster => Object::Cluster(Arc::new(Cluster { meta, ..Default::default() })),
-        ObjectKind::Secret => Object::Secret(Arc::new(Secret { meta, ..Default::default() })),
-        ObjectKind::Config => Object::Config(Arc::new(Config { meta, ..Default::default() })),
+        ObjectKind::Node => Object::Node(Arc::new(Node {
+            meta,
+            ..Default::default()
+        })),
+        ObjectKind::Service => Object::Service(Arc::new(Service {
+            meta,
+            ..Default::default()
+        })),
+        ObjectKind::Task => Object::Task(Arc::new(Task {
+            meta,
+            ..Default::default()
+        })),
+        ObjectKind::Network => Object::Network(Arc::new(Network {
+            meta,
+            ..Default::default()
+        })),
+        ObjectKind::Cluster => Object::Cluster(Arc::new(Cluster {
+            meta,
+            ..Default::default()
+        })),
+        ObjectKind::Secret => Object::Secret(Arc::new(Secret {
+            meta,
+            ..Default::default()
+        })),
+        ObjectKind::Config => Object::Config(Arc::new(Config {
+            meta,
+            ..Default::default()
+        })),
         ObjectKind::Unknown => unreachable!(),
     }
 }
 
 /// One line describing an object: kind, ID, version, name and the fields tests care about.
 fn describe(object: &Object) -> String {
-    let mut out = format!("{} {} v{}", crate::kind_name(object.kind()), object.id(), object.version());
+    let mut out = format!(
+        "{} {} v{}",
+        crate::kind_name(object.kind()),
+        object.id(),
+        object.version()
+    );
     let name = object.name();
     if !name.is_empty() {
         write!(out, " name={name}").unwrap();
@@ -257,8 +309,16 @@ fn describe(object: &Object) -> String {
             write!(
                 out,
                 " role={} membership={} availability={}",
-                if spec.desired_role == NodeRole::Manager as i32 { "manager" } else { "worker" },
-                if spec.membership == 1 { "accepted" } else { "pending" },
+                if spec.desired_role == NodeRole::Manager as i32 {
+                    "manager"
+                } else {
+                    "worker"
+                },
+                if spec.membership == 1 {
+                    "accepted"
+                } else {
+                    "pending"
+                },
                 node_spec::Availability::try_from(spec.availability)
                     .map(|a| a.as_str_name().to_lowercase())
                     .unwrap_or_default()
@@ -266,7 +326,9 @@ fn describe(object: &Object) -> String {
             .unwrap();
         }
         Object::Service(s) => match s.spec.as_ref().and_then(|s| s.mode.as_ref()) {
-            Some(service_spec::Mode::Replicated(r)) => write!(out, " replicas={}", r.replicas).unwrap(),
+            Some(service_spec::Mode::Replicated(r)) => {
+                write!(out, " replicas={}", r.replicas).unwrap()
+            }
             Some(service_spec::Mode::Global(_)) => write!(out, " mode=global").unwrap(),
             _ => {}
         },
@@ -276,23 +338,41 @@ fn describe(object: &Object) -> String {
                 " service={} slot={} node={} desired={} state={}",
                 t.service_id,
                 t.slot,
-                if t.node_id.is_empty() { "-" } else { &t.node_id },
+                if t.node_id.is_empty() {
+                    "-"
+                } else {
+                    &t.node_id
+                },
                 state_name(t.desired_state),
                 state_name(t.status.as_ref().map(|s| s.state).unwrap_or(0)),
             )
             .unwrap();
         }
-        Object::Secret(s) => {
-            write!(out, " data={}B", s.spec.as_ref().map(|s| s.data.len()).unwrap_or(0)).unwrap()
-        }
-        Object::Config(c) => {
-            write!(out, " data={}B", c.spec.as_ref().map(|s| s.data.len()).unwrap_or(0)).unwrap()
-        }
+        Object::Secret(s) => write!(
+            out,
+            " data={}B",
+            s.spec.as_ref().map(|s| s.data.len()).unwrap_or(0)
+        )
+        .unwrap(),
+        Object::Config(c) => write!(
+            out,
+            " data={}B",
+            c.spec.as_ref().map(|s| s.data.len()).unwrap_or(0)
+        )
+        .unwrap(),
         Object::Network(_) | Object::Cluster(_) => {}
     }
     let labels = match object {
-        Object::Node(n) => n.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| &a.labels),
-        Object::Service(s) => s.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| &a.labels),
+        Object::Node(n) => n
+            .spec
+            .as_ref()
+            .and_then(|s| s.annotations.as_ref())
+            .map(|a| &a.labels),
+        Object::Service(s) => s
+            .spec
+            .as_ref()
+            .and_then(|s| s.annotations.as_ref())
+            .map(|a| &a.labels),
         _ => None,
     };
     if let Some(labels) = labels.filter(|l| !l.is_empty()) {
@@ -310,13 +390,34 @@ fn seconds(t: &Option<prost_types::Timestamp>) -> i64 {
 macro_rules! typed {
     ($kind:expr, $T:ident => $body:expr) => {
         match $kind {
-            ObjectKind::Node => { type $T = Node; $body }
-            ObjectKind::Service => { type $T = Service; $body }
-            ObjectKind::Task => { type $T = Task; $body }
-            ObjectKind::Network => { type $T = Network; $body }
-            ObjectKind::Cluster => { type $T = Cluster; $body }
-            ObjectKind::Secret => { type $T = Secret; $body }
-            ObjectKind::Config => { type $T = Config; $body }
+            ObjectKind::Node => {
+                type $T = Node;
+                $body
+            }
+            ObjectKind::Service => {
+                type $T = Service;
+                $body
+            }
+            ObjectKind::Task => {
+                type $T = Task;
+                $body
+            }
+            ObjectKind::Network => {
+                type $T = Network;
+                $body
+            }
+            ObjectKind::Cluster => {
+                type $T = Cluster;
+                $body
+            }
+            ObjectKind::Secret => {
+                type $T = Secret;
+                $body
+            }
+            ObjectKind::Config => {
+                type $T = Config;
+                $body
+            }
             ObjectKind::Unknown => unreachable!(),
         }
     };
@@ -335,7 +436,11 @@ fn parse_by<'a>(key: &str, value: &'a str) -> Res<By<'a>> {
         }
         "desired" => By::DesiredState(parse_state(value)?),
         "state" => By::TaskState(parse_state(value)?),
-        "role" => By::Role(if value == "manager" { NodeRole::Manager } else { NodeRole::Worker }),
+        "role" => By::Role(if value == "manager" {
+            NodeRole::Manager
+        } else {
+            NodeRole::Worker
+        }),
         "membership" => By::Membership(if value == "accepted" {
             node_spec::Membership::Accepted
         } else {
@@ -388,8 +493,13 @@ fn run_in_tx(tx: &mut WriteTx<'_>, command: &goldenscript::Command) -> crate::Re
                 .map(|i| fields.remove(i).1.parse::<u64>())
                 .transpose()
                 .map_err(|e| fail(e.into()))?;
-            let current = typed!(kind, T => tx.get::<T>(id).map(T::into_object))
-                .ok_or_else(|| crate::StoreError::NotFound { kind: crate::kind_name(kind), what: id.into() })?;
+            let current =
+                typed!(kind, T => tx.get::<T>(id).map(T::into_object)).ok_or_else(|| {
+                    crate::StoreError::NotFound {
+                        kind: crate::kind_name(kind),
+                        what: id.into(),
+                    }
+                })?;
             let mut object = current.clone();
             set_fields(&mut object, &fields).map_err(fail)?;
             typed!(kind, T => {
@@ -408,8 +518,10 @@ fn run_in_tx(tx: &mut WriteTx<'_>, command: &goldenscript::Command) -> crate::Re
         }
         "get" => {
             let id = pos(command, 1).map_err(fail)?;
-            Ok(typed!(kind, T => tx.get::<T>(id).map(|o| describe(&T::into_object(o))))
-                .unwrap_or_else(|| format!("{} {id} not found", crate::kind_name(kind))))
+            Ok(
+                typed!(kind, T => tx.get::<T>(id).map(|o| describe(&T::into_object(o))))
+                    .unwrap_or_else(|| format!("{} {id} not found", crate::kind_name(kind))),
+            )
         }
         "find" => {
             let fields = key_values(command, 1).map_err(fail)?;
@@ -429,7 +541,11 @@ fn list(mut objects: Vec<Object>) -> String {
     if objects.is_empty() {
         return "  (none)".into();
     }
-    objects.iter().map(|o| format!("  {}", describe(o))).collect::<Vec<_>>().join("\n")
+    objects
+        .iter()
+        .map(|o| format!("  {}", describe(o)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl goldenscript::Runner for Runner {
@@ -446,21 +562,25 @@ impl goldenscript::Runner for Runner {
         match name {
             "create" | "update" | "delete" => {
                 let store = self.store.clone();
-                let out = self.runtime.block_on(store.update(|tx| run_in_tx(tx, command)))?;
+                let out = self
+                    .runtime
+                    .block_on(store.update(|tx| run_in_tx(tx, command)))?;
                 Ok(out)
             }
             "get" | "find" => {
                 // Reads run in a write transaction that changes nothing: same code path as
                 // reads inside transactions, and nothing is committed.
                 let store = self.store.clone();
-                Ok(self.runtime.block_on(store.update(|tx| run_in_tx(tx, command)))?)
+                Ok(self
+                    .runtime
+                    .block_on(store.update(|tx| run_in_tx(tx, command)))?)
             }
             "lookup" => {
                 let kind = parse_kind(pos(command, 0)?)?;
                 let reference = pos(command, 1)?;
-                let found = self.store.view(|tx| {
-                    typed!(kind, T => tx.lookup::<T>(reference).map(T::into_object))
-                })?;
+                let found = self
+                    .store
+                    .view(|tx| typed!(kind, T => tx.lookup::<T>(reference).map(T::into_object)))?;
                 Ok(describe(&found))
             }
             "begin" => {
@@ -484,13 +604,21 @@ impl goldenscript::Runner for Runner {
                     }
                     Ok(out.join("\n"))
                 }))?;
-                Ok(format!("{out}\ncommitted at version {}", self.store.version()).trim_start().to_string())
+                Ok(
+                    format!("{out}\ncommitted at version {}", self.store.version())
+                        .trim_start()
+                        .to_string(),
+                )
             }
             "batch" => {
                 let kind = parse_kind(pos(command, 0)?)?;
                 let count: usize = pos(command, 1)?.parse()?;
                 let fields = key_values(command, 2)?;
-                let prefix = fields.iter().find(|(k, _)| k == "prefix").map(|(_, v)| v.clone()).unwrap_or_else(|| "b".into());
+                let prefix = fields
+                    .iter()
+                    .find(|(k, _)| k == "prefix")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| "b".into());
                 let store = self.store.clone();
                 let before = store.version();
                 let transactions = self.runtime.block_on(async {
@@ -538,13 +666,19 @@ impl goldenscript::Runner for Runner {
                 Ok(String::new())
             }
             "events" => {
-                let sub = self.watches.get_mut(pos(command, 0)?).ok_or("no such watch")?;
+                let sub = self
+                    .watches
+                    .get_mut(pos(command, 0)?)
+                    .ok_or("no such watch")?;
                 let mut out = Vec::new();
                 loop {
                     match sub.try_next() {
                         Ok(Some((version, event))) => {
-                            let mut line =
-                                format!("@{version} {} {}", event.action.name(), describe(&event.object));
+                            let mut line = format!(
+                                "@{version} {} {}",
+                                event.action.name(),
+                                describe(&event.object)
+                            );
                             if let Some(old) = &event.old {
                                 write!(line, " (was v{})", old.version()).unwrap();
                             }
@@ -557,7 +691,11 @@ impl goldenscript::Runner for Runner {
                         }
                     }
                 }
-                Ok(if out.is_empty() { "(no events)".into() } else { out.join("\n") })
+                Ok(if out.is_empty() {
+                    "(no events)".into()
+                } else {
+                    out.join("\n")
+                })
             }
             "snapshot" => {
                 let snapshot = self.store.snapshot();
@@ -630,11 +768,14 @@ impl goldenscript::Runner for Runner {
                     Some((k, v)) => parse_by(k, v)?,
                     None => By::All,
                 };
-                let n = self.store.view(|tx| typed!(kind, T => tx.count_by::<T>(by)));
+                let n = self
+                    .store
+                    .view(|tx| typed!(kind, T => tx.count_by::<T>(by)));
                 Ok(format!("{n}"))
             }
             "tick" => {
-                self.clock.advance(Duration::from_secs(pos(command, 0)?.parse()?));
+                self.clock
+                    .advance(Duration::from_secs(pos(command, 0)?.parse()?));
                 Ok(String::new())
             }
             other => Err(format!("unknown command {other}").into()),
@@ -643,7 +784,9 @@ impl goldenscript::Runner for Runner {
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 test_each_file::test_each_path! { in "crates/store/src/testscripts" as scripts => test_goldenscript }

@@ -54,3 +54,5 @@ pub use tx::{By, Mark, PendingChanges, ReadTx, Reader, WriteTx};
 pub use watch::{Action, Commit, Event, Filter, Subscription, WatchError};
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod tests;

@@ -4,6 +4,7 @@
 //! The seven kinds (node, service, task, network, cluster, secret, config) implement
 //! [`StoreObject`]; generic code (tables, transactions, watch) is written once against it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use shoal_api::v1::{
@@ -87,7 +88,7 @@ impl Object {
     }
 
     /// The object's name as shown to users.
-    pub fn name(&self) -> String {
+    pub fn name(&self) -> Cow<'_, str> {
         match self {
             Object::Node(o) => o.name(),
             Object::Service(o) => o.name(),
@@ -168,7 +169,9 @@ pub fn kind_name(kind: ObjectKind) -> &'static str {
 }
 
 /// One kind of stored object.
-pub trait StoreObject: prost::Message + Clone + Default + PartialEq + Send + Sync + 'static {
+pub trait StoreObject:
+    prost::Message + Clone + Default + PartialEq + Send + Sync + 'static
+{
     const KIND: ObjectKind;
     /// Whether two objects of this kind may share a name (case-insensitively).
     const UNIQUE_NAMES: bool;
@@ -187,7 +190,7 @@ pub trait StoreObject: prost::Message + Clone + Default + PartialEq + Send + Syn
     }
 
     /// The name shown to users and found by the name index.
-    fn name(&self) -> String;
+    fn name(&self) -> Cow<'_, str>;
 
     /// Keys of `index` for this object (non-name indexes).
     fn other_index_keys(&self, _index: Index, _out: &mut Vec<Vec<u8>>) {}
@@ -246,8 +249,8 @@ macro_rules! store_object {
                 self.meta.get_or_insert_with(Meta::default)
             }
 
-            fn name(&self) -> String {
-                object_name(self)
+            fn name(&self) -> Cow<'_, str> {
+                self.display_name()
             }
 
             fn other_index_keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
@@ -288,7 +291,17 @@ store_object!(
     Task,
     tasks,
     false,
-    [Name, Service, Node, Slot, DesiredState, TaskState, Secret, Config, Network]
+    [
+        Name,
+        Service,
+        Node,
+        Slot,
+        DesiredState,
+        TaskState,
+        Secret,
+        Config,
+        Network
+    ]
 );
 store_object!(Network, Network, Network, networks, true, [Name]);
 store_object!(Cluster, Cluster, Cluster, clusters, true, [Name]);
@@ -297,11 +310,7 @@ store_object!(Config, Config, Config, configs, true, [Name]);
 
 /// How each kind is named.
 trait Named {
-    fn display_name(&self) -> String;
-}
-
-fn object_name<T: Named>(o: &T) -> String {
-    o.display_name()
+    fn display_name(&self) -> Cow<'_, str>;
 }
 
 fn annotation_name(a: Option<&shoal_api::v1::Annotations>) -> &str {
@@ -310,64 +319,71 @@ fn annotation_name(a: Option<&shoal_api::v1::Annotations>) -> &str {
 
 impl Named for Node {
     /// A node is named by its spec, else by its hostname.
-    fn display_name(&self) -> String {
-        let name = annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref()))
-            .to_string();
+    fn display_name(&self) -> Cow<'_, str> {
+        let name = annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref()));
         if !name.is_empty() {
-            return name;
+            return name.into();
         }
-        self.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default()
+        self.description
+            .as_ref()
+            .map(|d| d.hostname.as_str())
+            .unwrap_or("")
+            .into()
     }
 }
 
 impl Named for Service {
-    fn display_name(&self) -> String {
-        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).to_string()
+    fn display_name(&self) -> Cow<'_, str> {
+        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).into()
     }
 }
 
 impl Named for Task {
     /// A task is named by its annotations, else `<service>.<slot>.<id>` (`<service>.<node>.<id>`
     /// for global services), as Docker names task containers.
-    fn display_name(&self) -> String {
+    fn display_name(&self) -> Cow<'_, str> {
         let name = annotation_name(self.annotations.as_ref());
         if !name.is_empty() {
-            return name.to_string();
+            return name.into();
         }
-        let service = self.service_annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+        let service = self
+            .service_annotations
+            .as_ref()
+            .map(|a| a.name.as_str())
+            .unwrap_or("");
         if service.is_empty() {
-            return String::new();
+            return "".into();
         }
         let id = self.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("");
         if self.slot != 0 {
-            format!("{service}.{}.{id}", self.slot)
+            format!("{service}.{}.{id}", self.slot).into()
         } else {
-            format!("{service}.{}.{id}", self.node_id)
+            format!("{service}.{}.{id}", self.node_id).into()
         }
     }
 }
 
 impl Named for Network {
-    fn display_name(&self) -> String {
-        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).to_string()
+    fn display_name(&self) -> Cow<'_, str> {
+        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).into()
     }
 }
 
 impl Named for Cluster {
-    fn display_name(&self) -> String {
-        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).to_string()
+    fn display_name(&self) -> Cow<'_, str> {
+        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).into()
     }
 }
 
 impl Named for Secret {
-    fn display_name(&self) -> String {
-        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).to_string()
+    fn display_name(&self) -> Cow<'_, str> {
+        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).into()
     }
 }
 
 impl Named for Config {
-    fn display_name(&self) -> String {
-        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).to_string()
+    fn display_name(&self) -> Cow<'_, str> {
+        annotation_name(self.spec.as_ref().and_then(|s| s.annotations.as_ref())).into()
     }
 }
 
@@ -384,7 +400,11 @@ impl OtherKeys for Node {
     fn keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
         match index {
             Index::Role => {
-                let role = self.spec.as_ref().map(|s| s.desired_role).unwrap_or(NodeRole::Worker as i32);
+                let role = self
+                    .spec
+                    .as_ref()
+                    .map(|s| s.desired_role)
+                    .unwrap_or(NodeRole::Worker as i32);
                 out.push(int_key(role as i64));
             }
             Index::Membership => {
@@ -415,25 +435,20 @@ impl OtherKeys for Service {
 impl OtherKeys for Task {
     fn keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
         match index {
-            Index::Service => {
-                if !self.service_id.is_empty() {
-                    out.push(string_key(&self.service_id));
-                }
+            Index::Service if !self.service_id.is_empty() => {
+                out.push(string_key(&self.service_id));
             }
-            Index::Node => {
-                if !self.node_id.is_empty() {
-                    out.push(string_key(&self.node_id));
-                }
-            }
-            Index::Slot => {
-                if !self.service_id.is_empty() {
-                    out.push(slot_key(&self.service_id, self.slot));
-                }
+            Index::Node if !self.node_id.is_empty() => out.push(string_key(&self.node_id)),
+            Index::Slot if !self.service_id.is_empty() => {
+                out.push(slot_key(&self.service_id, self.slot));
             }
             Index::DesiredState => out.push(int_key(self.desired_state as i64)),
             Index::TaskState => {
-                let state =
-                    self.status.as_ref().map(|s| s.state).unwrap_or(TaskState::New as i32);
+                let state = self
+                    .status
+                    .as_ref()
+                    .map(|s| s.state)
+                    .unwrap_or(TaskState::New as i32);
                 out.push(int_key(state as i64));
             }
             Index::Secret => {

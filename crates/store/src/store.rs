@@ -39,30 +39,43 @@ pub struct StateMachine {
 impl StateMachine {
     pub fn new(watch_capacity: usize) -> Self {
         let (events, _) = broadcast::channel(watch_capacity.max(1));
-        Self { tables: RwLock::new(Tables::default()), events }
+        Self {
+            tables: RwLock::new(Tables::default()),
+            events,
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Tables> {
-        self.tables.read().expect("store lock poisoned: a panic happened while applying")
+        self.tables
+            .read()
+            .expect("store lock poisoned: a panic happened while applying")
     }
 
     /// Applies a transaction whole or not at all and publishes its events. Returns the new
     /// store version.
     pub fn apply(&self, changes: ChangeSet) -> Result<u64> {
-        let mut tables =
-            self.tables.write().expect("store lock poisoned: a panic happened while applying");
+        let mut tables = self
+            .tables
+            .write()
+            .expect("store lock poisoned: a panic happened while applying");
         let (version, events) = tables.apply(changes)?;
         // Published under the write lock, so subscribers see commits in version order and a
         // subscription taken under a read lock starts exactly after the version it viewed.
-        let _ = self.events.send(Arc::new(Commit { version, events, reset: false }));
+        let _ = self.events.send(Arc::new(Commit {
+            version,
+            events,
+            reset: false,
+        }));
         Ok(version)
     }
 
     /// Replaces the whole content with `snapshot`. Every subscription ends with `Reset`.
     pub fn restore(&self, snapshot: StoreSnapshot) -> Result<()> {
         let restored = Tables::from_snapshot(snapshot)?;
-        let mut tables =
-            self.tables.write().expect("store lock poisoned: a panic happened while applying");
+        let mut tables = self
+            .tables
+            .write()
+            .expect("store lock poisoned: a panic happened while applying");
         *tables = restored;
         let _ = self.events.send(Arc::new(Commit {
             version: tables.version(),
@@ -119,11 +132,19 @@ impl Default for Store {
 impl Store {
     /// A single-node store on the system clock.
     pub fn new() -> Self {
-        Self::with(Arc::new(LocalProposer), Arc::new(SystemClock), DEFAULT_WATCH_CAPACITY)
+        Self::with(
+            Arc::new(LocalProposer),
+            Arc::new(SystemClock),
+            DEFAULT_WATCH_CAPACITY,
+        )
     }
 
     pub fn with(proposer: Arc<dyn Proposer>, clock: Arc<dyn Clock>, watch_capacity: usize) -> Self {
-        Self { state: Arc::new(StateMachine::new(watch_capacity)), proposer, clock }
+        Self {
+            state: Arc::new(StateMachine::new(watch_capacity)),
+            proposer,
+            clock,
+        }
     }
 
     /// The state machine, for the replication layer to apply committed entries to.
@@ -182,7 +203,10 @@ impl Store {
             return Ok(result);
         }
         if pending.bytes() > MAX_TRANSACTION_BYTES {
-            return Err(StoreError::TooLarge { bytes: pending.bytes(), limit: MAX_TRANSACTION_BYTES });
+            return Err(StoreError::TooLarge {
+                bytes: pending.bytes(),
+                limit: MAX_TRANSACTION_BYTES,
+            });
         }
         self.commit(pending.take()).await?;
         Ok(result)
@@ -190,7 +214,11 @@ impl Store {
 
     /// A batch: many small updates committed as few transactions as the size limits allow.
     pub fn batch(&self) -> Batch<'_> {
-        Batch { store: self, pending: PendingChanges::default(), transactions: 0 }
+        Batch {
+            store: self,
+            pending: PendingChanges::journaled(),
+            transactions: 0,
+        }
     }
 
     /// The whole content at one version.
@@ -215,9 +243,18 @@ pub struct Batch<'s> {
 }
 
 impl Batch<'_> {
-    /// Adds the changes made by `f`. When they would overflow the current transaction, that
-    /// transaction is committed first and `f` runs again on a fresh view.
-    pub async fn update(&mut self, mut f: impl FnMut(&mut WriteTx<'_>) -> Result<()>) -> Result<()> {
+    /// Adds the changes made by `f`. A full transaction is committed before `f` runs; if `f`
+    /// itself overflows a transaction that already holds changes, those are committed and `f`
+    /// runs again on a fresh view (so `f` may run twice).
+    pub async fn update(
+        &mut self,
+        mut f: impl FnMut(&mut WriteTx<'_>) -> Result<()>,
+    ) -> Result<()> {
+        if self.pending.len() >= MAX_CHANGES_PER_TRANSACTION
+            || self.pending.bytes() >= MAX_TRANSACTION_BYTES
+        {
+            self.flush().await?;
+        }
         let mark = self.pending.mark();
         let had_changes = !self.pending.is_empty();
         if let Err(e) = self.store.build(&mut self.pending, &mut f) {
@@ -232,22 +269,22 @@ impl Batch<'_> {
         if had_changes {
             self.pending.rollback(mark);
             self.flush().await?;
+            let mark = self.pending.mark();
             if let Err(e) = self.store.build(&mut self.pending, &mut f) {
-                self.pending.rollback(self.pending.mark());
-                self.pending = PendingChanges::default();
+                self.pending.rollback(mark);
                 return Err(e);
             }
         }
         if self.pending.bytes() > MAX_TRANSACTION_BYTES {
             let bytes = self.pending.bytes();
-            self.pending = PendingChanges::default();
-            return Err(StoreError::TooLarge { bytes, limit: MAX_TRANSACTION_BYTES });
+            self.pending = PendingChanges::journaled();
+            return Err(StoreError::TooLarge {
+                bytes,
+                limit: MAX_TRANSACTION_BYTES,
+            });
         }
-        // A single update larger than the change limit is committed whole: splitting it would
-        // break its atomicity.
-        if self.pending.len() >= MAX_CHANGES_PER_TRANSACTION {
-            self.flush().await?;
-        }
+        // A single update with more changes than the limit is committed whole: splitting it
+        // would break its atomicity.
         Ok(())
     }
 

@@ -52,13 +52,18 @@ impl<T: StoreObject> Table<T> {
 
     /// All objects in ID order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<T>> + '_ {
-        self.by_id.values().filter_map(|row| self.rows[*row as usize].as_ref())
+        self.by_id
+            .values()
+            .filter_map(|row| self.rows[*row as usize].as_ref())
     }
 
     /// Objects whose ID starts with `prefix`, in ID order.
     pub fn with_id_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Arc<T>> + 'a {
         self.by_id
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(move |(id, _)| id.starts_with(prefix))
             .filter_map(|(_, row)| self.rows[*row as usize].as_ref())
     }
@@ -73,18 +78,29 @@ impl<T: StoreObject> Table<T> {
     }
 
     /// Objects whose `index` key equals `key`, in row order.
-    pub fn with_key<'a>(&'a self, index: Index, key: &[u8]) -> impl Iterator<Item = &'a Arc<T>> + 'a {
+    pub fn with_key<'a>(
+        &'a self,
+        index: Index,
+        key: &[u8],
+    ) -> impl Iterator<Item = &'a Arc<T>> + 'a {
         let rows = Self::index_position(index).and_then(|p| self.indexes[p].get(key));
-        rows.into_iter().flatten().filter_map(|row| self.rows[*row as usize].as_ref())
+        rows.into_iter()
+            .flatten()
+            .filter_map(|row| self.rows[*row as usize].as_ref())
     }
 
     /// Objects whose `index` key starts with `prefix`, by key, without duplicates.
     pub fn with_key_prefix<'a>(&'a self, index: Index, prefix: &'a [u8]) -> Vec<&'a Arc<T>> {
-        let Some(p) = Self::index_position(index) else { return Vec::new() };
+        let Some(p) = Self::index_position(index) else {
+            return Vec::new();
+        };
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         let range = self.indexes[p]
-            .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix));
         for (_, rows) in range {
             for row in rows {
@@ -110,7 +126,9 @@ impl<T: StoreObject> Table<T> {
     pub fn put(&mut self, object: Arc<T>) -> Option<Arc<T>> {
         let mut keys = Vec::new();
         if let Some(&row) = self.by_id.get(object.id()) {
-            let old = self.rows[row as usize].replace(object.clone()).expect("row of a live ID");
+            let old = self.rows[row as usize]
+                .replace(object.clone())
+                .expect("row of a live ID");
             for (p, index) in T::INDEXES.iter().enumerate() {
                 keys.clear();
                 old.index_keys(*index, &mut keys);
@@ -123,7 +141,10 @@ impl<T: StoreObject> Table<T> {
                     remove_entry(&mut self.indexes[p], key, row);
                 }
                 for key in new_keys {
-                    self.indexes[p].entry(key.into_boxed_slice()).or_default().insert(row);
+                    self.indexes[p]
+                        .entry(key.into_boxed_slice())
+                        .or_default()
+                        .insert(row);
                 }
             }
             return Some(old);
@@ -143,7 +164,10 @@ impl<T: StoreObject> Table<T> {
             keys.clear();
             object.index_keys(*index, &mut keys);
             for key in keys.drain(..) {
-                self.indexes[p].entry(key.into_boxed_slice()).or_default().insert(row);
+                self.indexes[p]
+                    .entry(key.into_boxed_slice())
+                    .or_default()
+                    .insert(row);
             }
         }
         None

@@ -39,13 +39,34 @@ pub struct Tables {
 macro_rules! with_kind {
     ($kind:expr, $T:ident => $body:expr) => {
         match $kind {
-            ObjectKind::Node => { type $T = shoal_api::v1::Node; $body }
-            ObjectKind::Service => { type $T = shoal_api::v1::Service; $body }
-            ObjectKind::Task => { type $T = shoal_api::v1::Task; $body }
-            ObjectKind::Network => { type $T = shoal_api::v1::Network; $body }
-            ObjectKind::Cluster => { type $T = shoal_api::v1::Cluster; $body }
-            ObjectKind::Secret => { type $T = shoal_api::v1::Secret; $body }
-            ObjectKind::Config => { type $T = shoal_api::v1::Config; $body }
+            ObjectKind::Node => {
+                type $T = shoal_api::v1::Node;
+                $body
+            }
+            ObjectKind::Service => {
+                type $T = shoal_api::v1::Service;
+                $body
+            }
+            ObjectKind::Task => {
+                type $T = shoal_api::v1::Task;
+                $body
+            }
+            ObjectKind::Network => {
+                type $T = shoal_api::v1::Network;
+                $body
+            }
+            ObjectKind::Cluster => {
+                type $T = shoal_api::v1::Cluster;
+                $body
+            }
+            ObjectKind::Secret => {
+                type $T = shoal_api::v1::Secret;
+                $body
+            }
+            ObjectKind::Config => {
+                type $T = shoal_api::v1::Config;
+                $body
+            }
             ObjectKind::Unknown => unreachable!("callers reject unknown kinds"),
         }
     };
@@ -76,7 +97,12 @@ impl Tables {
     }
 
     /// The object of this kind holding `name` (case-insensitively), other than `except_id`.
-    pub(crate) fn name_holder(&self, kind: ObjectKind, name: &str, except_id: &str) -> Option<String> {
+    pub(crate) fn name_holder(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        except_id: &str,
+    ) -> Option<String> {
         let key = name.to_lowercase().into_bytes();
         with_kind!(kind, T => T::table(self)
             .with_key(Index::Name, &key)
@@ -115,7 +141,10 @@ impl Tables {
                     read.kind
                 )));
             }
-            let current = self.get_object(kind, &read.id).map(|o| o.version()).unwrap_or(0);
+            let current = self
+                .get_object(kind, &read.id)
+                .map(|o| o.version())
+                .unwrap_or(0);
             if current != read.version {
                 return Err(StoreError::SequenceConflict {
                     kind: kind_name(kind),
@@ -130,8 +159,10 @@ impl Tables {
         let mut events = Vec::with_capacity(txn.changes.len());
         // Removals first, so that a name freed by a removal can be taken by a creation in the
         // same transaction whatever their order.
-        let (removals, others): (Vec<Change>, Vec<Change>) =
-            txn.changes.into_iter().partition(|c| c.action == Action::Remove);
+        let (removals, others): (Vec<Change>, Vec<Change>) = txn
+            .changes
+            .into_iter()
+            .partition(|c| c.action == Action::Remove);
         for change in removals.into_iter().chain(others) {
             match self.apply_change(change, version) {
                 Ok((u, event)) => {
@@ -171,12 +202,22 @@ impl Tables {
         match action {
             Action::Create => {
                 if current.is_some() {
-                    return Err(StoreError::IdConflict { kind: kind_name(object_kind), id });
+                    return Err(StoreError::IdConflict {
+                        kind: kind_name(object_kind),
+                        id,
+                    });
                 }
                 self.check_name(&object)?;
                 set_version(&mut object, version, None);
                 self.put_object(object.clone());
-                Ok((Undo::Remove(object_kind, id), Event { action: Action::Create, object, old: None }))
+                Ok((
+                    Undo::Remove(object_kind, id),
+                    Event {
+                        action: Action::Create,
+                        object,
+                        old: None,
+                    },
+                ))
             }
             Action::Update => {
                 let current = current.ok_or_else(|| StoreError::NotFound {
@@ -191,7 +232,11 @@ impl Tables {
                 self.put_object(object.clone());
                 Ok((
                     Undo::Restore(current.clone()),
-                    Event { action: Action::Update, object, old: Some(current) },
+                    Event {
+                        action: Action::Update,
+                        object,
+                        old: Some(current),
+                    },
                 ))
             }
             Action::Remove => {
@@ -203,7 +248,11 @@ impl Tables {
                 self.remove_object(object_kind, &id);
                 Ok((
                     Undo::Restore(current.clone()),
-                    Event { action: Action::Remove, object: current, old: None },
+                    Event {
+                        action: Action::Remove,
+                        object: current,
+                        old: None,
+                    },
                 ))
             }
         }
@@ -222,14 +271,20 @@ impl Tables {
             )));
         }
         if self.name_holder(kind, &name, object.id()).is_some() {
-            return Err(StoreError::NameConflict { kind: kind_name(kind), name });
+            return Err(StoreError::NameConflict {
+                kind: kind_name(kind),
+                name: name.into_owned(),
+            });
         }
         Ok(())
     }
 
     /// The whole content, objects sorted by ID: equal content gives equal bytes.
     pub fn snapshot(&self) -> StoreSnapshot {
-        let mut snapshot = StoreSnapshot { version: self.version, ..Default::default() };
+        let mut snapshot = StoreSnapshot {
+            version: self.version,
+            ..Default::default()
+        };
         fill::<shoal_api::v1::Node>(self, &mut snapshot);
         fill::<shoal_api::v1::Service>(self, &mut snapshot);
         fill::<shoal_api::v1::Task>(self, &mut snapshot);
@@ -243,7 +298,10 @@ impl Tables {
     /// Tables holding exactly the content of `snapshot`. Refuses a snapshot with objects
     /// without IDs, duplicate IDs or duplicate unique names.
     pub fn from_snapshot(mut snapshot: StoreSnapshot) -> Result<Tables> {
-        let mut tables = Tables { version: snapshot.version, ..Default::default() };
+        let mut tables = Tables {
+            version: snapshot.version,
+            ..Default::default()
+        };
         load::<shoal_api::v1::Node>(&mut tables, &mut snapshot)?;
         load::<shoal_api::v1::Service>(&mut tables, &mut snapshot)?;
         load::<shoal_api::v1::Task>(&mut tables, &mut snapshot)?;
@@ -264,10 +322,15 @@ fn load<T: StoreObject>(tables: &mut Tables, snapshot: &mut StoreSnapshot) -> Re
     for object in std::mem::take(T::snapshot_list(snapshot)) {
         let kind = kind_name(T::KIND);
         if object.id().is_empty() {
-            return Err(StoreError::InvalidTransaction(format!("snapshot holds a {kind} without an ID")));
+            return Err(StoreError::InvalidTransaction(format!(
+                "snapshot holds a {kind} without an ID"
+            )));
         }
         if T::table(tables).get(object.id()).is_some() {
-            return Err(StoreError::IdConflict { kind, id: object.id().to_string() });
+            return Err(StoreError::IdConflict {
+                kind,
+                id: object.id().to_string(),
+            });
         }
         let wrapped = T::into_object(Arc::new(object));
         tables.check_name(&wrapped)?;
@@ -290,7 +353,11 @@ fn check_version(current: &Object, written: &Object) -> Result<()> {
 
 /// Stamps the new version (and keeps the original creation time on updates).
 fn set_version(object: &mut Object, version: u64, created_at: Option<prost_types::Timestamp>) {
-    fn stamp<T: StoreObject>(o: &mut Arc<T>, version: u64, created_at: Option<prost_types::Timestamp>) {
+    fn stamp<T: StoreObject>(
+        o: &mut Arc<T>,
+        version: u64,
+        created_at: Option<prost_types::Timestamp>,
+    ) {
         let meta = Arc::make_mut(o).meta_mut();
         meta.version = version;
         if created_at.is_some() {

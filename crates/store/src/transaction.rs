@@ -66,8 +66,14 @@ impl ChangeSet {
             let target = action.target.ok_or_else(|| {
                 StoreError::InvalidTransaction("an action without an object".into())
             })?;
-            changes.push(Change { action: kind, object: Object::from_target(target) });
+            changes.push(Change {
+                action: kind,
+                object: Object::from_target(target),
+            });
         }
-        Ok(ChangeSet { changes, reads: txn.reads })
+        Ok(ChangeSet {
+            changes,
+            reads: txn.reads,
+        })
     }
 }

@@ -13,7 +13,7 @@
 //! scan returned re-reads or is level-triggered (it looks again when things change).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use shoal_api::v1::{NodeRole, ObjectKind, ObjectVersion, TaskState, node_spec};
@@ -87,7 +87,13 @@ impl By<'_> {
             Some((index, key, prefix)) => {
                 let mut keys = Vec::new();
                 object.index_keys(index, &mut keys);
-                keys.iter().any(|k| if prefix { k.starts_with(&key) } else { *k == key })
+                keys.iter().any(|k| {
+                    if prefix {
+                        k.starts_with(&key)
+                    } else {
+                        *k == key
+                    }
+                })
             }
         }
     }
@@ -106,7 +112,10 @@ pub trait Reader {
     fn lookup<T: StoreObject>(&self, reference: &str) -> Result<Arc<T>> {
         let kind = kind_name(T::KIND);
         if reference.is_empty() {
-            return Err(StoreError::NotFound { kind, what: "\"\"".into() });
+            return Err(StoreError::NotFound {
+                kind,
+                what: "\"\"".into(),
+            });
         }
         if let Some(o) = self.get::<T>(reference) {
             return Ok(o);
@@ -115,13 +124,26 @@ pub trait Reader {
         match by_name.len() {
             1 => return Ok(by_name.into_iter().next().expect("one element")),
             0 => {}
-            n => return Err(StoreError::Ambiguous { kind, what: reference.into(), matches: n }),
+            n => {
+                return Err(StoreError::Ambiguous {
+                    kind,
+                    what: reference.into(),
+                    matches: n,
+                });
+            }
         }
         let by_prefix = self.find::<T>(By::IdPrefix(reference));
         match by_prefix.len() {
-            0 => Err(StoreError::NotFound { kind, what: reference.into() }),
+            0 => Err(StoreError::NotFound {
+                kind,
+                what: reference.into(),
+            }),
             1 => Ok(by_prefix.into_iter().next().expect("one element")),
-            n => Err(StoreError::Ambiguous { kind, what: reference.into(), matches: n }),
+            n => Err(StoreError::Ambiguous {
+                kind,
+                what: reference.into(),
+                matches: n,
+            }),
         }
     }
 }
@@ -135,7 +157,11 @@ fn find_in_tables<T: StoreObject>(tables: &Tables, by: By<'_>) -> Vec<Arc<T>> {
         },
         Some((index, key, prefix)) => {
             if prefix {
-                table.with_key_prefix(index, &key).into_iter().cloned().collect()
+                table
+                    .with_key_prefix(index, &key)
+                    .into_iter()
+                    .cloned()
+                    .collect()
             } else {
                 table.with_key(index, &key).cloned().collect()
             }
@@ -176,7 +202,10 @@ impl ReadTx<'_> {
                 _ => table.iter().for_each(f),
             },
             Some((index, key, false)) => table.with_key(index, &key).for_each(f),
-            Some((index, key, true)) => table.with_key_prefix(index, &key).into_iter().for_each(&mut f),
+            Some((index, key, true)) => table
+                .with_key_prefix(index, &key)
+                .into_iter()
+                .for_each(&mut f),
         }
     }
 }
@@ -207,11 +236,17 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct PendingChanges {
     order: Vec<Key>,
-    entries: HashMap<Key, Pending>,
-    reads: RefCell<BTreeMap<Key, u64>>,
+    /// Changed objects, one map per kind (indexed by `ObjectKind as usize`), so that lookups
+    /// by `&str` need no allocation.
+    entries: [HashMap<String, Pending>; 8],
+    len: usize,
+    /// Versions of the objects read by ID, one map per kind.
+    reads: RefCell<[HashMap<String, u64>; 8]>,
     bytes: usize,
-    /// Undo records: the key and its previous entry, for rolling back to a mark.
+    /// Undo records: the key and its previous entry, for rolling back to a mark. Kept only
+    /// when `journaling` (in batches), since a plain transaction is dropped whole on error.
     journal: Vec<(Key, Option<Pending>, usize)>,
+    journaling: bool,
 }
 
 /// A position in a transaction's changes to roll back to.
@@ -223,11 +258,31 @@ pub struct Mark {
 impl PendingChanges {
     /// Number of changed objects.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
+    }
+
+    fn entry(&self, kind: ObjectKind, id: &str) -> Option<&Pending> {
+        self.entries[kind as usize].get(id)
+    }
+
+    fn insert(&mut self, key: &Key, p: Pending) -> Option<Pending> {
+        let previous = self.entries[key.0 as usize].insert(key.1.clone(), p);
+        if previous.is_none() {
+            self.len += 1;
+        }
+        previous
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Pending> {
+        let previous = self.entries[key.0 as usize].remove(&key.1);
+        if previous.is_some() {
+            self.len -= 1;
+        }
+        previous
     }
 
     /// Encoded size of the changed objects.
@@ -235,20 +290,31 @@ impl PendingChanges {
         self.bytes
     }
 
+    /// Changes that can be rolled back to a mark.
+    pub fn journaled() -> Self {
+        Self {
+            journaling: true,
+            ..Self::default()
+        }
+    }
+
     pub fn mark(&self) -> Mark {
-        Mark { journal: self.journal.len() }
+        Mark {
+            journal: self.journal.len(),
+        }
     }
 
     /// Undoes every change made after `mark`.
     pub fn rollback(&mut self, mark: Mark) {
+        debug_assert!(self.journaling, "rollback needs a journaled PendingChanges");
         while self.journal.len() > mark.journal {
             let (key, previous, order_len) = self.journal.pop().expect("journal entry");
-            if let Some(p) = self.entries.remove(&key) {
+            if let Some(p) = self.remove(&key) {
                 self.bytes -= p.bytes;
             }
             if let Some(p) = previous {
                 self.bytes += p.bytes;
-                self.entries.insert(key, p);
+                self.insert(&key, p);
             }
             self.order.truncate(order_len);
         }
@@ -259,35 +325,48 @@ impl PendingChanges {
         let previous = match entry {
             Some(p) => {
                 self.bytes += p.bytes;
-                if !self.entries.contains_key(&key) {
+                if self.entry(key.0, &key.1).is_none() {
                     self.order.push(key.clone());
                 }
-                self.entries.insert(key.clone(), p)
+                self.insert(&key, p)
             }
-            None => self.entries.remove(&key),
+            None => self.remove(&key),
         };
         if let Some(p) = &previous {
             self.bytes -= p.bytes;
         }
-        self.journal.push((key, previous, order_len));
+        if self.journaling {
+            self.journal.push((key, previous, order_len));
+        }
     }
 
     /// The transaction to propose. Changes come in the order objects were first touched.
     pub fn take(&mut self) -> ChangeSet {
-        let entries = std::mem::take(&mut self.entries);
-        let mut changes = Vec::with_capacity(entries.len());
-        let mut entries = entries;
-        for key in self.order.drain(..) {
-            if let Some(p) = entries.remove(&key) {
-                changes.push(Change { action: p.action, object: p.object });
+        // Objects the transaction writes are checked through their own version; the other
+        // reads are carried as guards.
+        let mut reads: Vec<ObjectVersion> = Vec::new();
+        for (kind, map) in std::mem::take(self.reads.get_mut()).into_iter().enumerate() {
+            let start = reads.len();
+            reads.extend(
+                map.into_iter()
+                    .filter(|(id, _)| !self.entries[kind].contains_key(id))
+                    .map(|(id, version)| ObjectVersion {
+                        kind: kind as i32,
+                        id,
+                        version,
+                    }),
+            );
+            reads[start..].sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        let mut changes = Vec::with_capacity(self.len);
+        for key in std::mem::take(&mut self.order) {
+            if let Some(p) = self.remove(&key) {
+                changes.push(Change {
+                    action: p.action,
+                    object: p.object,
+                });
             }
         }
-        let reads = std::mem::take(self.reads.get_mut());
-        let reads = reads
-            .into_iter()
-            .filter(|(key, _)| !changes.iter().any(|c| c.object.kind() == key.0 && c.object.id() == key.1))
-            .map(|((kind, id), version)| ObjectVersion { kind: kind as i32, id, version })
-            .collect();
         self.bytes = 0;
         self.journal.clear();
         ChangeSet { changes, reads }
@@ -307,7 +386,11 @@ impl<'a> WriteTx<'a> {
         pending: &'a mut PendingChanges,
         now: prost_types::Timestamp,
     ) -> Self {
-        Self { tables, pending, now }
+        Self {
+            tables,
+            pending,
+            now,
+        }
     }
 
     /// The time stamped on objects written by this transaction.
@@ -327,7 +410,7 @@ impl<'a> WriteTx<'a> {
     /// The object as this transaction sees it: `Some(None)` if the transaction removed it,
     /// `None` if the transaction has not touched it.
     fn pending_view<T: StoreObject>(&self, id: &str) -> Option<Option<Arc<T>>> {
-        let entry = self.pending.entries.get(&Self::key::<T>(id))?;
+        let entry = self.pending.entry(T::KIND, id)?;
         Some(match entry.action {
             Action::Remove => None,
             _ => T::from_object(&entry.object).cloned(),
@@ -354,7 +437,10 @@ impl<'a> WriteTx<'a> {
         }
         let holders = self.find::<T>(By::Name(&name));
         if holders.iter().any(|o| o.id() != object.id()) {
-            return Err(StoreError::NameConflict { kind: kind_name(T::KIND), name });
+            return Err(StoreError::NameConflict {
+                kind: kind_name(T::KIND),
+                name: name.into_owned(),
+            });
         }
         Ok(())
     }
@@ -364,10 +450,12 @@ impl<'a> WriteTx<'a> {
     pub fn create<T: StoreObject>(&mut self, mut object: T) -> Result<()> {
         let kind = kind_name(T::KIND);
         if object.id().is_empty() {
-            return Err(StoreError::InvalidTransaction(format!("a new {kind} needs an ID")));
+            return Err(StoreError::InvalidTransaction(format!(
+                "a new {kind} needs an ID"
+            )));
         }
         let id = object.id().to_string();
-        if self.pending.entries.get(&Self::key::<T>(&id)).map(|p| p.action) == Some(Action::Remove) {
+        if self.pending.entry(T::KIND, &id).map(|p| p.action) == Some(Action::Remove) {
             return Err(StoreError::InvalidTransaction(format!(
                 "{kind} {id} was removed in this transaction and cannot be created again in it"
             )));
@@ -382,7 +470,14 @@ impl<'a> WriteTx<'a> {
         meta.updated_at = Some(self.now);
         let bytes = object.encoded_len();
         let object = T::into_object(Arc::new(object));
-        self.pending.set(Self::key::<T>(&id), Some(Pending { action: Action::Create, object, bytes }));
+        self.pending.set(
+            Self::key::<T>(&id),
+            Some(Pending {
+                action: Action::Create,
+                object,
+                bytes,
+            }),
+        );
         Ok(())
     }
 
@@ -392,7 +487,10 @@ impl<'a> WriteTx<'a> {
         let id = object.id().to_string();
         let current = self
             .view_get::<T>(&id)
-            .ok_or_else(|| StoreError::NotFound { kind, what: id.clone() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind,
+                what: id.clone(),
+            })?;
         if current.version() != object.version() {
             return Err(StoreError::SequenceConflict {
                 kind,
@@ -404,7 +502,7 @@ impl<'a> WriteTx<'a> {
         if current.name() != object.name() {
             self.check_name_free(&object)?;
         }
-        let action = match self.pending.entries.get(&Self::key::<T>(&id)) {
+        let action = match self.pending.entry(T::KIND, &id) {
             Some(p) if p.action == Action::Create => Action::Create,
             _ => Action::Update,
         };
@@ -413,7 +511,14 @@ impl<'a> WriteTx<'a> {
         meta.updated_at = Some(self.now);
         let bytes = object.encoded_len();
         let object = T::into_object(Arc::new(object));
-        self.pending.set(Self::key::<T>(&id), Some(Pending { action, object, bytes }));
+        self.pending.set(
+            Self::key::<T>(&id),
+            Some(Pending {
+                action,
+                object,
+                bytes,
+            }),
+        );
         Ok(())
     }
 
@@ -421,17 +526,25 @@ impl<'a> WriteTx<'a> {
     pub fn delete<T: StoreObject>(&mut self, id: &str) -> Result<()> {
         let kind = kind_name(T::KIND);
         let key = Self::key::<T>(id);
-        let current = self
-            .view_get::<T>(id)
-            .ok_or_else(|| StoreError::NotFound { kind, what: id.to_string() })?;
-        match self.pending.entries.get(&key).map(|p| p.action) {
+        let current = self.view_get::<T>(id).ok_or_else(|| StoreError::NotFound {
+            kind,
+            what: id.to_string(),
+        })?;
+        match self.pending.entry(T::KIND, id).map(|p| p.action) {
             Some(Action::Create) => self.pending.set(key, None),
             _ => {
                 // Remove what was read from the store, at the version read from the store.
                 let base = T::table(self.tables).get(id).cloned().unwrap_or(current);
                 let bytes = base.encoded_len();
                 let object = T::into_object(base);
-                self.pending.set(key, Some(Pending { action: Action::Remove, object, bytes }));
+                self.pending.set(
+                    key,
+                    Some(Pending {
+                        action: Action::Remove,
+                        object,
+                        bytes,
+                    }),
+                );
             }
         }
         Ok(())
@@ -444,17 +557,20 @@ impl Reader for WriteTx<'_> {
             return view;
         }
         let found = T::table(self.tables).get(id).cloned();
-        self.pending
-            .reads
-            .borrow_mut()
-            .insert(Self::key::<T>(id), found.as_ref().map(|o| o.version()).unwrap_or(0));
+        // The first read of an object is the one the transaction relies on.
+        let version = found.as_ref().map(|o| o.version()).unwrap_or(0);
+        let mut reads = self.pending.reads.borrow_mut();
+        let reads = &mut reads[T::KIND as usize];
+        if !reads.contains_key(id) {
+            reads.insert(id.to_string(), version);
+        }
         found
     }
 
     fn find<T: StoreObject>(&self, by: By<'_>) -> Vec<Arc<T>> {
         let mut found: Vec<Arc<T>> = find_in_tables::<T>(self.tables, by)
             .into_iter()
-            .filter(|o| !self.pending.entries.contains_key(&Self::key::<T>(o.id())))
+            .filter(|o| self.pending.entry(T::KIND, o.id()).is_none())
             .collect();
         for key in &self.pending.order {
             if key.0 != T::KIND {

@@ -128,7 +128,12 @@ pub struct Subscription {
 
 impl Subscription {
     pub(crate) fn new(receiver: broadcast::Receiver<Arc<Commit>>, filter: Filter) -> Self {
-        Self { receiver, filter, pending: VecDeque::new(), ended: None }
+        Self {
+            receiver,
+            filter,
+            pending: VecDeque::new(),
+            ended: None,
+        }
     }
 
     fn take(&mut self, commit: &Commit) -> Result<(), WatchError> {

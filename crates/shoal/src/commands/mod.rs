@@ -1,0 +1,3 @@
+//! One module per command: parse its arguments, apply it, render the result.
+
+pub mod version;
