@@ -14,13 +14,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // BTreeMap keeps map fields in key order, so equal objects encode to equal bytes.
         .btree_map(".")
+        // TaskSpec is shared between the tasks of a service (src/shared.rs).
+        .extern_path(".shoal.v1.TaskSpec", "crate::shared::TaskSpec")
         // Large optional parts live behind a pointer so that small objects stay small in memory.
-        .boxed(".shoal.v1.Task.spec")
         .boxed(".shoal.v1.Task.service_annotations")
-        .boxed(".shoal.v1.TaskSpec.runtime.container")
-        .boxed(".shoal.v1.TaskSpec.runtime.process")
-        .boxed(".shoal.v1.TaskSpec.resources")
-        .boxed(".shoal.v1.TaskSpec.placement")
+        .boxed(".shoal.v1.Task.annotations")
+        .boxed(".shoal.v1.TaskStatus.runtime_status.container")
+        .boxed(".shoal.v1.TaskStatus.runtime_status.process")
         .boxed(".shoal.v1.ContainerSpec.dns_config")
         .boxed(".shoal.v1.ContainerSpec.healthcheck")
         .boxed(".shoal.v1.TaskStatus.port_status")

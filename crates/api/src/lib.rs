@@ -10,10 +10,12 @@
 //! - [`validation`] checks specs before anything is written, with errors that name the field.
 //! - [`task_state`] knows the order of task states.
 //! - [`clock`] is time as an input, so that tests can drive it.
+//! - [`shared`] makes `TaskSpec` a shared, copy-on-write handle: tasks of a service share one.
 
 pub mod clock;
 pub mod defaults;
 pub mod id;
+pub mod shared;
 pub mod task_state;
 pub mod validation;
 
@@ -21,4 +23,6 @@ pub mod validation;
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("shoal.v1");
+
+    pub use crate::shared::{TaskSpec, TaskSpecFields, task_spec};
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use shoal_api::v1::{
     Annotations, ContainerSpec, EngineDescription, Meta, Node, NodeDescription, NodeSpec, Platform,
-    Resources, Task, TaskSpec, TaskState, TaskStatus, node_spec, task_spec,
+    ReplicatedService, Resources, Service, ServiceSpec, Task, TaskSpec, TaskSpecFields, TaskState,
+    TaskStatus, node_spec, service_spec, task_spec,
 };
 use shoal_store::{By, Filter, Reader, Store};
 
@@ -77,33 +78,63 @@ pub fn node(i: usize) -> Node {
     }
 }
 
-pub fn task(i: usize, services: usize, nodes: usize) -> Task {
-    let service = i % services;
+/// Services the tasks belong to.
+pub const SERVICES: usize = 1000;
+
+pub fn service(s: usize) -> Service {
+    let task = TaskSpec::from(TaskSpecFields {
+        runtime: Some(task_spec::Runtime::Container(Box::new(ContainerSpec {
+            image: "registry.local/web:1.4.2".into(),
+            command: vec!["/bin/web".into()],
+            args: vec!["--port".into(), "8080".into()],
+            env: vec![
+                "MODE=production".into(),
+                "LOG_LEVEL=info".into(),
+                format!("SERVICE={s}"),
+            ],
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        }))),
+        ..Default::default()
+    });
+    Service {
+        meta: Some(Meta {
+            id: id("s", s),
+            ..Default::default()
+        }),
+        spec: Some(ServiceSpec {
+            annotations: Some(Annotations {
+                name: format!("web-{s}"),
+                ..Default::default()
+            }),
+            task: Some(task),
+            mode: Some(service_spec::Mode::Replicated(ReplicatedService {
+                replicas: 100,
+            })),
+            ..Default::default()
+        }),
+        spec_version: 1,
+        ..Default::default()
+    }
+}
+
+/// Task `i`, made from its service as the orchestrator makes tasks: the spec is shared.
+pub fn task(i: usize, services: &[Service], nodes: usize) -> Task {
+    let s = i % services.len();
+    let service = &services[s];
+    let spec = service.spec.as_ref().expect("spec");
     Task {
         meta: Some(Meta {
             id: id("t", i),
             ..Default::default()
         }),
-        spec: Some(Box::new(TaskSpec {
-            runtime: Some(task_spec::Runtime::Container(Box::new(ContainerSpec {
-                image: "registry.local/web:1.4.2".into(),
-                command: vec!["/bin/web".into()],
-                args: vec!["--port".into(), "8080".into()],
-                env: vec![
-                    "MODE=production".into(),
-                    "LOG_LEVEL=info".into(),
-                    format!("SERVICE={service}"),
-                ],
-                labels: [("app".to_string(), "web".to_string())].into(),
-                ..Default::default()
-            }))),
-            ..Default::default()
-        })),
-        service_id: id("s", service),
-        slot: (i / services + 1) as u64,
+        spec: spec.task.clone(),
+        spec_version: service.spec_version,
+        service_id: id("s", s),
+        slot: (i / services.len() + 1) as u64,
         node_id: id("n", i % nodes.max(1)),
         service_annotations: Some(Box::new(Annotations {
-            name: format!("web-{service}"),
+            name: spec.annotations.as_ref().expect("annotations").name.clone(),
             ..Default::default()
         })),
         status: Some(TaskStatus {
@@ -170,9 +201,12 @@ pub fn run(args: Args) -> Report {
         let before = rss();
         rt.block_on(create_batched(&store, (0..args.nodes).map(node)));
         let after_nodes = rss();
+        let services: Vec<Service> = (0..SERVICES).map(service).collect();
+        rt.block_on(create_batched(&store, services.iter().cloned()));
+        let after_services = rss();
         rt.block_on(create_batched(
             &store,
-            (0..args.tasks).map(|i| task(i, 1000, args.nodes)),
+            (0..args.tasks).map(|i| task(i, &services, args.nodes)),
         ));
         let after_tasks = rss();
         let snapshot = store.snapshot();
@@ -180,7 +214,7 @@ pub fn run(args: Args) -> Report {
             snapshot.tasks.iter().map(prost::Message::encoded_len).sum();
         (
             (after_nodes.saturating_sub(before)) as f64 / args.nodes as f64,
-            (after_tasks.saturating_sub(after_nodes)) as f64 / args.tasks as f64,
+            (after_tasks.saturating_sub(after_services)) as f64 / args.tasks as f64,
             task_snapshot_bytes as f64 / args.tasks as f64,
         )
     };
@@ -245,15 +279,20 @@ pub fn run(args: Args) -> Report {
         Some(27.6 / 5.0),
     );
 
-    // Update: many nodes in one transaction (SwarmKit's UpdateNode).
+    // Update: many nodes in one transaction (SwarmKit's UpdateNode, which writes nodes it
+    // already holds; the store copies each one, as SwarmKit's does).
     let count = args.nodes.min(5_000);
+    let current: Vec<Node> = store.view(|tx| {
+        tx.find::<Node>(By::All)
+            .iter()
+            .take(count)
+            .map(|n| (**n).clone())
+            .collect()
+    });
     let start = Instant::now();
     rt.block_on(store.update(|tx| {
-        for n in nodes.iter().take(count) {
-            let mut node = (*tx
-                .get::<Node>(&n.meta.as_ref().expect("meta").id)
-                .expect("node"))
-            .clone();
+        for n in &current {
+            let mut node = n.clone();
             node.spec.as_mut().expect("spec").availability = node_spec::Availability::Active as i32;
             tx.update(node)?;
         }
@@ -319,7 +358,11 @@ pub fn run(args: Args) -> Report {
     );
 
     // Tasks: batched creation, finds by index.
-    let tasks: Vec<Task> = (0..args.tasks).map(|i| task(i, 1000, args.nodes)).collect();
+    let services: Vec<Service> = (0..SERVICES).map(service).collect();
+    rt.block_on(create_batched(&store, services.iter().cloned()));
+    let tasks: Vec<Task> = (0..args.tasks)
+        .map(|i| task(i, &services, args.nodes))
+        .collect();
     let start = Instant::now();
     rt.block_on(create_batched(&store, tasks.into_iter()));
     report.row(
@@ -330,16 +373,16 @@ pub fn run(args: Args) -> Report {
         None,
     );
 
-    let services: Vec<String> = (0..1000).map(|s| id("s", s)).collect();
+    let service_ids: Vec<String> = (0..SERVICES).map(|s| id("s", s)).collect();
     let start = Instant::now();
     let mut found = 0;
-    for s in &services {
+    for s in &service_ids {
         found += store.view(|tx| tx.find::<Task>(By::Service(s)).len());
     }
     black_box(found);
     report.row(
-        format!("find tasks by service ({} each)", args.tasks / 1000),
-        per_op(start.elapsed(), services.len()),
+        format!("find tasks by service ({} each)", args.tasks / SERVICES),
+        per_op(start.elapsed(), service_ids.len()),
         "µs",
         None,
         None,

@@ -165,7 +165,9 @@ fn set_fields(object: &mut Object, fields: &[(String, String)]) -> Res<()> {
             Object::Task(t) => {
                 let t = Arc::make_mut(t);
                 match key.as_str() {
-                    "name" => annotations(&mut t.annotations).name = value.into(),
+                    "name" => {
+                        t.annotations.get_or_insert_with(Default::default).name = value.into()
+                    }
                     "service" => t.service_id = value.into(),
                     "service_name" => {
                         t.service_annotations

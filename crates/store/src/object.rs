@@ -196,9 +196,19 @@ pub trait StoreObject:
     fn other_index_keys(&self, _index: Index, _out: &mut Vec<Vec<u8>>) {}
 
     /// Keys of `index` for this object, appended to `out`.
+    /// Whether some names of this kind are derived from other fields rather than stored
+    /// (tasks: `<service>.<slot>.<id>`). Derived names are not kept in the name index, which
+    /// saves an entry per object; lookups by name compute them instead.
+    const DERIVED_NAMES: bool = false;
+
+    /// The name kept in the name index, if any.
+    fn indexed_name(&self) -> Cow<'_, str> {
+        self.name()
+    }
+
     fn index_keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
         if index == Index::Name {
-            let name = self.name();
+            let name = self.indexed_name();
             if !name.is_empty() {
                 out.push(name.to_lowercase().into_bytes());
             }
@@ -234,8 +244,9 @@ pub fn slot_key(service_id: &str, slot: u64) -> Vec<u8> {
 }
 
 macro_rules! store_object {
-    ($ty:ident, $variant:ident, $kind:ident, $field:ident, $unique:expr, [$($index:ident),*]) => {
+    ($ty:ident, $variant:ident, $kind:ident, $field:ident, $unique:expr, [$($index:ident),*] $(, $extra:item)*) => {
         impl StoreObject for $ty {
+            $($extra)*
             const KIND: ObjectKind = ObjectKind::$kind;
             const UNIQUE_NAMES: bool = $unique;
             const INDEXES: &'static [Index] = &[$(Index::$index),*];
@@ -301,7 +312,11 @@ store_object!(
         Secret,
         Config,
         Network
-    ]
+    ],
+    const DERIVED_NAMES: bool = true;,
+    fn indexed_name(&self) -> Cow<'_, str> {
+        annotation_name(self.annotations.as_deref()).into()
+    }
 );
 store_object!(Network, Network, Network, networks, true, [Name]);
 store_object!(Cluster, Cluster, Cluster, clusters, true, [Name]);
@@ -342,7 +357,7 @@ impl Named for Task {
     /// A task is named by its annotations, else `<service>.<slot>.<id>` (`<service>.<node>.<id>`
     /// for global services), as Docker names task containers.
     fn display_name(&self) -> Cow<'_, str> {
-        let name = annotation_name(self.annotations.as_ref());
+        let name = annotation_name(self.annotations.as_deref());
         if !name.is_empty() {
             return name.into();
         }

@@ -14,7 +14,70 @@ use std::sync::Arc;
 
 use crate::object::{Index, StoreObject};
 
-type IndexMap = BTreeMap<Box<[u8]>, BTreeSet<u32>>;
+type IndexMap = BTreeMap<Box<[u8]>, Rows>;
+
+/// The rows holding one index key. Most keys of unique-ish indexes (names, slots) hold one
+/// row; keeping it inline saves a set allocation per object.
+#[derive(Debug)]
+enum Rows {
+    One(u32),
+    Many(BTreeSet<u32>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::One(_) => 1,
+            Rows::Many(set) => set.len(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let (one, many) = match self {
+            Rows::One(row) => (Some(*row), None),
+            Rows::Many(set) => (None, Some(set.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn insert(&mut self, row: u32) {
+        match self {
+            Rows::One(existing) if *existing == row => {}
+            Rows::One(existing) => *self = Rows::Many(BTreeSet::from([*existing, row])),
+            Rows::Many(set) => {
+                set.insert(row);
+            }
+        }
+    }
+
+    /// Removes `row`; returns whether no row is left.
+    fn remove(&mut self, row: u32) -> bool {
+        match self {
+            Rows::One(existing) => *existing == row,
+            Rows::Many(set) => {
+                set.remove(&row);
+                match set.len() {
+                    0 => true,
+                    1 => {
+                        let only = *set.iter().next().expect("one row");
+                        *self = Rows::One(only);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+fn add_entry(index: &mut IndexMap, key: Vec<u8>, row: u32) {
+    match index.entry(key.into_boxed_slice()) {
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(Rows::One(row));
+        }
+        std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().insert(row),
+    }
+}
 
 #[derive(Debug)]
 pub struct Table<T: StoreObject> {
@@ -85,8 +148,8 @@ impl<T: StoreObject> Table<T> {
     ) -> impl Iterator<Item = &'a Arc<T>> + 'a {
         let rows = Self::index_position(index).and_then(|p| self.indexes[p].get(key));
         rows.into_iter()
-            .flatten()
-            .filter_map(|row| self.rows[*row as usize].as_ref())
+            .flat_map(Rows::iter)
+            .filter_map(|row| self.rows[row as usize].as_ref())
     }
 
     /// Objects whose `index` key starts with `prefix`, by key, without duplicates.
@@ -103,9 +166,9 @@ impl<T: StoreObject> Table<T> {
             ))
             .take_while(|(k, _)| k.starts_with(prefix));
         for (_, rows) in range {
-            for row in rows {
-                if seen.insert(*row)
-                    && let Some(o) = self.rows[*row as usize].as_ref()
+            for row in rows.iter() {
+                if seen.insert(row)
+                    && let Some(o) = self.rows[row as usize].as_ref()
                 {
                     out.push(o);
                 }
@@ -118,7 +181,7 @@ impl<T: StoreObject> Table<T> {
     pub fn count_key(&self, index: Index, key: &[u8]) -> usize {
         Self::index_position(index)
             .and_then(|p| self.indexes[p].get(key))
-            .map(BTreeSet::len)
+            .map(Rows::len)
             .unwrap_or(0)
     }
 
@@ -141,10 +204,7 @@ impl<T: StoreObject> Table<T> {
                     remove_entry(&mut self.indexes[p], key, row);
                 }
                 for key in new_keys {
-                    self.indexes[p]
-                        .entry(key.into_boxed_slice())
-                        .or_default()
-                        .insert(row);
+                    add_entry(&mut self.indexes[p], key, row);
                 }
             }
             return Some(old);
@@ -164,10 +224,7 @@ impl<T: StoreObject> Table<T> {
             keys.clear();
             object.index_keys(*index, &mut keys);
             for key in keys.drain(..) {
-                self.indexes[p]
-                    .entry(key.into_boxed_slice())
-                    .or_default()
-                    .insert(row);
+                add_entry(&mut self.indexes[p], key, row);
             }
         }
         None
@@ -195,10 +252,9 @@ impl<T: StoreObject> Table<T> {
 }
 
 fn remove_entry(index: &mut IndexMap, key: &[u8], row: u32) {
-    if let Some(rows) = index.get_mut(key) {
-        rows.remove(&row);
-        if rows.is_empty() {
-            index.remove(key);
-        }
+    if let Some(rows) = index.get_mut(key)
+        && rows.remove(row)
+    {
+        index.remove(key);
     }
 }

@@ -114,6 +114,33 @@ impl Tables {
         with_kind!(kind, T => T::UNIQUE_NAMES)
     }
 
+    /// Makes a task share its spec with its service when they are equal. Tasks the
+    /// orchestrator creates share it already; tasks that arrive encoded (Raft entries on
+    /// followers, snapshots) carry a copy each, which this folds back into one.
+    fn share_task_spec(&self, object: &mut Object) {
+        let Object::Task(task) = object else { return };
+        let Some(spec) = task.spec.as_ref() else {
+            return;
+        };
+        let Some(service) = self.services.get(&task.service_id) else {
+            return;
+        };
+        let candidates = [
+            service.spec.as_ref().and_then(|s| s.task.as_ref()),
+            service.previous_spec.as_ref().and_then(|s| s.task.as_ref()),
+        ];
+        for shared in candidates.into_iter().flatten() {
+            if shoal_api::v1::TaskSpec::ptr_eq(spec, shared) {
+                return;
+            }
+            if spec == shared {
+                let shared = shared.clone();
+                Arc::make_mut(task).spec = Some(shared);
+                return;
+            }
+        }
+    }
+
     fn put_object(&mut self, object: Object) -> Option<Object> {
         match object {
             Object::Node(o) => self.nodes.put(o).map(Object::Node),
@@ -208,6 +235,7 @@ impl Tables {
                     });
                 }
                 self.check_name(&object)?;
+                self.share_task_spec(&mut object);
                 set_version(&mut object, version, None);
                 self.put_object(object.clone());
                 Ok((
@@ -228,6 +256,7 @@ impl Tables {
                 if Self::unique_names(object_kind) && current.name() != object.name() {
                     self.check_name(&object)?;
                 }
+                self.share_task_spec(&mut object);
                 set_version(&mut object, version, current.meta().created_at);
                 self.put_object(object.clone());
                 Ok((
@@ -332,8 +361,9 @@ fn load<T: StoreObject>(tables: &mut Tables, snapshot: &mut StoreSnapshot) -> Re
                 id: object.id().to_string(),
             });
         }
-        let wrapped = T::into_object(Arc::new(object));
+        let mut wrapped = T::into_object(Arc::new(object));
         tables.check_name(&wrapped)?;
+        tables.share_task_spec(&mut wrapped);
         tables.put_object(wrapped);
     }
     Ok(())

@@ -270,6 +270,57 @@ fn lookup_by_task_state_follows_status_updates() {
     });
 }
 
+#[test]
+fn tasks_arriving_encoded_share_their_service_spec() {
+    use shoal_api::v1::{TaskSpec, TaskSpecFields};
+    let rt = runtime();
+    let spec = TaskSpec::from(TaskSpecFields {
+        force_update: 9,
+        ..Default::default()
+    });
+    let mut s = service("s1", "web");
+    s.spec.as_mut().unwrap().task = Some(spec);
+    // A task carrying an equal but separate copy, as decoding produces.
+    let mut t = task("t1", "s1", 1);
+    t.spec = Some(TaskSpec::from(TaskSpecFields {
+        force_update: 9,
+        ..Default::default()
+    }));
+    let store = Store::new();
+    rt.block_on(store.update(|tx| {
+        tx.create(s.clone())?;
+        tx.create(t.clone())
+    }))
+    .unwrap();
+    let shared = |store: &Store| {
+        store.view(|tx| {
+            let s = tx.get::<Service>("s1").unwrap();
+            let t = tx.get::<Task>("t1").unwrap();
+            TaskSpec::ptr_eq(
+                s.spec.as_ref().unwrap().task.as_ref().unwrap(),
+                t.spec.as_ref().unwrap(),
+            )
+        })
+    };
+    assert!(shared(&store));
+    let restored = Store::new();
+    let bytes = store.snapshot().encode_to_vec();
+    restored
+        .restore(StoreSnapshot::decode(bytes.as_slice()).unwrap())
+        .unwrap();
+    assert!(shared(&restored));
+    // A task whose spec differs keeps its own.
+    let mut other = task("t2", "s1", 2);
+    other.spec = Some(TaskSpec::from(TaskSpecFields {
+        force_update: 1,
+        ..Default::default()
+    }));
+    rt.block_on(store.update(|tx| tx.create(other.clone())))
+        .unwrap();
+    let t2 = store.view(|tx| tx.get::<Task>("t2").unwrap());
+    assert_eq!(t2.spec.as_ref().unwrap().force_update, 1);
+}
+
 // --- Properties ---------------------------------------------------------------------------
 
 #[derive(Clone, Debug)]

@@ -12,8 +12,8 @@
 //! stale data. Reads through indexes (`find`) are not remembered; code that depends on what a
 //! scan returned re-reads or is level-triggered (it looks again when things change).
 
+use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use shoal_api::v1::{NodeRole, ObjectKind, ObjectVersion, TaskState, node_spec};
@@ -84,6 +84,14 @@ impl By<'_> {
                 By::IdPrefix(p) => object.id().starts_with(p),
                 _ => true,
             },
+            Some((Index::Name, key, prefix)) => {
+                let name = object.name().to_lowercase().into_bytes();
+                if prefix {
+                    name.starts_with(&key)
+                } else {
+                    name == key
+                }
+            }
             Some((index, key, prefix)) => {
                 let mut keys = Vec::new();
                 object.index_keys(index, &mut keys);
@@ -150,6 +158,36 @@ pub trait Reader {
 
 fn find_in_tables<T: StoreObject>(tables: &Tables, by: By<'_>) -> Vec<Arc<T>> {
     let table = T::table(tables);
+    if T::DERIVED_NAMES {
+        match by {
+            By::Name(name) => {
+                // Explicit names through the index, derived ones through the ID they end with.
+                let key = name.to_lowercase();
+                let mut found: Vec<Arc<T>> = table
+                    .with_key(Index::Name, key.as_bytes())
+                    .cloned()
+                    .collect();
+                if let Some((_, id)) = key.rsplit_once('.')
+                    && let Some(o) = table.get(id)
+                    && o.indexed_name().is_empty()
+                    && o.name().to_lowercase() == key
+                {
+                    found.push(o.clone());
+                }
+                return found;
+            }
+            By::NamePrefix(prefix) => {
+                // Derived names have no index: a scan.
+                let prefix = prefix.to_lowercase();
+                return table
+                    .iter()
+                    .filter(|o| o.name().to_lowercase().starts_with(&prefix))
+                    .cloned()
+                    .collect();
+            }
+            _ => {}
+        }
+    }
     match by.index_key() {
         None => match by {
             By::IdPrefix(p) => table.with_id_prefix(p).cloned().collect(),
@@ -188,7 +226,9 @@ impl ReadTx<'_> {
     /// Number of objects of kind `T` found by `by`, without collecting them.
     pub fn count_by<T: StoreObject>(&self, by: By<'_>) -> usize {
         match by.index_key() {
-            Some((index, key, false)) => T::table(self.tables).count_key(index, &key),
+            Some((index, key, false)) if index != Index::Name => {
+                T::table(self.tables).count_key(index, &key)
+            }
             _ => self.find::<T>(by).len(),
         }
     }
@@ -201,6 +241,7 @@ impl ReadTx<'_> {
                 By::IdPrefix(p) => table.with_id_prefix(p).for_each(f),
                 _ => table.iter().for_each(f),
             },
+            Some((Index::Name, _, _)) => find_in_tables::<T>(self.tables, by).iter().for_each(f),
             Some((index, key, false)) => table.with_key(index, &key).for_each(f),
             Some((index, key, true)) => table
                 .with_key_prefix(index, &key)

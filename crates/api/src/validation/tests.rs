@@ -12,14 +12,17 @@ fn process_service(name: &str) -> ServiceSpec {
             name: name.into(),
             ..Default::default()
         }),
-        task: Some(TaskSpec {
-            runtime: Some(task_spec::Runtime::Process(Box::new(ProcessSpec {
-                command: "sleep".into(),
-                args: vec!["1d".into()],
+        task: Some(
+            v1::TaskSpecFields {
+                runtime: Some(task_spec::Runtime::Process(Box::new(ProcessSpec {
+                    command: "sleep".into(),
+                    args: vec!["1d".into()],
+                    ..Default::default()
+                }))),
                 ..Default::default()
-            }))),
-            ..Default::default()
-        }),
+            }
+            .into(),
+        ),
         mode: Some(service_spec::Mode::Replicated(ReplicatedService {
             replicas: 3,
         })),
