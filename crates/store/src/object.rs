@@ -101,7 +101,7 @@ impl Object {
     }
 
     /// Index keys of the object for `index` (empty if the kind has no such index).
-    pub fn index_keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
+    pub fn index_keys(&self, index: Index, out: &mut Keys) {
         match self {
             Object::Node(o) => o.index_keys(index, out),
             Object::Service(o) => o.index_keys(index, out),
@@ -193,7 +193,7 @@ pub trait StoreObject:
     fn name(&self) -> Cow<'_, str>;
 
     /// Keys of `index` for this object (non-name indexes).
-    fn other_index_keys(&self, _index: Index, _out: &mut Vec<Vec<u8>>) {}
+    fn other_index_keys(&self, _index: Index, _out: &mut Keys) {}
 
     /// Keys of `index` for this object, appended to `out`.
     /// Whether some names of this kind are derived from other fields rather than stored
@@ -206,11 +206,11 @@ pub trait StoreObject:
         self.name()
     }
 
-    fn index_keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
+    fn index_keys(&self, index: Index, out: &mut Keys) {
         if index == Index::Name {
             let name = self.indexed_name();
             if !name.is_empty() {
-                out.push(name.to_lowercase().into_bytes());
+                out.push_lowercase(&name);
             }
         } else {
             self.other_index_keys(index, out);
@@ -224,14 +224,73 @@ pub trait StoreObject:
     fn snapshot_list(snapshot: &mut StoreSnapshot) -> &mut Vec<Self>;
 }
 
+/// The index keys of one object for one index, kept in one reusable buffer so that computing
+/// them allocates nothing once the buffer has grown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Keys {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn push(&mut self, key: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Pushes `name` lower-cased: names are found without regard to case.
+    pub fn push_lowercase(&mut self, name: &str) {
+        if name.is_ascii() {
+            self.bytes
+                .extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+        } else {
+            self.bytes.extend_from_slice(name.to_lowercase().as_bytes());
+        }
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn push_int(&mut self, v: i64) {
+        self.push(&int_key(v));
+    }
+
+    pub fn push_slot(&mut self, service_id: &str, slot: u64) {
+        self.bytes.extend_from_slice(service_id.as_bytes());
+        self.bytes.push(0);
+        self.bytes.extend_from_slice(&slot.to_be_bytes());
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let key = &self.bytes[start..end];
+            start = end;
+            key
+        })
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.iter().any(|k| k == key)
+    }
+}
+
 /// Key of a string-valued index.
 pub fn string_key(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
 /// Key of an integer-valued index: big-endian, so byte order is numeric order.
-pub fn int_key(v: i64) -> Vec<u8> {
-    ((v as u64) ^ (1 << 63)).to_be_bytes().to_vec()
+pub fn int_key(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 /// Key of the slot index: service ID, a separator, then the slot.
@@ -264,7 +323,7 @@ macro_rules! store_object {
                 self.display_name()
             }
 
-            fn other_index_keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
+            fn other_index_keys(&self, index: Index, out: &mut Keys) {
                 other_keys(self, index, out)
             }
 
@@ -404,15 +463,15 @@ impl Named for Config {
 
 /// Keys of the indexes other than the name index.
 trait OtherKeys {
-    fn keys(&self, index: Index, out: &mut Vec<Vec<u8>>);
+    fn keys(&self, index: Index, out: &mut Keys);
 }
 
-fn other_keys<T: OtherKeys>(o: &T, index: Index, out: &mut Vec<Vec<u8>>) {
+fn other_keys<T: OtherKeys>(o: &T, index: Index, out: &mut Keys) {
     o.keys(index, out)
 }
 
 impl OtherKeys for Node {
-    fn keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
+    fn keys(&self, index: Index, out: &mut Keys) {
         match index {
             Index::Role => {
                 let role = self
@@ -420,7 +479,7 @@ impl OtherKeys for Node {
                     .as_ref()
                     .map(|s| s.desired_role)
                     .unwrap_or(NodeRole::Worker as i32);
-                out.push(int_key(role as i64));
+                out.push_int(role as i64);
             }
             Index::Membership => {
                 let m = self
@@ -428,7 +487,7 @@ impl OtherKeys for Node {
                     .as_ref()
                     .map(|s| s.membership)
                     .unwrap_or(node_spec::Membership::Pending as i32);
-                out.push(int_key(m as i64));
+                out.push_int(m as i64);
             }
             _ => {}
         }
@@ -436,49 +495,49 @@ impl OtherKeys for Node {
 }
 
 impl OtherKeys for Service {
-    fn keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
+    fn keys(&self, index: Index, out: &mut Keys) {
         if index == Index::Network
             && let Some(task) = self.spec.as_ref().and_then(|s| s.task.as_ref())
         {
             for n in &task.networks {
-                out.push(string_key(&n.target));
+                out.push(n.target.as_bytes());
             }
         }
     }
 }
 
 impl OtherKeys for Task {
-    fn keys(&self, index: Index, out: &mut Vec<Vec<u8>>) {
+    fn keys(&self, index: Index, out: &mut Keys) {
         match index {
             Index::Service if !self.service_id.is_empty() => {
-                out.push(string_key(&self.service_id));
+                out.push(self.service_id.as_bytes());
             }
-            Index::Node if !self.node_id.is_empty() => out.push(string_key(&self.node_id)),
+            Index::Node if !self.node_id.is_empty() => out.push(self.node_id.as_bytes()),
             Index::Slot if !self.service_id.is_empty() => {
-                out.push(slot_key(&self.service_id, self.slot));
+                out.push_slot(&self.service_id, self.slot);
             }
-            Index::DesiredState => out.push(int_key(self.desired_state as i64)),
+            Index::DesiredState => out.push_int(self.desired_state as i64),
             Index::TaskState => {
                 let state = self
                     .status
                     .as_ref()
                     .map(|s| s.state)
                     .unwrap_or(TaskState::New as i32);
-                out.push(int_key(state as i64));
+                out.push_int(state as i64);
             }
             Index::Secret => {
                 for s in task_secrets(self) {
-                    out.push(string_key(s));
+                    out.push(s.as_bytes());
                 }
             }
             Index::Config => {
                 for c in task_configs(self) {
-                    out.push(string_key(c));
+                    out.push(c.as_bytes());
                 }
             }
             Index::Network => {
                 for n in &self.networks {
-                    out.push(string_key(&n.network_id));
+                    out.push(n.network_id.as_bytes());
                 }
             }
             _ => {}
@@ -511,14 +570,14 @@ fn task_configs(task: &Task) -> Vec<&str> {
 }
 
 impl OtherKeys for Network {
-    fn keys(&self, _: Index, _: &mut Vec<Vec<u8>>) {}
+    fn keys(&self, _: Index, _: &mut Keys) {}
 }
 impl OtherKeys for Cluster {
-    fn keys(&self, _: Index, _: &mut Vec<Vec<u8>>) {}
+    fn keys(&self, _: Index, _: &mut Keys) {}
 }
 impl OtherKeys for Secret {
-    fn keys(&self, _: Index, _: &mut Vec<Vec<u8>>) {}
+    fn keys(&self, _: Index, _: &mut Keys) {}
 }
 impl OtherKeys for Config {
-    fn keys(&self, _: Index, _: &mut Vec<Vec<u8>>) {}
+    fn keys(&self, _: Index, _: &mut Keys) {}
 }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::object::{Index, StoreObject};
+use crate::object::{Index, Keys, StoreObject};
 
 type IndexMap = BTreeMap<Box<[u8]>, Rows>;
 
@@ -70,12 +70,12 @@ impl Rows {
     }
 }
 
-fn add_entry(index: &mut IndexMap, key: Vec<u8>, row: u32) {
-    match index.entry(key.into_boxed_slice()) {
-        std::collections::btree_map::Entry::Vacant(e) => {
-            e.insert(Rows::One(row));
+fn add_entry(index: &mut IndexMap, key: &[u8], row: u32) {
+    match index.get_mut(key) {
+        Some(rows) => rows.insert(row),
+        None => {
+            index.insert(key.into(), Rows::One(row));
         }
-        std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().insert(row),
     }
 }
 
@@ -86,6 +86,8 @@ pub struct Table<T: StoreObject> {
     by_id: BTreeMap<Box<str>, u32>,
     /// One map per entry of `T::INDEXES`, in the same order.
     indexes: Vec<IndexMap>,
+    /// Reusable buffers for index keys.
+    scratch: [Keys; 2],
 }
 
 impl<T: StoreObject> Default for Table<T> {
@@ -95,6 +97,7 @@ impl<T: StoreObject> Default for Table<T> {
             free: Vec::new(),
             by_id: BTreeMap::new(),
             indexes: T::INDEXES.iter().map(|_| IndexMap::new()).collect(),
+            scratch: Default::default(),
         }
     }
 }
@@ -187,61 +190,65 @@ impl<T: StoreObject> Table<T> {
 
     /// Inserts or replaces the object with the same ID; returns the one replaced.
     pub fn put(&mut self, object: Arc<T>) -> Option<Arc<T>> {
-        let mut keys = Vec::new();
-        if let Some(&row) = self.by_id.get(object.id()) {
+        let [mut old_keys, mut new_keys] = std::mem::take(&mut self.scratch);
+        let replaced = if let Some(&row) = self.by_id.get(object.id()) {
             let old = self.rows[row as usize]
                 .replace(object.clone())
                 .expect("row of a live ID");
             for (p, index) in T::INDEXES.iter().enumerate() {
-                keys.clear();
-                old.index_keys(*index, &mut keys);
-                let mut new_keys = Vec::new();
+                old_keys.clear();
+                new_keys.clear();
+                old.index_keys(*index, &mut old_keys);
                 object.index_keys(*index, &mut new_keys);
-                if keys == new_keys {
+                if old_keys == new_keys {
                     continue;
                 }
-                for key in &keys {
+                for key in old_keys.iter() {
                     remove_entry(&mut self.indexes[p], key, row);
                 }
-                for key in new_keys {
+                for key in new_keys.iter() {
                     add_entry(&mut self.indexes[p], key, row);
                 }
             }
-            return Some(old);
-        }
-        let row = match self.free.pop() {
-            Some(row) => {
-                self.rows[row as usize] = Some(object.clone());
-                row
+            Some(old)
+        } else {
+            let row = match self.free.pop() {
+                Some(row) => {
+                    self.rows[row as usize] = Some(object.clone());
+                    row
+                }
+                None => {
+                    self.rows.push(Some(object.clone()));
+                    u32::try_from(self.rows.len() - 1).expect("fewer than 2^32 objects of a kind")
+                }
+            };
+            self.by_id.insert(object.id().into(), row);
+            for (p, index) in T::INDEXES.iter().enumerate() {
+                new_keys.clear();
+                object.index_keys(*index, &mut new_keys);
+                for key in new_keys.iter() {
+                    add_entry(&mut self.indexes[p], key, row);
+                }
             }
-            None => {
-                self.rows.push(Some(object.clone()));
-                u32::try_from(self.rows.len() - 1).expect("fewer than 2^32 objects of a kind")
-            }
+            None
         };
-        self.by_id.insert(object.id().into(), row);
-        for (p, index) in T::INDEXES.iter().enumerate() {
-            keys.clear();
-            object.index_keys(*index, &mut keys);
-            for key in keys.drain(..) {
-                add_entry(&mut self.indexes[p], key, row);
-            }
-        }
-        None
+        self.scratch = [old_keys, new_keys];
+        replaced
     }
 
     /// Removes the object with `id`; returns it.
     pub fn remove(&mut self, id: &str) -> Option<Arc<T>> {
         let row = self.by_id.remove(id)?;
         let old = self.rows[row as usize].take().expect("row of a live ID");
-        let mut keys = Vec::new();
+        let mut keys = std::mem::take(&mut self.scratch[0]);
         for (p, index) in T::INDEXES.iter().enumerate() {
             keys.clear();
             old.index_keys(*index, &mut keys);
-            for key in &keys {
+            for key in keys.iter() {
                 remove_entry(&mut self.indexes[p], key, row);
             }
         }
+        self.scratch[0] = keys;
         self.free.push(row);
         Some(old)
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use shoal_api::v1::{NodeRole, ObjectKind, ObjectVersion, TaskState, node_spec};
 
 use crate::error::{Result, StoreError};
-use crate::object::{Index, Object, StoreObject, int_key, kind_name, slot_key, string_key};
+use crate::object::{Index, Keys, Object, StoreObject, int_key, kind_name, slot_key, string_key};
 use crate::tables::Tables;
 use crate::transaction::{Change, ChangeSet};
 use crate::watch::Action;
@@ -67,10 +67,10 @@ impl By<'_> {
             By::Service(id) => (Index::Service, string_key(id), false),
             By::Node(id) => (Index::Node, string_key(id), false),
             By::Slot(id, slot) => (Index::Slot, slot_key(id, slot), false),
-            By::DesiredState(s) => (Index::DesiredState, int_key(s as i64), false),
-            By::TaskState(s) => (Index::TaskState, int_key(s as i64), false),
-            By::Role(r) => (Index::Role, int_key(r as i64), false),
-            By::Membership(m) => (Index::Membership, int_key(m as i64), false),
+            By::DesiredState(s) => (Index::DesiredState, int_key(s as i64).to_vec(), false),
+            By::TaskState(s) => (Index::TaskState, int_key(s as i64).to_vec(), false),
+            By::Role(r) => (Index::Role, int_key(r as i64).to_vec(), false),
+            By::Membership(m) => (Index::Membership, int_key(m as i64).to_vec(), false),
             By::ReferencedSecret(id) => (Index::Secret, string_key(id), false),
             By::ReferencedConfig(id) => (Index::Config, string_key(id), false),
             By::ReferencedNetwork(id) => (Index::Network, string_key(id), false),
@@ -93,13 +93,13 @@ impl By<'_> {
                 }
             }
             Some((index, key, prefix)) => {
-                let mut keys = Vec::new();
+                let mut keys = Keys::default();
                 object.index_keys(index, &mut keys);
                 keys.iter().any(|k| {
                     if prefix {
                         k.starts_with(&key)
                     } else {
-                        *k == key
+                        k == key.as_slice()
                     }
                 })
             }
@@ -366,10 +366,16 @@ impl PendingChanges {
         let previous = match entry {
             Some(p) => {
                 self.bytes += p.bytes;
-                if self.entry(key.0, &key.1).is_none() {
-                    self.order.push(key.clone());
+                let map = &mut self.entries[key.0 as usize];
+                match map.get_mut(key.1.as_str()) {
+                    Some(slot) => Some(std::mem::replace(slot, p)),
+                    None => {
+                        self.order.push(key.clone());
+                        self.len += 1;
+                        map.insert(key.1.clone(), p);
+                        None
+                    }
                 }
-                self.insert(&key, p)
             }
             None => self.remove(&key),
         };
@@ -495,14 +501,18 @@ impl<'a> WriteTx<'a> {
                 "a new {kind} needs an ID"
             )));
         }
-        let id = object.id().to_string();
-        if self.pending.entry(T::KIND, &id).map(|p| p.action) == Some(Action::Remove) {
+        let key = Self::key::<T>(object.id());
+        let id = key.1.as_str();
+        if self.pending.entry(T::KIND, id).map(|p| p.action) == Some(Action::Remove) {
             return Err(StoreError::InvalidTransaction(format!(
                 "{kind} {id} was removed in this transaction and cannot be created again in it"
             )));
         }
-        if self.view_get::<T>(&id).is_some() {
-            return Err(StoreError::IdConflict { kind, id });
+        if self.view_get::<T>(id).is_some() {
+            return Err(StoreError::IdConflict {
+                kind,
+                id: id.to_string(),
+            });
         }
         self.check_name_free(&object)?;
         let meta = object.meta_mut();
@@ -512,7 +522,7 @@ impl<'a> WriteTx<'a> {
         let bytes = object.encoded_len();
         let object = T::into_object(Arc::new(object));
         self.pending.set(
-            Self::key::<T>(&id),
+            key,
             Some(Pending {
                 action: Action::Create,
                 object,
@@ -525,17 +535,16 @@ impl<'a> WriteTx<'a> {
     /// Updates `object`, whose `meta.version` must be the version it was read at.
     pub fn update<T: StoreObject>(&mut self, mut object: T) -> Result<()> {
         let kind = kind_name(T::KIND);
-        let id = object.id().to_string();
-        let current = self
-            .view_get::<T>(&id)
-            .ok_or_else(|| StoreError::NotFound {
-                kind,
-                what: id.clone(),
-            })?;
+        let key = Self::key::<T>(object.id());
+        let id = key.1.as_str();
+        let current = self.view_get::<T>(id).ok_or_else(|| StoreError::NotFound {
+            kind,
+            what: id.to_string(),
+        })?;
         if current.version() != object.version() {
             return Err(StoreError::SequenceConflict {
                 kind,
-                id,
+                id: id.to_string(),
                 read: object.version(),
                 current: current.version(),
             });
@@ -543,7 +552,7 @@ impl<'a> WriteTx<'a> {
         if current.name() != object.name() {
             self.check_name_free(&object)?;
         }
-        let action = match self.pending.entry(T::KIND, &id) {
+        let action = match self.pending.entry(T::KIND, id) {
             Some(p) if p.action == Action::Create => Action::Create,
             _ => Action::Update,
         };
@@ -553,7 +562,7 @@ impl<'a> WriteTx<'a> {
         let bytes = object.encoded_len();
         let object = T::into_object(Arc::new(object));
         self.pending.set(
-            Self::key::<T>(&id),
+            key,
             Some(Pending {
                 action,
                 object,
