@@ -10,11 +10,13 @@
 //! - [`validation`] checks specs before anything is written, with errors that name the field.
 //! - [`task_state`] knows the order of task states.
 //! - [`clock`] is time as an input, so that tests can drive it.
+//! - [`labels`] gives label lists (sorted `Vec<Label>`) a map's operations.
 //! - [`shared`] makes `TaskSpec` a shared, copy-on-write handle: tasks of a service share one.
 
 pub mod clock;
 pub mod defaults;
 pub mod id;
+pub mod labels;
 pub mod shared;
 pub mod task_state;
 pub mod validation;

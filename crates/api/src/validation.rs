@@ -101,8 +101,8 @@ pub fn validate_file_object_name(field: &str, name: &str) -> Result {
 }
 
 fn validate_labels(field: &str, annotations: &v1::Annotations) -> Result {
-    for key in annotations.labels.keys() {
-        if key.is_empty() {
+    for label in &annotations.labels {
+        if label.key.is_empty() {
             return Err(invalid(
                 format!("{field}.labels"),
                 "label keys must not be empty",

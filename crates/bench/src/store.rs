@@ -10,6 +10,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use shoal_api::labels::labels;
 use shoal_api::v1::{
     Annotations, ContainerSpec, EngineDescription, Meta, Node, NodeDescription, NodeSpec, Platform,
     ReplicatedService, Resources, Service, ServiceSpec, Task, TaskSpec, TaskSpecFields, TaskState,
@@ -46,11 +47,10 @@ pub fn node(i: usize) -> Node {
         spec: Some(NodeSpec {
             annotations: Some(Annotations {
                 name: String::new(),
-                labels: [
+                labels: labels([
                     ("zone".to_string(), format!("zone-{}", i % 3)),
                     ("rack".to_string(), format!("r{}", i % 40)),
-                ]
-                .into(),
+                ]),
             }),
             membership: node_spec::Membership::Accepted as i32,
             ..Default::default()
@@ -68,7 +68,7 @@ pub fn node(i: usize) -> Node {
             }),
             engine: Some(EngineDescription {
                 engine_version: "28.2.2".into(),
-                labels: [("storage".to_string(), "ssd".to_string())].into(),
+                labels: labels([("storage", "ssd")]),
                 plugins: vec![],
             }),
             runtimes: vec!["process".into(), "container".into()],

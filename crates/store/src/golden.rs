@@ -93,14 +93,10 @@ fn annotations(a: &mut Option<Annotations>) -> &mut Annotations {
 }
 
 fn set_labels(a: &mut Annotations, value: &str) {
-    a.labels = value
-        .split(',')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once(':').unwrap_or((kv, ""));
-            (k.to_string(), v.to_string())
-        })
-        .collect();
+    a.labels = shoal_api::labels::labels(value.split(',').filter(|kv| !kv.is_empty()).map(|kv| {
+        let (k, v) = kv.split_once(':').unwrap_or((kv, ""));
+        (k.to_string(), v.to_string())
+    }));
 }
 
 /// Applies `field=value` settings to an object of any kind.
@@ -378,7 +374,10 @@ fn describe(object: &Object) -> String {
         _ => None,
     };
     if let Some(labels) = labels.filter(|l| !l.is_empty()) {
-        let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        let l: Vec<String> = labels
+            .iter()
+            .map(|l| format!("{}:{}", l.key, l.value))
+            .collect();
         write!(out, " labels={}", l.join(",")).unwrap();
     }
     out

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use proptest::prelude::*;
 use prost::Message as _;
 use shoal_api::clock::ManualClock;
+use shoal_api::labels::Labels;
 use shoal_api::v1::{
     Annotations, Meta, Secret, SecretSpec, Service, ServiceSpec, StoreSnapshot, Task, TaskState,
     TaskStatus,
@@ -90,7 +91,7 @@ fn pipelined_updates_of_the_same_version_conflict_when_applied() {
                 .as_mut()
                 .unwrap()
                 .labels
-                .insert("by".into(), name.into());
+                .set_label("by", name);
             tx.update(s)
         }))
         .unwrap();
@@ -113,8 +114,10 @@ fn pipelined_updates_of_the_same_version_conflict_when_applied() {
             .annotations
             .as_ref()
             .unwrap()
-            .labels["by"]
-            .clone()
+            .labels
+            .get_label("by")
+            .unwrap()
+            .to_string()
     });
     assert_eq!(label, "first");
     assert_eq!(state.version(), 2);
