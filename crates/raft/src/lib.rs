@@ -2,11 +2,13 @@
 //!
 //! (The module essay grows with the crate; see `node.rs` for the state machine.)
 
+pub mod driver;
 mod error;
 mod logger;
 pub mod node;
 pub mod storage;
 
+pub use driver::{DriverConfig, RaftDriver, RaftHandle, RaftProposer, RaftStatus, Transport};
 pub use error::{RaftError, Result};
 pub use node::{NodeConfig, Output, ProposalError, ProposalId, RaftNode, ReadId};
 pub use storage::{LogDurability, LogStore, MemoryLog, PersistedLog, RedbLog};

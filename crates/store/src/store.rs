@@ -147,6 +147,19 @@ impl Store {
         }
     }
 
+    /// A store over an existing state machine (the one a Raft node applies to).
+    pub fn with_state(
+        state: Arc<StateMachine>,
+        proposer: Arc<dyn Proposer>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            state,
+            proposer,
+            clock,
+        }
+    }
+
     /// The state machine, for the replication layer to apply committed entries to.
     pub fn state_machine(&self) -> &Arc<StateMachine> {
         &self.state
