@@ -18,17 +18,22 @@ pub trait Labels {
     fn normalize_labels(&mut self);
 }
 
+/// The value of `key` in a label list.
+pub fn get<'a>(labels: &'a [Label], key: &str) -> Option<&'a str> {
+    match labels.binary_search_by(|l| l.key.as_str().cmp(key)) {
+        Ok(i) => Some(labels[i].value.as_str()),
+        // Not sorted (straight off the wire): fall back to a scan.
+        Err(_) => labels
+            .iter()
+            .rev()
+            .find(|l| l.key == key)
+            .map(|l| l.value.as_str()),
+    }
+}
+
 impl Labels for Vec<Label> {
     fn get_label(&self, key: &str) -> Option<&str> {
-        match self.binary_search_by(|l| l.key.as_str().cmp(key)) {
-            Ok(i) => Some(self[i].value.as_str()),
-            // Not sorted (straight off the wire): fall back to a scan.
-            Err(_) => self
-                .iter()
-                .rev()
-                .find(|l| l.key == key)
-                .map(|l| l.value.as_str()),
-        }
+        get(self, key)
     }
 
     fn set_label(&mut self, key: impl Into<String>, value: impl Into<String>) -> Option<String> {

@@ -307,6 +307,12 @@ impl Loop {
 
     fn no_leader(&self) -> RaftError {
         let voters = self.node.voters().len();
+        if voters == 0 {
+            return RaftError::NoLeader(
+                "no leader known yet: this manager is still catching up with its cluster; retry shortly"
+                    .into(),
+            );
+        }
         RaftError::NoLeader(format!(
             "no leader: quorum lost ({} of {voters} managers reachable); bring managers back, \
              or restart one with --force-new-cluster to continue from its data",

@@ -6,12 +6,16 @@ pub mod driver;
 mod error;
 mod logger;
 pub mod node;
+pub mod service;
 pub mod storage;
+pub mod transport;
 
 pub use driver::{DriverConfig, RaftDriver, RaftHandle, RaftProposer, RaftStatus, Transport};
 pub use error::{RaftError, Result};
 pub use node::{NodeConfig, Output, ProposalError, ProposalId, RaftNode, ReadId};
+pub use service::RaftService;
 pub use storage::{LogDurability, LogStore, MemoryLog, PersistedLog, RedbLog};
+pub use transport::GrpcTransport;
 
 #[cfg(test)]
 mod tests;

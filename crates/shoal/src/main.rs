@@ -2,6 +2,7 @@
 //! command is a client of a node's Control API. Commands live one per module under `commands/`.
 
 mod commands;
+mod logging;
 
 /// mimalloc: the store allocates many small objects; it is markedly faster than the system
 /// allocator at that, with no more resident memory (see docs/BENCHMARKS.md).
@@ -22,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a node
+    Daemon(Box<commands::daemon::Args>),
     /// Show the version of Shoal
     Version(commands::version::Args),
 }
@@ -29,6 +32,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Daemon(args) => commands::daemon::run(*args),
         Command::Version(args) => commands::version::run(args),
     };
     match result {

@@ -1,0 +1,169 @@
+//! Configs: create, get, list, update (labels only; the data is immutable), remove.
+
+use shoal_api::labels::Labels;
+use shoal_api::v1::{
+    Config, CreateConfigRequest, CreateConfigResponse, GetConfigRequest, GetConfigResponse,
+    ListConfigsRequest, ListConfigsResponse, ListFilters, Meta, RemoveConfigRequest,
+    RemoveConfigResponse, UpdateConfigRequest, UpdateConfigResponse,
+};
+use shoal_api::{id, validation};
+use shoal_store::{By, Reader};
+use tonic::Status;
+
+use super::ControlApi;
+use crate::status::store_status;
+
+fn invalid(e: validation::ValidationError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// Whether `labels` has every label of the filter (an empty filter value matches any value).
+pub fn label_filter_matches(
+    labels: &[shoal_api::v1::Label],
+    filter: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    filter.iter().all(|(k, v)| {
+        shoal_api::labels::get(labels, k).is_some_and(|have| v.is_empty() || have == v)
+    })
+}
+
+fn config_matches(c: &Config, f: &ListFilters) -> bool {
+    let meta = c.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("");
+    let annotations = c.spec.as_ref().and_then(|s| s.annotations.as_ref());
+    let name = annotations.map(|a| a.name.as_str()).unwrap_or("");
+    let labels = annotations.map(|a| a.labels.as_slice()).unwrap_or(&[]);
+    (f.names.is_empty() || f.names.iter().any(|n| n == name))
+        && (f.name_prefixes.is_empty()
+            || f.name_prefixes.iter().any(|p| name.starts_with(p.as_str())))
+        && (f.id_prefixes.is_empty() || f.id_prefixes.iter().any(|p| meta.starts_with(p.as_str())))
+        && label_filter_matches(labels, &f.labels)
+}
+
+impl ControlApi {
+    pub(super) async fn create_config(
+        &self,
+        request: CreateConfigRequest,
+    ) -> Result<CreateConfigResponse, Status> {
+        let mut spec = request
+            .spec
+            .ok_or_else(|| Status::invalid_argument("invalid spec: a config spec is required"))?;
+        validation::validate_config_spec(&spec).map_err(invalid)?;
+        if let Some(a) = spec.annotations.as_mut() {
+            a.labels.normalize_labels();
+        }
+        self.require_leader()?;
+        let config = Config {
+            meta: Some(Meta {
+                id: id::new_id(),
+                ..Default::default()
+            }),
+            spec: Some(spec),
+        };
+        let created_id = config
+            .meta
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        self.store
+            .update(|tx| tx.create(config))
+            .await
+            .map_err(store_status)?;
+        let config = self.store.view(|tx| tx.get::<Config>(&created_id));
+        Ok(CreateConfigResponse {
+            config: config.map(|c| (*c).clone()),
+        })
+    }
+
+    pub(super) async fn get_config(
+        &self,
+        request: GetConfigRequest,
+    ) -> Result<GetConfigResponse, Status> {
+        self.linearize().await?;
+        let config = self
+            .store
+            .view(|tx| tx.lookup::<Config>(&request.config_id))
+            .map_err(store_status)?;
+        Ok(GetConfigResponse {
+            config: Some((*config).clone()),
+        })
+    }
+
+    pub(super) async fn list_configs(
+        &self,
+        request: ListConfigsRequest,
+    ) -> Result<ListConfigsResponse, Status> {
+        self.linearize().await?;
+        let filters = request.filters.unwrap_or_default();
+        let configs = self.store.view(|tx| {
+            tx.find::<Config>(By::All)
+                .into_iter()
+                .filter(|c| config_matches(c, &filters))
+                .map(|c| (*c).clone())
+                .collect()
+        });
+        Ok(ListConfigsResponse { configs })
+    }
+
+    pub(super) async fn update_config(
+        &self,
+        request: UpdateConfigRequest,
+    ) -> Result<UpdateConfigResponse, Status> {
+        let mut spec = request
+            .spec
+            .ok_or_else(|| Status::invalid_argument("invalid spec: a config spec is required"))?;
+        validation::validate_config_spec(&spec).map_err(invalid)?;
+        if let Some(a) = spec.annotations.as_mut() {
+            a.labels.normalize_labels();
+        }
+        self.require_leader()?;
+        let config_id = request.config_id.clone();
+        self.store
+            .update(|tx| {
+                let current = tx.get::<Config>(&config_id).ok_or_else(|| shoal_store::StoreError::NotFound {
+                    kind: "config",
+                    what: config_id.clone(),
+                })?;
+                let current_spec = current.spec.clone().unwrap_or_default();
+                let name = |s: &shoal_api::v1::ConfigSpec| s.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default();
+                if current_spec.data != spec.data || name(&current_spec) != name(&spec) {
+                    return Err(shoal_store::StoreError::InvalidTransaction(
+                        "only the labels of a config can be changed; create a new config for new data or a new name".into(),
+                    ));
+                }
+                let mut updated = (*current).clone();
+                updated.spec = Some(spec.clone());
+                updated.meta.get_or_insert_with(Default::default).version = request.config_version;
+                tx.update(updated)
+            })
+            .await
+            .map_err(store_status)?;
+        let config = self.store.view(|tx| tx.get::<Config>(&request.config_id));
+        Ok(UpdateConfigResponse {
+            config: config.map(|c| (*c).clone()),
+        })
+    }
+
+    pub(super) async fn remove_config(
+        &self,
+        request: RemoveConfigRequest,
+    ) -> Result<RemoveConfigResponse, Status> {
+        self.require_leader()?;
+        let reference = request.config_id;
+        self.store
+            .update(|tx| {
+                let config = tx.lookup::<Config>(&reference)?;
+                let id = config.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+                let users = tx.find::<shoal_api::v1::Task>(By::ReferencedConfig(&id));
+                if !users.is_empty() {
+                    return Err(shoal_store::StoreError::InvalidTransaction(format!(
+                        "config {reference} is in use by {} task(s); remove the services using it first",
+                        users.len()
+                    )));
+                }
+                tx.delete::<Config>(&id)
+            })
+            .await
+            .map_err(store_status)?;
+        Ok(RemoveConfigResponse {})
+    }
+}

@@ -1,0 +1,274 @@
+//! The Control API: what users and the `shoal` command line call.
+//!
+//! One file per kind of object; each handler parses and validates the request (bad input is
+//! refused with InvalidArgument naming the field, before anything is written), applies it
+//! through a store transaction on the leader, and renders the answer. Calls not yet served
+//! answer Unimplemented, saying so.
+
+mod config;
+
+use shoal_raft::RaftHandle;
+use shoal_raft::service::{not_leader, to_status};
+use shoal_store::Store;
+use tonic::Status;
+
+/// The Control service of one manager.
+#[derive(Clone)]
+pub struct ControlApi {
+    store: Store,
+    raft: RaftHandle,
+}
+
+impl ControlApi {
+    pub fn new(store: Store, raft: RaftHandle) -> Self {
+        Self { store, raft }
+    }
+
+    /// Writes are made on the leader only.
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.raft.status().is_leader {
+            Ok(())
+        } else {
+            Err(not_leader(&self.raft))
+        }
+    }
+
+    /// Waits until the local store holds every write committed before the call.
+    async fn linearize(&self) -> Result<(), Status> {
+        self.raft
+            .read_barrier()
+            .await
+            .map_err(|e| to_status(&self.raft, e))
+    }
+}
+
+fn unimplemented(call: &str) -> Status {
+    Status::unimplemented(format!(
+        "{call} is not available yet in this version of Shoal (it comes with the full Control API)"
+    ))
+}
+
+pub use config::label_filter_matches;
+
+#[tonic::async_trait]
+impl shoal_api::v1::control_server::Control for ControlApi {
+    async fn get_config(
+        &self,
+        request: tonic::Request<shoal_api::v1::GetConfigRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::GetConfigResponse>, Status> {
+        self.get_config(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn list_configs(
+        &self,
+        request: tonic::Request<shoal_api::v1::ListConfigsRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::ListConfigsResponse>, Status> {
+        self.list_configs(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn create_config(
+        &self,
+        request: tonic::Request<shoal_api::v1::CreateConfigRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::CreateConfigResponse>, Status> {
+        self.create_config(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn update_config(
+        &self,
+        request: tonic::Request<shoal_api::v1::UpdateConfigRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::UpdateConfigResponse>, Status> {
+        self.update_config(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn remove_config(
+        &self,
+        request: tonic::Request<shoal_api::v1::RemoveConfigRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::RemoveConfigResponse>, Status> {
+        self.remove_config(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn get_node(
+        &self,
+        _request: tonic::Request<shoal_api::v1::GetNodeRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::GetNodeResponse>, Status> {
+        Err(unimplemented("get_node"))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: tonic::Request<shoal_api::v1::ListNodesRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::ListNodesResponse>, Status> {
+        Err(unimplemented("list_nodes"))
+    }
+
+    async fn update_node(
+        &self,
+        _request: tonic::Request<shoal_api::v1::UpdateNodeRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::UpdateNodeResponse>, Status> {
+        Err(unimplemented("update_node"))
+    }
+
+    async fn remove_node(
+        &self,
+        _request: tonic::Request<shoal_api::v1::RemoveNodeRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::RemoveNodeResponse>, Status> {
+        Err(unimplemented("remove_node"))
+    }
+
+    async fn get_task(
+        &self,
+        _request: tonic::Request<shoal_api::v1::GetTaskRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::GetTaskResponse>, Status> {
+        Err(unimplemented("get_task"))
+    }
+
+    async fn list_tasks(
+        &self,
+        _request: tonic::Request<shoal_api::v1::ListTasksRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::ListTasksResponse>, Status> {
+        Err(unimplemented("list_tasks"))
+    }
+
+    async fn remove_task(
+        &self,
+        _request: tonic::Request<shoal_api::v1::RemoveTaskRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::RemoveTaskResponse>, Status> {
+        Err(unimplemented("remove_task"))
+    }
+
+    async fn get_service(
+        &self,
+        _request: tonic::Request<shoal_api::v1::GetServiceRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::GetServiceResponse>, Status> {
+        Err(unimplemented("get_service"))
+    }
+
+    async fn list_services(
+        &self,
+        _request: tonic::Request<shoal_api::v1::ListServicesRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::ListServicesResponse>, Status> {
+        Err(unimplemented("list_services"))
+    }
+
+    async fn create_service(
+        &self,
+        _request: tonic::Request<shoal_api::v1::CreateServiceRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::CreateServiceResponse>, Status> {
+        Err(unimplemented("create_service"))
+    }
+
+    async fn update_service(
+        &self,
+        _request: tonic::Request<shoal_api::v1::UpdateServiceRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::UpdateServiceResponse>, Status> {
+        Err(unimplemented("update_service"))
+    }
+
+    async fn remove_service(
+        &self,
+        _request: tonic::Request<shoal_api::v1::RemoveServiceRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::RemoveServiceResponse>, Status> {
+        Err(unimplemented("remove_service"))
+    }
+
+    async fn list_service_statuses(
+        &self,
+        _request: tonic::Request<shoal_api::v1::ListServiceStatusesRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::ListServiceStatusesResponse>, Status> {
+        Err(unimplemented("list_service_statuses"))
+    }
+
+    async fn get_network(
+        &self,
+        _request: tonic::Request<shoal_api::v1::GetNetworkRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::GetNetworkResponse>, Status> {
+        Err(unimplemented("get_network"))
+    }
+
+    async fn list_networks(
+        &self,
+        _request: tonic::Request<shoal_api::v1::ListNetworksRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::ListNetworksResponse>, Status> {
+        Err(unimplemented("list_networks"))
+    }
+
+    async fn create_network(
+        &self,
+        _request: tonic::Request<shoal_api::v1::CreateNetworkRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::CreateNetworkResponse>, Status> {
+        Err(unimplemented("create_network"))
+    }
+
+    async fn remove_network(
+        &self,
+        _request: tonic::Request<shoal_api::v1::RemoveNetworkRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::RemoveNetworkResponse>, Status> {
+        Err(unimplemented("remove_network"))
+    }
+
+    async fn get_cluster(
+        &self,
+        _request: tonic::Request<shoal_api::v1::GetClusterRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::GetClusterResponse>, Status> {
+        Err(unimplemented("get_cluster"))
+    }
+
+    async fn list_clusters(
+        &self,
+        _request: tonic::Request<shoal_api::v1::ListClustersRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::ListClustersResponse>, Status> {
+        Err(unimplemented("list_clusters"))
+    }
+
+    async fn update_cluster(
+        &self,
+        _request: tonic::Request<shoal_api::v1::UpdateClusterRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::UpdateClusterResponse>, Status> {
+        Err(unimplemented("update_cluster"))
+    }
+
+    async fn get_secret(
+        &self,
+        _request: tonic::Request<shoal_api::v1::GetSecretRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::GetSecretResponse>, Status> {
+        Err(unimplemented("get_secret"))
+    }
+
+    async fn list_secrets(
+        &self,
+        _request: tonic::Request<shoal_api::v1::ListSecretsRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::ListSecretsResponse>, Status> {
+        Err(unimplemented("list_secrets"))
+    }
+
+    async fn create_secret(
+        &self,
+        _request: tonic::Request<shoal_api::v1::CreateSecretRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::CreateSecretResponse>, Status> {
+        Err(unimplemented("create_secret"))
+    }
+
+    async fn update_secret(
+        &self,
+        _request: tonic::Request<shoal_api::v1::UpdateSecretRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::UpdateSecretResponse>, Status> {
+        Err(unimplemented("update_secret"))
+    }
+
+    async fn remove_secret(
+        &self,
+        _request: tonic::Request<shoal_api::v1::RemoveSecretRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::RemoveSecretResponse>, Status> {
+        Err(unimplemented("remove_secret"))
+    }
+}

@@ -1,0 +1,11 @@
+//! Shoal's manager: the components every manager runs on top of the replicated store.
+//!
+//! Today: the Control API (`controlapi`), served on every manager. Writes go to the leader
+//! (a follower answers FailedPrecondition naming the leader, with its address in the
+//! `shoal-leader-addr` metadata, so clients follow it in one hop); reads are served by any
+//! manager after a ReadIndex barrier, so they are linearizable everywhere.
+
+pub mod controlapi;
+mod status;
+
+pub use status::store_status;

@@ -1,0 +1,367 @@
+//! The daemon: start a manager from its state directory and serve until told to stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api::clock::SystemClock;
+use shoal_api::v1::control_server::ControlServer;
+use shoal_api::v1::raft_membership_client::RaftMembershipClient;
+use shoal_api::v1::raft_membership_server::RaftMembershipServer;
+use shoal_api::v1::raft_server::RaftServer;
+use shoal_api::v1::{JoinRequest, JoinResponse, RaftMember};
+use shoal_manager::controlapi::ControlApi;
+use shoal_raft::service::LEADER_ADDR_METADATA;
+use shoal_raft::{
+    DriverConfig, GrpcTransport, LogStore, NodeConfig, RaftDriver, RaftHandle, RaftNode,
+    RaftProposer, RaftService, RedbLog,
+};
+use shoal_store::{DEFAULT_WATCH_CAPACITY, StateMachine, Store};
+use tokio::sync::oneshot;
+
+use crate::error::NodeError;
+use crate::state_dir::{NodeIdentity, StateDir};
+
+/// How to run a node (the `shoal daemon` flags).
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    pub hostname: String,
+    pub listen_remote_api: SocketAddr,
+    pub advertise_remote_api: Option<String>,
+    /// Start a new cluster.
+    pub init: bool,
+    /// Join the cluster of the manager at this address.
+    pub join_addr: Option<String>,
+    /// Rewrite this manager's log into a one-member cluster, keeping all data.
+    pub force_new_cluster: bool,
+    pub tick_interval: Duration,
+    pub election_tick: u32,
+    pub heartbeat_tick: u32,
+}
+
+impl DaemonConfig {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            hostname: String::new(),
+            listen_remote_api: shoal_api::defaults::LISTEN_REMOTE_API
+                .parse()
+                .expect("default address"),
+            advertise_remote_api: None,
+            init: false,
+            join_addr: None,
+            force_new_cluster: false,
+            tick_interval: shoal_api::defaults::RAFT_TICK_INTERVAL,
+            election_tick: shoal_api::defaults::RAFT_ELECTION_TICK,
+            heartbeat_tick: shoal_api::defaults::RAFT_HEARTBEAT_TICK,
+        }
+    }
+
+    fn advertise(&self, listen: SocketAddr) -> String {
+        if let Some(a) = &self.advertise_remote_api {
+            return a.clone();
+        }
+        if listen.ip().is_unspecified() {
+            tracing::warn!(
+                "advertising 127.0.0.1:{}: managers on other machines cannot reach this one; \
+                 set --advertise-remote-api",
+                listen.port()
+            );
+            return format!("127.0.0.1:{}", listen.port());
+        }
+        listen.to_string()
+    }
+
+    fn validate(&self) -> Result<(), NodeError> {
+        if self.init && self.join_addr.is_some() {
+            return Err(NodeError::Config(
+                "--init and --join-addr exclude each other; choose one".into(),
+            ));
+        }
+        if self.election_tick <= self.heartbeat_tick {
+            return Err(NodeError::Config(format!(
+                "--election-tick ({}) must be larger than --heartbeat-tick ({})",
+                self.election_tick, self.heartbeat_tick
+            )));
+        }
+        if self.tick_interval.is_zero() {
+            return Err(NodeError::Config("--tick-interval must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A node ready to serve.
+pub struct Daemon {
+    state_dir: StateDir,
+    identity: NodeIdentity,
+    listener: tokio::net::TcpListener,
+    driver: RaftDriver,
+    transport: Arc<GrpcTransport>,
+    store: Store,
+}
+
+/// A daemon serving in the background, for tests and embedding.
+pub struct RunningDaemon {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), NodeError>>,
+    pub handle: RaftHandle,
+    pub store: Store,
+    pub addr: SocketAddr,
+}
+
+impl RunningDaemon {
+    /// Stops the daemon cleanly and waits for it.
+    pub async fn stop(mut self) -> Result<(), NodeError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task
+            .await
+            .map_err(|e| NodeError::Serve(e.to_string()))?
+    }
+}
+
+/// Asks the manager at `addr` to let this node join, following the leader's address when
+/// the manager asked is not the leader.
+async fn join(addr: &str, me: &str, node_id: &str) -> Result<JoinResponse, NodeError> {
+    let mut target = addr.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last_error;
+    loop {
+        match shoal_raft::transport::connect(&target).await {
+            Ok(channel) => {
+                let mut client = RaftMembershipClient::new(channel);
+                match client
+                    .join(JoinRequest {
+                        addr: me.to_string(),
+                        node_id: node_id.to_string(),
+                    })
+                    .await
+                {
+                    Ok(resp) => return Ok(resp.into_inner()),
+                    Err(status) => {
+                        if status.code() == tonic::Code::FailedPrecondition
+                            && let Some(leader) = status
+                                .metadata()
+                                .get(LEADER_ADDR_METADATA)
+                                .and_then(|v| v.to_str().ok())
+                        {
+                            tracing::info!("{target} is not the leader; joining through {leader}");
+                            target = leader.to_string();
+                            continue;
+                        }
+                        if status.code() != tonic::Code::Unavailable {
+                            return Err(NodeError::Join(format!(
+                                "{target} refused: {}",
+                                status.message()
+                            )));
+                        }
+                        last_error = status.message().to_string();
+                    }
+                }
+            }
+            Err(e) => last_error = format!("cannot reach {target}: {e}"),
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(NodeError::Join(format!(
+                "{last_error}; check the address and that a quorum of managers is up"
+            )));
+        }
+        tracing::info!("joining through {target} failed ({last_error}); retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl Daemon {
+    /// Prepares the node: state directory, identity, Raft. Must run inside a tokio runtime.
+    pub async fn start(config: DaemonConfig) -> Result<Self, NodeError> {
+        config.validate()?;
+        let state_dir = StateDir::open(&config.state_dir)?;
+        let listener = tokio::net::TcpListener::bind(config.listen_remote_api)
+            .await
+            .map_err(|e| NodeError::io(format!("listening on {}", config.listen_remote_api), e))?;
+        let listen = listener
+            .local_addr()
+            .map_err(|e| NodeError::io("reading the listen address", e))?;
+        let advertise = config.advertise(listen);
+        let existing = state_dir.identity()?;
+        let state = Arc::new(StateMachine::new(DEFAULT_WATCH_CAPACITY));
+        let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
+        let node_config = |id: u64| NodeConfig {
+            id,
+            election_tick: config.election_tick as usize,
+            heartbeat_tick: config.heartbeat_tick as usize,
+            ..NodeConfig::new(id)
+        };
+
+        // A joining manager learns its peers from the join answer: it must be able to answer
+        // the leader before the snapshot that carries the membership arrives.
+        let mut initial_peers: Vec<RaftMember> = Vec::new();
+        let (identity, node) = match existing {
+            Some(mut identity) => {
+                if config.init || config.join_addr.is_some() {
+                    return Err(NodeError::Config(format!(
+                        "this node already belongs to a cluster (state in {}); start it without \
+                         --init/--join-addr to resume, or use another --state-dir",
+                        config.state_dir.display()
+                    )));
+                }
+                let log = if config.force_new_cluster {
+                    tracing::warn!(
+                        "forcing a new cluster: this manager becomes the only member, keeping all data"
+                    );
+                    RaftNode::force_new_cluster(&node_config(identity.raft_id), log, state.clone())?
+                } else {
+                    log
+                };
+                identity.advertise_addr = advertise.clone();
+                state_dir.save_identity(&identity)?;
+                let node = RaftNode::restart(node_config(identity.raft_id), log, state.clone())?;
+                (identity, node)
+            }
+            None if config.init => {
+                let identity = NodeIdentity {
+                    node_id: shoal_api::id::new_id(),
+                    raft_id: loop {
+                        let id: u64 = rand::random();
+                        if id != 0 {
+                            break id;
+                        }
+                    },
+                    advertise_addr: advertise.clone(),
+                };
+                let member = RaftMember {
+                    raft_id: identity.raft_id,
+                    node_id: identity.node_id.clone(),
+                    addr: advertise.clone(),
+                };
+                let node =
+                    RaftNode::bootstrap(node_config(identity.raft_id), log, state.clone(), member)?;
+                state_dir.save_identity(&identity)?;
+                (identity, node)
+            }
+            None => match &config.join_addr {
+                Some(join_addr) => {
+                    let node_id = shoal_api::id::new_id();
+                    let response = join(join_addr, &advertise, &node_id).await?;
+                    initial_peers = response.members.clone();
+                    let identity = NodeIdentity {
+                        node_id,
+                        raft_id: response.raft_id,
+                        advertise_addr: advertise.clone(),
+                    };
+                    let node =
+                        RaftNode::joining(node_config(identity.raft_id), log, state.clone())?;
+                    state_dir.save_identity(&identity)?;
+                    (identity, node)
+                }
+                None => {
+                    return Err(NodeError::Config(format!(
+                        "this node does not belong to a cluster yet (no state in {}): start it \
+                         with --init to create one, or --join-addr ADDR to join one",
+                        config.state_dir.display()
+                    )));
+                }
+            },
+        };
+
+        let transport = GrpcTransport::new(identity.raft_id, tokio::runtime::Handle::current());
+        let driver = RaftDriver::start(
+            node,
+            state.clone(),
+            DriverConfig {
+                node: node_config(identity.raft_id),
+                tick: config.tick_interval,
+            },
+            transport.clone(),
+        );
+        transport.attach(driver.handle());
+        if !initial_peers.is_empty() {
+            use shoal_raft::Transport;
+            transport.set_members(&initial_peers.into_iter().map(|m| (m.raft_id, m)).collect());
+        }
+        let store = Store::with_state(
+            state,
+            Arc::new(RaftProposer::new(driver.handle())),
+            Arc::new(SystemClock),
+        );
+        tracing::info!(
+            node_id = %identity.node_id,
+            raft_id = %format!("{:x}", identity.raft_id),
+            "manager listening on {listen}, advertised as {advertise}"
+        );
+        Ok(Self {
+            state_dir,
+            identity,
+            listener,
+            driver,
+            transport,
+            store,
+        })
+    }
+
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    /// Serves until `shutdown` resolves, then stops cleanly.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), NodeError> {
+        let Daemon {
+            state_dir,
+            identity: _,
+            listener,
+            driver,
+            transport,
+            store,
+        } = self;
+        let handle = driver.handle();
+        let raft = RaftService::new(handle.clone());
+        let server = tonic::transport::Server::builder()
+            .add_service(
+                RaftServer::new(raft.clone())
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(RaftMembershipServer::new(raft))
+            .add_service(ControlServer::new(ControlApi::new(store, handle)))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            );
+        let served = server.await.map_err(|e| NodeError::Serve(e.to_string()));
+        transport.shutdown();
+        // Joining the Raft thread blocks; do it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || driver.stop()).await;
+        drop(state_dir);
+        tracing::info!("stopped");
+        served
+    }
+
+    /// Serves in the background; [`RunningDaemon::stop`] stops it.
+    pub fn spawn(self) -> RunningDaemon {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = self.driver.handle();
+        let store = self.store.clone();
+        let addr = self.local_addr();
+        let task = tokio::spawn(self.serve(async move {
+            let _ = stopped.await;
+        }));
+        RunningDaemon {
+            stop: Some(stop),
+            task,
+            handle,
+            store,
+            addr,
+        }
+    }
+}

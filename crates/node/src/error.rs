@@ -1,0 +1,34 @@
+//! Errors that stop a node from starting, each saying what to do.
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    StateDir(String),
+
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Config(String),
+
+    #[error("joining the cluster failed: {0}")]
+    Join(String),
+
+    #[error(transparent)]
+    Raft(#[from] shoal_raft::RaftError),
+
+    #[error("serving the remote API failed: {0}")]
+    Serve(String),
+}
+
+impl NodeError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        NodeError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

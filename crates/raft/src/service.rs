@@ -1,0 +1,189 @@
+//! The managers' side of the Raft transport and of membership, as gRPC services.
+//!
+//! `Raft.StreamRaftMessage` receives chunked messages and hands each whole one to the local
+//! node. `RaftMembership.Join` adds a manager: only the leader does it (others answer
+//! FailedPrecondition naming the leader's address, and the joining manager retries there);
+//! it picks an unused Raft ID, commits the membership change, and returns the members.
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use shoal_api::v1::raft_membership_server::RaftMembership;
+use shoal_api::v1::raft_server::Raft;
+use shoal_api::v1::{
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, ProcessRaftMessageRequest,
+    ProcessRaftMessageResponse, RaftMember, ResolveAddressRequest, ResolveAddressResponse,
+    StreamRaftMessageRequest, StreamRaftMessageResponse,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::driver::RaftHandle;
+use crate::error::RaftError;
+
+/// Metadata key carrying the leader's address when a request must go to the leader.
+pub const LEADER_ADDR_METADATA: &str = "shoal-leader-addr";
+
+/// Serves `Raft` and `RaftMembership` for one node.
+#[derive(Clone)]
+pub struct RaftService {
+    handle: RaftHandle,
+}
+
+impl RaftService {
+    pub fn new(handle: RaftHandle) -> Self {
+        Self { handle }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Message, Status> {
+    Message::parse_from_bytes(bytes)
+        .map_err(|e| Status::invalid_argument(format!("raft message: {e}")))
+}
+
+/// The status to answer a request that only the leader can serve.
+pub fn not_leader(handle: &RaftHandle) -> Status {
+    let status = handle.status();
+    let leader_addr = status
+        .leader
+        .and_then(|l| status.members.get(&l))
+        .map(|m| m.addr.clone());
+    match leader_addr {
+        Some(addr) => {
+            let mut s = Status::failed_precondition(format!(
+                "this manager is not the leader; the leader is at {addr}"
+            ));
+            if let Ok(v) = addr.parse() {
+                s.metadata_mut().insert(LEADER_ADDR_METADATA, v);
+            }
+            s
+        }
+        None if status.voters == 0 => Status::unavailable(
+            "no leader known yet: this manager is still catching up with its cluster; retry shortly",
+        ),
+        None => Status::unavailable(format!(
+            "no leader: quorum lost ({} of {} managers reachable)",
+            status.reachable.min(status.voters),
+            status.voters
+        )),
+    }
+}
+
+/// Maps a Raft error to a gRPC status.
+pub fn to_status(handle: &RaftHandle, e: RaftError) -> Status {
+    match e {
+        RaftError::NotLeader { .. } => not_leader(handle),
+        RaftError::NoLeader(m) => Status::unavailable(m),
+        RaftError::Membership(m) => Status::failed_precondition(m),
+        RaftError::Unknown => Status::unavailable(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn process_raft_message(
+        &self,
+        request: Request<ProcessRaftMessageRequest>,
+    ) -> Result<Response<ProcessRaftMessageResponse>, Status> {
+        self.handle.step(decode(&request.into_inner().message)?);
+        Ok(Response::new(ProcessRaftMessageResponse {}))
+    }
+
+    async fn stream_raft_message(
+        &self,
+        request: Request<Streaming<StreamRaftMessageRequest>>,
+    ) -> Result<Response<StreamRaftMessageResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut buffer: Vec<u8> = Vec::new();
+        while let Some(part) = stream.message().await? {
+            if buffer.is_empty() && part.last {
+                self.handle.step(decode(&part.chunk)?);
+                continue;
+            }
+            buffer.extend_from_slice(&part.chunk);
+            if part.last {
+                let msg = decode(&buffer)?;
+                buffer = Vec::new();
+                self.handle.step(msg);
+            }
+        }
+        Ok(Response::new(StreamRaftMessageResponse {}))
+    }
+
+    async fn resolve_address(
+        &self,
+        request: Request<ResolveAddressRequest>,
+    ) -> Result<Response<ResolveAddressResponse>, Status> {
+        let id = request.into_inner().raft_id;
+        let status = self.handle.status();
+        let member = status
+            .members
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("raft member {id:x} is not a member")))?;
+        Ok(Response::new(ResolveAddressResponse {
+            addr: member.addr.clone(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftMembership for RaftService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let request = request.into_inner();
+        if request.addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "a joining manager must give the address it is reached at",
+            ));
+        }
+        let status = self.handle.status();
+        if !status.is_leader {
+            return Err(not_leader(&self.handle));
+        }
+        // A manager that joins again at the same address (a retry after a lost answer)
+        // gets its existing membership back.
+        if let Some(m) = status.members.values().find(|m| {
+            m.addr == request.addr && m.node_id == request.node_id && !m.node_id.is_empty()
+        }) {
+            return Ok(Response::new(JoinResponse {
+                raft_id: m.raft_id,
+                members: status.members.values().cloned().collect(),
+                removed_members: vec![],
+            }));
+        }
+        let raft_id = loop {
+            let id: u64 = rand::random();
+            if id != 0 && !status.members.contains_key(&id) {
+                break id;
+            }
+        };
+        let member = RaftMember {
+            raft_id,
+            node_id: request.node_id.clone(),
+            addr: request.addr,
+        };
+        let members = self
+            .handle
+            .add_member(member)
+            .await
+            .map_err(|e| to_status(&self.handle, e))?;
+        Ok(Response::new(JoinResponse {
+            raft_id,
+            members: members.into_values().collect(),
+            removed_members: vec![],
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> Result<Response<LeaveResponse>, Status> {
+        let node = request.into_inner().node.unwrap_or_default();
+        if !self.handle.status().is_leader {
+            return Err(not_leader(&self.handle));
+        }
+        self.handle
+            .remove_member(node.raft_id)
+            .await
+            .map_err(|e| to_status(&self.handle, e))?;
+        Ok(Response::new(LeaveResponse {}))
+    }
+}

@@ -1,0 +1,227 @@
+//! Raft messages between managers over gRPC.
+//!
+//! Each peer has a queue and a task. The task keeps one client-streaming
+//! `Raft.StreamRaftMessage` call open to the peer and writes every queued message into it;
+//! a message larger than a chunk (snapshots) is split into chunks that the receiver joins, so
+//! no message is ever limited by gRPC's message size. When the peer cannot be reached the
+//! task reconnects with backoff and tells Raft, which then sends to it sparingly; a snapshot
+//! that did not get through is reported as failed so Raft sends it again.
+//!
+//! Sending never blocks the Raft thread: a full queue drops the message (Raft retransmits).
+//! Connections are made by one function (`connect`), the place where mutual TLS plugs in.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use shoal_api::v1::raft_client::RaftClient;
+use shoal_api::v1::{RaftMember, StreamRaftMessageRequest};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::driver::{RaftHandle, Transport};
+
+/// Size of the chunks large messages are split into.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 8192;
+
+struct Peer {
+    addr: String,
+    queue: mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The gRPC transport. Create it, start the driver with it, then [`GrpcTransport::attach`]
+/// the driver's handle so the transport can report unreachable peers.
+pub struct GrpcTransport {
+    id: u64,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<u64, Peer>>,
+    handle: Arc<OnceLock<RaftHandle>>,
+}
+
+impl GrpcTransport {
+    /// A transport for member `id`, running its peer tasks on `runtime`.
+    pub fn new(id: u64, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            runtime,
+            peers: Mutex::new(HashMap::new()),
+            handle: Arc::new(OnceLock::new()),
+        })
+    }
+
+    pub fn attach(&self, handle: RaftHandle) {
+        let _ = self.handle.set(handle);
+    }
+
+    /// Stops every peer task.
+    pub fn shutdown(&self) {
+        for (_, p) in self.peers.lock().expect("peers lock").drain() {
+            p.task.abort();
+        }
+    }
+}
+
+impl Drop for GrpcTransport {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, msg: Message) {
+        let peers = self.peers.lock().expect("peers lock");
+        let Some(peer) = peers.get(&msg.to) else {
+            return;
+        };
+        let to = msg.to;
+        let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+        if peer.queue.try_send(msg).is_err()
+            && let Some(h) = self.handle.get()
+        {
+            h.report_unreachable(to);
+            if snapshot {
+                h.report_snapshot(to, false);
+            }
+        }
+    }
+
+    fn set_members(&self, members: &BTreeMap<u64, RaftMember>) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        peers.retain(|id, p| {
+            let keep = members.get(id).is_some_and(|m| m.addr == p.addr);
+            if !keep {
+                p.task.abort();
+            }
+            keep
+        });
+        for (id, member) in members {
+            if *id == self.id || peers.contains_key(id) || member.addr.is_empty() {
+                continue;
+            }
+            let (queue, rx) = mpsc::channel(QUEUE);
+            let task =
+                self.runtime
+                    .spawn(run_peer(*id, member.addr.clone(), rx, self.handle.clone()));
+            peers.insert(
+                *id,
+                Peer {
+                    addr: member.addr.clone(),
+                    queue,
+                    task,
+                },
+            );
+        }
+    }
+}
+
+/// Opens a channel to a manager's remote API.
+pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+fn chunks(msg: &Message) -> Vec<StreamRaftMessageRequest> {
+    let bytes = match msg.write_to_bytes() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("raft: could not encode a message: {e}");
+            return Vec::new();
+        }
+    };
+    if bytes.len() <= CHUNK_BYTES {
+        return vec![StreamRaftMessageRequest {
+            chunk: bytes,
+            last: true,
+        }];
+    }
+    let n = bytes.len().div_ceil(CHUNK_BYTES);
+    bytes
+        .chunks(CHUNK_BYTES)
+        .enumerate()
+        .map(|(i, c)| StreamRaftMessageRequest {
+            chunk: c.to_vec(),
+            last: i + 1 == n,
+        })
+        .collect()
+}
+
+async fn run_peer(
+    id: u64,
+    addr: String,
+    mut queue: mpsc::Receiver<Message>,
+    handle: Arc<OnceLock<RaftHandle>>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let report = |snapshot: bool| {
+        if let Some(h) = handle.get() {
+            h.report_unreachable(id);
+            if snapshot {
+                h.report_snapshot(id, false);
+            }
+        }
+    };
+    loop {
+        let channel = match connect(&addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("raft: cannot reach member {id:x} at {addr}: {e}");
+                report(false);
+                // Messages queued for an unreachable peer are stale by the time it is back.
+                while let Ok(m) = queue.try_recv() {
+                    if m.get_msg_type() == MessageType::MsgSnapshot {
+                        report(true);
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let (tx, rx) = mpsc::channel::<StreamRaftMessageRequest>(64);
+        let call = client.stream_raft_message(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tokio::pin!(call);
+        // Forward queued messages into the open stream until it fails.
+        let failed_snapshot = loop {
+            tokio::select! {
+                result = &mut call => {
+                    if let Err(e) = result {
+                        tracing::debug!("raft: stream to member {id:x} ended: {e}");
+                    }
+                    break false;
+                }
+                msg = queue.recv() => {
+                    let Some(msg) = msg else { return };
+                    let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+                    let mut ok = true;
+                    for chunk in chunks(&msg) {
+                        if tx.send(chunk).await.is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if !ok {
+                        break snapshot;
+                    }
+                    if snapshot && let Some(h) = handle.get() {
+                        h.report_snapshot(id, true);
+                    }
+                }
+            }
+        };
+        report(failed_snapshot);
+    }
+}

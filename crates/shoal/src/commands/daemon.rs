@@ -1,0 +1,131 @@
+//! `shoal daemon`: run a node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shoal_node::{Daemon, DaemonConfig, default_state_dir};
+
+/// Arguments of `shoal daemon`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Directory for the node's state (default: /var/lib/shoal as root, else
+    /// $XDG_DATA_HOME/shoal or ~/.local/share/shoal)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Name of this node (default: the machine's hostname)
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Address the remote API (Raft, membership, Control) listens on
+    #[arg(long, value_name = "ADDR", default_value = shoal_api::defaults::LISTEN_REMOTE_API)]
+    pub listen_remote_api: SocketAddr,
+    /// Address other managers reach this one at (default: the listen address)
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_remote_api: Option<String>,
+    /// Start a new cluster with this node as its first manager
+    #[arg(long, conflicts_with = "join_addr")]
+    pub init: bool,
+    /// Join the cluster of the manager at this address
+    #[arg(long, value_name = "ADDR")]
+    pub join_addr: Option<String>,
+    /// Join token (checked once the cluster CA exists)
+    #[arg(long, value_name = "TOKEN", requires = "join_addr")]
+    pub join_token: Option<String>,
+    /// Make this manager the only member of its cluster, keeping all its data
+    #[arg(long)]
+    pub force_new_cluster: bool,
+    /// Raft tick interval, e.g. 100ms
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub tick_interval: Duration,
+    /// Ticks without a leader before an election
+    #[arg(long, value_name = "N", default_value_t = shoal_api::defaults::RAFT_ELECTION_TICK)]
+    pub election_tick: u32,
+    /// Ticks between leader heartbeats
+    #[arg(long, value_name = "N", default_value_t = shoal_api::defaults::RAFT_HEARTBEAT_TICK)]
+    pub heartbeat_tick: u32,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter)
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Parses durations written like `100ms`, `2s`, `1m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 100ms, 5s, 1m"))?;
+    let seconds = match unit {
+        "ns" => value / 1e9,
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit; use ns, us, ms, s, m or h"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    crate::logging::init(&args.log_level)?;
+    if args.join_token.is_some() {
+        tracing::warn!("join tokens are not checked yet: this version has no cluster CA");
+    }
+    let mut config = DaemonConfig::new(args.state_dir.unwrap_or_else(default_state_dir));
+    config.hostname = args.hostname.unwrap_or_default();
+    config.listen_remote_api = args.listen_remote_api;
+    config.advertise_remote_api = args.advertise_remote_api;
+    config.init = args.init;
+    config.join_addr = args.join_addr;
+    config.force_new_cluster = args.force_new_cluster;
+    config.tick_interval = args.tick_interval;
+    config.election_tick = args.election_tick;
+    config.heartbeat_tick = args.heartbeat_tick;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let daemon = Daemon::start(config).await.map_err(|e| e.to_string())?;
+        daemon
+            .serve(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! Three real managers on 127.0.0.1: the leader is killed with SIGKILL while clients write;
+//! a new leader takes writes, and no acknowledged write is lost.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::{Manager, config_names, create_config, eventually};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut managers = vec![Manager::start(dir.path(), "m1", &["--init"])];
+    let first = managers[0].addr.clone();
+    // The first manager elects itself; then two more join through it.
+    eventually(
+        "the first manager to lead",
+        Duration::from_secs(20),
+        async || {
+            create_config(std::slice::from_ref(&first), "hello")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    for name in ["m2", "m3"] {
+        managers.push(Manager::start(dir.path(), name, &["--join-addr", &first]));
+    }
+    let addrs: Vec<String> = managers.iter().map(|m| m.addr.clone()).collect();
+    eventually(
+        "three managers to see the first write",
+        Duration::from_secs(20),
+        async || {
+            for a in &addrs {
+                if !config_names(a).await.ok()?.contains(&"hello".to_string()) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+
+    let mut acknowledged = BTreeSet::from(["hello".to_string()]);
+    let mut attempted = BTreeSet::from(["hello".to_string()]);
+    for i in 0..40 {
+        let name = format!("before-{i:03}");
+        attempted.insert(name.clone());
+        if create_config(&addrs, &name).await.is_ok() {
+            acknowledged.insert(name);
+        }
+    }
+
+    // Find and kill the leader: the manager that accepts a write.
+    let mut leader = None;
+    for (i, a) in addrs.iter().enumerate() {
+        if create_config(std::slice::from_ref(a), &format!("probe-{i}"))
+            .await
+            .is_ok()
+        {
+            acknowledged.insert(format!("probe-{i}"));
+            attempted.insert(format!("probe-{i}"));
+            leader = Some(i);
+            break;
+        }
+    }
+    let leader = leader.expect("one manager leads");
+    managers[leader].kill();
+    let survivors: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, a)| a.clone())
+        .collect();
+
+    // Keep writing: a new leader must take writes.
+    let first_after = eventually(
+        "a new leader to accept a write",
+        Duration::from_secs(30),
+        async || create_config(&survivors, "after-kill").await.ok(),
+    )
+    .await;
+    let _: () = first_after;
+    acknowledged.insert("after-kill".into());
+    attempted.insert("after-kill".into());
+    for i in 0..40 {
+        let name = format!("after-{i:03}");
+        attempted.insert(name.clone());
+        if create_config(&survivors, &name).await.is_ok() {
+            acknowledged.insert(name);
+        }
+    }
+    assert!(
+        acknowledged.len() > 80,
+        "most writes were acknowledged: {}",
+        acknowledged.len()
+    );
+
+    for a in &survivors {
+        let names: BTreeSet<String> = config_names(a).await.unwrap().into_iter().collect();
+        let lost: Vec<_> = acknowledged.difference(&names).collect();
+        assert!(lost.is_empty(), "{a} lost acknowledged writes: {lost:?}");
+        assert!(names.is_subset(&attempted), "{a} holds writes nobody made");
+    }
+
+    // The killed manager restarts from its state and catches up.
+    managers[leader].restart(&[]);
+    let restarted = addrs[leader].clone();
+    eventually(
+        "the killed manager to catch up",
+        Duration::from_secs(30),
+        async || {
+            let names: BTreeSet<String> =
+                config_names(&restarted).await.ok()?.into_iter().collect();
+            acknowledged.is_subset(&names).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Manager::start(dir.path(), "m", &["--init"]);
+    eventually("the manager to lead", Duration::from_secs(20), async || {
+        create_config(std::slice::from_ref(&first.addr), "x")
+            .await
+            .ok()
+    })
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["daemon", "--state-dir"])
+        .arg(&first.state_dir)
+        .args([
+            "--listen-remote-api",
+            &format!("127.0.0.1:{}", support::free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another shoal daemon"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_cluster_says_how_to_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["daemon", "--state-dir"])
+        .arg(dir.path().join("fresh"))
+        .args([
+            "--listen-remote-api",
+            &format!("127.0.0.1:{}", support::free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--init") && stderr.contains("--join-addr"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_force_new_cluster_keep_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m1 = Manager::start(dir.path(), "m1", &["--init"]);
+    let a1 = m1.addr.clone();
+    eventually("m1 to lead", Duration::from_secs(20), async || {
+        create_config(std::slice::from_ref(&a1), "one").await.ok()
+    })
+    .await;
+    let m2 = Manager::start(dir.path(), "m2", &["--join-addr", &a1]);
+    let a2 = m2.addr.clone();
+    eventually("m2 to catch up", Duration::from_secs(20), async || {
+        config_names(&a2)
+            .await
+            .ok()?
+            .contains(&"one".to_string())
+            .then_some(())
+    })
+    .await;
+    create_config(&[a1.clone(), a2.clone()], "two")
+        .await
+        .unwrap();
+    // Both stop; m1 alone cannot lead a two-member cluster...
+    drop(m2);
+    m1.kill();
+    m1.restart(&[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let err = create_config(std::slice::from_ref(&a1), "three")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("no leader: quorum lost (1 of 2 managers reachable)"),
+        "{err}"
+    );
+    // ...until it is forced into a new one-member cluster, with every write kept.
+    m1.kill();
+    m1.restart(&["--force-new-cluster"]);
+    eventually("m1 to lead alone", Duration::from_secs(20), async || {
+        create_config(std::slice::from_ref(&a1), "three").await.ok()
+    })
+    .await;
+    let names = config_names(&a1).await.unwrap();
+    assert_eq!(
+        names,
+        vec!["one".to_string(), "three".to_string(), "two".to_string()]
+    );
+}

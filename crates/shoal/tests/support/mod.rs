@@ -1,0 +1,188 @@
+//! Real `shoal daemon` processes on 127.0.0.1 for tests: started on free ports, killed (or
+//! stopped with SIGTERM) on demand, always killed when the test ends.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_api::v1::control_client::ControlClient;
+use shoal_api::v1::{Annotations, ConfigSpec, CreateConfigRequest, ListConfigsRequest};
+use tonic::transport::Channel;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Manager {
+    pub addr: String,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Manager {
+    /// Starts `shoal daemon` with `extra` flags.
+    pub fn start(dir: &Path, name: &str, extra: &[&str]) -> Manager {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let state_dir = dir.join(name);
+        let log = dir.join(format!("{name}.log"));
+        let mut m = Manager {
+            addr,
+            state_dir,
+            log,
+            child: None,
+        };
+        m.spawn(extra);
+        m
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--listen-remote-api")
+            .arg(&self.addr)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start shoal daemon");
+        self.child = Some(child);
+    }
+
+    /// Starts it again on the same address and state.
+    pub fn restart(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn(extra);
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn client(addr: &str) -> Option<ControlClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .ok()?;
+    Some(ControlClient::new(channel))
+}
+
+pub fn config_spec(name: &str) -> ConfigSpec {
+    ConfigSpec {
+        annotations: Some(Annotations {
+            name: name.into(),
+            ..Default::default()
+        }),
+        data: name.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Creates config `name` on whichever manager is the leader. Returns the error of the last
+/// attempt if no manager took it.
+pub async fn create_config(addrs: &[String], name: &str) -> Result<(), String> {
+    let mut last = String::from("no manager reachable");
+    for addr in addrs {
+        let Some(mut c) = client(addr).await else {
+            last = format!("{addr} unreachable");
+            continue;
+        };
+        match c
+            .create_config(CreateConfigRequest {
+                spec: Some(config_spec(name)),
+            })
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(s)
+                if s.code() == tonic::Code::FailedPrecondition
+                    || s.code() == tonic::Code::Unavailable =>
+            {
+                last = format!("{addr}: {}", s.message());
+            }
+            Err(s) => return Err(format!("{addr}: {:?} {}", s.code(), s.message())),
+        }
+    }
+    Err(last)
+}
+
+/// Config names as a manager sees them (a linearizable read).
+pub async fn config_names(addr: &str) -> Result<Vec<String>, String> {
+    let mut c = client(addr)
+        .await
+        .ok_or_else(|| format!("{addr} unreachable"))?;
+    let resp = c
+        .list_configs(ListConfigsRequest::default())
+        .await
+        .map_err(|s| format!("{addr}: {}", s.message()))?;
+    let mut names: Vec<String> = resp
+        .into_inner()
+        .configs
+        .into_iter()
+        .map(|c| {
+            c.spec
+                .unwrap_or_default()
+                .annotations
+                .unwrap_or_default()
+                .name
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Polls `f` until it returns Some, for at most `limit`.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
