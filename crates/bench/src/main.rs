@@ -6,6 +6,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod raft;
 mod report;
 mod store;
 
@@ -25,12 +26,21 @@ struct Cli {
 enum Scenario {
     /// The in-memory object store: create, update, get, find, list, watch fan-out, memory.
     Store(store::Args),
+    /// Raft-committed writes (S2): transactions/s and latency by writers, batches, failover.
+    Raft(raft::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let report = match cli.scenario {
         Scenario::Store(args) => store::run(args),
+        Scenario::Raft(args) => raft::run(args),
     };
     if cli.json {
         println!("{}", report.to_json());

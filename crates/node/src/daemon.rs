@@ -325,7 +325,12 @@ impl Daemon {
             store,
         } = self;
         let handle = driver.handle();
-        let raft = RaftService::new(handle.clone());
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(true);
+        };
+        let raft = RaftService::new(handle.clone(), stopping);
         let server = tonic::transport::Server::builder()
             .add_service(
                 RaftServer::new(raft.clone())

@@ -329,10 +329,10 @@ impl Loop {
     }
 
     fn round(&mut self) -> Result<()> {
-        let out = self.node.process_ready()?;
-        for msg in out.messages {
-            self.transport.send(msg);
-        }
+        let transport = self.transport.clone();
+        let out = self
+            .node
+            .process_ready_with(&mut |msg| transport.send(msg))?;
         for (id, result) in out.proposals {
             if let Some(w) = self.proposals.remove(&id) {
                 let _ = w.reply.send(result.map_err(|e| match e {

@@ -26,11 +26,14 @@ pub const LEADER_ADDR_METADATA: &str = "shoal-leader-addr";
 #[derive(Clone)]
 pub struct RaftService {
     handle: RaftHandle,
+    /// Becomes true when the server shuts down: peer streams, which never end on their own,
+    /// are closed so a graceful shutdown does not wait for them.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RaftService {
-    pub fn new(handle: RaftHandle) -> Self {
-        Self { handle }
+    pub fn new(handle: RaftHandle, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { handle, stopping }
     }
 }
 
@@ -94,7 +97,13 @@ impl Raft for RaftService {
     ) -> Result<Response<StreamRaftMessageResponse>, Status> {
         let mut stream = request.into_inner();
         let mut buffer: Vec<u8> = Vec::new();
-        while let Some(part) = stream.message().await? {
+        let mut stopping = self.stopping.clone();
+        loop {
+            let part = tokio::select! {
+                part = stream.message() => part?,
+                _ = stopping.wait_for(|s| *s) => None,
+            };
+            let Some(part) = part else { break };
             if buffer.is_empty() && part.last {
                 self.handle.step(decode(&part.chunk)?);
                 continue;

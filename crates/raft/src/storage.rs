@@ -356,14 +356,15 @@ impl LogStore {
         Ok(())
     }
 
-    /// Persists the commit index learned without new entries.
-    pub fn set_commit(&mut self, commit: u64) -> Result<()> {
-        if commit <= self.hard_state.commit {
-            return Ok(());
+    /// Records the commit index learned without new entries.
+    ///
+    /// Kept in memory only: it reaches disk with the next hard state. Losing it in a crash
+    /// is safe — a restarted node applies from its snapshot, and learns the commit index
+    /// again from the leader (or, alone, commits its log again when it is elected).
+    pub fn set_commit(&mut self, commit: u64) {
+        if commit > self.hard_state.commit {
+            self.hard_state.commit = commit;
         }
-        let mut hs = self.hard_state.clone();
-        hs.commit = commit;
-        self.append(&[], Some(&hs))
     }
 
     /// Installs a snapshot received from the leader: it replaces the whole log.
