@@ -85,8 +85,8 @@ pub const AGENT_STATUS_BATCH_MAX: usize = 1024;
 pub const RAFT_TICK_INTERVAL: Duration = Duration::from_millis(100);
 /// Ticks between leader heartbeats.
 pub const RAFT_HEARTBEAT_TICK: u32 = 1;
-/// Ticks without a leader before a follower campaigns, randomised up to 1.2 times this (etcd
-/// and SwarmKit randomise up to twice this; see `RaftNode` for why we narrow it).
+/// Ticks without a leader before a follower campaigns, randomised up to 1.5 times this (etcd
+/// and SwarmKit randomise up to twice this; a narrower range makes failover faster).
 pub const RAFT_ELECTION_TICK: u32 = 10;
 /// Log entries between snapshots.
 pub const RAFT_SNAPSHOT_INTERVAL: u64 = 10_000;

@@ -228,7 +228,7 @@ impl Loop {
                     tracing::debug!("raft: dropped a message: {e}");
                 }
             }
-            Input::Propose(changes, reply) => match self.node.propose(&changes) {
+            Input::Propose(changes, reply) => match self.node.propose(changes) {
                 Ok(id) => {
                     self.proposals.insert(id, Waiting { reply, deadline });
                 }
@@ -556,7 +556,12 @@ impl RaftProposer {
 
 impl Proposer for RaftProposer {
     fn propose(&self, _state: &Arc<StateMachine>, changes: ChangeSet) -> ProposeFuture {
-        let handle = self.handle.clone();
-        Box::pin(async move { handle.propose(changes).await })
+        // Sent now, awaited later: a batch keeps several proposals in flight, in order.
+        let (tx, rx) = oneshot::channel();
+        let sent = self.handle.send(Input::Propose(changes, tx));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| StoreError::from(RaftError::Stopped))?
+        })
     }
 }

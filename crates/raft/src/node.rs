@@ -23,7 +23,7 @@
 //! A new cluster starts from a snapshot at index 1 holding its one member, so the membership
 //! always lives in the replicated state, and a manager that joins catches up by snapshot.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -78,10 +78,10 @@ impl NodeConfig {
             max_inflight_msgs: shoal_api::defaults::RAFT_MAX_INFLIGHT_MSGS,
             check_quorum: true,
             pre_vote: true,
-            // etcd randomises the election timeout over [E, 2E); a narrower [E, 1.2E) keeps
-            // failover under ~1.3 s at the default 100 ms tick. Pre-vote keeps split votes
-            // rare even so (a split needs two followers to time out within one round trip).
-            max_election_tick: self.election_tick + (self.election_tick / 5).max(1),
+            // etcd randomises the election timeout over [E, 2E) ticks; [E, 1.5E) keeps failover
+            // under ~1.5 s at the default 100 ms tick while leaving five distinct timeouts, so
+            // with pre-vote split votes stay rare.
+            max_election_tick: self.election_tick + (self.election_tick / 2).max(2),
             // Reads are confirmed by a quorum round (ReadIndex), never by a lease that a
             // paused leader could overrun.
             read_only_option: raft::ReadOnlyOption::Safe,
@@ -147,8 +147,9 @@ pub struct RaftNode {
     state: Arc<StateMachine>,
     members: BTreeMap<u64, RaftMember>,
     removed: BTreeSet<u64>,
-    /// Proposals of this node not yet applied.
-    proposals: HashSet<ProposalId>,
+    /// Proposals of this node not yet applied: store transactions keep their changes, so
+    /// the leader applies them without decoding its own entries.
+    proposals: HashMap<ProposalId, Option<ChangeSet>>,
     next_proposal: ProposalId,
     next_read: ReadId,
     /// Reads confirmed by the leader, waiting for the log to be applied up to their index.
@@ -331,7 +332,7 @@ impl RaftNode {
             state,
             members,
             removed,
-            proposals: HashSet::new(),
+            proposals: HashMap::new(),
             next_proposal: 1,
             next_read: 1,
             reads_waiting: Vec::new(),
@@ -436,13 +437,13 @@ impl RaftNode {
     }
 
     /// Proposes a store transaction. Only the leader accepts proposals.
-    pub fn propose(&mut self, changes: &ChangeSet) -> Result<ProposalId> {
+    pub fn propose(&mut self, changes: ChangeSet) -> Result<ProposalId> {
         self.check_leader()?;
         let id = self.next_proposal;
         self.next_proposal += 1;
-        let data = changes.to_proto().encode_to_vec();
+        let data = changes.encode();
         self.raw.propose(tag(self.config.id, id), data)?;
-        self.proposals.insert(id);
+        self.proposals.insert(id, Some(changes));
         Ok(id)
     }
 
@@ -511,7 +512,7 @@ impl RaftNode {
         .encode_to_vec();
         cc.context = context.clone().into();
         self.raw.propose_conf_change(context, cc)?;
-        self.proposals.insert(id);
+        self.proposals.insert(id, None);
         Ok(id)
     }
 
@@ -586,7 +587,7 @@ impl RaftNode {
         let leader = self.is_leader();
         if self.was_leader && !leader {
             // Entries proposed as leader may or may not be committed by the next leader.
-            for id in self.proposals.drain() {
+            for (id, _) in self.proposals.drain() {
                 out.proposals.push((id, Err(ProposalError::Unknown)));
             }
             // Reads waiting on a confirmation from this term will not get one.
@@ -643,14 +644,22 @@ impl RaftNode {
         if entry.data.is_empty() {
             return; // A new leader's empty entry.
         }
-        let result = v1::Transaction::decode(entry.data.as_ref())
-            .map_err(|e| StoreError::InvalidTransaction(format!("undecodable entry: {e}")))
-            .and_then(ChangeSet::from_proto)
-            .and_then(|changes| self.state.apply(changes));
-        if let Some((proposer, id)) = untag(entry.context.as_ref())
-            && proposer == self.config.id
-            && self.proposals.remove(&id)
-        {
+        let own = untag(entry.context.as_ref())
+            .filter(|(proposer, _)| *proposer == self.config.id)
+            .and_then(|(_, id)| self.proposals.remove(&id).map(|changes| (id, changes)));
+        let (own_id, cached) = match own {
+            Some((id, changes)) => (Some(id), changes),
+            None => (None, None),
+        };
+        let changes = match cached {
+            // Our own proposal: the same changes the entry encodes, already decoded.
+            Some(changes) => Ok(changes),
+            None => v1::Transaction::decode(entry.data.as_ref())
+                .map_err(|e| StoreError::InvalidTransaction(format!("undecodable entry: {e}")))
+                .and_then(ChangeSet::from_proto),
+        };
+        let result = changes.and_then(|changes| self.state.apply(changes));
+        if let Some(id) = own_id {
             out.proposals
                 .push((id, result.map_err(ProposalError::Refused)));
         }
@@ -685,7 +694,8 @@ impl RaftNode {
             }
         }
         out.membership_changed = true;
-        if context.proposer == self.config.id && self.proposals.remove(&context.proposal) {
+        if context.proposer == self.config.id && self.proposals.remove(&context.proposal).is_some()
+        {
             out.proposals
                 .push((context.proposal, Ok(self.state.version())));
         }

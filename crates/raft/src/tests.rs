@@ -206,11 +206,22 @@ impl Cluster {
         panic!("no leader elected");
     }
 
+    /// Ticks until `done` holds, at most `limit` ticks.
+    fn tick_until(&mut self, limit: usize, done: impl Fn(&Cluster) -> bool) {
+        for _ in 0..limit {
+            if done(self) {
+                return;
+            }
+            self.tick(1);
+        }
+        assert!(done(self), "condition not reached in {limit} ticks");
+    }
+
     fn propose(&mut self, on: u64, name: &str) -> Result<ProposalId, RaftError> {
         self.nodes
             .get_mut(&on)
             .unwrap()
-            .propose(&config_object(name))
+            .propose(config_object(name))
     }
 
     /// Proposes on the leader and waits for the outcome.
@@ -350,8 +361,11 @@ fn an_isolated_leader_steps_down_and_the_majority_moves_on() {
     // A proposal in flight when the leader is cut off.
     let p = c.propose(old, "lost").unwrap();
     c.partition(&[old]);
-    c.tick(25);
-    // Check-quorum: the isolated leader no longer believes it leads.
+    // Check-quorum: the isolated leader stops believing it leads; the others elect one.
+    // (Ticks are synchronous here, so elections may split a few times: bounded retries.)
+    c.tick_until(200, |c| {
+        !c.nodes[&old].is_leader() && c.leader().is_some_and(|l| l != old)
+    });
     assert!(!c.nodes[&old].is_leader());
     assert!(matches!(
         c.propose(old, "x"),
@@ -535,13 +549,27 @@ fn five_members_survive_a_minority_partition_and_block_in_a_minority() {
     let others: Vec<u64> = c.up().into_iter().filter(|id| *id != leader).collect();
     // The leader and one follower are cut off from the other three.
     c.partition(&[leader, others[0]]);
-    c.tick(30);
-    let new = c.leader().unwrap();
+    let mut new = None;
+    for _ in 0..200 {
+        c.tick(1);
+        new = c.leader().filter(|l| others[1..].contains(l));
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("the majority side elects a leader");
     assert!(
         others[1..].contains(&new),
         "the majority side elected {new}"
     );
     c.write("b").unwrap();
+    // Check-quorum: the old leader steps down within an election timeout of losing contact.
+    for _ in 0..30 {
+        if !c.nodes[&leader].is_leader() {
+            break;
+        }
+        c.tick(1);
+    }
     assert!(
         !c.nodes[&leader].is_leader(),
         "the minority side has no leader"

@@ -12,13 +12,14 @@
 //! No lock is held while a proposal is in flight, so concurrent transactions pipeline; the
 //! state machine's `apply` refuses the ones that were built from data that changed meanwhile.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use shoal_api::clock::{Clock, SystemClock};
 use shoal_api::defaults::{MAX_CHANGES_PER_TRANSACTION, MAX_TRANSACTION_BYTES};
-use shoal_api::v1::StoreSnapshot;
+use shoal_api::v1::{ObjectKind, StoreSnapshot};
 use tokio::sync::broadcast;
 
 use crate::error::{Result, StoreError};
@@ -231,6 +232,7 @@ impl Store {
             store: self,
             pending: PendingChanges::journaled(),
             transactions: 0,
+            inflight: Default::default(),
         }
     }
 
@@ -253,12 +255,23 @@ pub struct Batch<'s> {
     store: &'s Store,
     pending: PendingChanges,
     transactions: usize,
+    /// Transactions proposed but not yet known applied, oldest first, with the objects they
+    /// write: a batch keeps a few in flight so that replication overlaps with building the
+    /// next one.
+    inflight: std::collections::VecDeque<(ProposeFuture, HashSet<(ObjectKind, String)>)>,
 }
 
+/// Transactions of one batch in flight at once.
+const MAX_INFLIGHT: usize = 8;
+
 impl Batch<'_> {
-    /// Adds the changes made by `f`. A full transaction is committed before `f` runs; if `f`
-    /// itself overflows a transaction that already holds changes, those are committed and `f`
-    /// runs again on a fresh view (so `f` may run twice).
+    /// Adds the changes made by `f`. A full transaction is proposed before `f` runs; if `f`
+    /// itself overflows a transaction that already holds changes, those are proposed and `f`
+    /// runs again on a fresh view (so `f` may run twice). If `f` touches an object that a
+    /// transaction still in flight writes, `f` runs again once those are applied, so it never
+    /// acts on a view that misses the batch's own earlier writes.
+    ///
+    /// An error of a transaction in flight is returned by a later `update` or by `commit`.
     pub async fn update(
         &mut self,
         mut f: impl FnMut(&mut WriteTx<'_>) -> Result<()>,
@@ -274,6 +287,15 @@ impl Batch<'_> {
             self.pending.rollback(mark);
             return Err(e);
         }
+        if !self.inflight.is_empty() && self.touches_inflight() {
+            self.pending.rollback(mark);
+            self.drain().await?;
+            let mark = self.pending.mark();
+            if let Err(e) = self.store.build(&mut self.pending, &mut f) {
+                self.pending.rollback(mark);
+                return Err(e);
+            }
+        }
         let over = self.pending.len() > MAX_CHANGES_PER_TRANSACTION
             || self.pending.bytes() > MAX_TRANSACTION_BYTES;
         if !over {
@@ -282,6 +304,7 @@ impl Batch<'_> {
         if had_changes {
             self.pending.rollback(mark);
             self.flush().await?;
+            self.drain().await?;
             let mark = self.pending.mark();
             if let Err(e) = self.store.build(&mut self.pending, &mut f) {
                 self.pending.rollback(mark);
@@ -301,19 +324,52 @@ impl Batch<'_> {
         Ok(())
     }
 
+    fn touches_inflight(&self) -> bool {
+        self.inflight
+            .iter()
+            .any(|(_, written)| self.pending.touches(written))
+    }
+
+    /// Proposes what is pending without waiting for it, keeping at most `MAX_INFLIGHT`
+    /// transactions in flight.
     async fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let changes = self.pending.take();
+        let written = changes
+            .changes
+            .iter()
+            .map(|c| (c.object.kind(), c.object.id().to_string()))
+            .collect();
         self.transactions += 1;
-        self.store.commit(changes).await?;
+        let future = self.store.proposer.propose(&self.store.state, changes);
+        self.inflight.push_back((future, written));
+        while self.inflight.len() > MAX_INFLIGHT {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<()> {
+        if let Some((future, _)) = self.inflight.pop_front() {
+            future.await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every transaction in flight.
+    async fn drain(&mut self) -> Result<()> {
+        while !self.inflight.is_empty() {
+            self.wait_oldest().await?;
+        }
         Ok(())
     }
 
     /// Commits what is pending; returns the number of transactions the batch committed.
     pub async fn commit(mut self) -> Result<usize> {
         self.flush().await?;
+        self.drain().await?;
         Ok(self.transactions)
     }
 }

@@ -280,6 +280,9 @@ pub struct PendingChanges {
     /// Changed objects, one map per kind (indexed by `ObjectKind as usize`), so that lookups
     /// by `&str` need no allocation.
     entries: [HashMap<String, Pending>; 8],
+    /// For kinds with unique names: lower-cased name → ID of the pending objects holding it,
+    /// so a name check does not scan every pending change.
+    names: [HashMap<String, String>; 8],
     len: usize,
     /// Versions of the objects read by ID, one map per kind.
     reads: RefCell<[HashMap<String, u64>; 8]>,
@@ -310,18 +313,53 @@ impl PendingChanges {
         self.entries[kind as usize].get(id)
     }
 
+    fn index_name(&mut self, kind: ObjectKind, p: &Pending, add: bool) {
+        if !Tables::unique_names(kind) || p.action == Action::Remove {
+            return;
+        }
+        let name = p.object.name();
+        if name.is_empty() {
+            return;
+        }
+        let names = &mut self.names[kind as usize];
+        let lower = name.to_lowercase();
+        if add {
+            names.insert(lower, p.object.id().to_string());
+        } else if names.get(&lower).is_some_and(|id| id == p.object.id()) {
+            names.remove(&lower);
+        }
+    }
+
+    /// The ID of the pending object of `kind` named `name` (lower-cased), if any.
+    fn pending_name(&self, kind: ObjectKind, lower_name: &str) -> Option<&str> {
+        self.names[kind as usize]
+            .get(lower_name)
+            .map(String::as_str)
+    }
+
     fn insert(&mut self, key: &Key, p: Pending) -> Option<Pending> {
+        self.index_name(key.0, &p, true);
         let previous = self.entries[key.0 as usize].insert(key.1.clone(), p);
-        if previous.is_none() {
-            self.len += 1;
+        match &previous {
+            None => self.len += 1,
+            Some(old) => self.reindex_after_replace(key.0, old),
         }
         previous
     }
 
+    /// After an entry was replaced: drop the old name unless the new entry holds it too.
+    fn reindex_after_replace(&mut self, kind: ObjectKind, old: &Pending) {
+        self.index_name(kind, old, false);
+        if let Some(current) = self.entries[kind as usize].get(old.object.id()).cloned() {
+            self.index_name(kind, &current, true);
+        }
+    }
+
     fn remove(&mut self, key: &Key) -> Option<Pending> {
         let previous = self.entries[key.0 as usize].remove(&key.1);
-        if previous.is_some() {
+        if let Some(p) = &previous {
             self.len -= 1;
+            self.index_name(key.0, p, false);
         }
         previous
     }
@@ -337,6 +375,17 @@ impl PendingChanges {
             journaling: true,
             ..Self::default()
         }
+    }
+
+    /// Whether this transaction writes, or read by ID, any of `objects`.
+    pub fn touches(&self, objects: &std::collections::HashSet<(ObjectKind, String)>) -> bool {
+        if self.order.iter().any(|key| objects.contains(key)) {
+            return true;
+        }
+        let reads = self.reads.borrow();
+        objects
+            .iter()
+            .any(|(kind, id)| reads[*kind as usize].contains_key(id))
     }
 
     pub fn mark(&self) -> Mark {
@@ -368,11 +417,20 @@ impl PendingChanges {
                 self.bytes += p.bytes;
                 let map = &mut self.entries[key.0 as usize];
                 match map.get_mut(key.1.as_str()) {
-                    Some(slot) => Some(std::mem::replace(slot, p)),
+                    Some(slot) => {
+                        let old = std::mem::replace(slot, p);
+                        self.reindex_after_replace(key.0, &old);
+                        Some(old)
+                    }
                     None => {
+                        map.insert(key.1.clone(), p);
                         self.order.push(key.clone());
                         self.len += 1;
-                        map.insert(key.1.clone(), p);
+                        if let Some(added) =
+                            self.entries[key.0 as usize].get(key.1.as_str()).cloned()
+                        {
+                            self.index_name(key.0, &added, true);
+                        }
                         None
                     }
                 }
@@ -622,6 +680,14 @@ impl Reader for WriteTx<'_> {
             .into_iter()
             .filter(|o| self.pending.entry(T::KIND, o.id()).is_none())
             .collect();
+        if let (true, By::Name(name)) = (T::UNIQUE_NAMES, by) {
+            if let Some(id) = self.pending.pending_name(T::KIND, &name.to_lowercase())
+                && let Some(Some(o)) = self.pending_view::<T>(id)
+            {
+                found.push(o);
+            }
+            return found;
+        }
         for key in &self.pending.order {
             if key.0 != T::KIND {
                 continue;
