@@ -283,11 +283,10 @@ impl Batch<'_> {
         }
         let mark = self.pending.mark();
         let had_changes = !self.pending.is_empty();
-        if let Err(e) = self.store.build(&mut self.pending, &mut f) {
-            self.pending.rollback(mark);
-            return Err(e);
-        }
-        if !self.inflight.is_empty() && self.touches_inflight() {
+        let built = self.store.build(&mut self.pending, &mut f);
+        // Whether it succeeded or not, an update that touched objects of a transaction in
+        // flight saw a view without them: wait for them and run it again.
+        if !self.inflight.is_empty() && self.touches_inflight(mark) {
             self.pending.rollback(mark);
             self.drain().await?;
             let mark = self.pending.mark();
@@ -295,6 +294,9 @@ impl Batch<'_> {
                 self.pending.rollback(mark);
                 return Err(e);
             }
+        } else if let Err(e) = built {
+            self.pending.rollback(mark);
+            return Err(e);
         }
         let over = self.pending.len() > MAX_CHANGES_PER_TRANSACTION
             || self.pending.bytes() > MAX_TRANSACTION_BYTES;
@@ -324,10 +326,13 @@ impl Batch<'_> {
         Ok(())
     }
 
-    fn touches_inflight(&self) -> bool {
+    /// Whether the changes made since `mark` touch what a transaction in flight writes.
+    /// (Objects an update modifies after touching them in an earlier update of the same
+    /// pending transaction were already checked then.)
+    fn touches_inflight(&self, mark: crate::tx::Mark) -> bool {
         self.inflight
             .iter()
-            .any(|(_, written)| self.pending.touches(written))
+            .any(|(_, written)| self.pending.touches_since(mark, written))
     }
 
     /// Proposes what is pending without waiting for it, keeping at most `MAX_INFLIGHT`

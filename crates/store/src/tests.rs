@@ -324,6 +324,59 @@ fn tasks_arriving_encoded_share_their_service_spec() {
     assert_eq!(t2.spec.as_ref().unwrap().force_update, 1);
 }
 
+/// Applies a proposal only when its future is first polled, like a replicated proposer whose
+/// commit comes later.
+struct LazyProposer;
+
+impl Proposer for LazyProposer {
+    fn propose(&self, state: &Arc<StateMachine>, changes: ChangeSet) -> ProposeFuture {
+        let state = state.clone();
+        Box::pin(async move { state.apply(changes) })
+    }
+}
+
+#[test]
+fn a_batch_sees_its_own_writes_still_in_flight() {
+    let rt = runtime();
+    let store = Store::with(
+        Arc::new(LazyProposer),
+        Arc::new(ManualClock::at_unix_seconds(1)),
+        64,
+    );
+    rt.block_on(async {
+        let mut batch = store.batch();
+        for i in 0..450 {
+            batch
+                .update(|tx| tx.create(task(&format!("t{i:03}"), "s", i)))
+                .await
+                .unwrap();
+        }
+        // t000 was written by a transaction that may still be in flight: the update must
+        // wait for it instead of failing with "not found" or "out of sequence".
+        for i in [0u64, 1, 449] {
+            batch
+                .update(|tx| {
+                    let id = format!("t{i:03}");
+                    let current = tx.get::<Task>(&id).ok_or(StoreError::NotFound {
+                        kind: "task",
+                        what: id,
+                    })?;
+                    let mut t = (*current).clone();
+                    t.node_id = "n1".into();
+                    tx.update(t)
+                })
+                .await
+                .unwrap();
+        }
+        let transactions = batch.commit().await.unwrap();
+        assert!(transactions >= 3, "{transactions}");
+    });
+    store.view(|tx| {
+        assert_eq!(tx.count::<Task>(), 450);
+        assert_eq!(tx.find::<Task>(By::Node("n1")).len(), 3);
+    });
+}
+
 // --- Properties ---------------------------------------------------------------------------
 
 #[derive(Clone, Debug)]

@@ -297,6 +297,7 @@ pub struct PendingChanges {
 #[derive(Clone, Copy, Debug)]
 pub struct Mark {
     journal: usize,
+    order: usize,
 }
 
 impl PendingChanges {
@@ -377,20 +378,29 @@ impl PendingChanges {
         }
     }
 
-    /// Whether this transaction writes, or read by ID, any of `objects`.
-    pub fn touches(&self, objects: &std::collections::HashSet<(ObjectKind, String)>) -> bool {
-        if self.order.iter().any(|key| objects.contains(key)) {
+    /// Whether the changes made since `mark` write, or this transaction read by ID, any of
+    /// `objects`.
+    pub fn touches_since(
+        &self,
+        mark: Mark,
+        objects: &std::collections::HashSet<(ObjectKind, String)>,
+    ) -> bool {
+        let new = &self.order[mark.order.min(self.order.len())..];
+        if new.iter().any(|key| objects.contains(key)) {
             return true;
         }
+        // Reads are few: look each one up rather than every written object.
         let reads = self.reads.borrow();
-        objects
-            .iter()
-            .any(|(kind, id)| reads[*kind as usize].contains_key(id))
+        reads.iter().enumerate().any(|(kind, map)| {
+            let kind = ObjectKind::try_from(kind as i32).unwrap_or(ObjectKind::Unknown);
+            map.keys().any(|id| objects.contains(&(kind, id.clone())))
+        })
     }
 
     pub fn mark(&self) -> Mark {
         Mark {
             journal: self.journal.len(),
+            order: self.order.len(),
         }
     }
 
