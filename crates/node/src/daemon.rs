@@ -175,6 +175,50 @@ async fn join(addr: &str, me: &str, node_id: &str) -> Result<JoinResponse, NodeE
     }
 }
 
+/// Commits this manager's new address: through the leader (or directly, when it leads).
+async fn announce_address(handle: RaftHandle, identity: NodeIdentity) {
+    let me = RaftMember {
+        raft_id: identity.raft_id,
+        node_id: identity.node_id.clone(),
+        addr: identity.advertise_addr.clone(),
+    };
+    for _ in 0..120 {
+        let status = handle.status();
+        if status
+            .members
+            .get(&identity.raft_id)
+            .is_some_and(|m| m.addr == me.addr)
+        {
+            return;
+        }
+        let done = if status.is_leader {
+            handle.add_member(me.clone()).await.is_ok()
+        } else {
+            let mut ok = false;
+            for m in status
+                .members
+                .values()
+                .filter(|m| m.raft_id != identity.raft_id)
+            {
+                if join(&m.addr, &me.addr, &me.node_id).await.is_ok() {
+                    ok = true;
+                    break;
+                }
+            }
+            ok
+        };
+        if done {
+            tracing::info!("the cluster knows this manager at {}", me.addr);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tracing::warn!(
+        "could not tell the cluster this manager's new address {}",
+        me.addr
+    );
+}
+
 impl Daemon {
     /// Prepares the node: state directory, identity, Raft. Must run inside a tokio runtime.
     pub async fn start(config: DaemonConfig) -> Result<Self, NodeError> {
@@ -200,6 +244,8 @@ impl Daemon {
         // A joining manager learns its peers from the join answer: it must be able to answer
         // the leader before the snapshot that carries the membership arrives.
         let mut initial_peers: Vec<RaftMember> = Vec::new();
+        // Set when this manager restarts at another address than it had.
+        let mut moved_from: Option<String> = None;
         let (identity, node) = match existing {
             Some(mut identity) => {
                 if config.init || config.join_addr.is_some() {
@@ -209,6 +255,8 @@ impl Daemon {
                         config.state_dir.display()
                     )));
                 }
+                moved_from =
+                    (identity.advertise_addr != advertise).then(|| identity.advertise_addr.clone());
                 let log = if config.force_new_cluster {
                     tracing::warn!(
                         "forcing a new cluster: this manager becomes the only member, keeping all data"
@@ -288,6 +336,10 @@ impl Daemon {
             Arc::new(RaftProposer::new(driver.handle())),
             Arc::new(SystemClock),
         );
+        if let Some(old) = moved_from {
+            tracing::info!("this manager moved from {old} to {advertise}; telling the cluster");
+            tokio::spawn(announce_address(driver.handle(), identity.clone()));
+        }
         tracing::info!(
             node_id = %identity.node_id,
             raft_id = %format!("{:x}", identity.raft_id),

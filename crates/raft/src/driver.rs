@@ -65,6 +65,8 @@ enum Input {
     Unreachable(u64),
     SnapshotStatus(u64, bool),
     TransferLeadership(oneshot::Sender<Result<()>>),
+    /// A member says it is now reached at another address (not yet committed).
+    PeerAddress(u64, String),
     Stop,
 }
 
@@ -261,6 +263,14 @@ impl Loop {
                 }
             },
             Input::Unreachable(id) => self.node.report_unreachable(id),
+            Input::PeerAddress(id, addr) => {
+                // Reach the member at its new address at once: the change that records the
+                // address may need that member's vote to commit.
+                if let Some(m) = self.last_members.get_mut(&id) {
+                    m.addr = addr;
+                    self.transport.set_members(&self.last_members);
+                }
+            }
             Input::SnapshotStatus(id, ok) => self.node.report_snapshot(id, ok),
             Input::TransferLeadership(reply) => {
                 let target = self
@@ -478,6 +488,12 @@ impl RaftHandle {
     /// Hands a message from a peer to the node.
     pub fn step(&self, msg: Message) {
         let _ = self.send(Input::Message(msg));
+    }
+
+    /// Tells the transport that member `id` is now at `addr`, before the membership change
+    /// recording it is committed.
+    pub fn hint_address(&self, id: u64, addr: String) {
+        let _ = self.send(Input::PeerAddress(id, addr));
     }
 
     /// Reports that a peer could not be reached.

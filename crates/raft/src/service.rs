@@ -147,14 +147,30 @@ impl RaftMembership for RaftService {
         if !status.is_leader {
             return Err(not_leader(&self.handle));
         }
-        // A manager that joins again at the same address (a retry after a lost answer)
-        // gets its existing membership back.
-        if let Some(m) = status.members.values().find(|m| {
-            m.addr == request.addr && m.node_id == request.node_id && !m.node_id.is_empty()
-        }) {
+        // A manager that joins again (a retry after a lost answer, or a restart at a new
+        // address) keeps its Raft ID; a new address is committed like any membership change.
+        if let Some(m) = status
+            .members
+            .values()
+            .find(|m| !m.node_id.is_empty() && m.node_id == request.node_id)
+            .cloned()
+        {
+            let members = if m.addr == request.addr {
+                status.members.clone()
+            } else {
+                let moved = RaftMember {
+                    addr: request.addr.clone(),
+                    ..m.clone()
+                };
+                self.handle.hint_address(m.raft_id, request.addr.clone());
+                self.handle
+                    .add_member(moved)
+                    .await
+                    .map_err(|e| to_status(&self.handle, e))?
+            };
             return Ok(Response::new(JoinResponse {
                 raft_id: m.raft_id,
-                members: status.members.values().cloned().collect(),
+                members: members.into_values().collect(),
                 removed_members: vec![],
             }));
         }

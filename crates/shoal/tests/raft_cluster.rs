@@ -210,3 +210,103 @@ async fn restart_and_force_new_cluster_keep_the_data() {
         vec!["one".to_string(), "three".to_string(), "two".to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_restarted_at_a_new_address_is_reached_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = Manager::start(dir.path(), "m1", &["--init"]);
+    let a1 = m1.addr.clone();
+    eventually("m1 to lead", Duration::from_secs(20), async || {
+        create_config(std::slice::from_ref(&a1), "one").await.ok()
+    })
+    .await;
+    let mut m2 = Manager::start(dir.path(), "m2", &["--join-addr", &a1]);
+    let old = m2.addr.clone();
+    eventually("m2 to catch up", Duration::from_secs(20), async || {
+        config_names(&old)
+            .await
+            .ok()?
+            .contains(&"one".to_string())
+            .then_some(())
+    })
+    .await;
+    m2.kill();
+    m2.restart_at_new_address(&[]);
+    let new = m2.addr.clone();
+    assert_ne!(old, new);
+    // Two members: m1 needs m2's vote, so it must reach m2 at its new address.
+    eventually(
+        "a write committed with m2 at its new address",
+        Duration::from_secs(30),
+        async || create_config(std::slice::from_ref(&a1), "two").await.ok(),
+    )
+    .await;
+    eventually("m2 to see it", Duration::from_secs(20), async || {
+        config_names(&new)
+            .await
+            .ok()?
+            .contains(&"two".to_string())
+            .then_some(())
+    })
+    .await;
+    drop(m1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_manager_cleanly_while_peers_are_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = Manager::start(dir.path(), "m1", &["--init"]);
+    let a1 = m1.addr.clone();
+    eventually("m1 to lead", Duration::from_secs(20), async || {
+        create_config(std::slice::from_ref(&a1), "one").await.ok()
+    })
+    .await;
+    let mut m2 = Manager::start(dir.path(), "m2", &["--join-addr", &a1]);
+    let a2 = m2.addr.clone();
+    eventually("m2 to catch up", Duration::from_secs(20), async || {
+        config_names(&a2)
+            .await
+            .ok()?
+            .contains(&"one".to_string())
+            .then_some(())
+    })
+    .await;
+    // Bounded so a hang fails the test; not a performance figure.
+    assert_eq!(
+        m2.terminate(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        m2.logs()
+    );
+    assert!(m2.logs().contains("stopped"), "{}", m2.logs());
+    drop(m1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_manager_catches_up_from_a_snapshot_larger_than_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = Manager::start(dir.path(), "m1", &["--init"]);
+    let a1 = m1.addr.clone();
+    eventually("m1 to lead", Duration::from_secs(20), async || {
+        create_config(std::slice::from_ref(&a1), "one").await.ok()
+    })
+    .await;
+    // About 2.4 MB of state: the snapshot goes out in several chunks.
+    let mut c = support::client(&a1).await.unwrap();
+    for i in 0..12 {
+        c.create_config(shoal_api::v1::CreateConfigRequest {
+            spec: Some(support::big_config_spec(&format!("big-{i:02}"), 200 * 1024)),
+        })
+        .await
+        .unwrap();
+    }
+    let m2 = Manager::start(dir.path(), "m2", &["--join-addr", &a1]);
+    let a2 = m2.addr.clone();
+    let names = eventually("m2 to catch up", Duration::from_secs(30), async || {
+        let names = config_names(&a2).await.ok()?;
+        (names.len() == 13).then_some(names)
+    })
+    .await;
+    assert!(names.contains(&"big-11".to_string()));
+    drop(m1);
+}

@@ -70,6 +70,34 @@ impl Manager {
         self.spawn(extra);
     }
 
+    /// Starts it again on a new address, same state.
+    pub fn restart_at_new_address(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "still running");
+        self.addr = format!("127.0.0.1:{}", free_port());
+        self.spawn(extra);
+    }
+
+    /// SIGTERM, then waits up to `limit` for the process to exit; returns its exit code.
+    pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -102,6 +130,13 @@ pub async fn client(addr: &str) -> Option<ControlClient<Channel>> {
         .await
         .ok()?;
     Some(ControlClient::new(channel))
+}
+
+pub fn big_config_spec(name: &str, bytes: usize) -> ConfigSpec {
+    ConfigSpec {
+        data: vec![b'z'; bytes],
+        ..config_spec(name)
+    }
 }
 
 pub fn config_spec(name: &str) -> ConfigSpec {
