@@ -34,6 +34,9 @@ pub struct Args {
     /// Batch sizes to measure, comma-separated.
     #[arg(long, default_value = "10000,50000", value_delimiter = ',')]
     batches: Vec<usize>,
+    /// Managers for the throughput figures (1 measures the leader alone, without replication).
+    #[arg(long, default_value_t = 3)]
+    managers: usize,
     /// Leader kills for the failover figure (0 to skip).
     #[arg(long, default_value_t = 20)]
     kills: usize,
@@ -180,7 +183,8 @@ pub fn run(args: Args) -> Report {
         .tempdir_in(&base)
         .expect("a temporary directory");
     report.notes.push(format!(
-        "3 managers, own redb log each with fsync, gRPC on loopback; leader in the bench process; state in {}",
+        "{} managers, own redb log each with fsync, gRPC on loopback; leader in the bench process; state in {}",
+        args.managers,
         base.display()
     ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -209,7 +213,7 @@ async fn throughput(args: &Args, bin: &Path, dir: &Path, report: &mut Report) {
     let store = running.store.clone();
     let handle = running.handle.clone();
     wait_applied(&store, &handle, "warmup-0").await;
-    let _followers: Vec<Process> = (1..=2)
+    let _followers: Vec<Process> = (1..args.managers.max(1))
         .map(|i| {
             Process::start(
                 bin,
@@ -220,7 +224,8 @@ async fn throughput(args: &Args, bin: &Path, dir: &Path, report: &mut Report) {
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while handle.status().voters < 3 || handle.status().reachable < 3 {
+    let managers = args.managers.max(1);
+    while handle.status().voters < managers || handle.status().reachable < managers {
         assert!(Instant::now() < deadline, "followers did not join");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

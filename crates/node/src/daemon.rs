@@ -384,6 +384,7 @@ impl Daemon {
         };
         let raft = RaftService::new(handle.clone(), stopping);
         let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
             .add_service(
                 RaftServer::new(raft.clone())
                     .max_decoding_message_size(usize::MAX)

@@ -158,18 +158,25 @@ fn chunks(msg: &Message) -> Vec<StreamRaftMessageRequest> {
 async fn run_peer(
     id: u64,
     addr: String,
-    mut queue: mpsc::Receiver<Message>,
+    queue: mpsc::Receiver<Message>,
     handle: Arc<OnceLock<RaftHandle>>,
 ) {
-    let mut backoff = Duration::from_millis(50);
-    let report = |snapshot: bool| {
-        if let Some(h) = handle.get() {
-            h.report_unreachable(id);
-            if snapshot {
-                h.report_snapshot(id, false);
+    use futures_util::StreamExt;
+
+    let report = {
+        let handle = handle.clone();
+        move |snapshot: bool| {
+            if let Some(h) = handle.get() {
+                h.report_unreachable(id);
+                if snapshot {
+                    h.report_snapshot(id, false);
+                }
             }
         }
     };
+    // The queue outlives each stream: a failed stream hands it back to the next one.
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let mut backoff = Duration::from_millis(50);
     loop {
         let channel = match connect(&addr).await {
             Ok(c) => c,
@@ -177,11 +184,13 @@ async fn run_peer(
                 tracing::debug!("raft: cannot reach member {id:x} at {addr}: {e}");
                 report(false);
                 // Messages queued for an unreachable peer are stale by the time it is back.
-                while let Ok(m) = queue.try_recv() {
+                let mut q = queue.lock().await;
+                while let Ok(m) = q.try_recv() {
                     if m.get_msg_type() == MessageType::MsgSnapshot {
                         report(true);
                     }
                 }
+                drop(q);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -191,37 +200,26 @@ async fn run_peer(
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
-        let (tx, rx) = mpsc::channel::<StreamRaftMessageRequest>(64);
-        let call = client.stream_raft_message(tokio_stream::wrappers::ReceiverStream::new(rx));
-        tokio::pin!(call);
-        // Forward queued messages into the open stream until it fails.
-        let failed_snapshot = loop {
-            tokio::select! {
-                result = &mut call => {
-                    if let Err(e) = result {
-                        tracing::debug!("raft: stream to member {id:x} ended: {e}");
-                    }
-                    break false;
-                }
-                msg = queue.recv() => {
-                    let Some(msg) = msg else { return };
-                    let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-                    let mut ok = true;
-                    for chunk in chunks(&msg) {
-                        if tx.send(chunk).await.is_err() {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if !ok {
-                        break snapshot;
-                    }
-                    if snapshot && let Some(h) = handle.get() {
-                        h.report_snapshot(id, true);
-                    }
-                }
+        // The stream pulls straight from the queue: no task between Raft and the socket.
+        let source = queue.clone();
+        let snapshot_handle = handle.clone();
+        let outgoing = futures_util::stream::unfold(source, move |source| async move {
+            let msg = source.lock().await.recv().await?;
+            Some((msg, source))
+        })
+        .flat_map(move |msg| {
+            let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            let parts = chunks(&msg);
+            if snapshot && let Some(h) = snapshot_handle.get() {
+                // Handed to the connection; a failure later is reported by the reconnect.
+                h.report_snapshot(id, true);
             }
-        };
-        report(failed_snapshot);
+            futures_util::stream::iter(parts)
+        });
+        if let Err(e) = client.stream_raft_message(outgoing).await {
+            tracing::debug!("raft: stream to member {id:x} ended: {e}");
+        }
+        report(false);
+        tokio::time::sleep(backoff).await;
     }
 }
