@@ -397,71 +397,22 @@ impl Loop {
     /// Fails requests that waited past their deadline.
     fn expire(&mut self) {
         let now = Instant::now();
-        let unknown = || {
-            "the write's outcome is unknown: it was not committed within two election \
-             timeouts (is a quorum of managers reachable?); read the object again to see \
-             whether it was applied"
-                .to_string()
-        };
-        self.proposals.retain(|_, w| {
-            if now < w.deadline {
-                return true;
-            }
-            let w = std::mem::replace(
-                w,
-                Waiting {
-                    reply: oneshot::channel().0,
-                    deadline: now,
-                },
-            );
-            let _ = w.reply.send(Err(StoreError::Unavailable(unknown())));
-            false
+        expire(&mut self.proposals, now, || {
+            Err(StoreError::Unavailable(
+                "the write's outcome is unknown: it was not committed within two election \
+                 timeouts (is a quorum of managers reachable?); read the object again to see \
+                 whether it was applied"
+                    .into(),
+            ))
         });
         let no_leader = self.no_leader().to_string();
-        self.reads.retain(|_, w| {
-            if now < w.deadline {
-                return true;
-            }
-            let w = std::mem::replace(
-                w,
-                Waiting {
-                    reply: oneshot::channel().0,
-                    deadline: now,
-                },
-            );
-            let _ = w.reply.send(Err(RaftError::NoLeader(format!(
+        expire(&mut self.reads, now, || {
+            Err(RaftError::NoLeader(format!(
                 "a read could not be confirmed by a quorum in time ({no_leader})"
-            ))));
-            false
+            )))
         });
-        self.members_changes.retain(|_, w| {
-            if now < w.deadline {
-                return true;
-            }
-            let w = std::mem::replace(
-                w,
-                Waiting {
-                    reply: oneshot::channel().0,
-                    deadline: now,
-                },
-            );
-            let _ = w.reply.send(Err(RaftError::Unknown));
-            false
-        });
-        self.removals.retain(|_, w| {
-            if now < w.deadline {
-                return true;
-            }
-            let w = std::mem::replace(
-                w,
-                Waiting {
-                    reply: oneshot::channel().0,
-                    deadline: now,
-                },
-            );
-            let _ = w.reply.send(Err(RaftError::Unknown));
-            false
-        });
+        expire(&mut self.members_changes, now, || Err(RaftError::Unknown));
+        expire(&mut self.removals, now, || Err(RaftError::Unknown));
     }
 
     fn fail_all(&mut self, error: impl Fn() -> RaftError) {
@@ -477,6 +428,13 @@ impl Loop {
         for (_, w) in self.removals.drain() {
             let _ = w.reply.send(Err(error()));
         }
+    }
+}
+
+/// Answers, with `error()`, every request in `waiting` whose deadline has passed.
+fn expire<T>(waiting: &mut HashMap<u64, Waiting<T>>, now: Instant, error: impl Fn() -> T) {
+    for (_, w) in waiting.extract_if(|_, w| now >= w.deadline) {
+        let _ = w.reply.send(error());
     }
 }
 
