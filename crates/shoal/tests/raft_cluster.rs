@@ -166,22 +166,10 @@ async fn a_node_without_a_cluster_says_how_to_start_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_and_force_new_cluster_keep_the_data() {
     let dir = tempfile::tempdir().unwrap();
-    let mut m1 = Manager::start(dir.path(), "m1", &["--init"]);
+    let mut m1 = support::init_manager(dir.path(), "m1").await;
     let a1 = m1.addr.clone();
-    eventually("m1 to lead", Duration::from_secs(20), async || {
-        create_config(std::slice::from_ref(&a1), "one").await.ok()
-    })
-    .await;
-    let m2 = Manager::start(dir.path(), "m2", &["--join-addr", &a1]);
+    let m2 = support::join_manager(dir.path(), "m2", &a1).await;
     let a2 = m2.addr.clone();
-    eventually("m2 to catch up", Duration::from_secs(20), async || {
-        config_names(&a2)
-            .await
-            .ok()?
-            .contains(&"one".to_string())
-            .then_some(())
-    })
-    .await;
     create_config(&[a1.clone(), a2.clone()], "two")
         .await
         .unwrap();
@@ -214,22 +202,10 @@ async fn restart_and_force_new_cluster_keep_the_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_restarted_at_a_new_address_is_reached_there() {
     let dir = tempfile::tempdir().unwrap();
-    let m1 = Manager::start(dir.path(), "m1", &["--init"]);
+    let m1 = support::init_manager(dir.path(), "m1").await;
     let a1 = m1.addr.clone();
-    eventually("m1 to lead", Duration::from_secs(20), async || {
-        create_config(std::slice::from_ref(&a1), "one").await.ok()
-    })
-    .await;
-    let mut m2 = Manager::start(dir.path(), "m2", &["--join-addr", &a1]);
+    let mut m2 = support::join_manager(dir.path(), "m2", &a1).await;
     let old = m2.addr.clone();
-    eventually("m2 to catch up", Duration::from_secs(20), async || {
-        config_names(&old)
-            .await
-            .ok()?
-            .contains(&"one".to_string())
-            .then_some(())
-    })
-    .await;
     m2.kill();
     m2.restart_at_new_address(&[]);
     let new = m2.addr.clone();
@@ -255,22 +231,9 @@ async fn a_manager_restarted_at_a_new_address_is_reached_there() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_manager_cleanly_while_peers_are_connected() {
     let dir = tempfile::tempdir().unwrap();
-    let m1 = Manager::start(dir.path(), "m1", &["--init"]);
+    let m1 = support::init_manager(dir.path(), "m1").await;
     let a1 = m1.addr.clone();
-    eventually("m1 to lead", Duration::from_secs(20), async || {
-        create_config(std::slice::from_ref(&a1), "one").await.ok()
-    })
-    .await;
-    let mut m2 = Manager::start(dir.path(), "m2", &["--join-addr", &a1]);
-    let a2 = m2.addr.clone();
-    eventually("m2 to catch up", Duration::from_secs(20), async || {
-        config_names(&a2)
-            .await
-            .ok()?
-            .contains(&"one".to_string())
-            .then_some(())
-    })
-    .await;
+    let mut m2 = support::join_manager(dir.path(), "m2", &a1).await;
     // Bounded so a hang fails the test; not a performance figure.
     assert_eq!(
         m2.terminate(Duration::from_secs(20)),
@@ -285,12 +248,8 @@ async fn sigterm_stops_a_manager_cleanly_while_peers_are_connected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_manager_catches_up_from_a_snapshot_larger_than_a_message() {
     let dir = tempfile::tempdir().unwrap();
-    let m1 = Manager::start(dir.path(), "m1", &["--init"]);
+    let m1 = support::init_manager(dir.path(), "m1").await;
     let a1 = m1.addr.clone();
-    eventually("m1 to lead", Duration::from_secs(20), async || {
-        create_config(std::slice::from_ref(&a1), "one").await.ok()
-    })
-    .await;
     // About 2.4 MB of state: the snapshot goes out in several chunks.
     let mut c = support::client(&a1).await.unwrap();
     for i in 0..12 {

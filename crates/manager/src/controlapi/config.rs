@@ -2,9 +2,9 @@
 
 use shoal_api::labels::Labels;
 use shoal_api::v1::{
-    Config, CreateConfigRequest, CreateConfigResponse, GetConfigRequest, GetConfigResponse,
-    ListConfigsRequest, ListConfigsResponse, ListFilters, Meta, RemoveConfigRequest,
-    RemoveConfigResponse, UpdateConfigRequest, UpdateConfigResponse,
+    Config, ConfigSpec, CreateConfigRequest, CreateConfigResponse, GetConfigRequest,
+    GetConfigResponse, ListConfigsRequest, ListConfigsResponse, ListFilters, Meta,
+    RemoveConfigRequest, RemoveConfigResponse, UpdateConfigRequest, UpdateConfigResponse,
 };
 use shoal_api::{id, validation};
 use shoal_store::{By, Reader};
@@ -39,18 +39,23 @@ fn config_matches(c: &Config, f: &ListFilters) -> bool {
         && label_filter_matches(labels, &f.labels)
 }
 
+/// The spec of a create or update request, validated, labels in canonical order.
+fn checked_spec(spec: Option<ConfigSpec>) -> Result<ConfigSpec, Status> {
+    let mut spec =
+        spec.ok_or_else(|| Status::invalid_argument("invalid spec: a config spec is required"))?;
+    validation::validate_config_spec(&spec).map_err(invalid)?;
+    if let Some(a) = spec.annotations.as_mut() {
+        a.labels.normalize_labels();
+    }
+    Ok(spec)
+}
+
 impl ControlApi {
     pub(super) async fn create_config(
         &self,
         request: CreateConfigRequest,
     ) -> Result<CreateConfigResponse, Status> {
-        let mut spec = request
-            .spec
-            .ok_or_else(|| Status::invalid_argument("invalid spec: a config spec is required"))?;
-        validation::validate_config_spec(&spec).map_err(invalid)?;
-        if let Some(a) = spec.annotations.as_mut() {
-            a.labels.normalize_labels();
-        }
+        let spec = checked_spec(request.spec)?;
         self.require_leader()?;
         let config = Config {
             meta: Some(Meta {
@@ -108,13 +113,7 @@ impl ControlApi {
         &self,
         request: UpdateConfigRequest,
     ) -> Result<UpdateConfigResponse, Status> {
-        let mut spec = request
-            .spec
-            .ok_or_else(|| Status::invalid_argument("invalid spec: a config spec is required"))?;
-        validation::validate_config_spec(&spec).map_err(invalid)?;
-        if let Some(a) = spec.annotations.as_mut() {
-            a.labels.normalize_labels();
-        }
+        let spec = checked_spec(request.spec)?;
         self.require_leader()?;
         let config_id = request.config_id.clone();
         self.store

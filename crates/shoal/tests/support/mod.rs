@@ -221,3 +221,35 @@ pub async fn eventually<T>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Starts a manager that creates a cluster, once it has committed config "one".
+pub async fn init_manager(dir: &Path, name: &str) -> Manager {
+    let m = Manager::start(dir, name, &["--init"]);
+    let addr = m.addr.clone();
+    eventually(
+        &format!("{name} to lead"),
+        Duration::from_secs(20),
+        async || create_config(std::slice::from_ref(&addr), "one").await.ok(),
+    )
+    .await;
+    m
+}
+
+/// Starts a manager that joins through `leader`, once it has caught up with config "one".
+pub async fn join_manager(dir: &Path, name: &str, leader: &str) -> Manager {
+    let m = Manager::start(dir, name, &["--join-addr", leader]);
+    let addr = m.addr.clone();
+    eventually(
+        &format!("{name} to catch up"),
+        Duration::from_secs(20),
+        async || {
+            config_names(&addr)
+                .await
+                .ok()?
+                .contains(&"one".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    m
+}
