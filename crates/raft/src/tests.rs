@@ -14,6 +14,11 @@ use crate::node::{NodeConfig, ProposalError, ProposalId, RaftNode};
 use crate::storage::{LogStore, MemoryLog};
 
 struct Cluster {
+    /// Percentage of messages lost, and of messages held back one round (reordered).
+    drop_percent: u64,
+    delay_percent: u64,
+    rng: u64,
+    held: Vec<Message>,
     nodes: BTreeMap<u64, RaftNode>,
     states: BTreeMap<u64, Arc<StateMachine>>,
     logs: BTreeMap<u64, MemoryLog>,
@@ -61,6 +66,10 @@ impl Cluster {
 
     fn empty(snapshot_interval: u64) -> Self {
         Self {
+            drop_percent: 0,
+            delay_percent: 0,
+            rng: 0x2545f4914f6cdd1d,
+            held: Vec::new(),
             nodes: BTreeMap::new(),
             states: BTreeMap::new(),
             logs: BTreeMap::new(),
@@ -154,8 +163,20 @@ impl Cluster {
                 }
                 self.reads.entry(id).or_default().extend(out.reads);
             }
+            // Messages held back last round go out now, after newer ones: reordering.
+            let held = std::mem::take(&mut self.held);
+            self.queue.extend(held);
             while let Some(msg) = self.queue.pop_front() {
                 if self.cut.contains(&(msg.from, msg.to)) {
+                    continue;
+                }
+                let roll = self.roll();
+                if roll < self.drop_percent {
+                    continue;
+                }
+                if roll < self.drop_percent + self.delay_percent {
+                    self.held.push(msg);
+                    moved = true;
                     continue;
                 }
                 if let Some(node) = self.nodes.get_mut(&msg.to) {
@@ -168,6 +189,14 @@ impl Cluster {
             }
         }
         panic!("the cluster did not settle");
+    }
+
+    /// A deterministic roll in 0..100.
+    fn roll(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % 100
     }
 
     fn tick(&mut self, ticks: usize) {
@@ -577,6 +606,39 @@ fn five_members_survive_a_minority_partition_and_block_in_a_minority() {
     c.heal();
     c.tick(10);
     c.assert_consistent();
+}
+
+#[test]
+fn writes_survive_message_loss_and_reordering() {
+    let mut c = Cluster::new(3);
+    c.drop_percent = 20;
+    c.delay_percent = 20;
+    let mut acknowledged = BTreeSet::new();
+    for i in 0..60 {
+        let name = format!("w{i:02}");
+        if c.leader().is_none() {
+            c.elect();
+        }
+        let leader = c.leader().unwrap();
+        if let Ok(p) = c.propose(leader, &name) {
+            c.tick(3);
+            if let Some(Ok(_)) = c.results.get(&(leader, p)) {
+                acknowledged.insert(name);
+            }
+        }
+    }
+    // Heal the network: everything converges, and nothing acknowledged is missing.
+    c.drop_percent = 0;
+    c.delay_percent = 0;
+    c.tick(30);
+    c.assert_consistent();
+    let names = c.names(1);
+    assert!(acknowledged.is_subset(&names));
+    assert!(
+        acknowledged.len() > 30,
+        "{} acknowledged",
+        acknowledged.len()
+    );
 }
 
 #[test]
