@@ -385,6 +385,8 @@ impl Daemon {
         let raft = RaftService::new(handle.clone(), stopping);
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(shoal_raft::transport::WINDOW_BYTES))
+            .initial_connection_window_size(Some(shoal_raft::transport::WINDOW_BYTES))
             .add_service(
                 RaftServer::new(raft.clone())
                     .max_decoding_message_size(usize::MAX)

@@ -25,6 +25,8 @@ use crate::driver::{RaftHandle, Transport};
 
 /// Size of the chunks large messages are split into.
 pub const CHUNK_BYTES: usize = 1 << 20;
+/// HTTP/2 flow-control window for Raft streams, both ways.
+pub const WINDOW_BYTES: u32 = 16 << 20;
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 8192;
 
@@ -124,6 +126,10 @@ pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
+        // Large HTTP/2 windows: a stream of appends must not stop every 64 KiB to wait for
+        // the receiver's window update.
+        .initial_stream_window_size(Some(WINDOW_BYTES))
+        .initial_connection_window_size(Some(WINDOW_BYTES))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .connect()
