@@ -241,11 +241,10 @@ impl RaftNode {
         let snapshot = log.latest_snapshot().clone();
         let (mut members, mut removed) = restore(&state, &snapshot)?;
         let mut applied = snapshot.get_metadata().index;
-        // Apply everything committed: the state machine then holds every acknowledged write.
-        let commit = log
-            .hard_state()
-            .commit
-            .min(raft::Storage::last_index(&log)?);
+        // Apply every entry the log holds. The commit index on disk lags the real one (it is
+        // written with the next entries, not on its own), so an entry past it may have been
+        // committed and acknowledged; recovery keeps it rather than risk losing it.
+        let commit = raft::Storage::last_index(&log)?;
         if commit > applied {
             let entries = raft::Storage::entries(
                 &log,

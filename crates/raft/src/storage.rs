@@ -268,13 +268,17 @@ impl LogStore {
         {
             entries.clear();
         }
+        // The commit index is written lazily (with the next entries), so the one on disk may
+        // be older than the snapshot; a snapshot only holds committed entries.
+        let mut hard_state = log.hard_state;
+        hard_state.commit = hard_state.commit.max(snapshot_index);
         let mut conf_state = log.conf_state;
         if conf_state.voters.is_empty() && log.snapshot.get_metadata().index > 0 {
             conf_state = log.snapshot.get_metadata().get_conf_state().clone();
         }
         Ok(Self {
             snapshot_wanted: std::cell::Cell::new(false),
-            hard_state: log.hard_state,
+            hard_state,
             conf_state,
             snapshot: log.snapshot,
             entries,
@@ -323,7 +327,19 @@ impl LogStore {
     }
 
     /// Persists entries and hard state, then makes them visible.
+    ///
+    /// A hard state that only advances the commit index, with no entries, is kept in memory:
+    /// it reaches disk with the next write (see [`LogStore::set_commit`]). Only a new term
+    /// or vote needs its own durable write — so a commit costs the leader no extra fsync.
     pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
+        if entries.is_empty()
+            && let Some(hs) = hard_state
+            && hs.term == self.hard_state.term
+            && hs.vote == self.hard_state.vote
+        {
+            self.set_commit(hs.commit);
+            return Ok(());
+        }
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }

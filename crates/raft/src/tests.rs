@@ -719,3 +719,24 @@ fn stress_writes_through_crashes() {
         acknowledged.len()
     );
 }
+
+#[test]
+fn force_new_cluster_after_a_restart_without_quorum_keeps_every_write() {
+    let mut c = Cluster::new(2);
+    c.write("one").unwrap();
+    c.write("two").unwrap();
+    c.crash(2);
+    c.crash(1);
+    c.restart(1);
+    c.tick(40);
+    c.crash(1);
+    let log = LogStore::open(Box::new(c.logs[&1].clone())).unwrap();
+    let state = Arc::new(StateMachine::new(16));
+    RaftNode::force_new_cluster(&c.config(1), log, state).unwrap();
+    c.restart(1);
+    c.elect();
+    assert_eq!(
+        c.names(1),
+        BTreeSet::from(["one".to_string(), "two".to_string()])
+    );
+}
