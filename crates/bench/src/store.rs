@@ -467,8 +467,7 @@ pub fn run(args: Args) -> Report {
 
     // Snapshot of the whole store.
     let start = Instant::now();
-    let snapshot = store.snapshot();
-    let bytes = prost::Message::encode_to_vec(&snapshot);
+    let bytes = store.state_machine().encode_snapshot();
     let encode = start.elapsed();
     let start = Instant::now();
     let decoded: shoal_api::v1::StoreSnapshot =

@@ -165,15 +165,21 @@ fn snapshot_data(
     members: &BTreeMap<u64, RaftMember>,
     removed: &BTreeSet<u64>,
 ) -> Vec<u8> {
-    v1::Snapshot {
-        format_version: 1,
-        membership: Some(ClusterMembership {
-            members: members.values().cloned().collect(),
-            removed: removed.iter().copied().collect(),
-        }),
-        store: Some(state.snapshot()),
-    }
-    .encode_to_vec()
+    // The `Snapshot` message written field by field, so the store's objects are encoded
+    // from the store itself instead of being copied into a message first.
+    use prost::encoding::{WireType, encode_key, encode_varint, message, uint32};
+    let store = state.encode_snapshot();
+    let membership = ClusterMembership {
+        members: members.values().cloned().collect(),
+        removed: removed.iter().copied().collect(),
+    };
+    let mut buf = Vec::with_capacity(store.len() + 64);
+    uint32::encode(1, &1, &mut buf);
+    message::encode(2, &membership, &mut buf);
+    encode_key(3, WireType::LengthDelimited, &mut buf);
+    encode_varint(store.len() as u64, &mut buf);
+    buf.extend_from_slice(&store);
+    buf
 }
 
 impl RaftNode {

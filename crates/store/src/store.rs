@@ -91,6 +91,12 @@ impl StateMachine {
         self.read().snapshot()
     }
 
+    /// The whole content at one version, encoded as a `StoreSnapshot` without copying the
+    /// objects.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        self.read().encode_snapshot()
+    }
+
     pub fn version(&self) -> u64 {
         self.read().version()
     }

@@ -308,6 +308,48 @@ impl Tables {
         Ok(())
     }
 
+    /// The snapshot encoded as a `StoreSnapshot` message, straight from the shared objects
+    /// (no copy of them): the same bytes as `self.snapshot().encode_to_vec()`.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        use prost::encoding::{message, uint64};
+        fn len<T: StoreObject>(tables: &Tables, tag: u32) -> usize {
+            T::table(tables)
+                .iter()
+                .map(|o| message::encoded_len(tag, o.as_ref()))
+                .sum()
+        }
+        fn put<T: StoreObject>(tables: &Tables, tag: u32, buf: &mut Vec<u8>) {
+            for o in T::table(tables).iter() {
+                message::encode(tag, o.as_ref(), buf);
+            }
+        }
+        let version_len = if self.version != 0 {
+            uint64::encoded_len(1, &self.version)
+        } else {
+            0
+        };
+        let total = version_len
+            + len::<shoal_api::v1::Node>(self, 2)
+            + len::<shoal_api::v1::Service>(self, 3)
+            + len::<shoal_api::v1::Network>(self, 4)
+            + len::<shoal_api::v1::Task>(self, 5)
+            + len::<shoal_api::v1::Cluster>(self, 6)
+            + len::<shoal_api::v1::Secret>(self, 7)
+            + len::<shoal_api::v1::Config>(self, 8);
+        let mut buf = Vec::with_capacity(total);
+        if self.version != 0 {
+            uint64::encode(1, &self.version, &mut buf);
+        }
+        put::<shoal_api::v1::Node>(self, 2, &mut buf);
+        put::<shoal_api::v1::Service>(self, 3, &mut buf);
+        put::<shoal_api::v1::Network>(self, 4, &mut buf);
+        put::<shoal_api::v1::Task>(self, 5, &mut buf);
+        put::<shoal_api::v1::Cluster>(self, 6, &mut buf);
+        put::<shoal_api::v1::Secret>(self, 7, &mut buf);
+        put::<shoal_api::v1::Config>(self, 8, &mut buf);
+        buf
+    }
+
     /// The whole content, objects sorted by ID: equal content gives equal bytes.
     pub fn snapshot(&self) -> StoreSnapshot {
         let mut snapshot = StoreSnapshot {

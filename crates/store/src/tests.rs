@@ -511,6 +511,7 @@ proptest! {
         check_indexes(&store);
         let snapshot = store.snapshot();
         let bytes = snapshot.encode_to_vec();
+        prop_assert_eq!(store.state_machine().encode_snapshot(), bytes.clone());
         let restored = Store::new();
         restored.restore(StoreSnapshot::decode(bytes.as_slice()).unwrap()).unwrap();
         prop_assert_eq!(restored.snapshot().encode_to_vec(), bytes);
