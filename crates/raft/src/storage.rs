@@ -38,14 +38,14 @@ pub struct PersistedLog {
 }
 
 /// Where the log is made durable.
-pub trait LogDurability: Send + 'static {
+pub trait LogDurability: Send + Sync + 'static {
     /// Everything persisted so far.
-    fn load(&mut self) -> Result<PersistedLog>;
+    fn load(&self) -> Result<PersistedLog>;
 
     /// Durably, in one atomic write: replaces the entries from `entries[0].index` on with
     /// `entries`, and sets the hard state and configuration when given.
     fn append(
-        &mut self,
+        &self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
         conf_state: Option<&ConfState>,
@@ -53,7 +53,7 @@ pub trait LogDurability: Send + 'static {
 
     /// Durably stores `snapshot` as the latest one and drops the entries before
     /// `first_kept` (all of them when the snapshot is newer than the log).
-    fn save_snapshot(&mut self, snapshot: &Snapshot, first_kept: u64) -> Result<()>;
+    fn save_snapshot(&self, snapshot: &Snapshot, first_kept: u64) -> Result<()>;
 }
 
 /// The log kept in memory only; clones share it, so a test can restart a node from it.
@@ -69,12 +69,12 @@ impl MemoryLog {
 }
 
 impl LogDurability for MemoryLog {
-    fn load(&mut self) -> Result<PersistedLog> {
+    fn load(&self) -> Result<PersistedLog> {
         Ok(self.state.lock().expect("memory log lock").clone())
     }
 
     fn append(
-        &mut self,
+        &self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
         conf_state: Option<&ConfState>,
@@ -93,7 +93,7 @@ impl LogDurability for MemoryLog {
         Ok(())
     }
 
-    fn save_snapshot(&mut self, snapshot: &Snapshot, first_kept: u64) -> Result<()> {
+    fn save_snapshot(&self, snapshot: &Snapshot, first_kept: u64) -> Result<()> {
         let mut state = self.state.lock().expect("memory log lock");
         state.snapshot = snapshot.clone();
         state.entries.retain(|e| e.index >= first_kept);
@@ -142,7 +142,7 @@ fn decode<M: protobuf::Message>(bytes: &[u8], what: &str) -> Result<M> {
 }
 
 impl LogDurability for RedbLog {
-    fn load(&mut self) -> Result<PersistedLog> {
+    fn load(&self) -> Result<PersistedLog> {
         let mut log = PersistedLog::default();
         match std::fs::read(self.snapshot_path()) {
             Ok(bytes) => log.snapshot = decode(&bytes, "the snapshot file")?,
@@ -180,7 +180,7 @@ impl LogDurability for RedbLog {
     }
 
     fn append(
-        &mut self,
+        &self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
         conf_state: Option<&ConfState>,
@@ -214,7 +214,7 @@ impl LogDurability for RedbLog {
         Ok(())
     }
 
-    fn save_snapshot(&mut self, snapshot: &Snapshot, first_kept: u64) -> Result<()> {
+    fn save_snapshot(&self, snapshot: &Snapshot, first_kept: u64) -> Result<()> {
         use std::io::Write;
         let bytes = encode(snapshot)?;
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
@@ -243,6 +243,69 @@ impl LogDurability for RedbLog {
     }
 }
 
+/// Writes snapshots on a thread of their own, in the order they were taken.
+struct SnapshotWriter {
+    jobs: Option<std::sync::mpsc::Sender<(Snapshot, u64)>>,
+    pending: Arc<(Mutex<usize>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SnapshotWriter {
+    fn start(durability: Arc<dyn LogDurability>) -> Self {
+        let (jobs, rx) = std::sync::mpsc::channel::<(Snapshot, u64)>();
+        let pending = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+        let done = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("raft-snapshot".into())
+            .spawn(move || {
+                for (snapshot, first_kept) in rx {
+                    if let Err(e) = durability.save_snapshot(&snapshot, first_kept) {
+                        // The previous snapshot and the entries since stay on disk: nothing is
+                        // lost, the log is only longer until the next snapshot succeeds.
+                        tracing::error!("raft: writing a snapshot failed: {e}");
+                    }
+                    let (count, cvar) = &*done;
+                    *count.lock().expect("snapshot counter") -= 1;
+                    cvar.notify_all();
+                }
+            })
+            .expect("starting the snapshot thread");
+        Self {
+            jobs: Some(jobs),
+            pending,
+            thread: Some(thread),
+        }
+    }
+
+    fn submit(&self, snapshot: Snapshot, first_kept: u64) {
+        *self.pending.0.lock().expect("snapshot counter") += 1;
+        if let Some(jobs) = &self.jobs
+            && jobs.send((snapshot, first_kept)).is_err()
+        {
+            *self.pending.0.lock().expect("snapshot counter") -= 1;
+        }
+    }
+
+    /// Waits until every submitted snapshot is on disk.
+    fn flush(&self) {
+        let (count, cvar) = &*self.pending;
+        let mut n = count.lock().expect("snapshot counter");
+        while *n > 0 {
+            n = cvar.wait(n).expect("snapshot counter");
+        }
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        self.flush();
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The log as raft-rs sees it, backed by a [`LogDurability`].
 pub struct LogStore {
     /// Set when raft-rs asked for a snapshot newer than the latest one (a member that was
@@ -252,12 +315,14 @@ pub struct LogStore {
     conf_state: ConfState,
     snapshot: Snapshot,
     entries: Vec<Entry>,
-    durability: Box<dyn LogDurability>,
+    durability: Arc<dyn LogDurability>,
+    writer: SnapshotWriter,
 }
 
 impl LogStore {
     /// Loads what `durability` holds.
-    pub fn open(mut durability: Box<dyn LogDurability>) -> Result<Self> {
+    pub fn open(durability: Box<dyn LogDurability>) -> Result<Self> {
+        let durability: Arc<dyn LogDurability> = Arc::from(durability);
         let log = durability.load()?;
         let snapshot_index = log.snapshot.get_metadata().index;
         let mut entries = log.entries;
@@ -282,6 +347,7 @@ impl LogStore {
             conf_state,
             snapshot: log.snapshot,
             entries,
+            writer: SnapshotWriter::start(durability.clone()),
             durability,
         })
     }
@@ -398,6 +464,8 @@ impl LogStore {
         hs.term = hs.term.max(meta.term);
         hs.commit = index;
         let conf_state = meta.get_conf_state().clone();
+        // Snapshots this node took itself and is still writing must not land after this one.
+        self.writer.flush();
         self.durability.save_snapshot(&snapshot, index + 1)?;
         self.durability.append(&[], Some(&hs), Some(&conf_state))?;
         self.entries.clear();
@@ -425,7 +493,10 @@ impl LogStore {
         meta.set_conf_state(conf_state);
         let first_kept = index.saturating_sub(keep).max(self.first()) + 1;
         let first_kept = first_kept.min(index + 1);
-        self.durability.save_snapshot(&snapshot, first_kept)?;
+        // Written and synced by the snapshot thread, so the Raft thread does not wait for it.
+        // Until it is on disk, the disk still holds the previous snapshot and every entry since,
+        // which is just as good after a crash; raft-rs reads this one from memory meanwhile.
+        self.writer.submit(snapshot.clone(), first_kept);
         let drop = first_kept.saturating_sub(self.first()) as usize;
         self.entries.drain(..drop.min(self.entries.len()));
         self.snapshot = snapshot;
