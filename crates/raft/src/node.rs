@@ -707,8 +707,17 @@ impl RaftNode {
         Ok(())
     }
 
+    /// A snapshot is due every `snapshot_interval` entries — or, for a store larger than twice
+    /// that, every (objects / 2) entries: a snapshot costs time in proportion to the store, so
+    /// spacing them with its size keeps their cost per entry constant (with a fixed interval,
+    /// throughput fell as the store grew: 34k → 19k transactions/s from 0 to 170k objects).
     fn maybe_snapshot(&mut self) -> Result<()> {
-        if self.applied < self.last_snapshot + self.config.snapshot_interval {
+        let interval = self.config.snapshot_interval;
+        if self.applied < self.last_snapshot + interval {
+            return Ok(());
+        }
+        let scaled = (self.state.object_count() / 2) as u64;
+        if self.applied < self.last_snapshot + scaled {
             return Ok(());
         }
         self.snapshot_now()

@@ -100,6 +100,11 @@ impl StateMachine {
     pub fn version(&self) -> u64 {
         self.read().version()
     }
+
+    /// Number of objects in the store.
+    pub fn object_count(&self) -> usize {
+        self.read().object_count()
+    }
 }
 
 /// A future resolving once a proposal is applied locally, to the store version it produced.

@@ -85,6 +85,17 @@ impl Tables {
         self.version
     }
 
+    /// Number of objects of every kind.
+    pub fn object_count(&self) -> usize {
+        self.nodes.len()
+            + self.services.len()
+            + self.tasks.len()
+            + self.networks.len()
+            + self.clusters.len()
+            + self.secrets.len()
+            + self.configs.len()
+    }
+
     pub fn get<T: StoreObject>(&self, id: &str) -> Option<&Arc<T>> {
         T::table(self).get(id)
     }
