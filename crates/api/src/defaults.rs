@@ -88,7 +88,7 @@ pub const RAFT_HEARTBEAT_TICK: u32 = 1;
 /// Ticks without a leader before a follower campaigns, randomised up to 1.5 times this (etcd
 /// and SwarmKit randomise up to twice this; a narrower range makes failover faster).
 pub const RAFT_ELECTION_TICK: u32 = 10;
-/// Log entries between snapshots.
+/// Log entries between snapshots, at least (a large store waits for objects / 2 entries).
 pub const RAFT_SNAPSHOT_INTERVAL: u64 = 10_000;
 /// Old snapshots kept besides the newest.
 pub const RAFT_KEEP_OLD_SNAPSHOTS: u64 = 0;
