@@ -286,6 +286,14 @@ impl Daemon {
                     node_id: identity.node_id.clone(),
                     addr: advertise.clone(),
                 };
+                // The cluster object (root CA, join tokens, default spec) is part of the
+                // first snapshot, so every manager that ever joins has it.
+                let now = std::time::SystemTime::now();
+                let cluster = shoal_manager::cluster::new_cluster(now)
+                    .map_err(|e| NodeError::Config(format!("creating the cluster CA: {e}")))?;
+                state
+                    .apply(shoal_manager::cluster::create_cluster(cluster, now))
+                    .map_err(|e| NodeError::Config(format!("creating the cluster object: {e}")))?;
                 let node =
                     RaftNode::bootstrap(node_config(identity.raft_id), log, state.clone(), member)?;
                 state_dir.save_identity(&identity)?;

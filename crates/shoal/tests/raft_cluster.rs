@@ -269,3 +269,60 @@ async fn a_new_manager_catches_up_from_a_snapshot_larger_than_a_message() {
     assert!(names.contains(&"big-11".to_string()));
     drop(m1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_has_its_root_ca_and_join_tokens_on_every_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let a1 = m1.addr.clone();
+    let m2 = support::join_manager(dir.path(), "m2", &a1).await;
+    let mut seen = Vec::new();
+    for addr in [&a1, &m2.addr] {
+        let mut c = support::client(addr).await.unwrap();
+        let clusters = c
+            .list_clusters(shoal_api::v1::ListClustersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .clusters;
+        assert_eq!(clusters.len(), 1);
+        let cluster = clusters.into_iter().next().unwrap();
+        let name = cluster
+            .spec
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()
+            .name
+            .clone();
+        assert_eq!(name, "default");
+        let root = cluster.root_ca.clone().unwrap();
+        assert!(root.ca_key.is_empty(), "the CA key is never returned");
+        let cert = String::from_utf8(root.ca_cert.clone()).unwrap();
+        assert_eq!(shoal_ca::cert_digest(&cert).unwrap(), root.ca_cert_hash);
+        let tokens = root.join_tokens.unwrap();
+        for token in [&tokens.worker, &tokens.manager] {
+            assert_eq!(
+                shoal_ca::JoinToken::parse(token).unwrap().ca_digest,
+                root.ca_cert_hash
+            );
+        }
+        seen.push(cluster.meta.unwrap().id);
+    }
+    assert_eq!(seen[0], seen[1], "one cluster, replicated");
+    // Unknown clusters are reported by the name asked for.
+    let mut c = support::client(&a1).await.unwrap();
+    let err = c
+        .get_cluster(shoal_api::v1::GetClusterRequest {
+            cluster_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(
+        err.message().contains("cluster nope not found"),
+        "{}",
+        err.message()
+    );
+}

@@ -5,6 +5,7 @@
 //! through a store transaction on the leader, and renders the answer. Calls not yet served
 //! answer Unimplemented, saying so.
 
+mod cluster;
 mod config;
 
 use shoal_raft::RaftHandle;
@@ -218,16 +219,20 @@ impl shoal_api::v1::control_server::Control for ControlApi {
 
     async fn get_cluster(
         &self,
-        _request: tonic::Request<shoal_api::v1::GetClusterRequest>,
+        request: tonic::Request<shoal_api::v1::GetClusterRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::GetClusterResponse>, Status> {
-        Err(unimplemented("get_cluster"))
+        self.get_cluster(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn list_clusters(
         &self,
-        _request: tonic::Request<shoal_api::v1::ListClustersRequest>,
+        request: tonic::Request<shoal_api::v1::ListClustersRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::ListClustersResponse>, Status> {
-        Err(unimplemented("list_clusters"))
+        self.list_clusters(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn update_cluster(

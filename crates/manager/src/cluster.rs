@@ -1,0 +1,122 @@
+//! The cluster object: created once, when a cluster is started, with the cluster's root CA
+//! and join tokens and the default cluster spec.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use shoal_api::defaults;
+use shoal_api::v1::{
+    Annotations, CaConfig, Cluster, ClusterSpec, DispatcherConfig, JoinTokens, Meta,
+    OrchestrationConfig, RaftConfig, RootCa,
+};
+use shoal_ca::{CaError, JoinToken, RootCa as CaRoot};
+use shoal_store::{Action, Change, ChangeSet, Object};
+
+fn duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// The default cluster spec (SwarmKit's defaults, with our Raft timing).
+pub fn default_spec() -> ClusterSpec {
+    ClusterSpec {
+        annotations: Some(Annotations {
+            name: defaults::CLUSTER_NAME.into(),
+            ..Default::default()
+        }),
+        orchestration: Some(OrchestrationConfig {
+            task_history_retention_limit: defaults::TASK_HISTORY_RETENTION_LIMIT,
+        }),
+        raft: Some(RaftConfig {
+            snapshot_interval: defaults::RAFT_SNAPSHOT_INTERVAL,
+            keep_old_snapshots: defaults::RAFT_KEEP_OLD_SNAPSHOTS,
+            log_entries_for_slow_followers: defaults::RAFT_LOG_ENTRIES_FOR_SLOW_FOLLOWERS,
+            heartbeat_tick: defaults::RAFT_HEARTBEAT_TICK,
+            election_tick: defaults::RAFT_ELECTION_TICK,
+        }),
+        dispatcher: Some(DispatcherConfig {
+            heartbeat_period: Some(duration(defaults::HEARTBEAT_PERIOD)),
+        }),
+        ca_config: Some(CaConfig {
+            node_cert_expiry: Some(duration(defaults::NODE_CERT_EXPIRY)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A new cluster object: a fresh cluster ID, root CA and one join token per role.
+pub fn new_cluster(now: SystemTime) -> Result<Cluster, CaError> {
+    let root = CaRoot::generate(now, defaults::ROOT_CA_EXPIRY)?;
+    let digest = root.digest()?;
+    Ok(Cluster {
+        meta: Some(Meta {
+            id: shoal_api::id::new_id(),
+            ..Default::default()
+        }),
+        spec: Some(default_spec()),
+        root_ca: Some(RootCa {
+            ca_key: root.key_pem.into_bytes(),
+            ca_cert: root.cert_pem.into_bytes(),
+            ca_cert_hash: digest.clone(),
+            join_tokens: Some(JoinTokens {
+                worker: JoinToken::generate(&digest).to_string(),
+                manager: JoinToken::generate(&digest).to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The transaction that creates `cluster`, stamped at `now` (for a store that starts with it).
+pub fn create_cluster(mut cluster: Cluster, now: SystemTime) -> ChangeSet {
+    let meta = cluster.meta.get_or_insert_with(Meta::default);
+    meta.created_at = Some(now.into());
+    meta.updated_at = Some(now.into());
+    ChangeSet {
+        changes: vec![Change {
+            action: Action::Create,
+            object: Object::Cluster(Arc::new(cluster)),
+        }],
+        reads: vec![],
+    }
+}
+
+/// The cluster as clients may see it: without the CA's private keys.
+pub fn redacted(cluster: &Cluster) -> Cluster {
+    let mut c = cluster.clone();
+    if let Some(root) = c.root_ca.as_mut() {
+        root.ca_key.clear();
+        if let Some(rotation) = root.root_rotation.as_mut() {
+            rotation.ca_key.clear();
+        }
+    }
+    if let Some(ca) = c.spec.as_mut().and_then(|s| s.ca_config.as_mut()) {
+        ca.signing_ca_key.clear();
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_cluster_has_a_root_and_tokens_naming_it() {
+        let c = new_cluster(SystemTime::now()).unwrap();
+        let root = c.root_ca.as_ref().unwrap();
+        let cert = String::from_utf8(root.ca_cert.clone()).unwrap();
+        assert_eq!(shoal_ca::cert_digest(&cert).unwrap(), root.ca_cert_hash);
+        let tokens = root.join_tokens.as_ref().unwrap();
+        let worker = JoinToken::parse(&tokens.worker).unwrap();
+        let manager = JoinToken::parse(&tokens.manager).unwrap();
+        assert_eq!(worker.ca_digest, root.ca_cert_hash);
+        assert!(!worker.matches(&manager));
+        let shown = redacted(&c);
+        assert!(shown.root_ca.as_ref().unwrap().ca_key.is_empty());
+        assert!(!c.root_ca.as_ref().unwrap().ca_key.is_empty());
+    }
+}
