@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_api::clock::SystemClock;
+use shoal_api::v1::ca_server::CaServer;
 use shoal_api::v1::control_server::ControlServer;
+use shoal_api::v1::node_ca_server::NodeCaServer;
 use shoal_api::v1::raft_membership_client::RaftMembershipClient;
 use shoal_api::v1::raft_membership_server::RaftMembershipServer;
 use shoal_api::v1::raft_server::RaftServer;
 use shoal_api::v1::{JoinRequest, JoinResponse, RaftMember};
+use shoal_manager::ca_server::CaServer as CaServerImpl;
 use shoal_manager::controlapi::ControlApi;
 use shoal_raft::service::LEADER_ADDR_METADATA;
 use shoal_raft::{
@@ -401,6 +404,14 @@ impl Daemon {
                     .max_encoding_message_size(usize::MAX),
             )
             .add_service(RaftMembershipServer::new(raft))
+            .add_service(CaServer::new(CaServerImpl::new(
+                store.clone(),
+                handle.clone(),
+            )))
+            .add_service(NodeCaServer::new(CaServerImpl::new(
+                store.clone(),
+                handle.clone(),
+            )))
             .add_service(ControlServer::new(ControlApi::new(store, handle)))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -1,0 +1,211 @@
+//! The CA server: hands out the root certificate and signs node certificates for nodes that
+//! present a valid join token.
+//!
+//! `CA.GetRootCACertificate` needs no credentials: a joining node checks the answer against
+//! the digest in its token before trusting it. `NodeCA.IssueNodeCertificate` takes a CSR and
+//! a join token; the token that matches decides the role. The CA assigns the node ID, signs a
+//! certificate whose subject it sets itself (CN = node ID, OU = role, O = cluster ID), and
+//! records the node, accepted, in the store. Renewal with an existing certificate, mutual TLS
+//! and per-role authorization come with the rest of the PKI.
+
+use shoal_api::v1::ca_server::Ca;
+use shoal_api::v1::node_ca_server::NodeCa;
+use shoal_api::v1::{
+    Certificate, Cluster, GetRootCaCertificateRequest, GetRootCaCertificateResponse,
+    GetUnlockKeyRequest, GetUnlockKeyResponse, IssuanceStatus, IssueNodeCertificateRequest,
+    IssueNodeCertificateResponse, Meta, Node, NodeCertificateStatusRequest,
+    NodeCertificateStatusResponse, NodeRole, NodeSpec, issuance_status, node_spec,
+};
+use shoal_ca::{JoinToken, RootCa};
+use shoal_raft::RaftHandle;
+use shoal_raft::service::{not_leader, to_status};
+use shoal_store::{By, Reader, Store};
+use tonic::{Request, Response, Status};
+
+use crate::status::store_status;
+
+/// The CA and NodeCA services of one manager.
+#[derive(Clone)]
+pub struct CaServer {
+    store: Store,
+    raft: RaftHandle,
+}
+
+impl CaServer {
+    pub fn new(store: Store, raft: RaftHandle) -> Self {
+        Self { store, raft }
+    }
+
+    fn cluster(&self) -> Result<std::sync::Arc<Cluster>, Status> {
+        self.store
+            .view(|tx| tx.find::<Cluster>(By::All).into_iter().next())
+            .ok_or_else(|| {
+                Status::unavailable("this manager has no cluster object yet; retry shortly")
+            })
+    }
+
+    /// The role `token` grants in `cluster`, or why it grants none.
+    fn role_for(cluster: &Cluster, token: &str) -> Result<NodeRole, Status> {
+        if token.is_empty() {
+            return Err(Status::unauthenticated(
+                "a join token is required to join this cluster",
+            ));
+        }
+        let token = JoinToken::parse(token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let root = cluster
+            .root_ca
+            .as_ref()
+            .ok_or_else(|| Status::internal("the cluster has no root CA"))?;
+        if token.ca_digest != root.ca_cert_hash {
+            return Err(Status::permission_denied(
+                "the join token was made for another cluster's CA; get a token from a manager of this cluster",
+            ));
+        }
+        let tokens = root.join_tokens.clone().unwrap_or_default();
+        let matches = |known: &str| JoinToken::parse(known).is_ok_and(|k| k.matches(&token));
+        if matches(&tokens.manager) {
+            Ok(NodeRole::Manager)
+        } else if matches(&tokens.worker) {
+            Ok(NodeRole::Worker)
+        } else {
+            Err(Status::permission_denied(
+                "invalid join token: it matches no current token of this cluster (it may have been \
+                 rotated); get the current one with `shoal swarm join-token worker|manager`",
+            ))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Ca for CaServer {
+    async fn get_root_ca_certificate(
+        &self,
+        _request: Request<GetRootCaCertificateRequest>,
+    ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
+        let cluster = self.cluster()?;
+        let root = cluster
+            .root_ca
+            .as_ref()
+            .ok_or_else(|| Status::internal("the cluster has no root CA"))?;
+        Ok(Response::new(GetRootCaCertificateResponse {
+            certificate: root.ca_cert.clone(),
+        }))
+    }
+
+    async fn get_unlock_key(
+        &self,
+        _request: Request<GetUnlockKeyRequest>,
+    ) -> Result<Response<GetUnlockKeyResponse>, Status> {
+        Err(Status::unimplemented(
+            "get_unlock_key is not available yet in this version of Shoal (it comes with autolock)",
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl NodeCa for CaServer {
+    async fn issue_node_certificate(
+        &self,
+        request: Request<IssueNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let request = request.into_inner();
+        let cluster = self.cluster()?;
+        let role = Self::role_for(&cluster, &request.token)?;
+        let availability =
+            node_spec::Availability::try_from(request.availability).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "invalid availability {}; accepted: active, pause, drain",
+                    request.availability
+                ))
+            })?;
+        let csr = String::from_utf8(request.csr.clone()).map_err(|_| {
+            Status::invalid_argument("invalid certificate signing request: not PEM text")
+        })?;
+        if !self.raft.status().is_leader {
+            return Err(not_leader(&self.raft));
+        }
+        let root = cluster
+            .root_ca
+            .as_ref()
+            .ok_or_else(|| Status::internal("the cluster has no root CA"))?;
+        let ca = RootCa {
+            cert_pem: String::from_utf8_lossy(&root.ca_cert).into_owned(),
+            key_pem: String::from_utf8_lossy(&root.ca_key).into_owned(),
+        };
+        let expiry = cluster
+            .spec
+            .as_ref()
+            .and_then(|s| s.ca_config.as_ref())
+            .and_then(|c| c.node_cert_expiry.as_ref())
+            .map(shoal_api::validation::to_std_duration)
+            .unwrap_or(shoal_api::defaults::NODE_CERT_EXPIRY);
+        let node_id = shoal_api::id::new_id();
+        let cluster_id = cluster
+            .meta
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        let cert = shoal_ca::issue_node_certificate(
+            &ca,
+            &csr,
+            &node_id,
+            role,
+            &cluster_id,
+            std::time::SystemTime::now(),
+            expiry,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let node = Node {
+            meta: Some(Meta {
+                id: node_id.clone(),
+                ..Default::default()
+            }),
+            spec: Some(NodeSpec {
+                desired_role: role as i32,
+                membership: node_spec::Membership::Accepted as i32,
+                availability: availability as i32,
+                ..Default::default()
+            }),
+            role: role as i32,
+            certificate: Some(Box::new(Certificate {
+                role: role as i32,
+                csr: request.csr,
+                status: Some(IssuanceStatus {
+                    state: issuance_status::State::Issued as i32,
+                    err: String::new(),
+                }),
+                certificate: cert.into_bytes(),
+                cn: node_id.clone(),
+            })),
+            ..Default::default()
+        };
+        self.store
+            .update(|tx| tx.create(node))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(IssueNodeCertificateResponse {
+            node_id,
+            node_membership: node_spec::Membership::Accepted as i32,
+        }))
+    }
+
+    async fn node_certificate_status(
+        &self,
+        request: Request<NodeCertificateStatusRequest>,
+    ) -> Result<Response<NodeCertificateStatusResponse>, Status> {
+        self.raft
+            .read_barrier()
+            .await
+            .map_err(|e| to_status(&self.raft, e))?;
+        let node_id = request.into_inner().node_id;
+        let node = self
+            .store
+            .view(|tx| tx.get::<Node>(&node_id))
+            .ok_or_else(|| Status::not_found(format!("node {node_id} not found")))?;
+        let certificate = node.certificate.as_deref().cloned().unwrap_or_default();
+        Ok(Response::new(NodeCertificateStatusResponse {
+            status: certificate.status.clone(),
+            certificate: Some(certificate),
+        }))
+    }
+}
