@@ -37,6 +37,8 @@ pub struct DaemonConfig {
     pub init: bool,
     /// Join the cluster of the manager at this address.
     pub join_addr: Option<String>,
+    /// The join token: the node gets its certificate (and role) from the cluster CA first.
+    pub join_token: Option<String>,
     /// Rewrite this manager's log into a one-member cluster, keeping all data.
     pub force_new_cluster: bool,
     pub tick_interval: Duration,
@@ -55,6 +57,7 @@ impl DaemonConfig {
             advertise_remote_api: None,
             init: false,
             join_addr: None,
+            join_token: None,
             force_new_cluster: false,
             tick_interval: shoal_api::defaults::RAFT_TICK_INTERVAL,
             election_tick: shoal_api::defaults::RAFT_ELECTION_TICK,
@@ -304,7 +307,23 @@ impl Daemon {
             }
             None => match &config.join_addr {
                 Some(join_addr) => {
-                    let node_id = shoal_api::id::new_id();
+                    // With a join token, the CA decides the node ID and role first.
+                    let node_id = match &config.join_token {
+                        Some(token) => {
+                            let issued = crate::certificates::obtain(join_addr, token).await?;
+                            if issued.identity.role != shoal_api::v1::NodeRole::Manager {
+                                return Err(NodeError::Join(format!(
+                                    "the token admits this node as a worker (node ID {}); this \
+                                     version of Shoal runs managers only — workers come with the \
+                                     agent; use a manager token",
+                                    issued.identity.node_id
+                                )));
+                            }
+                            crate::certificates::save(state_dir.path(), &issued)?;
+                            issued.identity.node_id
+                        }
+                        None => shoal_api::id::new_id(),
+                    };
                     let response = join(join_addr, &advertise, &node_id).await?;
                     initial_peers = response.members.clone();
                     let identity = NodeIdentity {

@@ -141,3 +141,98 @@ async fn join_tokens_get_certificates_with_the_role_they_grant_and_nothing_else_
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+async fn tokens(addr: &str) -> shoal_api::v1::JoinTokens {
+    support::client(addr)
+        .await
+        .unwrap()
+        .list_clusters(ListClustersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters
+        .remove(0)
+        .root_ca
+        .unwrap()
+        .join_tokens
+        .unwrap()
+}
+
+/// Runs `shoal daemon --join-addr ADDR --join-token TOKEN` and returns its exit code and
+/// stderr; it must exit by itself (bounded wait, then killed).
+fn join_with(dir: &std::path::Path, name: &str, addr: &str, token: &str) -> (Option<i32>, String) {
+    let mut m = support::Manager::start(dir, name, &["--join-addr", addr, "--join-token", token]);
+    let code = m.wait_exit(std::time::Duration::from_secs(20));
+    (code, m.logs())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_token_joins_with_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let t = tokens(&m1.addr).await;
+    let m2 = support::Manager::start(
+        dir.path(),
+        "m2",
+        &["--join-addr", &m1.addr, "--join-token", &t.manager],
+    );
+    let a2 = m2.addr.clone();
+    support::eventually(
+        "m2 to catch up",
+        std::time::Duration::from_secs(20),
+        async || {
+            support::config_names(&a2)
+                .await
+                .ok()?
+                .contains(&"one".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    let certs = m2.state_dir.join("certificates");
+    let cert = std::fs::read_to_string(certs.join("node.crt")).unwrap();
+    let identity = shoal_ca::parse_node_certificate(&cert).unwrap();
+    assert_eq!(identity.role, NodeRole::Manager);
+    let node_json = std::fs::read_to_string(m2.state_dir.join("node.json")).unwrap();
+    assert!(
+        node_json.contains(&identity.node_id),
+        "the CA's node ID is the node's ID"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(certs.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_stop_the_join_at_once_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let other = support::init_manager(dir.path(), "other").await;
+    let mine = tokens(&m1.addr).await;
+    let foreign = tokens(&other.addr).await;
+    let digest = shoal_ca::JoinToken::parse(&mine.manager).unwrap().ca_digest;
+    let wrong_secret = shoal_ca::JoinToken::generate(&digest).to_string();
+    let cases = [
+        (
+            "malformed",
+            "SWMTKN-1-nope".to_string(),
+            "malformed join token",
+        ),
+        ("rotated", wrong_secret, "matches no current token"),
+        ("foreign", foreign.manager.clone(), "CA mismatch"),
+        (
+            "worker",
+            mine.worker.clone(),
+            "admits this node as a worker",
+        ),
+    ];
+    for (name, token, reason) in cases {
+        let (code, logs) = join_with(dir.path(), name, &m1.addr, &token);
+        assert_eq!(code, Some(1), "{name}: {logs}");
+        assert!(logs.contains(reason), "{name}: {logs}");
+    }
+}

@@ -28,7 +28,7 @@ pub struct Args {
     /// Join the cluster of the manager at this address
     #[arg(long, value_name = "ADDR")]
     pub join_addr: Option<String>,
-    /// Join token (checked once the cluster CA exists)
+    /// Join token (`shoal swarm join-token manager` on a manager prints one)
     #[arg(long, value_name = "TOKEN", requires = "join_addr")]
     pub join_token: Option<String>,
     /// Make this manager the only member of its cluster, keeping all its data
@@ -79,15 +79,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: Args) -> Result<(), String> {
     crate::logging::init(&args.log_level)?;
-    if args.join_token.is_some() {
-        tracing::warn!("join tokens are not checked yet: this version has no cluster CA");
-    }
     let mut config = DaemonConfig::new(args.state_dir.unwrap_or_else(default_state_dir));
     config.hostname = args.hostname.unwrap_or_default();
     config.listen_remote_api = args.listen_remote_api;
     config.advertise_remote_api = args.advertise_remote_api;
     config.init = args.init;
     config.join_addr = args.join_addr;
+    config.join_token = args.join_token;
     config.force_new_cluster = args.force_new_cluster;
     config.tick_interval = args.tick_interval;
     config.election_tick = args.election_tick;
