@@ -260,8 +260,8 @@ impl Store {
 
 /// Groups many updates into transactions of at most [`MAX_CHANGES_PER_TRANSACTION`] changes
 /// and [`MAX_TRANSACTION_BYTES`] bytes. Each `update` is atomic on its own; the batch as a
-/// whole is not (as with SwarmKit's `Batch`): after an error, the updates committed before it
-/// stay committed.
+/// whole is not (as with SwarmKit's `Batch`): after an error, the transactions proposed
+/// before it — including ones still in flight when the error is returned — may commit.
 pub struct Batch<'s> {
     store: &'s Store,
     pending: PendingChanges,
