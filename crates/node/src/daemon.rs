@@ -297,12 +297,25 @@ impl Daemon {
                 let now = std::time::SystemTime::now();
                 let cluster = shoal_manager::cluster::new_cluster(now)
                     .map_err(|e| NodeError::Config(format!("creating the cluster CA: {e}")))?;
+                let manager_token = cluster
+                    .root_ca
+                    .as_ref()
+                    .and_then(|r| r.join_tokens.as_ref())
+                    .map(|t| t.manager.clone())
+                    .unwrap_or_default();
                 state
                     .apply(shoal_manager::cluster::create_cluster(cluster, now))
                     .map_err(|e| NodeError::Config(format!("creating the cluster object: {e}")))?;
                 let node =
                     RaftNode::bootstrap(node_config(identity.raft_id), log, state.clone(), member)?;
                 state_dir.save_identity(&identity)?;
+                // Like `docker swarm init`: say how to add to the new cluster.
+                eprintln!(
+                    "Cluster initialized: this node ({}) is now a manager.\n\nTo add a manager \
+                     to this cluster, run on the other machine:\n\n    shoal daemon --join-addr \
+                     {advertise} --join-token {manager_token}\n",
+                    identity.node_id
+                );
                 (identity, node)
             }
             None => match &config.join_addr {

@@ -171,6 +171,12 @@ async fn a_manager_token_joins_with_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let m1 = support::init_manager(dir.path(), "m1").await;
     let t = tokens(&m1.addr).await;
+    // `--init` printed the command to add a manager, with this token.
+    let printed = format!(
+        "shoal daemon --join-addr {} --join-token {}",
+        m1.addr, t.manager
+    );
+    assert!(m1.logs().contains(&printed), "{}", m1.logs());
     let m2 = support::Manager::start(
         dir.path(),
         "m2",
