@@ -6,8 +6,9 @@ use std::time::SystemTime;
 
 use shoal_api::defaults;
 use shoal_api::v1::{
-    Annotations, CaConfig, Cluster, ClusterSpec, DispatcherConfig, JoinTokens, Meta,
-    OrchestrationConfig, RaftConfig, RootCa,
+    Annotations, CaConfig, Certificate, Cluster, ClusterSpec, DispatcherConfig, IssuanceStatus,
+    JoinTokens, Meta, Node, NodeDescription, NodeRole, NodeSpec, OrchestrationConfig, RaftConfig,
+    RootCa, issuance_status, node_spec,
 };
 use shoal_ca::{CaError, JoinToken, RootCa as CaRoot};
 use shoal_store::{Action, Change, ChangeSet, Object};
@@ -71,16 +72,87 @@ pub fn new_cluster(now: SystemTime) -> Result<Cluster, CaError> {
     })
 }
 
-/// The transaction that creates `cluster`, stamped at `now` (for a store that starts with it).
-pub fn create_cluster(mut cluster: Cluster, now: SystemTime) -> ChangeSet {
-    let meta = cluster.meta.get_or_insert_with(Meta::default);
-    meta.created_at = Some(now.into());
-    meta.updated_at = Some(now.into());
+/// The first manager of a new cluster: its Node object and its certificate (PEM) and key.
+pub fn first_manager(
+    cluster: &Cluster,
+    node_id: &str,
+    hostname: &str,
+    now: SystemTime,
+) -> Result<(Node, String, String), CaError> {
+    let root = cluster
+        .root_ca
+        .as_ref()
+        .ok_or_else(|| CaError::InvalidKey("no root CA".into()))?;
+    let ca = CaRoot {
+        cert_pem: String::from_utf8_lossy(&root.ca_cert).into_owned(),
+        key_pem: String::from_utf8_lossy(&root.ca_key).into_owned(),
+    };
+    let cluster_id = cluster
+        .meta
+        .as_ref()
+        .map(|m| m.id.clone())
+        .unwrap_or_default();
+    let (key_pem, csr_pem) = shoal_ca::node_key_and_csr()?;
+    let cert_pem = shoal_ca::issue_node_certificate(
+        &ca,
+        &csr_pem,
+        node_id,
+        NodeRole::Manager,
+        &cluster_id,
+        now,
+        defaults::NODE_CERT_EXPIRY,
+    )?;
+    let node = Node {
+        meta: Some(Meta {
+            id: node_id.to_string(),
+            ..Default::default()
+        }),
+        spec: Some(NodeSpec {
+            desired_role: NodeRole::Manager as i32,
+            membership: node_spec::Membership::Accepted as i32,
+            ..Default::default()
+        }),
+        description: Some(Box::new(NodeDescription {
+            hostname: hostname.to_string(),
+            ..Default::default()
+        })),
+        role: NodeRole::Manager as i32,
+        certificate: Some(Box::new(Certificate {
+            role: NodeRole::Manager as i32,
+            csr: csr_pem.into_bytes(),
+            status: Some(IssuanceStatus {
+                state: issuance_status::State::Issued as i32,
+                err: String::new(),
+            }),
+            certificate: cert_pem.clone().into_bytes(),
+            cn: node_id.to_string(),
+        })),
+        ..Default::default()
+    };
+    Ok((node, cert_pem, key_pem))
+}
+
+/// The transaction a new cluster's store starts with: the cluster object and its first
+/// manager, stamped at `now`.
+pub fn initial_state(mut cluster: Cluster, mut node: Node, now: SystemTime) -> ChangeSet {
+    for meta in [
+        cluster.meta.get_or_insert_with(Meta::default),
+        node.meta.get_or_insert_with(Meta::default),
+    ] {
+        meta.created_at = Some(now.into());
+        meta.updated_at = Some(now.into());
+    }
     ChangeSet {
-        changes: vec![Change {
-            action: Action::Create,
-            object: Object::Cluster(Arc::new(cluster)),
-        }],
+        changes: vec![
+            Change {
+                action: Action::Create,
+                object: Object::Cluster(Arc::new(cluster)),
+            },
+            Change {
+                action: Action::Create,
+                object: Object::Node(Arc::new(node)),
+            },
+        ],
         reads: vec![],
     }
 }

@@ -303,8 +303,38 @@ impl Daemon {
                     .and_then(|r| r.join_tokens.as_ref())
                     .map(|t| t.manager.clone())
                     .unwrap_or_default();
+                // The first manager's certificate, from the new root, and its Node object.
+                let (node_object, cert_pem, key_pem) = shoal_manager::cluster::first_manager(
+                    &cluster,
+                    &identity.node_id,
+                    &config.hostname,
+                    now,
+                )
+                .map_err(|e| {
+                    NodeError::Config(format!("issuing this manager's certificate: {e}"))
+                })?;
+                let root_pem = cluster
+                    .root_ca
+                    .as_ref()
+                    .map(|r| String::from_utf8_lossy(&r.ca_cert).into_owned())
+                    .unwrap_or_default();
+                let cert_identity = shoal_ca::parse_node_certificate(&cert_pem)
+                    .map_err(|e| NodeError::Config(e.to_string()))?;
+                crate::certificates::save(
+                    state_dir.path(),
+                    &crate::certificates::Issued {
+                        root_pem,
+                        cert_pem,
+                        key_pem,
+                        identity: cert_identity,
+                    },
+                )?;
                 state
-                    .apply(shoal_manager::cluster::create_cluster(cluster, now))
+                    .apply(shoal_manager::cluster::initial_state(
+                        cluster,
+                        node_object,
+                        now,
+                    ))
                     .map_err(|e| NodeError::Config(format!("creating the cluster object: {e}")))?;
                 let node =
                     RaftNode::bootstrap(node_config(identity.raft_id), log, state.clone(), member)?;

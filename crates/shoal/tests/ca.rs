@@ -171,6 +171,14 @@ async fn a_manager_token_joins_with_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let m1 = support::init_manager(dir.path(), "m1").await;
     let t = tokens(&m1.addr).await;
+    // The first manager has its own manager certificate from the new root.
+    let first = shoal_ca::parse_node_certificate(
+        &std::fs::read_to_string(m1.state_dir.join("certificates/node.crt")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first.role, NodeRole::Manager);
+    let first_json = std::fs::read_to_string(m1.state_dir.join("node.json")).unwrap();
+    assert!(first_json.contains(&first.node_id));
     // `--init` printed the command to add a manager, with this token.
     let printed = format!(
         "shoal daemon --join-addr {} --join-token {}",

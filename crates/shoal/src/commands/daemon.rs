@@ -80,7 +80,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn run(args: Args) -> Result<(), String> {
     crate::logging::init(&args.log_level)?;
     let mut config = DaemonConfig::new(args.state_dir.unwrap_or_else(default_state_dir));
-    config.hostname = args.hostname.unwrap_or_default();
+    config.hostname = args.hostname.unwrap_or_else(machine_hostname);
     config.listen_remote_api = args.listen_remote_api;
     config.advertise_remote_api = args.advertise_remote_api;
     config.init = args.init;
@@ -101,6 +101,15 @@ pub fn run(args: Args) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+/// The machine's hostname (Linux: /proc/sys/kernel/hostname), or "localhost".
+fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Resolves on SIGTERM or SIGINT.
