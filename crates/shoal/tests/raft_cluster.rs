@@ -129,15 +129,7 @@ async fn a_second_daemon_on_the_same_state_dir_is_refused() {
             .ok()
     })
     .await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["daemon", "--state-dir"])
-        .arg(&first.state_dir)
-        .args([
-            "--listen-remote-api",
-            &format!("127.0.0.1:{}", support::free_port()),
-        ])
-        .output()
-        .unwrap();
+    let out = support::daemon_once(&first.state_dir, &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another shoal daemon"), "{stderr}");
@@ -146,15 +138,7 @@ async fn a_second_daemon_on_the_same_state_dir_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_cluster_says_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["daemon", "--state-dir"])
-        .arg(dir.path().join("fresh"))
-        .args([
-            "--listen-remote-api",
-            &format!("127.0.0.1:{}", support::free_port()),
-        ])
-        .output()
-        .unwrap();
+    let out = support::daemon_once(&dir.path().join("fresh"), &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -11,6 +11,17 @@ use shoal_api::v1::control_client::ControlClient;
 use shoal_api::v1::{Annotations, ConfigSpec, CreateConfigRequest, ListConfigsRequest};
 use tonic::transport::Channel;
 
+/// Runs `shoal daemon --state-dir DIR` on a free port with `extra` flags, to completion.
+pub fn daemon_once(state_dir: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["daemon", "--state-dir"])
+        .arg(state_dir)
+        .args(["--listen-remote-api", &format!("127.0.0.1:{}", free_port())])
+        .args(extra)
+        .output()
+        .expect("run shoal daemon")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -79,23 +90,12 @@ impl Manager {
 
     /// SIGTERM, then waits up to `limit` for the process to exit; returns its exit code.
     pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
+        let pid = self.child.as_ref()?.id();
         let _ = Command::new("kill")
             .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg(pid.to_string())
             .status();
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if start.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_exit(limit)
     }
 
     /// Waits up to `limit` for the process to exit by itself; returns its exit code.
