@@ -146,8 +146,12 @@ pub fn issue_node_certificate(
 /// Reads the identity a node certificate carries. It does not check the signature: TLS
 /// verification against the root does that.
 pub fn parse_node_certificate(cert_pem: &str) -> Result<NodeIdentity, CaError> {
-    let der = pem_to_der(cert_pem)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+    parse_node_certificate_der(&pem_to_der(cert_pem)?)
+}
+
+/// Like [`parse_node_certificate`], from DER (as TLS hands peer certificates over).
+pub fn parse_node_certificate_der(der: &[u8]) -> Result<NodeIdentity, CaError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| CaError::InvalidCertificate(e.to_string()))?;
     let subject = cert.subject();
     let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {

@@ -21,7 +21,7 @@ mod token;
 
 pub use certs::{
     NodeIdentity, RootCa, cert_digest, issue_node_certificate, node_key_and_csr,
-    parse_node_certificate,
+    parse_node_certificate, parse_node_certificate_der,
 };
 pub use error::CaError;
 pub use token::JoinToken;

@@ -14,6 +14,7 @@ mod certificates;
 mod daemon;
 mod error;
 mod state_dir;
+pub mod tls;
 
 pub use daemon::{Daemon, DaemonConfig, RunningDaemon};
 pub use error::NodeError;
