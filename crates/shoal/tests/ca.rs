@@ -250,3 +250,104 @@ async fn refused_tokens_stop_the_join_at_once_and_say_why() {
         assert!(logs.contains(reason), "{name}: {logs}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_join_token_stops_the_old_one_at_once() {
+    use shoal_api::v1::{KeyRotation, UpdateClusterRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let mut control = support::client(&m1.addr).await.unwrap();
+    let cluster = control
+        .list_clusters(ListClustersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters
+        .remove(0);
+    let meta = cluster.meta.clone().unwrap();
+    let old = cluster.root_ca.clone().unwrap().join_tokens.unwrap();
+    let rotate = |version: u64, spec: shoal_api::v1::ClusterSpec| UpdateClusterRequest {
+        cluster_id: meta.id.clone(),
+        cluster_version: version,
+        spec: Some(spec),
+        rotation: Some(KeyRotation {
+            worker_join_token: true,
+            ..Default::default()
+        }),
+    };
+    let updated = control
+        .update_cluster(rotate(meta.version, cluster.spec.clone().unwrap()))
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap();
+    let new = updated.root_ca.unwrap().join_tokens.unwrap();
+    assert_ne!(new.worker, old.worker);
+    assert_eq!(
+        new.manager, old.manager,
+        "only the worker token was rotated"
+    );
+
+    let mut ca = NodeCaClient::new(channel(&m1.addr).await);
+    let (_, csr) = shoal_ca::node_key_and_csr().unwrap();
+    let err = ca
+        .issue_node_certificate(IssueNodeCertificateRequest {
+            csr: csr.clone().into_bytes(),
+            token: old.worker,
+            availability: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("rotated"), "{}", err.message());
+    ca.issue_node_certificate(IssueNodeCertificateRequest {
+        csr: csr.into_bytes(),
+        token: new.worker,
+        availability: 0,
+    })
+    .await
+    .unwrap();
+
+    // A stale version and an invalid spec are refused, and change nothing.
+    let err = control
+        .update_cluster(rotate(meta.version, cluster.spec.clone().unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("update out of sequence"),
+        "{}",
+        err.message()
+    );
+    let mut short = cluster.spec.clone().unwrap();
+    short.ca_config.as_mut().unwrap().node_cert_expiry = Some(prost_types::Duration {
+        seconds: 1800,
+        nanos: 0,
+    });
+    let current = control
+        .list_clusters(ListClustersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters
+        .remove(0);
+    let err = control
+        .update_cluster(rotate(current.meta.clone().unwrap().version, short))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("spec.ca_config.node_cert_expiry"),
+        "{}",
+        err.message()
+    );
+    let after = control
+        .list_clusters(ListClustersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters
+        .remove(0);
+    assert_eq!(after.meta.unwrap().version, current.meta.unwrap().version);
+}

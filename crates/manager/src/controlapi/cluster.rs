@@ -1,9 +1,13 @@
-//! Clusters: get and list. (Update, with token rotation, comes with the CA server.) The
-//! CA's private keys are never returned.
+//! Clusters: get, list, and update — the spec (validated; the CA's keys in it cannot be set
+//! this way) and the rotation of join tokens: a rotated token stops working at once, since
+//! the CA only accepts the tokens in the cluster object. The CA's private keys are never
+//! returned.
 
 use shoal_api::v1::{
     Cluster, GetClusterRequest, GetClusterResponse, ListClustersRequest, ListClustersResponse,
+    UpdateClusterRequest, UpdateClusterResponse,
 };
+use shoal_ca::JoinToken;
 use shoal_store::{By, Reader};
 use tonic::Status;
 
@@ -59,5 +63,63 @@ impl ControlApi {
                 .collect()
         });
         Ok(ListClustersResponse { clusters })
+    }
+
+    pub(super) async fn update_cluster(
+        &self,
+        request: UpdateClusterRequest,
+    ) -> Result<UpdateClusterResponse, Status> {
+        let spec = request
+            .spec
+            .ok_or_else(|| Status::invalid_argument("invalid spec: a cluster spec is required"))?;
+        shoal_api::validation::validate_cluster_spec(&spec)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if spec
+            .ca_config
+            .as_ref()
+            .is_some_and(|c| !c.signing_ca_key.is_empty() || !c.signing_ca_cert.is_empty())
+        {
+            return Err(Status::invalid_argument(
+                "invalid spec.ca_config: a signing CA cannot be set this way (root rotation comes with `swarm ca --rotate`)",
+            ));
+        }
+        self.require_leader()?;
+        let rotation = request.rotation.unwrap_or_default();
+        if rotation.manager_unlock_key {
+            return Err(Status::unimplemented(
+                "rotating the unlock key is not available yet in this version of Shoal (it comes with autolock)",
+            ));
+        }
+        let id = request.cluster_id.clone();
+        self.store
+            .update(|tx| {
+                let current = tx.lookup::<Cluster>(&id)?;
+                let mut updated = (*current).clone();
+                updated.meta.get_or_insert_with(Default::default).version = request.cluster_version;
+                // The name is the cluster's identity for users: it stays.
+                let mut new_spec = spec.clone();
+                new_spec.annotations = current.spec.as_ref().and_then(|s| s.annotations.clone());
+                updated.spec = Some(new_spec);
+                if let Some(root) = updated.root_ca.as_mut() {
+                    let digest = root.ca_cert_hash.clone();
+                    let tokens = root.join_tokens.get_or_insert_with(Default::default);
+                    if rotation.worker_join_token {
+                        tokens.worker = JoinToken::generate(&digest).to_string();
+                    }
+                    if rotation.manager_join_token {
+                        tokens.manager = JoinToken::generate(&digest).to_string();
+                    }
+                }
+                tx.update(updated)
+            })
+            .await
+            .map_err(store_status)?;
+        let cluster = self
+            .store
+            .view(|tx| tx.lookup::<Cluster>(&request.cluster_id))
+            .map_err(store_status)?;
+        Ok(UpdateClusterResponse {
+            cluster: Some(redacted(&cluster)),
+        })
     }
 }

@@ -237,9 +237,11 @@ impl shoal_api::v1::control_server::Control for ControlApi {
 
     async fn update_cluster(
         &self,
-        _request: tonic::Request<shoal_api::v1::UpdateClusterRequest>,
+        request: tonic::Request<shoal_api::v1::UpdateClusterRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::UpdateClusterResponse>, Status> {
-        Err(unimplemented("update_cluster"))
+        self.update_cluster(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn get_secret(
