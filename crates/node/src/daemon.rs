@@ -39,6 +39,8 @@ pub struct DaemonConfig {
     pub join_addr: Option<String>,
     /// The join token: the node gets its certificate (and role) from the cluster CA first.
     pub join_token: Option<String>,
+    /// Path of the local control socket (default: `<state-dir>/control.sock`).
+    pub listen_control_api: Option<PathBuf>,
     /// Rewrite this manager's log into a one-member cluster, keeping all data.
     pub force_new_cluster: bool,
     pub tick_interval: Duration,
@@ -58,6 +60,7 @@ impl DaemonConfig {
             init: false,
             join_addr: None,
             join_token: None,
+            listen_control_api: None,
             force_new_cluster: false,
             tick_interval: shoal_api::defaults::RAFT_TICK_INTERVAL,
             election_tick: shoal_api::defaults::RAFT_ELECTION_TICK,
@@ -104,6 +107,9 @@ pub struct Daemon {
     state_dir: StateDir,
     identity: NodeIdentity,
     listener: tokio::net::TcpListener,
+    /// The local control socket: the Control API for this machine's users, trusted without
+    /// TLS, reachable by the owner only (0600).
+    control: tokio::net::UnixListener,
     driver: RaftDriver,
     transport: Arc<GrpcTransport>,
     store: Store,
@@ -181,6 +187,34 @@ async fn join(addr: &str, me: &str, node_id: &str) -> Result<JoinResponse, NodeE
     }
 }
 
+/// Binds the control socket: a stale socket file is replaced, the directory is created
+/// owner-only, and the socket is readable and writable by its owner only.
+fn bind_control_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, NodeError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(NodeError::io(
+                format!("removing the stale socket {}", path.display()),
+                e,
+            ));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| NodeError::io(format!("listening on {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| NodeError::io(format!("securing {}", path.display()), e))?;
+    Ok(listener)
+}
+
 /// Commits this manager's new address: through the leader (or directly, when it leads).
 async fn announce_address(handle: RaftHandle, identity: NodeIdentity) {
     let me = RaftMember {
@@ -233,6 +267,12 @@ impl Daemon {
         let listener = tokio::net::TcpListener::bind(config.listen_remote_api)
             .await
             .map_err(|e| NodeError::io(format!("listening on {}", config.listen_remote_api), e))?;
+        let control =
+            bind_control_socket(&config.listen_control_api.clone().unwrap_or_else(|| {
+                state_dir
+                    .path()
+                    .join(shoal_api::defaults::CONTROL_SOCKET_NAME)
+            }))?;
         let listen = listener
             .local_addr()
             .map_err(|e| NodeError::io("reading the listen address", e))?;
@@ -422,6 +462,7 @@ impl Daemon {
             state_dir,
             identity,
             listener,
+            control,
             driver,
             transport,
             store,
@@ -445,16 +486,30 @@ impl Daemon {
             state_dir,
             identity: _,
             listener,
+            control,
             driver,
             transport,
             store,
         } = self;
         let handle = driver.handle();
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let mut local_stopping = stopping.clone();
         let shutdown = async move {
             shutdown.await;
             let _ = stopping_tx.send(true);
         };
+        let local = tonic::transport::Server::builder()
+            .add_service(ControlServer::new(ControlApi::new(
+                store.clone(),
+                handle.clone(),
+            )))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(control),
+                async move {
+                    let _ = local_stopping.wait_for(|s| *s).await;
+                },
+            );
+        let local = tokio::spawn(local);
         let raft = RaftService::new(handle.clone(), stopping);
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -480,6 +535,7 @@ impl Daemon {
                 shutdown,
             );
         let served = server.await.map_err(|e| NodeError::Serve(e.to_string()));
+        let _ = local.await;
         transport.shutdown();
         // Joining the Raft thread blocks; do it off the async workers.
         let _ = tokio::task::spawn_blocking(move || driver.stop()).await;

@@ -310,3 +310,21 @@ async fn a_new_cluster_has_its_root_ca_and_join_tokens_on_every_manager() {
         err.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_is_served_on_an_owner_only_local_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let socket = m1.state_dir.join("control.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut c = support::local_client(&socket).await;
+    let configs = c
+        .list_configs(shoal_api::v1::ListConfigsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .configs;
+    assert_eq!(configs.len(), 1, "the config init_manager wrote");
+}

@@ -22,6 +22,9 @@ pub struct Args {
     /// Address other managers reach this one at (default: the listen address)
     #[arg(long, value_name = "ADDR")]
     pub advertise_remote_api: Option<String>,
+    /// Path of the local control socket (default: <state-dir>/control.sock)
+    #[arg(long, value_name = "PATH")]
+    pub listen_control_api: Option<PathBuf>,
     /// Start a new cluster with this node as its first manager
     #[arg(long, conflicts_with = "join_addr")]
     pub init: bool,
@@ -86,6 +89,7 @@ pub fn run(args: Args) -> Result<(), String> {
     config.init = args.init;
     config.join_addr = args.join_addr;
     config.join_token = args.join_token;
+    config.listen_control_api = args.listen_control_api;
     config.force_new_cluster = args.force_new_cluster;
     config.tick_interval = args.tick_interval;
     config.election_tick = args.election_tick;

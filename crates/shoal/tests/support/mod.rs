@@ -270,3 +270,20 @@ pub async fn join_manager(dir: &Path, name: &str, leader: &str) -> Manager {
     .await;
     m
 }
+
+/// A Control API client over a node's local control socket.
+pub async fn local_client(socket: &Path) -> ControlClient<Channel> {
+    let socket = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the control socket");
+    ControlClient::new(channel)
+}
