@@ -24,15 +24,7 @@ async fn join_tokens_get_certificates_with_the_role_they_grant_and_nothing_else_
     let dir = tempfile::tempdir().unwrap();
     let m1 = support::init_manager(dir.path(), "m1").await;
     let ch = channel(&m1.addr).await;
-    let cluster = support::client(&m1.addr)
-        .await
-        .unwrap()
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .clusters
-        .remove(0);
+    let cluster = the_cluster(&m1.addr).await;
     let cluster_id = cluster.meta.unwrap().id;
     let tokens = cluster.root_ca.unwrap().join_tokens.unwrap();
 
@@ -142,7 +134,8 @@ async fn join_tokens_get_certificates_with_the_role_they_grant_and_nothing_else_
     assert_eq!(err.code(), Code::NotFound);
 }
 
-async fn tokens(addr: &str) -> shoal_api::v1::JoinTokens {
+/// The cluster object, as a manager's Control API shows it.
+async fn the_cluster(addr: &str) -> shoal_api::v1::Cluster {
     support::client(addr)
         .await
         .unwrap()
@@ -152,6 +145,11 @@ async fn tokens(addr: &str) -> shoal_api::v1::JoinTokens {
         .into_inner()
         .clusters
         .remove(0)
+}
+
+async fn tokens(addr: &str) -> shoal_api::v1::JoinTokens {
+    the_cluster(addr)
+        .await
         .root_ca
         .unwrap()
         .join_tokens
@@ -257,13 +255,7 @@ async fn rotating_a_join_token_stops_the_old_one_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let m1 = support::init_manager(dir.path(), "m1").await;
     let mut control = support::client(&m1.addr).await.unwrap();
-    let cluster = control
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .clusters
-        .remove(0);
+    let cluster = the_cluster(&m1.addr).await;
     let meta = cluster.meta.clone().unwrap();
     let old = cluster.root_ca.clone().unwrap().join_tokens.unwrap();
     let rotate = |version: u64, spec: shoal_api::v1::ClusterSpec| UpdateClusterRequest {
@@ -325,13 +317,7 @@ async fn rotating_a_join_token_stops_the_old_one_at_once() {
         seconds: 1800,
         nanos: 0,
     });
-    let current = control
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .clusters
-        .remove(0);
+    let current = the_cluster(&m1.addr).await;
     let err = control
         .update_cluster(rotate(current.meta.clone().unwrap().version, short))
         .await
@@ -342,12 +328,6 @@ async fn rotating_a_join_token_stops_the_old_one_at_once() {
         "{}",
         err.message()
     );
-    let after = control
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .clusters
-        .remove(0);
+    let after = the_cluster(&m1.addr).await;
     assert_eq!(after.meta.unwrap().version, current.meta.unwrap().version);
 }

@@ -71,14 +71,20 @@ fn held_store() -> (Store, Arc<HeldProposer>) {
     (Store::with(proposer.clone(), clock, 64), proposer)
 }
 
-#[test]
-fn pipelined_updates_of_the_same_version_conflict_when_applied() {
-    let rt = runtime();
+/// A held store that already holds service s1 ("web") at version 1.
+fn held_store_with_web(rt: &tokio::runtime::Runtime) -> (Store, Arc<HeldProposer>) {
     let (store, proposer) = held_store();
     let seed = Store::new();
     rt.block_on(seed.update(|tx| tx.create(service("s1", "web"))))
         .unwrap();
     store.restore(seed.snapshot()).unwrap();
+    (store, proposer)
+}
+
+#[test]
+fn pipelined_updates_of_the_same_version_conflict_when_applied() {
+    let rt = runtime();
+    let (store, proposer) = held_store_with_web(&rt);
 
     // Two writers read version 1 and both propose an update before either is applied.
     for name in ["first", "second"] {
@@ -126,11 +132,7 @@ fn pipelined_updates_of_the_same_version_conflict_when_applied() {
 #[test]
 fn a_transaction_conflicts_when_an_object_it_read_changed() {
     let rt = runtime();
-    let (store, proposer) = held_store();
-    let seed = Store::new();
-    rt.block_on(seed.update(|tx| tx.create(service("s1", "web"))))
-        .unwrap();
-    store.restore(seed.snapshot()).unwrap();
+    let (store, proposer) = held_store_with_web(&rt);
 
     // A: reads the service, creates a task for it. B: updates the service.
     rt.block_on(store.update(|tx| {
