@@ -17,9 +17,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal_api::v1::control_client::ControlClient;
-use shoal_api::v1::{Annotations, Config, ConfigSpec, CreateConfigRequest, Meta};
+use shoal_api::v1::{
+    Annotations, Cluster, Config, ConfigSpec, CreateConfigRequest, ListClustersRequest, Meta,
+};
 use shoal_node::{Daemon, DaemonConfig};
-use shoal_store::Store;
+use shoal_store::{By, Reader, Store};
+use shoal_tls::{Credentials, Dialer};
 
 use crate::report::Report;
 
@@ -213,13 +216,19 @@ async fn throughput(args: &Args, bin: &Path, dir: &Path, report: &mut Report) {
     let store = running.store.clone();
     let handle = running.handle.clone();
     wait_applied(&store, &handle, "warmup-0").await;
+    let token = store
+        .view(|tx| tx.find::<Cluster>(By::All).pop())
+        .and_then(|c| c.root_ca.clone())
+        .and_then(|r| r.join_tokens)
+        .expect("the cluster's join tokens")
+        .manager;
     let _followers: Vec<Process> = (1..args.managers.max(1))
         .map(|i| {
             Process::start(
                 bin,
                 dir.join(format!("t-follower{i}")),
                 free_addr(),
-                &["--join-addr", &leader_addr],
+                &["--join-addr", &leader_addr, "--join-token", &token],
             )
         })
         .collect();
@@ -317,21 +326,54 @@ async fn throughput(args: &Args, bin: &Path, dir: &Path, report: &mut Report) {
     running.stop().await.expect("stopping the leader");
 }
 
-async fn control(addr: &str) -> Option<ControlClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(200))
-        .timeout(Duration::from_millis(500))
-        .connect()
-        .await
-        .ok()?;
+async fn control(dialer: &Dialer, addr: &str) -> Option<ControlClient<tonic::transport::Channel>> {
+    let channel = dialer.connect(addr).await.ok()?;
     Some(ControlClient::new(channel))
 }
 
+/// A client identity: the certificates of the manager whose state is in `state_dir`, once
+/// it has written them.
+async fn dialer_of(state_dir: &Path) -> Dialer {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(certificates)) = shoal_node::certificates::load(state_dir) {
+            let credentials = Credentials::new(certificates).expect("usable certificates");
+            return Dialer::mutual(credentials).with_request_timeout(Duration::from_millis(500));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first manager wrote no certificates"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The manager join token, from any of `addrs`.
+async fn manager_token(dialer: &Dialer, addrs: &[String]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for a in addrs {
+            if let Some(mut c) = control(dialer, a).await
+                && let Ok(r) = c.list_clusters(ListClustersRequest::default()).await
+                && let Some(t) = r
+                    .into_inner()
+                    .clusters
+                    .pop()
+                    .and_then(|c| c.root_ca)
+                    .and_then(|r| r.join_tokens)
+            {
+                return t.manager;
+            }
+        }
+        assert!(Instant::now() < deadline, "no manager gave a join token");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Writes through whichever of `addrs` leads; Some(index) of the manager that took it.
-async fn write_any(addrs: &[String], name: &str) -> Option<usize> {
+async fn write_any(dialer: &Dialer, addrs: &[String], name: &str) -> Option<usize> {
     for (i, a) in addrs.iter().enumerate() {
-        let Some(mut c) = control(a).await else {
+        let Some(mut c) = control(dialer, a).await else {
             continue;
         };
         if c.create_config(CreateConfigRequest {
@@ -361,19 +403,21 @@ async fn failover(args: &Args, bin: &Path, dir: &Path, report: &mut Report) {
     ));
     let addrs = |m: &Vec<Process>| m.iter().map(|p| p.addr.clone()).collect::<Vec<_>>();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while write_any(std::slice::from_ref(&first), "start")
+    let dialer = dialer_of(&dir.join("f-1")).await;
+    while write_any(&dialer, std::slice::from_ref(&first), "start")
         .await
         .is_none()
     {
         assert!(Instant::now() < deadline, "the first manager did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let token = manager_token(&dialer, std::slice::from_ref(&first)).await;
     for i in 2..=3 {
         managers.push(Process::start(
             bin,
             dir.join(format!("f-{i}")),
             free_addr(),
-            &["--join-addr", &first],
+            &["--join-addr", &first, "--join-token", &token],
         ));
     }
     let mut times = Vec::new();
@@ -385,7 +429,7 @@ async fn failover(args: &Args, bin: &Path, dir: &Path, report: &mut Report) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while leader.is_none() {
             seq += 1;
-            leader = write_any(&all, &format!("f{seq}")).await;
+            leader = write_any(&dialer, &all, &format!("f{seq}")).await;
             assert!(Instant::now() < deadline, "no leader before round {round}");
         }
         let leader = leader.expect("leader");
@@ -401,7 +445,10 @@ async fn failover(args: &Args, bin: &Path, dir: &Path, report: &mut Report) {
         managers[leader].kill();
         loop {
             seq += 1;
-            if write_any(&survivors, &format!("f{seq}")).await.is_some() {
+            if write_any(&dialer, &survivors, &format!("f{seq}"))
+                .await
+                .is_some()
+            {
                 break;
             }
             assert!(

@@ -5,8 +5,14 @@
 //! the digest in its token before trusting it. `NodeCA.IssueNodeCertificate` takes a CSR and
 //! a join token; the token that matches decides the role. The CA assigns the node ID, signs a
 //! certificate whose subject it sets itself (CN = node ID, OU = role, O = cluster ID), and
-//! records the node, accepted, in the store. Renewal with an existing certificate, mutual TLS
-//! and per-role authorization come with the rest of the PKI.
+//! records the node, accepted, in the store.
+//!
+//! Without a token, a caller that presents its certificate *renews* it: the CA signs the new
+//! CSR for the caller's own node ID, with the role the cluster assigned the node
+//! (`spec.desired_role`, which promote and demote change) — never the role the caller would
+//! like. A node that was removed is refused. Every call goes through the
+//! [`Authorizer`](crate::authorize::Authorizer): anyone may join with a token, but a
+//! certificate that is presented must be a valid, unrevoked one of this cluster.
 
 use shoal_api::v1::ca_server::Ca;
 use shoal_api::v1::node_ca_server::NodeCa;
@@ -20,6 +26,8 @@ use shoal_ca::{JoinToken, RootCa};
 use shoal_raft::RaftHandle;
 use shoal_raft::service::{not_leader, to_status};
 use shoal_store::{By, Reader, Store};
+
+use crate::authorize::{Access, Authorizer};
 use tonic::{Request, Response, Status};
 
 use crate::status::store_status;
@@ -29,11 +37,107 @@ use crate::status::store_status;
 pub struct CaServer {
     store: Store,
     raft: RaftHandle,
+    authorizer: Authorizer,
 }
 
 impl CaServer {
-    pub fn new(store: Store, raft: RaftHandle) -> Self {
-        Self { store, raft }
+    pub fn new(store: Store, raft: RaftHandle, authorizer: Authorizer) -> Self {
+        Self {
+            store,
+            raft,
+            authorizer,
+        }
+    }
+
+    /// The root CA's certificate and key, and the lifetime of node certificates.
+    fn signer(cluster: &Cluster) -> Result<(RootCa, std::time::Duration, String), Status> {
+        let root = cluster
+            .root_ca
+            .as_ref()
+            .ok_or_else(|| Status::internal("the cluster has no root CA"))?;
+        let ca = RootCa {
+            cert_pem: String::from_utf8_lossy(&root.ca_cert).into_owned(),
+            key_pem: String::from_utf8_lossy(&root.ca_key).into_owned(),
+        };
+        let expiry = cluster
+            .spec
+            .as_ref()
+            .and_then(|s| s.ca_config.as_ref())
+            .and_then(|c| c.node_cert_expiry.as_ref())
+            .map(shoal_api::validation::to_std_duration)
+            .unwrap_or(shoal_api::defaults::NODE_CERT_EXPIRY);
+        let cluster_id = cluster
+            .meta
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        Ok((ca, expiry, cluster_id))
+    }
+
+    fn csr_text(csr: &[u8]) -> Result<String, Status> {
+        String::from_utf8(csr.to_vec()).map_err(|_| {
+            Status::invalid_argument("invalid certificate signing request: not PEM text")
+        })
+    }
+
+    /// Signs a new certificate for the node that called, with the role the cluster assigned.
+    async fn renew(
+        &self,
+        caller: shoal_ca::NodeIdentity,
+        csr: Vec<u8>,
+    ) -> Result<IssueNodeCertificateResponse, Status> {
+        let csr_pem = Self::csr_text(&csr)?;
+        if !self.raft.status().is_leader {
+            return Err(not_leader(&self.raft));
+        }
+        let cluster = self.cluster()?;
+        let (ca, expiry, cluster_id) = Self::signer(&cluster)?;
+        let node_id = caller.node_id.clone();
+        let node = self
+            .store
+            .view(|tx| tx.get::<Node>(&node_id))
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "node {node_id} is not a member of this cluster any more; join again with a token"
+                ))
+            })?;
+        let role = node
+            .spec
+            .as_ref()
+            .and_then(|s| NodeRole::try_from(s.desired_role).ok())
+            .unwrap_or(NodeRole::Worker);
+        let cert = shoal_ca::issue_node_certificate(
+            &ca,
+            &csr_pem,
+            &node_id,
+            role,
+            &cluster_id,
+            std::time::SystemTime::now(),
+            expiry,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut updated = (*node).clone();
+        updated.role = role as i32;
+        updated.certificate = Some(Box::new(Certificate {
+            role: role as i32,
+            csr,
+            status: Some(IssuanceStatus {
+                state: issuance_status::State::Issued as i32,
+                err: String::new(),
+            }),
+            certificate: cert.into_bytes(),
+            cn: node_id.clone(),
+        }));
+        let membership = updated.spec.as_ref().map(|s| s.membership).unwrap_or(0);
+        self.store
+            .update(|tx| tx.update(updated))
+            .await
+            .map_err(store_status)?;
+        tracing::info!(node_id = %node_id, "renewed the certificate of node {node_id} as {role:?}");
+        Ok(IssueNodeCertificateResponse {
+            node_id,
+            node_membership: membership,
+        })
     }
 
     fn cluster(&self) -> Result<std::sync::Arc<Cluster>, Status> {
@@ -80,8 +184,9 @@ impl CaServer {
 impl Ca for CaServer {
     async fn get_root_ca_certificate(
         &self,
-        _request: Request<GetRootCaCertificateRequest>,
+        request: Request<GetRootCaCertificateRequest>,
     ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
+        self.authorizer.check(&request, Access::Joining)?;
         let cluster = self.cluster()?;
         let root = cluster
             .root_ca
@@ -94,8 +199,9 @@ impl Ca for CaServer {
 
     async fn get_unlock_key(
         &self,
-        _request: Request<GetUnlockKeyRequest>,
+        request: Request<GetUnlockKeyRequest>,
     ) -> Result<Response<GetUnlockKeyResponse>, Status> {
+        self.authorizer.check(&request, Access::Managers)?;
         Err(Status::unimplemented(
             "get_unlock_key is not available yet in this version of Shoal (it comes with autolock)",
         ))
@@ -108,7 +214,13 @@ impl NodeCa for CaServer {
         &self,
         request: Request<IssueNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let caller = self.authorizer.check(&request, Access::Joining)?;
         let request = request.into_inner();
+        if request.token.is_empty()
+            && let Some(caller) = caller
+        {
+            return Ok(Response::new(self.renew(caller, request.csr).await?));
+        }
         let cluster = self.cluster()?;
         let role = Self::role_for(&cluster, &request.token)?;
         let availability =
@@ -118,33 +230,12 @@ impl NodeCa for CaServer {
                     request.availability
                 ))
             })?;
-        let csr = String::from_utf8(request.csr.clone()).map_err(|_| {
-            Status::invalid_argument("invalid certificate signing request: not PEM text")
-        })?;
+        let csr = Self::csr_text(&request.csr)?;
         if !self.raft.status().is_leader {
             return Err(not_leader(&self.raft));
         }
-        let root = cluster
-            .root_ca
-            .as_ref()
-            .ok_or_else(|| Status::internal("the cluster has no root CA"))?;
-        let ca = RootCa {
-            cert_pem: String::from_utf8_lossy(&root.ca_cert).into_owned(),
-            key_pem: String::from_utf8_lossy(&root.ca_key).into_owned(),
-        };
-        let expiry = cluster
-            .spec
-            .as_ref()
-            .and_then(|s| s.ca_config.as_ref())
-            .and_then(|c| c.node_cert_expiry.as_ref())
-            .map(shoal_api::validation::to_std_duration)
-            .unwrap_or(shoal_api::defaults::NODE_CERT_EXPIRY);
+        let (ca, expiry, cluster_id) = Self::signer(&cluster)?;
         let node_id = shoal_api::id::new_id();
-        let cluster_id = cluster
-            .meta
-            .as_ref()
-            .map(|m| m.id.clone())
-            .unwrap_or_default();
         let cert = shoal_ca::issue_node_certificate(
             &ca,
             &csr,
@@ -193,6 +284,7 @@ impl NodeCa for CaServer {
         &self,
         request: Request<NodeCertificateStatusRequest>,
     ) -> Result<Response<NodeCertificateStatusResponse>, Status> {
+        self.authorizer.check(&request, Access::Joining)?;
         self.raft
             .read_barrier()
             .await

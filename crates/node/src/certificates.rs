@@ -20,6 +20,8 @@ use shoal_api::v1::{
     GetRootCaCertificateRequest, IssueNodeCertificateRequest, NodeCertificateStatusRequest,
 };
 use shoal_ca::{JoinToken, NodeIdentity as CertIdentity};
+use shoal_raft::service::LEADER_ADDR_METADATA;
+use shoal_tls::{Dialer, NodeCertificates};
 
 use crate::error::NodeError;
 
@@ -31,6 +33,16 @@ pub struct Issued {
     pub identity: CertIdentity,
 }
 
+impl Issued {
+    pub fn certificates(&self) -> NodeCertificates {
+        NodeCertificates {
+            root_pem: self.root_pem.clone(),
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+    }
+}
+
 fn refused(e: tonic::Status) -> NodeError {
     NodeError::Join(e.message().to_string())
 }
@@ -40,8 +52,11 @@ pub async fn obtain(addr: &str, token: &str) -> Result<Issued, NodeError> {
     let token_parsed = JoinToken::parse(token).map_err(|e| NodeError::Join(e.to_string()))?;
     let mut last = String::new();
     let mut channel = None;
+    // The root comes over a connection that trusts nothing; it is checked against the token
+    // before anything else is sent.
+    let unverified = Dialer::unverified();
     for _ in 0..20 {
-        match shoal_raft::transport::connect(addr).await {
+        match unverified.connect(addr).await {
             Ok(c) => {
                 channel = Some(c);
                 break;
@@ -75,16 +90,33 @@ pub async fn obtain(addr: &str, token: &str) -> Result<Issued, NodeError> {
     }
     let (key_pem, csr_pem) =
         shoal_ca::node_key_and_csr().map_err(|e| NodeError::Join(e.to_string()))?;
-    let mut ca = NodeCaClient::new(channel);
-    let issued = ca
-        .issue_node_certificate(IssueNodeCertificateRequest {
-            csr: csr_pem.into_bytes(),
-            token: token.to_string(),
-            availability: 0,
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    // From here on the manager must prove it holds a manager certificate from that root.
+    let trusted = Dialer::anonymous(&root_pem).map_err(|e| NodeError::Join(e.to_string()))?;
+    let mut target = addr.to_string();
+    let mut hops = 0;
+    let (mut ca, issued) = loop {
+        let channel = trusted
+            .connect(&target)
+            .await
+            .map_err(|e| NodeError::Join(e.to_string()))?;
+        let mut ca = NodeCaClient::new(channel);
+        match ca
+            .issue_node_certificate(IssueNodeCertificateRequest {
+                csr: csr_pem.clone().into_bytes(),
+                token: token.to_string(),
+                availability: 0,
+            })
+            .await
+        {
+            Ok(issued) => break (ca, issued.into_inner()),
+            // Only the leader signs: follow it.
+            Err(status) if hops < 3 && leader_of(&status).is_some() => {
+                target = leader_of(&status).unwrap_or_default();
+                hops += 1;
+            }
+            Err(status) => return Err(refused(status)),
+        }
+    };
     let status = ca
         .node_certificate_status(NodeCertificateStatusRequest {
             node_id: issued.node_id,
@@ -104,6 +136,40 @@ pub async fn obtain(addr: &str, token: &str) -> Result<Issued, NodeError> {
     })
 }
 
+/// The leader's address a follower names when it refuses a write.
+pub(crate) fn leader_of(status: &tonic::Status) -> Option<String> {
+    (status.code() == tonic::Code::FailedPrecondition)
+        .then(|| status.metadata().get(LEADER_ADDR_METADATA))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The certificates kept in `<state>/certificates/`, if the node has any.
+pub fn load(state: &Path) -> Result<Option<NodeCertificates>, NodeError> {
+    let dir = state.join("certificates");
+    let read = |name: &str| -> Result<Option<String>, NodeError> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(NodeError::io(format!("reading {}", path.display()), e)),
+        }
+    };
+    match (read("root-ca.crt")?, read("node.crt")?, read("node.key")?) {
+        (Some(root_pem), Some(cert_pem), Some(key_pem)) => Ok(Some(NodeCertificates {
+            root_pem,
+            cert_pem,
+            key_pem,
+        })),
+        (None, None, None) => Ok(None),
+        _ => Err(NodeError::StateDir(format!(
+            "{} is incomplete (it needs root-ca.crt, node.crt and node.key); restore it from a              backup, or leave the cluster and join again",
+            dir.display()
+        ))),
+    }
+}
+
 fn write_file(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -119,6 +185,11 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
 
 /// Saves the certificates under `<state>/certificates/`.
 pub fn save(state: &Path, issued: &Issued) -> Result<(), NodeError> {
+    save_certificates(state, &issued.certificates())
+}
+
+/// Saves `certificates` under `<state>/certificates/`, each file replaced atomically.
+pub fn save_certificates(state: &Path, issued: &NodeCertificates) -> Result<(), NodeError> {
     let dir = state.join("certificates");
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -13,6 +13,7 @@ use shoal_api::v1::raft_membership_client::RaftMembershipClient;
 use shoal_api::v1::raft_membership_server::RaftMembershipServer;
 use shoal_api::v1::raft_server::RaftServer;
 use shoal_api::v1::{JoinRequest, JoinResponse, RaftMember};
+use shoal_manager::authorize::{Access, Authorizer};
 use shoal_manager::ca_server::CaServer as CaServerImpl;
 use shoal_manager::controlapi::ControlApi;
 use shoal_raft::service::LEADER_ADDR_METADATA;
@@ -21,7 +22,9 @@ use shoal_raft::{
     RaftProposer, RaftService, RedbLog,
 };
 use shoal_store::{DEFAULT_WATCH_CAPACITY, StateMachine, Store};
+use shoal_tls::{Credentials, Dialer, NodeCertificates};
 use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::error::NodeError;
 use crate::state_dir::{NodeIdentity, StateDir};
@@ -89,6 +92,12 @@ impl DaemonConfig {
                 "--init and --join-addr exclude each other; choose one".into(),
             ));
         }
+        if self.join_addr.is_some() && self.join_token.is_none() {
+            return Err(NodeError::Config(
+                "--join-addr needs --join-token: get one on a manager of the cluster with                  `shoal swarm join-token manager` (or worker)"
+                    .into(),
+            ));
+        }
         if self.election_tick <= self.heartbeat_tick {
             return Err(NodeError::Config(format!(
                 "--election-tick ({}) must be larger than --heartbeat-tick ({})",
@@ -113,6 +122,8 @@ pub struct Daemon {
     driver: RaftDriver,
     transport: Arc<GrpcTransport>,
     store: Store,
+    /// This node's certificates, shared by its server and its dialers; renewal swaps them.
+    credentials: Credentials,
 }
 
 /// A daemon serving in the background, for tests and embedding.
@@ -138,12 +149,17 @@ impl RunningDaemon {
 
 /// Asks the manager at `addr` to let this node join, following the leader's address when
 /// the manager asked is not the leader.
-async fn join(addr: &str, me: &str, node_id: &str) -> Result<JoinResponse, NodeError> {
+async fn join(
+    dialer: &Dialer,
+    addr: &str,
+    me: &str,
+    node_id: &str,
+) -> Result<JoinResponse, NodeError> {
     let mut target = addr.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut last_error;
     loop {
-        match shoal_raft::transport::connect(&target).await {
+        match dialer.connect(&target).await {
             Ok(channel) => {
                 let mut client = RaftMembershipClient::new(channel);
                 match client
@@ -175,7 +191,7 @@ async fn join(addr: &str, me: &str, node_id: &str) -> Result<JoinResponse, NodeE
                     }
                 }
             }
-            Err(e) => last_error = format!("cannot reach {target}: {e}"),
+            Err(e) => last_error = e.to_string(),
         }
         if tokio::time::Instant::now() > deadline {
             return Err(NodeError::Join(format!(
@@ -216,7 +232,7 @@ fn bind_control_socket(path: &std::path::Path) -> Result<tokio::net::UnixListene
 }
 
 /// Commits this manager's new address: through the leader (or directly, when it leads).
-async fn announce_address(handle: RaftHandle, identity: NodeIdentity) {
+async fn announce_address(handle: RaftHandle, identity: NodeIdentity, dialer: Dialer) {
     let me = RaftMember {
         raft_id: identity.raft_id,
         node_id: identity.node_id.clone(),
@@ -240,7 +256,7 @@ async fn announce_address(handle: RaftHandle, identity: NodeIdentity) {
                 .values()
                 .filter(|m| m.raft_id != identity.raft_id)
             {
-                if join(&m.addr, &me.addr, &me.node_id).await.is_ok() {
+                if join(&dialer, &m.addr, &me.addr, &me.node_id).await.is_ok() {
                     ok = true;
                     break;
                 }
@@ -292,7 +308,7 @@ impl Daemon {
         let mut initial_peers: Vec<RaftMember> = Vec::new();
         // Set when this manager restarts at another address than it had.
         let mut moved_from: Option<String> = None;
-        let (identity, node) = match existing {
+        let (identity, node, certificates) = match existing {
             Some(mut identity) => {
                 if config.init || config.join_addr.is_some() {
                     return Err(NodeError::Config(format!(
@@ -314,7 +330,14 @@ impl Daemon {
                 identity.advertise_addr = advertise.clone();
                 state_dir.save_identity(&identity)?;
                 let node = RaftNode::restart(node_config(identity.raft_id), log, state.clone())?;
-                (identity, node)
+                let certificates =
+                    crate::certificates::load(state_dir.path())?.ok_or_else(|| {
+                        NodeError::StateDir(format!(
+                            "{} has no certificates: this node cannot prove who it is; restore                              them from a backup, or leave the cluster and join again",
+                            state_dir.path().join("certificates").display()
+                        ))
+                    })?;
+                (identity, node, certificates)
             }
             None if config.init => {
                 let identity = NodeIdentity {
@@ -360,15 +383,13 @@ impl Daemon {
                     .unwrap_or_default();
                 let cert_identity = shoal_ca::parse_node_certificate(&cert_pem)
                     .map_err(|e| NodeError::Config(e.to_string()))?;
-                crate::certificates::save(
-                    state_dir.path(),
-                    &crate::certificates::Issued {
-                        root_pem,
-                        cert_pem,
-                        key_pem,
-                        identity: cert_identity,
-                    },
-                )?;
+                let issued = crate::certificates::Issued {
+                    root_pem,
+                    cert_pem,
+                    key_pem,
+                    identity: cert_identity,
+                };
+                crate::certificates::save(state_dir.path(), &issued)?;
                 state
                     .apply(shoal_manager::cluster::initial_state(
                         cluster,
@@ -386,12 +407,12 @@ impl Daemon {
                      {advertise} --join-token {manager_token}\n",
                     identity.node_id
                 );
-                (identity, node)
+                (identity, node, issued.certificates())
             }
             None => match &config.join_addr {
                 Some(join_addr) => {
-                    // With a join token, the CA decides the node ID and role first.
-                    let node_id = match &config.join_token {
+                    // The CA decides the node ID and role first.
+                    let (node_id, certificates) = match &config.join_token {
                         Some(token) => {
                             let issued = crate::certificates::obtain(join_addr, token).await?;
                             if issued.identity.role != shoal_api::v1::NodeRole::Manager {
@@ -403,11 +424,12 @@ impl Daemon {
                                 )));
                             }
                             crate::certificates::save(state_dir.path(), &issued)?;
-                            issued.identity.node_id
+                            (issued.identity.node_id.clone(), issued.certificates())
                         }
-                        None => shoal_api::id::new_id(),
+                        None => unreachable!("validate() requires a join token"),
                     };
-                    let response = join(join_addr, &advertise, &node_id).await?;
+                    let dialer = Dialer::mutual(credentials_from(certificates.clone())?);
+                    let response = join(&dialer, join_addr, &advertise, &node_id).await?;
                     initial_peers = response.members.clone();
                     let identity = NodeIdentity {
                         node_id,
@@ -417,7 +439,7 @@ impl Daemon {
                     let node =
                         RaftNode::joining(node_config(identity.raft_id), log, state.clone())?;
                     state_dir.save_identity(&identity)?;
-                    (identity, node)
+                    (identity, node, certificates)
                 }
                 None => {
                     return Err(NodeError::Config(format!(
@@ -429,7 +451,12 @@ impl Daemon {
             },
         };
 
-        let transport = GrpcTransport::new(identity.raft_id, tokio::runtime::Handle::current());
+        let credentials = credentials_from(certificates)?;
+        let transport = GrpcTransport::new(
+            identity.raft_id,
+            tokio::runtime::Handle::current(),
+            Dialer::mutual(credentials.clone()),
+        );
         let driver = RaftDriver::start(
             node,
             state.clone(),
@@ -451,7 +478,11 @@ impl Daemon {
         );
         if let Some(old) = moved_from {
             tracing::info!("this manager moved from {old} to {advertise}; telling the cluster");
-            tokio::spawn(announce_address(driver.handle(), identity.clone()));
+            tokio::spawn(announce_address(
+                driver.handle(),
+                identity.clone(),
+                Dialer::mutual(credentials.clone()),
+            ));
         }
         tracing::info!(
             node_id = %identity.node_id,
@@ -466,6 +497,7 @@ impl Daemon {
             driver,
             transport,
             store,
+            credentials,
         })
     }
 
@@ -490,7 +522,11 @@ impl Daemon {
             driver,
             transport,
             store,
+            credentials,
         } = self;
+        let authorizer = Authorizer::new(store.clone(), credentials.identity().cluster_id);
+        let managers_only = || authorizer.interceptor(Access::Managers);
+
         let handle = driver.handle();
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         let mut local_stopping = stopping.clone();
@@ -511,29 +547,27 @@ impl Daemon {
             );
         let local = tokio::spawn(local);
         let raft = RaftService::new(handle.clone(), stopping);
+        let ca = CaServerImpl::new(store.clone(), handle.clone(), authorizer.clone());
         let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .initial_stream_window_size(Some(shoal_raft::transport::WINDOW_BYTES))
             .initial_connection_window_size(Some(shoal_raft::transport::WINDOW_BYTES))
-            .add_service(
+            .add_service(InterceptedService::new(
                 RaftServer::new(raft.clone())
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(RaftMembershipServer::new(raft))
-            .add_service(CaServer::new(CaServerImpl::new(
-                store.clone(),
-                handle.clone(),
-            )))
-            .add_service(NodeCaServer::new(CaServerImpl::new(
-                store.clone(),
-                handle.clone(),
-            )))
-            .add_service(ControlServer::new(ControlApi::new(store, handle)))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown,
-            );
+                managers_only(),
+            ))
+            .add_service(RaftMembershipServer::with_interceptor(
+                raft,
+                managers_only(),
+            ))
+            .add_service(CaServer::new(ca.clone()))
+            .add_service(NodeCaServer::new(ca))
+            .add_service(ControlServer::with_interceptor(
+                ControlApi::new(store, handle),
+                managers_only(),
+            ))
+            .serve_with_incoming_shutdown(shoal_tls::listen(listener, credentials), shutdown);
         let served = server.await.map_err(|e| NodeError::Serve(e.to_string()));
         let _ = local.await;
         transport.shutdown();
@@ -561,4 +595,8 @@ impl Daemon {
             addr,
         }
     }
+}
+
+fn credentials_from(certificates: NodeCertificates) -> Result<Credentials, NodeError> {
+    Credentials::new(certificates).map_err(|e| NodeError::StateDir(e.to_string()))
 }

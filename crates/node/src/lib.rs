@@ -10,11 +10,10 @@
 //! into a one-member cluster keeping all data (`--force-new-cluster`). The Raft thread starts,
 //! then the gRPC server. SIGTERM or SIGINT stop the server, then the Raft thread, cleanly.
 
-mod certificates;
+pub mod certificates;
 mod daemon;
 mod error;
 mod state_dir;
-pub mod tls;
 
 pub use daemon::{Daemon, DaemonConfig, RunningDaemon};
 pub use error::NodeError;

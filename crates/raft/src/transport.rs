@@ -8,7 +8,8 @@
 //! that did not get through is reported as failed so Raft sends it again.
 //!
 //! Sending never blocks the Raft thread: a full queue drops the message (Raft retransmits).
-//! Connections are made by one function (`connect`), the place where mutual TLS plugs in.
+//! Connections are mutual TLS, made by the node's [`Dialer`]: a peer must hold a manager
+//! certificate of this cluster, and sees ours.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,15 +19,15 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use shoal_api::v1::raft_client::RaftClient;
 use shoal_api::v1::{RaftMember, StreamRaftMessageRequest};
+use shoal_tls::Dialer;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::driver::{RaftHandle, Transport};
 
 /// Size of the chunks large messages are split into.
 pub const CHUNK_BYTES: usize = 1 << 20;
 /// HTTP/2 flow-control window for Raft streams, both ways.
-pub const WINDOW_BYTES: u32 = 16 << 20;
+pub use shoal_tls::WINDOW_BYTES;
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 8192;
 
@@ -41,16 +42,19 @@ struct Peer {
 pub struct GrpcTransport {
     id: u64,
     runtime: tokio::runtime::Handle,
+    dialer: Dialer,
     peers: Mutex<HashMap<u64, Peer>>,
     handle: Arc<OnceLock<RaftHandle>>,
 }
 
 impl GrpcTransport {
-    /// A transport for member `id`, running its peer tasks on `runtime`.
-    pub fn new(id: u64, runtime: tokio::runtime::Handle) -> Arc<Self> {
+    /// A transport for member `id`, running its peer tasks on `runtime` and connecting with
+    /// `dialer`.
+    pub fn new(id: u64, runtime: tokio::runtime::Handle, dialer: Dialer) -> Arc<Self> {
         Arc::new(Self {
             id,
             runtime,
+            dialer,
             peers: Mutex::new(HashMap::new()),
             handle: Arc::new(OnceLock::new()),
         })
@@ -106,9 +110,13 @@ impl Transport for GrpcTransport {
                 continue;
             }
             let (queue, rx) = mpsc::channel(QUEUE);
-            let task =
-                self.runtime
-                    .spawn(run_peer(*id, member.addr.clone(), rx, self.handle.clone()));
+            let task = self.runtime.spawn(run_peer(
+                *id,
+                member.addr.clone(),
+                self.dialer.clone(),
+                rx,
+                self.handle.clone(),
+            ));
             peers.insert(
                 *id,
                 Peer {
@@ -119,21 +127,6 @@ impl Transport for GrpcTransport {
             );
         }
     }
-}
-
-/// Opens a channel to a manager's remote API.
-pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        // Large HTTP/2 windows: a stream of appends must not stop every 64 KiB to wait for
-        // the receiver's window update.
-        .initial_stream_window_size(Some(WINDOW_BYTES))
-        .initial_connection_window_size(Some(WINDOW_BYTES))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await
 }
 
 fn chunks(msg: &Message) -> Vec<StreamRaftMessageRequest> {
@@ -164,6 +157,7 @@ fn chunks(msg: &Message) -> Vec<StreamRaftMessageRequest> {
 async fn run_peer(
     id: u64,
     addr: String,
+    dialer: Dialer,
     queue: mpsc::Receiver<Message>,
     handle: Arc<OnceLock<RaftHandle>>,
 ) {
@@ -184,7 +178,7 @@ async fn run_peer(
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
     let mut backoff = Duration::from_millis(50);
     loop {
-        let channel = match connect(&addr).await {
+        let channel = match dialer.connect(&addr).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!("raft: cannot reach member {id:x} at {addr}: {e}");

@@ -11,12 +11,9 @@ use shoal_api::v1::{
 };
 use tonic::Code;
 
+/// A channel without a client certificate, as a joining node has.
 async fn channel(addr: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    shoal_tls::Dialer::unverified().connect(addr).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
     )
     .await;
     for name in ["m2", "m3"] {
-        managers.push(Manager::start(dir.path(), name, &["--join-addr", &first]));
+        managers.push(support::start_joining(dir.path(), name, &first).await);
     }
     let addrs: Vec<String> = managers.iter().map(|m| m.addr.clone()).collect();
     eventually(
@@ -243,7 +243,7 @@ async fn a_new_manager_catches_up_from_a_snapshot_larger_than_a_message() {
         .await
         .unwrap();
     }
-    let m2 = Manager::start(dir.path(), "m2", &["--join-addr", &a1]);
+    let m2 = support::start_joining(dir.path(), "m2", &a1).await;
     let a2 = m2.addr.clone();
     let names = eventually("m2 to catch up", Duration::from_secs(30), async || {
         let names = config_names(&a2).await.ok()?;

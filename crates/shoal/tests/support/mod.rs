@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use shoal_api::v1::control_client::ControlClient;
@@ -20,6 +22,18 @@ pub fn daemon_once(state_dir: &Path, extra: &[&str]) -> std::process::Output {
         .args(extra)
         .output()
         .expect("run shoal daemon")
+}
+
+/// The state directory of the daemon at each address: a client presents that node's own
+/// certificate (mutual TLS), as a manager's local administrator would.
+static STATE_DIRS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+
+/// A dialer with the certificates of the node at `addr`, once it has them.
+pub fn dialer(addr: &str) -> Option<shoal_tls::Dialer> {
+    let state_dir = STATE_DIRS.lock().unwrap().get(addr).cloned()?;
+    let certificates = shoal_node::certificates::load(&state_dir).ok()??;
+    let credentials = shoal_tls::Credentials::new(certificates).ok()?;
+    Some(shoal_tls::Dialer::mutual(credentials).with_request_timeout(Duration::from_secs(5)))
 }
 
 pub fn free_port() -> u16 {
@@ -55,6 +69,10 @@ impl Manager {
     }
 
     fn spawn(&mut self, extra: &[&str]) {
+        STATE_DIRS
+            .lock()
+            .unwrap()
+            .insert(self.addr.clone(), self.state_dir.clone());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -138,15 +156,33 @@ impl Drop for Manager {
     }
 }
 
+/// A Control API client of the manager at `addr`, over mutual TLS with its certificate.
 pub async fn client(addr: &str) -> Option<ControlClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .ok()?;
+    let channel = dialer(addr)?.connect(addr).await.ok()?;
     Some(ControlClient::new(channel))
+}
+
+/// The cluster's join tokens, as the manager at `addr` knows them.
+pub async fn join_tokens(addr: &str) -> shoal_api::v1::JoinTokens {
+    eventually("the join tokens", Duration::from_secs(20), async || {
+        client(addr)
+            .await?
+            .list_clusters(shoal_api::v1::ListClustersRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .clusters
+            .pop()?
+            .root_ca?
+            .join_tokens
+    })
+    .await
+}
+
+/// Starts a manager that joins through `leader` with the manager token.
+pub async fn start_joining(dir: &Path, name: &str, leader: &str) -> Manager {
+    let token = join_tokens(leader).await.manager;
+    Manager::start(dir, name, &["--join-addr", leader, "--join-token", &token])
 }
 
 pub fn big_config_spec(name: &str, bytes: usize) -> ConfigSpec {
@@ -254,7 +290,7 @@ pub async fn init_manager(dir: &Path, name: &str) -> Manager {
 
 /// Starts a manager that joins through `leader`, once it has caught up with config "one".
 pub async fn join_manager(dir: &Path, name: &str, leader: &str) -> Manager {
-    let m = Manager::start(dir, name, &["--join-addr", leader]);
+    let m = start_joining(dir, name, leader).await;
     let addr = m.addr.clone();
     eventually(
         &format!("{name} to catch up"),
