@@ -71,6 +71,7 @@ pub struct NodeIdentity {
     pub node_id: String,
     pub role: NodeRole,
     pub cluster_id: String,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
 
@@ -172,13 +173,15 @@ pub fn parse_node_certificate_der(der: &[u8]) -> Result<NodeIdentity, CaError> {
             )));
         }
     };
-    let not_after = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
+    let at = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
+    };
     Ok(NodeIdentity {
         node_id,
         role,
         cluster_id,
-        not_after,
+        not_before: at(cert.validity().not_before),
+        not_after: at(cert.validity().not_after),
     })
 }
 

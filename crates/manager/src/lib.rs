@@ -9,6 +9,7 @@ pub mod authorize;
 pub mod ca_server;
 pub mod cluster;
 pub mod controlapi;
+pub mod dispatcher;
 mod status;
 
 pub use status::store_status;

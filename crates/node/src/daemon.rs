@@ -5,14 +5,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_api::clock::SystemClock;
+use shoal_api::clock::{Clock, SystemClock};
 use shoal_api::v1::ca_server::CaServer;
 use shoal_api::v1::control_server::ControlServer;
 use shoal_api::v1::node_ca_server::NodeCaServer;
 use shoal_api::v1::raft_membership_client::RaftMembershipClient;
 use shoal_api::v1::raft_membership_server::RaftMembershipServer;
 use shoal_api::v1::raft_server::RaftServer;
-use shoal_api::v1::{JoinRequest, JoinResponse, RaftMember};
+use shoal_api::v1::swarm_server::SwarmServer;
+use shoal_api::v1::{JoinRequest, JoinResponse, NodeRole, RaftMember};
 use shoal_manager::authorize::{Access, Authorizer};
 use shoal_manager::ca_server::CaServer as CaServerImpl;
 use shoal_manager::controlapi::ControlApi;
@@ -23,14 +24,16 @@ use shoal_raft::{
 };
 use shoal_store::{DEFAULT_WATCH_CAPACITY, StateMachine, Store};
 use shoal_tls::{Credentials, Dialer, NodeCertificates};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::error::NodeError;
+use crate::local::{LeaveRequest, LocalSwarm, NotAManager};
+use crate::renewal::{Managers, Renewer};
 use crate::state_dir::{NodeIdentity, StateDir};
 
 /// How to run a node (the `shoal daemon` flags).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DaemonConfig {
     pub state_dir: PathBuf,
     pub hostname: String,
@@ -49,6 +52,21 @@ pub struct DaemonConfig {
     pub tick_interval: Duration,
     pub election_tick: u32,
     pub heartbeat_tick: u32,
+    /// Where the node reads the time for certificate renewal (tests drive it).
+    pub clock: Arc<dyn Clock>,
+    /// How often the renewer looks at the clock.
+    pub renewal_check: Duration,
+}
+
+impl std::fmt::Debug for DaemonConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonConfig")
+            .field("state_dir", &self.state_dir)
+            .field("listen_remote_api", &self.listen_remote_api)
+            .field("init", &self.init)
+            .field("join_addr", &self.join_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DaemonConfig {
@@ -68,6 +86,8 @@ impl DaemonConfig {
             tick_interval: shoal_api::defaults::RAFT_TICK_INTERVAL,
             election_tick: shoal_api::defaults::RAFT_ELECTION_TICK,
             heartbeat_tick: shoal_api::defaults::RAFT_HEARTBEAT_TICK,
+            clock: Arc::new(SystemClock),
+            renewal_check: Duration::from_secs(10),
         }
     }
 
@@ -111,25 +131,49 @@ impl DaemonConfig {
     }
 }
 
-/// A node ready to serve.
+/// A node ready to serve, as a manager or as a worker.
 pub struct Daemon {
+    config: DaemonConfig,
     state_dir: StateDir,
     identity: NodeIdentity,
-    listener: tokio::net::TcpListener,
-    /// The local control socket: the Control API for this machine's users, trusted without
-    /// TLS, reachable by the owner only (0600).
+    /// The local control socket: the Control API for this machine's users (on a manager),
+    /// and the node's own calls; trusted without TLS, reachable by the owner only (0600).
     control: tokio::net::UnixListener,
+    /// This node's certificates, shared by its server and its dialers; renewal swaps them.
+    credentials: Credentials,
+    /// The managers this node knows.
+    managers: Managers,
+    role: Role,
+}
+
+/// What a node runs besides its identity.
+enum Role {
+    Manager(Box<ManagerParts>),
+    Worker,
+}
+
+struct ManagerParts {
+    listener: tokio::net::TcpListener,
     driver: RaftDriver,
     transport: Arc<GrpcTransport>,
     store: Store,
-    /// This node's certificates, shared by its server and its dialers; renewal swaps them.
-    credentials: Credentials,
+}
+
+/// Why [`Daemon::serve`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Told to stop.
+    Stopped,
+    /// The node left the cluster (`shoal swarm leave`); its cluster state is gone.
+    Left,
+    /// The node's role changed (promoted or demoted): start it again to take the new role.
+    RoleChanged(NodeRole),
 }
 
 /// A daemon serving in the background, for tests and embedding.
 pub struct RunningDaemon {
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), NodeError>>,
+    task: tokio::task::JoinHandle<Result<Outcome, NodeError>>,
     pub handle: RaftHandle,
     pub store: Store,
     pub addr: SocketAddr,
@@ -144,6 +188,7 @@ impl RunningDaemon {
         self.task
             .await
             .map_err(|e| NodeError::Serve(e.to_string()))?
+            .map(|_| ())
     }
 }
 
@@ -275,41 +320,40 @@ async fn announce_address(handle: RaftHandle, identity: NodeIdentity, dialer: Di
     );
 }
 
+fn control_path(config: &DaemonConfig, state_dir: &StateDir) -> PathBuf {
+    config.listen_control_api.clone().unwrap_or_else(|| {
+        state_dir
+            .path()
+            .join(shoal_api::defaults::CONTROL_SOCKET_NAME)
+    })
+}
+
+/// Asks each of `managers` in turn to let this node join Raft; the first that agrees wins.
+async fn join_any(
+    dialer: &Dialer,
+    managers: &[String],
+    me: &str,
+    node_id: &str,
+) -> Result<JoinResponse, NodeError> {
+    let mut last = NodeError::Join("no manager is known to join through".into());
+    for addr in managers {
+        match join(dialer, addr, me, node_id).await {
+            Ok(response) => return Ok(response),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 impl Daemon {
-    /// Prepares the node: state directory, identity, Raft. Must run inside a tokio runtime.
+    /// Prepares the node: state directory, identity, certificates, and — for a manager —
+    /// Raft. Must run inside a tokio runtime.
     pub async fn start(config: DaemonConfig) -> Result<Self, NodeError> {
         config.validate()?;
         let state_dir = StateDir::open(&config.state_dir)?;
-        let listener = tokio::net::TcpListener::bind(config.listen_remote_api)
-            .await
-            .map_err(|e| NodeError::io(format!("listening on {}", config.listen_remote_api), e))?;
-        let control =
-            bind_control_socket(&config.listen_control_api.clone().unwrap_or_else(|| {
-                state_dir
-                    .path()
-                    .join(shoal_api::defaults::CONTROL_SOCKET_NAME)
-            }))?;
-        let listen = listener
-            .local_addr()
-            .map_err(|e| NodeError::io("reading the listen address", e))?;
-        let advertise = config.advertise(listen);
-        let existing = state_dir.identity()?;
-        let state = Arc::new(StateMachine::new(DEFAULT_WATCH_CAPACITY));
-        let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
-        let node_config = |id: u64| NodeConfig {
-            id,
-            election_tick: config.election_tick as usize,
-            heartbeat_tick: config.heartbeat_tick as usize,
-            ..NodeConfig::new(id)
-        };
-
-        // A joining manager learns its peers from the join answer: it must be able to answer
-        // the leader before the snapshot that carries the membership arrives.
-        let mut initial_peers: Vec<RaftMember> = Vec::new();
-        // Set when this manager restarts at another address than it had.
-        let mut moved_from: Option<String> = None;
-        let (identity, node, certificates) = match existing {
-            Some(mut identity) => {
+        let control = bind_control_socket(&control_path(&config, &state_dir))?;
+        match state_dir.identity()? {
+            Some(identity) => {
                 if config.init || config.join_addr.is_some() {
                     return Err(NodeError::Config(format!(
                         "this node already belongs to a cluster (state in {}); start it without \
@@ -317,141 +361,273 @@ impl Daemon {
                         config.state_dir.display()
                     )));
                 }
-                moved_from =
-                    (identity.advertise_addr != advertise).then(|| identity.advertise_addr.clone());
-                let log = if config.force_new_cluster {
-                    tracing::warn!(
-                        "forcing a new cluster: this manager becomes the only member, keeping all data"
-                    );
-                    RaftNode::force_new_cluster(&node_config(identity.raft_id), log, state.clone())?
-                } else {
-                    log
-                };
-                identity.advertise_addr = advertise.clone();
-                state_dir.save_identity(&identity)?;
-                let node = RaftNode::restart(node_config(identity.raft_id), log, state.clone())?;
                 let certificates =
                     crate::certificates::load(state_dir.path())?.ok_or_else(|| {
                         NodeError::StateDir(format!(
-                            "{} has no certificates: this node cannot prove who it is; restore                              them from a backup, or leave the cluster and join again",
+                            "{} has no certificates: this node cannot prove who it is; restore \
+                             them from a backup, or leave the cluster and join again",
                             state_dir.path().join("certificates").display()
                         ))
                     })?;
-                (identity, node, certificates)
-            }
-            None if config.init => {
-                let identity = NodeIdentity {
-                    node_id: shoal_api::id::new_id(),
-                    raft_id: loop {
-                        let id: u64 = rand::random();
-                        if id != 0 {
-                            break id;
-                        }
-                    },
-                    advertise_addr: advertise.clone(),
-                };
-                let member = RaftMember {
-                    raft_id: identity.raft_id,
-                    node_id: identity.node_id.clone(),
-                    addr: advertise.clone(),
-                };
-                // The cluster object (root CA, join tokens, default spec) is part of the
-                // first snapshot, so every manager that ever joins has it.
-                let now = std::time::SystemTime::now();
-                let cluster = shoal_manager::cluster::new_cluster(now)
-                    .map_err(|e| NodeError::Config(format!("creating the cluster CA: {e}")))?;
-                let manager_token = cluster
-                    .root_ca
-                    .as_ref()
-                    .and_then(|r| r.join_tokens.as_ref())
-                    .map(|t| t.manager.clone())
-                    .unwrap_or_default();
-                // The first manager's certificate, from the new root, and its Node object.
-                let (node_object, cert_pem, key_pem) = shoal_manager::cluster::first_manager(
-                    &cluster,
-                    &identity.node_id,
-                    &config.hostname,
-                    now,
-                )
-                .map_err(|e| {
-                    NodeError::Config(format!("issuing this manager's certificate: {e}"))
-                })?;
-                let root_pem = cluster
-                    .root_ca
-                    .as_ref()
-                    .map(|r| String::from_utf8_lossy(&r.ca_cert).into_owned())
-                    .unwrap_or_default();
-                let cert_identity = shoal_ca::parse_node_certificate(&cert_pem)
-                    .map_err(|e| NodeError::Config(e.to_string()))?;
-                let issued = crate::certificates::Issued {
-                    root_pem,
-                    cert_pem,
-                    key_pem,
-                    identity: cert_identity,
-                };
-                crate::certificates::save(state_dir.path(), &issued)?;
-                state
-                    .apply(shoal_manager::cluster::initial_state(
-                        cluster,
-                        node_object,
-                        now,
-                    ))
-                    .map_err(|e| NodeError::Config(format!("creating the cluster object: {e}")))?;
-                let node =
-                    RaftNode::bootstrap(node_config(identity.raft_id), log, state.clone(), member)?;
-                state_dir.save_identity(&identity)?;
-                // Like `docker swarm init`: say how to add to the new cluster.
-                eprintln!(
-                    "Cluster initialized: this node ({}) is now a manager.\n\nTo add a manager \
-                     to this cluster, run on the other machine:\n\n    shoal daemon --join-addr \
-                     {advertise} --join-token {manager_token}\n",
-                    identity.node_id
-                );
-                (identity, node, issued.certificates())
-            }
-            None => match &config.join_addr {
-                Some(join_addr) => {
-                    // The CA decides the node ID and role first.
-                    let (node_id, certificates) = match &config.join_token {
-                        Some(token) => {
-                            let issued = crate::certificates::obtain(join_addr, token).await?;
-                            if issued.identity.role != shoal_api::v1::NodeRole::Manager {
-                                return Err(NodeError::Join(format!(
-                                    "the token admits this node as a worker (node ID {}); this \
-                                     version of Shoal runs managers only — workers come with the \
-                                     agent; use a manager token",
-                                    issued.identity.node_id
-                                )));
-                            }
-                            crate::certificates::save(state_dir.path(), &issued)?;
-                            (issued.identity.node_id.clone(), issued.certificates())
-                        }
-                        None => unreachable!("validate() requires a join token"),
-                    };
-                    let dialer = Dialer::mutual(credentials_from(certificates.clone())?);
-                    let response = join(&dialer, join_addr, &advertise, &node_id).await?;
-                    initial_peers = response.members.clone();
-                    let identity = NodeIdentity {
-                        node_id,
-                        raft_id: response.raft_id,
-                        advertise_addr: advertise.clone(),
-                    };
-                    let node =
-                        RaftNode::joining(node_config(identity.raft_id), log, state.clone())?;
-                    state_dir.save_identity(&identity)?;
-                    (identity, node, certificates)
+                let credentials = credentials_from(certificates)?;
+                let managers = Managers::new(identity.managers.clone());
+                match credentials.identity().role {
+                    NodeRole::Manager => {
+                        Self::manager(config, state_dir, control, identity, credentials, managers)
+                            .await
+                    }
+                    NodeRole::Worker => {
+                        Self::worker(config, state_dir, control, identity, credentials, managers)
+                    }
                 }
-                None => {
+            }
+            None if config.init => Self::init(config, state_dir, control).await,
+            None => {
+                let (Some(join_addr), Some(token)) = (&config.join_addr, &config.join_token) else {
                     return Err(NodeError::Config(format!(
                         "this node does not belong to a cluster yet (no state in {}): start it \
-                         with --init to create one, or --join-addr ADDR to join one",
+                         with --init to create one, or --join-addr ADDR --join-token TOKEN to \
+                         join one",
                         config.state_dir.display()
                     )));
+                };
+                // The CA decides the node ID and the role.
+                let issued = crate::certificates::obtain(join_addr, token).await?;
+                crate::certificates::save(state_dir.path(), &issued)?;
+                let credentials = credentials_from(issued.certificates())?;
+                let identity = NodeIdentity {
+                    node_id: issued.identity.node_id.clone(),
+                    raft_id: 0,
+                    advertise_addr: String::new(),
+                    managers: vec![join_addr.clone()],
+                };
+                state_dir.save_identity(&identity)?;
+                let managers = Managers::new(identity.managers.clone());
+                tracing::info!(
+                    node_id = %identity.node_id,
+                    "joined the cluster as a {}",
+                    role_name(issued.identity.role)
+                );
+                match issued.identity.role {
+                    NodeRole::Manager => {
+                        Self::manager(config, state_dir, control, identity, credentials, managers)
+                            .await
+                    }
+                    NodeRole::Worker => {
+                        Self::worker(config, state_dir, control, identity, credentials, managers)
+                    }
+                }
+            }
+        }
+    }
+
+    fn node_config(config: &DaemonConfig, id: u64) -> NodeConfig {
+        NodeConfig {
+            id,
+            election_tick: config.election_tick as usize,
+            heartbeat_tick: config.heartbeat_tick as usize,
+            ..NodeConfig::new(id)
+        }
+    }
+
+    async fn bind_remote(
+        config: &DaemonConfig,
+    ) -> Result<(tokio::net::TcpListener, String), NodeError> {
+        let listener = tokio::net::TcpListener::bind(config.listen_remote_api)
+            .await
+            .map_err(|e| NodeError::io(format!("listening on {}", config.listen_remote_api), e))?;
+        let listen = listener
+            .local_addr()
+            .map_err(|e| NodeError::io("reading the listen address", e))?;
+        let advertise = config.advertise(listen);
+        Ok((listener, advertise))
+    }
+
+    /// A new cluster, with this node as its first manager.
+    async fn init(
+        config: DaemonConfig,
+        state_dir: StateDir,
+        control: tokio::net::UnixListener,
+    ) -> Result<Self, NodeError> {
+        let (listener, advertise) = Self::bind_remote(&config).await?;
+        let state = Arc::new(StateMachine::new(DEFAULT_WATCH_CAPACITY));
+        let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
+        let identity = NodeIdentity {
+            node_id: shoal_api::id::new_id(),
+            raft_id: loop {
+                let id: u64 = rand::random();
+                if id != 0 {
+                    break id;
                 }
             },
+            advertise_addr: advertise.clone(),
+            managers: Vec::new(),
         };
+        let member = RaftMember {
+            raft_id: identity.raft_id,
+            node_id: identity.node_id.clone(),
+            addr: advertise.clone(),
+        };
+        // The cluster object (root CA, join tokens, default spec) is part of the first
+        // snapshot, so every manager that ever joins has it.
+        let now = std::time::SystemTime::now();
+        let cluster = shoal_manager::cluster::new_cluster(now)
+            .map_err(|e| NodeError::Config(format!("creating the cluster CA: {e}")))?;
+        let tokens = cluster
+            .root_ca
+            .as_ref()
+            .and_then(|r| r.join_tokens.clone())
+            .unwrap_or_default();
+        // The first manager's certificate, from the new root, and its Node object.
+        let (node_object, cert_pem, key_pem) = shoal_manager::cluster::first_manager(
+            &cluster,
+            &identity.node_id,
+            &config.hostname,
+            now,
+        )
+        .map_err(|e| NodeError::Config(format!("issuing this manager's certificate: {e}")))?;
+        let root_pem = cluster
+            .root_ca
+            .as_ref()
+            .map(|r| String::from_utf8_lossy(&r.ca_cert).into_owned())
+            .unwrap_or_default();
+        let cert_identity = shoal_ca::parse_node_certificate(&cert_pem)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let issued = crate::certificates::Issued {
+            root_pem,
+            cert_pem,
+            key_pem,
+            identity: cert_identity,
+        };
+        crate::certificates::save(state_dir.path(), &issued)?;
+        state
+            .apply(shoal_manager::cluster::initial_state(
+                cluster,
+                node_object,
+                now,
+            ))
+            .map_err(|e| NodeError::Config(format!("creating the cluster object: {e}")))?;
+        let node = RaftNode::bootstrap(
+            Self::node_config(&config, identity.raft_id),
+            log,
+            state.clone(),
+            member,
+        )?;
+        state_dir.save_identity(&identity)?;
+        // Like `docker swarm init`: say how to add to the new cluster.
+        eprintln!(
+            "Cluster initialized: this node ({}) is now a manager.\n\nTo add a worker to this \
+             cluster, run on the other machine:\n\n    shoal daemon --join-addr {advertise} \
+             --join-token {}\n\nTo add a manager, use the manager token instead:\n\n    shoal \
+             daemon --join-addr {advertise} --join-token {}\n",
+            identity.node_id, tokens.worker, tokens.manager
+        );
+        let credentials = credentials_from(issued.certificates())?;
+        Self::start_raft(
+            config,
+            state_dir,
+            control,
+            identity,
+            credentials,
+            Managers::default(),
+            RaftStart {
+                listener,
+                node,
+                state,
+                initial_peers: Vec::new(),
+                moved_from: None,
+            },
+        )
+    }
 
-        let credentials = credentials_from(certificates)?;
+    /// A manager: resumes its Raft log, or — new to Raft (just joined with a manager token,
+    /// or promoted) — joins Raft through the managers it knows.
+    async fn manager(
+        config: DaemonConfig,
+        state_dir: StateDir,
+        control: tokio::net::UnixListener,
+        mut identity: NodeIdentity,
+        credentials: Credentials,
+        managers: Managers,
+    ) -> Result<Self, NodeError> {
+        let (listener, advertise) = Self::bind_remote(&config).await?;
+        let state = Arc::new(StateMachine::new(DEFAULT_WATCH_CAPACITY));
+        let mut initial_peers = Vec::new();
+        let mut moved_from = None;
+        let node = if identity.raft_id == 0 {
+            // Whatever an earlier membership left behind is stale.
+            state_dir.remove_raft()?;
+            let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
+            let dialer = Dialer::mutual(credentials.clone());
+            let response =
+                join_any(&dialer, &managers.get(), &advertise, &identity.node_id).await?;
+            // A joining manager learns its peers from the answer: it must be able to answer
+            // the leader before the snapshot that carries the membership arrives.
+            initial_peers = response.members.clone();
+            identity.raft_id = response.raft_id;
+            identity.advertise_addr = advertise.clone();
+            RaftNode::joining(
+                Self::node_config(&config, identity.raft_id),
+                log,
+                state.clone(),
+            )?
+        } else {
+            let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
+            moved_from =
+                (identity.advertise_addr != advertise).then(|| identity.advertise_addr.clone());
+            let log = if config.force_new_cluster {
+                tracing::warn!(
+                    "forcing a new cluster: this manager becomes the only member, keeping all data"
+                );
+                RaftNode::force_new_cluster(
+                    &Self::node_config(&config, identity.raft_id),
+                    log,
+                    state.clone(),
+                )?
+            } else {
+                log
+            };
+            identity.advertise_addr = advertise.clone();
+            RaftNode::restart(
+                Self::node_config(&config, identity.raft_id),
+                log,
+                state.clone(),
+            )?
+        };
+        state_dir.save_identity(&identity)?;
+        Self::start_raft(
+            config,
+            state_dir,
+            control,
+            identity,
+            credentials,
+            managers,
+            RaftStart {
+                listener,
+                node,
+                state,
+                initial_peers,
+                moved_from,
+            },
+        )
+    }
+
+    fn start_raft(
+        config: DaemonConfig,
+        state_dir: StateDir,
+        control: tokio::net::UnixListener,
+        identity: NodeIdentity,
+        credentials: Credentials,
+        managers: Managers,
+        raft: RaftStart,
+    ) -> Result<Self, NodeError> {
+        let RaftStart {
+            listener,
+            node,
+            state,
+            initial_peers,
+            moved_from,
+        } = raft;
         let transport = GrpcTransport::new(
             identity.raft_id,
             tokio::runtime::Handle::current(),
@@ -461,7 +637,7 @@ impl Daemon {
             node,
             state.clone(),
             DriverConfig {
-                node: node_config(identity.raft_id),
+                node: Self::node_config(&config, identity.raft_id),
                 tick: config.tick_interval,
             },
             transport.clone(),
@@ -477,7 +653,10 @@ impl Daemon {
             Arc::new(SystemClock),
         );
         if let Some(old) = moved_from {
-            tracing::info!("this manager moved from {old} to {advertise}; telling the cluster");
+            tracing::info!(
+                "this manager moved from {old} to {}; telling the cluster",
+                identity.advertise_addr
+            );
             tokio::spawn(announce_address(
                 driver.handle(),
                 identity.clone(),
@@ -487,17 +666,56 @@ impl Daemon {
         tracing::info!(
             node_id = %identity.node_id,
             raft_id = %format!("{:x}", identity.raft_id),
-            "manager listening on {listen}, advertised as {advertise}"
+            "manager listening on {}, advertised as {}",
+            listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            identity.advertise_addr
         );
         Ok(Self {
+            config,
             state_dir,
             identity,
-            listener,
             control,
-            driver,
-            transport,
-            store,
             credentials,
+            managers,
+            role: Role::Manager(Box::new(ManagerParts {
+                listener,
+                driver,
+                transport,
+                store,
+            })),
+        })
+    }
+
+    /// A worker: holds its certificate and renews it. (Running tasks comes with the agent.)
+    fn worker(
+        config: DaemonConfig,
+        state_dir: StateDir,
+        control: tokio::net::UnixListener,
+        mut identity: NodeIdentity,
+        credentials: Credentials,
+        managers: Managers,
+    ) -> Result<Self, NodeError> {
+        if identity.raft_id != 0 {
+            // A demoted manager: its Raft state belongs to a membership it no longer has.
+            state_dir.remove_raft()?;
+            identity.raft_id = 0;
+            state_dir.save_identity(&identity)?;
+        }
+        if managers.get().is_empty() {
+            return Err(NodeError::StateDir(format!(
+                "{} names no manager to reach; leave the cluster and join again",
+                state_dir.path().join("node.json").display()
+            )));
+        }
+        tracing::info!(node_id = %identity.node_id, "worker started; managers: {:?}", managers.get());
+        Ok(Self {
+            config,
+            state_dir,
+            identity,
+            control,
+            credentials,
+            managers,
+            role: Role::Worker,
         })
     }
 
@@ -505,85 +723,186 @@ impl Daemon {
         &self.identity
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener")
+    /// The role this node runs as.
+    pub fn role(&self) -> NodeRole {
+        match self.role {
+            Role::Manager(_) => NodeRole::Manager,
+            Role::Worker => NodeRole::Worker,
+        }
     }
 
-    /// Serves until `shutdown` resolves, then stops cleanly.
+    /// The remote API's address (managers only).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.role {
+            Role::Manager(parts) => parts.listener.local_addr().ok(),
+            Role::Worker => None,
+        }
+    }
+
+    /// Serves until `shutdown` resolves, the node leaves, or its role changes; then stops
+    /// cleanly and says which.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), NodeError> {
+    ) -> Result<Outcome, NodeError> {
         let Daemon {
+            config,
             state_dir,
-            identity: _,
-            listener,
+            identity,
             control,
-            driver,
-            transport,
-            store,
             credentials,
+            managers,
+            role,
         } = self;
-        let authorizer = Authorizer::new(store.clone(), credentials.identity().cluster_id);
-        let managers_only = || authorizer.interceptor(Access::Managers);
-
-        let handle = driver.handle();
-        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-        let mut local_stopping = stopping.clone();
-        let shutdown = async move {
-            shutdown.await;
-            let _ = stopping_tx.send(true);
+        // `stopping` stops every server and loop of this node; `shutdown` is one reason.
+        let (stopping_tx, stopping) = watch::channel(false);
+        let (leave_tx, mut leave_rx) = mpsc::channel::<LeaveRequest>(1);
+        let (role_tx, mut role_rx) = mpsc::channel::<NodeRole>(1);
+        let renewer = Renewer::new(
+            state_dir.path().to_path_buf(),
+            credentials.clone(),
+            managers.clone(),
+            config.clock.clone(),
+            config.renewal_check,
+        );
+        let renewer = tokio::spawn(renewer.run(stopping.clone(), role_tx));
+        let local_swarm = SwarmServer::new(LocalSwarm::new(
+            credentials.clone(),
+            managers.clone(),
+            leave_tx,
+        ));
+        let until_stopping = |mut s: watch::Receiver<bool>| async move {
+            let _ = s.wait_for(|s| *s).await;
         };
-        let local = tonic::transport::Server::builder()
-            .add_service(ControlServer::new(ControlApi::new(
-                store.clone(),
-                handle.clone(),
-            )))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(control),
-                async move {
-                    let _ = local_stopping.wait_for(|s| *s).await;
-                },
-            );
-        let local = tokio::spawn(local);
-        let raft = RaftService::new(handle.clone(), stopping);
-        let ca = CaServerImpl::new(store.clone(), handle.clone(), authorizer.clone());
-        let server = tonic::transport::Server::builder()
-            .initial_stream_window_size(Some(shoal_raft::transport::WINDOW_BYTES))
-            .initial_connection_window_size(Some(shoal_raft::transport::WINDOW_BYTES))
-            .add_service(InterceptedService::new(
-                RaftServer::new(raft.clone())
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX),
-                managers_only(),
-            ))
-            .add_service(RaftMembershipServer::with_interceptor(
-                raft,
-                managers_only(),
-            ))
-            .add_service(CaServer::new(ca.clone()))
-            .add_service(NodeCaServer::new(ca))
-            .add_service(ControlServer::with_interceptor(
-                ControlApi::new(store, handle),
-                managers_only(),
-            ))
-            .serve_with_incoming_shutdown(shoal_tls::listen(listener, credentials), shutdown);
-        let served = server.await.map_err(|e| NodeError::Serve(e.to_string()));
-        let _ = local.await;
-        transport.shutdown();
-        // Joining the Raft thread blocks; do it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || driver.stop()).await;
+        let shutdown = tokio::spawn(shutdown);
+
+        let (outcome, served) = match role {
+            Role::Worker => {
+                let local = tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(NotAManager)
+                        .add_service(local_swarm)
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::UnixListenerStream::new(control),
+                            until_stopping(stopping.clone()),
+                        ),
+                );
+                let outcome = tokio::select! {
+                    _ = shutdown => Reason::Stop,
+                    Some(request) = leave_rx.recv() => Reason::Leave(request),
+                    Some(role) = role_rx.recv() => Reason::Role(role),
+                };
+                let _ = stopping_tx.send(true);
+                let served = local.await.map_err(|e| NodeError::Serve(e.to_string()))?;
+                (outcome, served.map_err(|e| NodeError::Serve(e.to_string())))
+            }
+            Role::Manager(parts) => {
+                let ManagerParts {
+                    listener,
+                    driver,
+                    transport,
+                    store,
+                } = *parts;
+                let handle = driver.handle();
+                let authorizer = Authorizer::new(store.clone(), credentials.identity().cluster_id);
+                let managers_only = || authorizer.interceptor(Access::Managers);
+                let local = tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(ControlServer::new(ControlApi::new(
+                            store.clone(),
+                            handle.clone(),
+                        )))
+                        .add_service(local_swarm)
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::UnixListenerStream::new(control),
+                            until_stopping(stopping.clone()),
+                        ),
+                );
+                let raft = RaftService::new(handle.clone(), stopping.clone());
+                let ca = CaServerImpl::new(store.clone(), handle.clone(), authorizer.clone());
+                let remote = tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .initial_stream_window_size(Some(shoal_raft::transport::WINDOW_BYTES))
+                        .initial_connection_window_size(Some(shoal_raft::transport::WINDOW_BYTES))
+                        .add_service(InterceptedService::new(
+                            RaftServer::new(raft.clone())
+                                .max_decoding_message_size(usize::MAX)
+                                .max_encoding_message_size(usize::MAX),
+                            managers_only(),
+                        ))
+                        .add_service(RaftMembershipServer::with_interceptor(
+                            raft,
+                            managers_only(),
+                        ))
+                        .add_service(CaServer::new(ca.clone()))
+                        .add_service(NodeCaServer::new(ca))
+                        .add_service(ControlServer::with_interceptor(
+                            ControlApi::new(store, handle.clone()),
+                            managers_only(),
+                        ))
+                        .serve_with_incoming_shutdown(
+                            shoal_tls::listen(listener, credentials.clone()),
+                            until_stopping(stopping.clone()),
+                        ),
+                );
+                // The managers this node renews its certificate with: the Raft members.
+                let follow_members = tokio::spawn(follow_members(handle.clone(), managers.clone()));
+                let mut status = handle.watch_status();
+                let outcome = tokio::select! {
+                    _ = shutdown => Reason::Stop,
+                    Some(request) = leave_rx.recv() => Reason::Leave(request),
+                    Some(role) = role_rx.recv() => Reason::Role(role),
+                    _ = status.wait_for(|s| s.removed) => Reason::RemovedFromRaft,
+                };
+                if let Reason::Leave(LeaveRequest { force: true }) = &outcome {
+                    leave_raft(&handle, &identity, &credentials, &managers).await;
+                }
+                let _ = stopping_tx.send(true);
+                follow_members.abort();
+                let served = remote.await.map_err(|e| NodeError::Serve(e.to_string()))?;
+                let _ = local.await;
+                transport.shutdown();
+                // Joining the Raft thread blocks; do it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || driver.stop()).await;
+                (outcome, served.map_err(|e| NodeError::Serve(e.to_string())))
+            }
+        };
+        let _ = stopping_tx.send(true);
+        let _ = renewer.await;
+        served?;
+        let outcome = match outcome {
+            Reason::Stop => Outcome::Stopped,
+            Reason::Leave(_) => {
+                state_dir.forget_cluster()?;
+                tracing::info!("left the cluster; the node's cluster state is gone");
+                Outcome::Left
+            }
+            Reason::Role(role) => {
+                tracing::info!("this node is now a {}; restarting as one", role_name(role));
+                Outcome::RoleChanged(role)
+            }
+            Reason::RemovedFromRaft => {
+                tracing::info!(
+                    "this manager was removed from Raft (demoted); getting a worker certificate"
+                );
+                demoted(&state_dir, &credentials, &managers).await?;
+                Outcome::RoleChanged(NodeRole::Worker)
+            }
+        };
         drop(state_dir);
         tracing::info!("stopped");
-        served
+        Ok(outcome)
     }
 
-    /// Serves in the background; [`RunningDaemon::stop`] stops it.
+    /// Serves a manager in the background; [`RunningDaemon::stop`] stops it.
     pub fn spawn(self) -> RunningDaemon {
+        let Role::Manager(parts) = &self.role else {
+            panic!("Daemon::spawn serves managers only");
+        };
+        let handle = parts.driver.handle();
+        let store = parts.store.clone();
+        let addr = parts.listener.local_addr().expect("bound listener");
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = self.driver.handle();
-        let store = self.store.clone();
-        let addr = self.local_addr();
         let task = tokio::spawn(self.serve(async move {
             let _ = stopped.await;
         }));
@@ -594,6 +913,120 @@ impl Daemon {
             store,
             addr,
         }
+    }
+}
+
+/// Why the serve loop ended.
+enum Reason {
+    Stop,
+    Leave(LeaveRequest),
+    Role(NodeRole),
+    RemovedFromRaft,
+}
+
+/// What a new manager needs to start Raft.
+struct RaftStart {
+    listener: tokio::net::TcpListener,
+    node: RaftNode,
+    state: Arc<StateMachine>,
+    initial_peers: Vec<RaftMember>,
+    moved_from: Option<String>,
+}
+
+fn role_name(role: NodeRole) -> &'static str {
+    match role {
+        NodeRole::Manager => "manager",
+        NodeRole::Worker => "worker",
+    }
+}
+
+/// Keeps `managers` equal to the Raft members' addresses, the leader first.
+async fn follow_members(handle: RaftHandle, managers: Managers) {
+    let mut status = handle.watch_status();
+    loop {
+        let addrs = {
+            let s = status.borrow_and_update();
+            let mut members: Vec<&RaftMember> = s.members.values().collect();
+            members.sort_by_key(|m| Some(m.raft_id) != s.leader);
+            members
+                .into_iter()
+                .filter(|m| !m.addr.is_empty())
+                .map(|m| m.addr.clone())
+                .collect::<Vec<_>>()
+        };
+        managers.set(addrs);
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A manager leaving by force takes itself out of Raft first when it can, so the others do
+/// not count a member that will never come back.
+async fn leave_raft(
+    handle: &RaftHandle,
+    identity: &NodeIdentity,
+    credentials: &Credentials,
+    managers: &Managers,
+) {
+    let attempt = async {
+        if handle.status().is_leader {
+            handle
+                .remove_member(identity.raft_id)
+                .await
+                .map_err(|e| NodeError::Refused(e.to_string()))
+        } else {
+            let others = Managers::new(
+                managers
+                    .get()
+                    .into_iter()
+                    .filter(|a| *a != identity.advertise_addr)
+                    .collect(),
+            );
+            crate::renewal::call_leader(&Dialer::mutual(credentials.clone()), &others, |ch| {
+                let member = RaftMember {
+                    raft_id: identity.raft_id,
+                    node_id: identity.node_id.clone(),
+                    addr: identity.advertise_addr.clone(),
+                };
+                async move {
+                    RaftMembershipClient::new(ch)
+                        .leave(shoal_api::v1::LeaveRequest { node: Some(member) })
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .await
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(())) => tracing::info!("removed this manager from Raft"),
+        Ok(Err(e)) => tracing::warn!("could not remove this manager from Raft: {e}"),
+        Err(_) => tracing::warn!("could not remove this manager from Raft in time"),
+    }
+}
+
+/// After removal from Raft: renews until the CA hands out a worker certificate.
+async fn demoted(
+    state_dir: &StateDir,
+    credentials: &Credentials,
+    managers: &Managers,
+) -> Result<(), NodeError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match crate::renewal::renew(state_dir.path(), credentials, managers).await {
+            Ok(identity) if identity.role == NodeRole::Worker => return Ok(()),
+            Ok(_) => tracing::info!("the CA still has this node as a manager; retrying"),
+            Err(e) => tracing::warn!("getting a worker certificate failed: {e}; retrying"),
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(NodeError::Refused(
+                "this manager was removed from Raft but the cluster did not give it a worker \
+                 certificate; restart it to try again, or leave the cluster and join again"
+                    .into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

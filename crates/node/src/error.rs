@@ -22,6 +22,14 @@ pub enum NodeError {
 
     #[error("serving the remote API failed: {0}")]
     Serve(String),
+
+    /// A manager answered, and said no: retrying the same request will not help.
+    #[error("refused: {0}")]
+    Refused(String),
+
+    /// No manager could be reached.
+    #[error("no manager could be reached: {0}")]
+    Unreachable(String),
 }
 
 impl NodeError {

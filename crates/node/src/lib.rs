@@ -13,8 +13,10 @@
 pub mod certificates;
 mod daemon;
 mod error;
+mod local;
+pub mod renewal;
 mod state_dir;
 
-pub use daemon::{Daemon, DaemonConfig, RunningDaemon};
+pub use daemon::{Daemon, DaemonConfig, Outcome, RunningDaemon};
 pub use error::NodeError;
 pub use state_dir::{NodeIdentity, StateDir, default_state_dir};

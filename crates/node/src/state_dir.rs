@@ -19,6 +19,10 @@ pub struct NodeIdentity {
     pub raft_id: u64,
     /// The address other managers reach it at.
     pub advertise_addr: String,
+    /// Managers this node knows (`host:port`), for a node that is not one: where it renews
+    /// its certificate and finds the cluster after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
 }
 
 /// `/var/lib/shoal` as root, else `$XDG_DATA_HOME/shoal` or `~/.local/share/shoal`.
@@ -119,6 +123,26 @@ impl StateDir {
         }
     }
 
+    /// Forgets the Raft log and snapshot (a manager that became a worker).
+    pub fn remove_raft(&self) -> Result<(), NodeError> {
+        remove_all(&self.raft_dir())
+    }
+
+    /// Forgets everything about the cluster: identity, certificates, Raft state (the node
+    /// left). The directory itself and its lock stay.
+    pub fn forget_cluster(&self) -> Result<(), NodeError> {
+        remove_all(&self.raft_dir())?;
+        remove_all(&self.path.join("certificates"))?;
+        match std::fs::remove_file(self.identity_path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(NodeError::io(
+                format!("removing {}", self.identity_path().display()),
+                e,
+            )),
+        }
+    }
+
     /// Writes the identity durably (temporary file, fsync, rename, fsync directory).
     pub fn save_identity(&self, identity: &NodeIdentity) -> Result<(), NodeError> {
         let path = self.identity_path();
@@ -132,6 +156,14 @@ impl StateDir {
             File::open(&self.path)?.sync_all()
         };
         write().map_err(|e| NodeError::io(format!("writing {}", path.display()), e))
+    }
+}
+
+fn remove_all(path: &Path) -> Result<(), NodeError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NodeError::io(format!("removing {}", path.display()), e)),
     }
 }
 
@@ -159,6 +191,7 @@ mod tests {
             node_id: "n".into(),
             raft_id: 7,
             advertise_addr: "a:1".into(),
+            managers: vec!["m:1".into()],
         };
         state.save_identity(&id).unwrap();
         assert_eq!(state.identity().unwrap(), Some(id));

@@ -1,5 +1,6 @@
-//! The `shoal` binary. `shoal daemon` runs a node (coming with the daemon); every other
-//! command is a client of a node's Control API. Commands live one per module under `commands/`.
+//! The `shoal` binary. `shoal daemon` runs a node; every other command is a client of a node's
+//! Control API, reached on its local control socket. Commands live one per module under
+//! `commands/`: parse the arguments, apply them, render the result.
 
 mod commands;
 mod logging;
@@ -9,6 +10,7 @@ mod logging;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +19,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Control socket of the node to talk to [default: $SHOAL_SOCKET, else
+    /// <default state dir>/control.sock]
+    #[arg(short = 's', long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,14 +31,28 @@ struct Cli {
 enum Command {
     /// Run a node
     Daemon(Box<commands::daemon::Args>),
+    /// Manage the swarm: join tokens, settings, leaving
+    Swarm(commands::swarm::Args),
+    /// Manage the swarm's nodes
+    Node(commands::node::Args),
     /// Show the version of Shoal
     Version(commands::version::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.command {
+        Command::Daemon(_) if cli.socket.is_some() => Err(
+            "-s/--socket names the socket client commands talk to; `shoal daemon` listens on \
+             --listen-control-api PATH"
+                .to_string(),
+        ),
         Command::Daemon(args) => commands::daemon::run(*args),
+        Command::Swarm(args) => commands::swarm::run(cli.socket, args),
+        Command::Node(args) => commands::node::run(cli.socket, args),
         Command::Version(args) => commands::version::run(args),
     };
     match result {
@@ -42,4 +62,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go to stdout with status 0; every other parse error is an error like any
+/// other: `Error: ...` on stderr, status 1.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.render().to_string();
+    match text.strip_prefix("error: ") {
+        Some(rest) => eprint!("Error: {rest}"),
+        None => eprint!("{text}"),
+    }
+    ExitCode::FAILURE
 }

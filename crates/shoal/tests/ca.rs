@@ -233,11 +233,6 @@ async fn refused_tokens_stop_the_join_at_once_and_say_why() {
         ),
         ("rotated", wrong_secret, "matches no current token"),
         ("foreign", foreign.manager.clone(), "CA mismatch"),
-        (
-            "worker",
-            mine.worker.clone(),
-            "admits this node as a worker",
-        ),
     ];
     for (name, token, reason) in cases {
         let (code, logs) = join_with(dir.path(), name, &m1.addr, &token);

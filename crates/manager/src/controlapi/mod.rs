@@ -7,6 +7,7 @@
 
 mod cluster;
 mod config;
+mod node;
 
 use shoal_raft::RaftHandle;
 use shoal_raft::service::{not_leader, to_status};
@@ -100,30 +101,38 @@ impl shoal_api::v1::control_server::Control for ControlApi {
 
     async fn get_node(
         &self,
-        _request: tonic::Request<shoal_api::v1::GetNodeRequest>,
+        request: tonic::Request<shoal_api::v1::GetNodeRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::GetNodeResponse>, Status> {
-        Err(unimplemented("get_node"))
+        self.get_node(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn list_nodes(
         &self,
-        _request: tonic::Request<shoal_api::v1::ListNodesRequest>,
+        request: tonic::Request<shoal_api::v1::ListNodesRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::ListNodesResponse>, Status> {
-        Err(unimplemented("list_nodes"))
+        self.list_nodes(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn update_node(
         &self,
-        _request: tonic::Request<shoal_api::v1::UpdateNodeRequest>,
+        request: tonic::Request<shoal_api::v1::UpdateNodeRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::UpdateNodeResponse>, Status> {
-        Err(unimplemented("update_node"))
+        self.update_node(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn remove_node(
         &self,
-        _request: tonic::Request<shoal_api::v1::RemoveNodeRequest>,
+        request: tonic::Request<shoal_api::v1::RemoveNodeRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveNodeResponse>, Status> {
-        Err(unimplemented("remove_node"))
+        self.remove_node(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn get_task(

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shoal_node::{Daemon, DaemonConfig, default_state_dir};
+use shoal_node::{Daemon, DaemonConfig, Outcome, default_state_dir};
 
 /// Arguments of `shoal daemon`.
 #[derive(clap::Args, Debug)]
@@ -99,11 +99,37 @@ pub fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
     runtime.block_on(async move {
-        let daemon = Daemon::start(config).await.map_err(|e| e.to_string())?;
-        daemon
-            .serve(shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        // A node whose role changes (promoted, demoted) starts again in its new role.
+        loop {
+            let daemon = Daemon::start(config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut stop = stop.clone();
+            let outcome = daemon
+                .serve(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            match outcome {
+                Outcome::Stopped => return Ok(()),
+                Outcome::Left => {
+                    eprintln!("Node left the swarm.");
+                    return Ok(());
+                }
+                Outcome::RoleChanged(_) => {
+                    config.init = false;
+                    config.join_addr = None;
+                    config.join_token = None;
+                    config.force_new_cluster = false;
+                }
+            }
+        }
     })
 }
 

@@ -307,10 +307,10 @@ pub async fn join_manager(dir: &Path, name: &str, leader: &str) -> Manager {
     m
 }
 
-/// A Control API client over a node's local control socket.
-pub async fn local_client(socket: &Path) -> ControlClient<Channel> {
+/// A channel to a node's local control socket.
+pub async fn local_channel(socket: &Path) -> Channel {
     let socket = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+    tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let socket = socket.clone();
             async move {
@@ -320,6 +320,25 @@ pub async fn local_client(socket: &Path) -> ControlClient<Channel> {
             }
         }))
         .await
-        .expect("connect to the control socket");
-    ControlClient::new(channel)
+        .expect("connect to the control socket")
+}
+
+/// A Control API client over a node's local control socket.
+pub async fn local_client(socket: &Path) -> ControlClient<Channel> {
+    ControlClient::new(local_channel(socket).await)
+}
+
+/// Starts a worker that joins through `manager` with the worker token, once it has its
+/// certificate.
+pub async fn join_worker(dir: &Path, name: &str, manager: &str) -> Manager {
+    let token = join_tokens(manager).await.worker;
+    let w = Manager::start(dir, name, &["--join-addr", manager, "--join-token", &token]);
+    let certs = w.state_dir.join("certificates/node.crt");
+    eventually(
+        &format!("{name} to get its certificate"),
+        Duration::from_secs(20),
+        async || certs.exists().then_some(()),
+    )
+    .await;
+    w
 }

@@ -1,0 +1,1981 @@
+//! The dispatcher: the manager's side of every agent. This first part keeps *sessions* and
+//! *heartbeats*, so that the cluster knows which nodes are up; assignments and task status
+//! reports come with task execution.
+//!
+//! ## What it does
+//!
+//! An agent opens a session with `Dispatcher.Session`. The leader checks that the caller's
+//! node (from its certificate) is still a member, gives it a new random session ID —
+//! replacing any session the node had — and writes the node READY, with the address it
+//! called from and the description it sent. The answer is a stream: first a `SessionMessage`
+//! with the session ID, the node, the managers (Raft members, weight 10) and the cluster's
+//! root certificate; then a new message (same session ID) whenever the Node object changes in
+//! the store or the list of managers changes. The agent then calls `Dispatcher.Heartbeat`
+//! with its session ID; each heartbeat moves the session's deadline to
+//! now + period × [`GRACE_PERIOD_MULTIPLIER_NORMAL`] and tells the agent the period (the
+//! cluster spec's `dispatcher.heartbeat_period`, else [`HEARTBEAT_PERIOD`]). A sweep drops the
+//! sessions past their deadline and writes their nodes DOWN ("heartbeat failure"). When a
+//! manager becomes leader, every node READY in the store without a session here gets
+//! period × [`GRACE_PERIOD_MULTIPLIER_UNKNOWN`] to reconnect before it goes DOWN.
+//!
+//! The decisions live in a private state machine, `Sessions`: synchronous, fed with the time,
+//! unit-tested with a driven clock. The gRPC handlers and the sweep are a thin shell that
+//! reads the store and Raft status, feeds the state machine, and writes what it decides.
+//!
+//! ## The async shell
+//!
+//! The shell runs on the daemon's tokio runtime:
+//!
+//! - **The sweep** is one tokio task, spawned by [`Dispatcher::start`] and owned by the
+//!   [`DispatcherTask`] it returns. It waits on three things at once: the stop signal, Raft's
+//!   status (`RaftHandle::watch_status`, so a change of leadership or of the manager list is
+//!   acted on at once) and the time of its next round (`tokio::time::sleep_until`), in which
+//!   it also looks at the status again, in case the watch ended with the Raft node. Its store
+//!   writes are plain `.await`s.
+//! - **Each session** has a `tokio::sync::watch` channel: the state machine holds the sender
+//!   and sends on it, without awaiting, when the session ends (the value: why) or when the
+//!   managers changed (a send that leaves the value as it is). The session's stream holds the
+//!   receiver and waits on it and on the store's subscription together; it is a
+//!   `futures_util::stream::unfold` over the session's state, so it runs on whatever task
+//!   tonic polls it on, and no task of ours serves a stream.
+//! - The state machine's lock is a `std::sync::Mutex`, taken briefly and never across an
+//!   `.await`.
+//!
+//! ## Using it (the daemon's part)
+//!
+//! ```text
+//! let dispatcher = Dispatcher::new(store, raft_handle, authorizer, Arc::new(SystemClock));
+//! let task = dispatcher.start();          // the sweep: a tokio task; exactly once per
+//!                                         // dispatcher, from within the runtime
+//! server.add_service(DispatcherServer::new(dispatcher.clone()))  // over mutual TLS
+//! ...
+//! // on shutdown, BEFORE waiting for the gRPC server to drain:
+//! task.stop().await;                      // ends every session stream, refuses new ones
+//! ```
+//!
+//! - Serve it on the TLS listener (`shoal_tls::listen`): every call needs the caller's node
+//!   certificate ([`Access::Nodes`]), which the authorizer reads from the connection. There is
+//!   no interceptor to add: the handlers authorize themselves.
+//! - Session streams never end on their own while the node is healthy, and tonic's graceful
+//!   shutdown waits for open streams. So [`DispatcherTask::stop`] must run as part of the
+//!   server's shutdown signal (e.g. inside the future given to
+//!   `serve_with_incoming_shutdown`, after the stop signal), not after the server returned.
+//!   `stop` is final: afterwards every stream has ended with UNAVAILABLE ("this manager is
+//!   shutting down") and new sessions are refused the same way.
+//! - Without [`Dispatcher::start`] sessions still open and heartbeat, but nothing ever goes
+//!   DOWN and leadership changes are noticed only by the calls themselves.
+//! - Dropping a [`DispatcherTask`] without `stop` also ends every session and refuses new
+//!   ones, and aborts the sweep task without waiting for it (a DOWN write in flight may then
+//!   be committed or not).
+//!
+//! ## Invariants
+//!
+//! 1. A node has at most one session. Opening a session replaces the previous one: its
+//!    stream ends (ABORTED, "replaced") and its heartbeats are refused (NOT_FOUND).
+//! 2. Only the leader holds sessions, and they belong to one leadership term. On losing
+//!    leadership every session ends and its stream closes with the not-leader status, whose
+//!    metadata names the leader so the agent follows it in one hop (heartbeats and sessions
+//!    on a follower are refused the same way); on finding a new term while still leading,
+//!    the older sessions end with UNAVAILABLE and the agents open new ones here.
+//! 3. A node is written DOWN only by the leader, only after its deadline passed (strictly),
+//!    and only if it has no session at the moment the write is built. A reconnect racing the
+//!    DOWN write is settled by the store's version check: the loser is refused as out of
+//!    sequence, re-reads, and retries (the sweep then sees the new session and skips it).
+//! 4. A heartbeat that arrives after its session's deadline is refused, even if the sweep has
+//!    not run yet: a session never outlives period × 3 without a heartbeat in time.
+//! 5. Time comes from the injected [`Clock`]; the sweep's own pacing uses real time.
+//! 6. Lock order: the store's lock may be held when the sessions lock is taken (the DOWN write
+//!    checks for a session inside its transaction), never the reverse.
+//! 7. Nothing runs detached: the sweep is one tokio task owned by the [`DispatcherTask`], and
+//!    session streams run on the tasks that poll them.
+//!
+//! ## Testing
+//!
+//! The state machine is tested on a driven clock ([`ManualClock`]); the handlers and the sweep
+//! on a real store and authorizer, with Raft's status stood in for by a settable `watch`
+//! channel behind the private `Leadership` trait (a single-node Raft cannot be started from
+//! this crate: its transport trait names types of the `raft` crate, which is not a dependency
+//! here). Tests wait for events (a stream item, a completed sweep round), not for time.
+//!
+//! [`ManualClock`]: shoal_api::clock::ManualClock
+//!
+//! ## Where this departs from SwarmKit, and why
+//!
+//! - **Expiry by sweep**, every min(period / 2, 1 s) (configurable for tests), instead of one
+//!   timer per node: a node may be written DOWN up to one round late; invariant 4 keeps late
+//!   heartbeats from reviving it meanwhile.
+//! - **On a leader change** SwarmKit writes every node UNKNOWN and gives them all the longer
+//!   grace. We write nothing: nodes READY in the store keep their status and get the longer
+//!   grace; nodes in any other state are left alone (they are not up as far as the store
+//!   knows). This saves one write per node per election.
+//! - **Status writes are single transactions** (retried on conflict), not SwarmKit's batched
+//!   node updates; batching can come when thousands of agents reconnect at once matter.
+//! - **The heartbeat answer is the exact period** (SwarmKit adds a random epsilon); jitter,
+//!   if any, is the agent's to add.
+//! - **Manager list updates are deduplicated**: a stream sends one only when the list differs
+//!   from the one it last sent, so the sweep may announce changes liberally.
+//! - **Ended streams say why** (replaced, expired, not leader, node removed, shutting down).
+//! - **Not yet:** the registration rate limit, network bootstrap keys, node description
+//!   updates beyond the one sent with `Session`, `Assignments` and `UpdateTaskStatus` (both
+//!   answer UNIMPLEMENTED).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{self, BoxStream, Stream, StreamExt};
+
+use shoal_api::clock::Clock;
+use shoal_api::defaults::{
+    GRACE_PERIOD_MULTIPLIER_NORMAL, GRACE_PERIOD_MULTIPLIER_UNKNOWN, HEARTBEAT_PERIOD,
+};
+use shoal_api::v1::dispatcher_server;
+use shoal_api::v1::{
+    AssignmentsMessage, AssignmentsRequest, Cluster, HeartbeatRequest, HeartbeatResponse, Node,
+    NodeStatus, ObjectKind, RaftMember, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse, WeightedPeer, node_status,
+};
+use shoal_ca::NodeIdentity;
+use shoal_raft::{RaftHandle, RaftStatus};
+use shoal_store::{
+    Action, By, ErrorClass, Event, Filter, Object, Reader, Store, StoreError, Subscription,
+    WatchError,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::codegen::tokio_stream;
+use tonic::{Request, Response, Status};
+
+use crate::authorize::{Access, Authorizer};
+use crate::status::store_status;
+
+/// Weight of every manager in the list sent to agents (SwarmKit's default weight).
+const MANAGER_WEIGHT: i64 = 10;
+/// The longest pause between two sweeps, whatever the heartbeat period: the sweep also
+/// looks at leadership and the manager list (should the watch on Raft's status have ended).
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest pause between two sweeps.
+const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+/// Attempts at a node write that keeps being refused as out of sequence.
+const WRITE_ATTEMPTS: usize = 5;
+/// The message of a node written DOWN because its heartbeats stopped.
+const HEARTBEAT_FAILURE: &str = "heartbeat failure";
+
+// --- The state machine --------------------------------------------------------------------
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EndReason {
+    /// The node opened a newer session.
+    Replaced,
+    /// No heartbeat arrived before the deadline.
+    Expired,
+    /// This manager stopped leading, or leads a new term.
+    LeadershipLost,
+    /// The node's object was removed from the store.
+    NodeRemoved,
+    /// The session was opened but the node could not be marked READY.
+    Abandoned,
+    /// The dispatcher stopped.
+    Stopped,
+}
+
+/// What a session's stream is told.
+#[derive(Debug, PartialEq, Eq)]
+enum News {
+    Ended(EndReason),
+    ManagersChanged,
+}
+
+/// How the state machine tells one session's stream that it ended or that the managers
+/// changed: the sending half of the session's `watch` channel, whose value is why the session
+/// ended, if it did. Sending never waits, so it is done with the sessions lock held.
+struct Signal(watch::Sender<Option<EndReason>>);
+
+/// The stream's half of the session's channel.
+struct Listener(watch::Receiver<Option<EndReason>>);
+
+impl Signal {
+    fn new() -> (Signal, Listener) {
+        let (sender, receiver) = watch::channel(None);
+        (Signal(sender), Listener(receiver))
+    }
+
+    /// Ends the session; the first reason given is the one reported.
+    fn end(&self, reason: EndReason) {
+        self.0.send_if_modified(|ended| {
+            if ended.is_some() {
+                return false;
+            }
+            *ended = Some(reason);
+            true
+        });
+    }
+
+    /// Wakes the stream without changing the value: it reads the manager list again.
+    fn managers_changed(&self) {
+        self.0.send_modify(|_| {});
+    }
+}
+
+impl Listener {
+    /// Waits for the next news. An end wins over a manager change sent before it; changes
+    /// that come before the stream looks are reported once.
+    async fn next(&mut self) -> News {
+        let open = self.0.changed().await.is_ok();
+        match *self.0.borrow_and_update() {
+            Some(reason) => News::Ended(reason),
+            None if open => News::ManagersChanged,
+            // The state machine drops a session's sender only after ending it; should one be
+            // dropped otherwise, the session is over all the same.
+            None => News::Ended(EndReason::Abandoned),
+        }
+    }
+
+    #[cfg(test)]
+    fn ended(&self) -> Option<EndReason> {
+        *self.0.borrow()
+    }
+}
+
+/// A session just opened.
+struct Opened {
+    id: String,
+    news: Listener,
+}
+
+/// Why a heartbeat or a session was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SessionError {
+    /// The node has no session here (it expired, was replaced, or leadership changed).
+    NoSession,
+    /// The node has another, newer session.
+    Replaced,
+    /// The session is past its deadline.
+    Expired,
+    /// The dispatcher stopped.
+    Stopped,
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SessionError::NoSession => {
+                "this manager holds no session for the node (it expired, or leadership changed)"
+            }
+            SessionError::Replaced => "the node opened a newer session since",
+            SessionError::Expired => "it expired: no heartbeat arrived within the grace period",
+            SessionError::Stopped => "this manager is shutting down",
+        })
+    }
+}
+
+struct Live {
+    id: String,
+    signal: Signal,
+}
+
+/// A node this manager expects to hear from: with a session, or (after an election) without
+/// one yet.
+struct Entry {
+    live: Option<Live>,
+    deadline: SystemTime,
+}
+
+/// The dispatcher's decisions: which node has which session, and until when. Synchronous; the
+/// time is an input.
+struct Sessions {
+    period: Duration,
+    /// The leadership term the sessions belong to; `None` while not leading.
+    term: Option<u64>,
+    stopped: bool,
+    nodes: BTreeMap<String, Entry>,
+}
+
+impl Sessions {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            term: None,
+            stopped: false,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// The heartbeat period deadlines are computed from from now on.
+    fn set_period(&mut self, period: Duration) {
+        self.period = period;
+    }
+
+    fn term(&self) -> Option<u64> {
+        self.term
+    }
+
+    fn end_all(&mut self, reason: EndReason) {
+        for entry in std::mem::take(&mut self.nodes).into_values() {
+            if let Some(live) = entry.live {
+                live.signal.end(reason);
+            }
+        }
+    }
+
+    /// This manager leads `term`. Sessions of an earlier term end; `ready` nodes (READY in the
+    /// store) without a session get the longer, post-election grace.
+    fn lead(&mut self, term: u64, ready: impl IntoIterator<Item = String>, now: SystemTime) {
+        if self.stopped || self.term == Some(term) {
+            return;
+        }
+        self.end_all(EndReason::LeadershipLost);
+        self.term = Some(term);
+        self.adopt_unknown(ready, now);
+    }
+
+    /// This manager does not lead: every session ends.
+    fn step_down(&mut self) {
+        self.end_all(EndReason::LeadershipLost);
+        self.term = None;
+    }
+
+    /// The dispatcher stops: every session ends and no new one opens.
+    fn stop(&mut self) {
+        self.end_all(EndReason::Stopped);
+        self.term = None;
+        self.stopped = true;
+    }
+
+    /// Nodes believed up but not connected here get period × UNKNOWN multiplier to connect.
+    fn adopt_unknown(&mut self, node_ids: impl IntoIterator<Item = String>, now: SystemTime) {
+        let deadline = now + self.period * GRACE_PERIOD_MULTIPLIER_UNKNOWN;
+        for id in node_ids {
+            self.nodes.entry(id).or_insert(Entry {
+                live: None,
+                deadline,
+            });
+        }
+    }
+
+    /// Opens a session for `node_id`, replacing the one it had.
+    fn open(&mut self, node_id: &str, now: SystemTime) -> Result<Opened, SessionError> {
+        if self.stopped {
+            return Err(SessionError::Stopped);
+        }
+        let id = shoal_api::id::new_id();
+        let (signal, news) = Signal::new();
+        let entry = Entry {
+            live: Some(Live {
+                id: id.clone(),
+                signal,
+            }),
+            deadline: now + self.period * GRACE_PERIOD_MULTIPLIER_NORMAL,
+        };
+        if let Some(old) = self.nodes.insert(node_id.to_string(), entry)
+            && let Some(live) = old.live
+        {
+            live.signal.end(EndReason::Replaced);
+        }
+        Ok(Opened { id, news })
+    }
+
+    /// A heartbeat of `session_id`: moves its deadline to now + period × NORMAL multiplier.
+    fn heartbeat(
+        &mut self,
+        node_id: &str,
+        session_id: &str,
+        now: SystemTime,
+    ) -> Result<(), SessionError> {
+        if self.stopped {
+            return Err(SessionError::Stopped);
+        }
+        let grace = self.period * GRACE_PERIOD_MULTIPLIER_NORMAL;
+        let entry = self.nodes.get_mut(node_id).ok_or(SessionError::NoSession)?;
+        match &entry.live {
+            Some(live) if live.id == session_id => {}
+            Some(_) => return Err(SessionError::Replaced),
+            None => return Err(SessionError::NoSession),
+        }
+        if now > entry.deadline {
+            // Left for the sweep, which writes the node DOWN.
+            return Err(SessionError::Expired);
+        }
+        entry.deadline = now + grace;
+        Ok(())
+    }
+
+    /// Drops every node past its deadline and returns their IDs, in order.
+    fn expired(&mut self, now: SystemTime) -> Vec<String> {
+        let ids: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, e)| now > e.deadline)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            if let Some(live) = self.nodes.remove(id).and_then(|e| e.live) {
+                live.signal.end(EndReason::Expired);
+            }
+        }
+        ids
+    }
+
+    /// Ends `session_id` if it is still the node's session.
+    fn close(&mut self, node_id: &str, session_id: &str, reason: EndReason) {
+        if self.is_current(node_id, session_id)
+            && let Some(live) = self.nodes.remove(node_id).and_then(|e| e.live)
+        {
+            live.signal.end(reason);
+        }
+    }
+
+    /// A node whose DOWN write failed for a passing reason: the next sweep tries again.
+    fn expire_again(&mut self, node_id: &str, now: SystemTime) {
+        self.nodes.entry(node_id.to_string()).or_insert(Entry {
+            live: None,
+            deadline: now,
+        });
+    }
+
+    fn is_current(&self, node_id: &str, session_id: &str) -> bool {
+        self.nodes
+            .get(node_id)
+            .and_then(|e| e.live.as_ref())
+            .is_some_and(|l| l.id == session_id)
+    }
+
+    /// Whether the node is expected here (with a session, or within its post-election grace).
+    fn has(&self, node_id: &str) -> bool {
+        self.nodes.contains_key(node_id)
+    }
+
+    fn managers_changed(&self) {
+        for live in self.nodes.values().filter_map(|e| e.live.as_ref()) {
+            live.signal.managers_changed();
+        }
+    }
+}
+
+// --- Helpers -----------------------------------------------------------------------------
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .is_some_and(|s| s.state == node_status::State::Ready as i32)
+}
+
+fn not_member(node_id: &str) -> Status {
+    Status::permission_denied(format!(
+        "node {node_id} is not a member of this cluster (it was removed?); join again with a token"
+    ))
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable(
+        "this manager is shutting down; open a session with another manager of the cluster",
+    )
+}
+
+fn node_filter(node_id: &str) -> Filter {
+    let id = node_id.to_string();
+    Filter::all()
+        .kind(ObjectKind::Node)
+        .predicate(move |e: &Event| e.object.id() == id)
+}
+
+// --- The shell ----------------------------------------------------------------------------
+
+/// What the dispatcher needs of Raft: a seam so the handlers can be tested without a Raft
+/// node.
+trait Leadership: Send + Sync + 'static {
+    fn status(&self) -> RaftStatus;
+    /// A receiver that sees every status change (it ends if the Raft node stops).
+    fn watch(&self) -> watch::Receiver<RaftStatus>;
+    /// The status answering a call only the leader serves.
+    fn not_leader(&self) -> Status;
+}
+
+impl Leadership for RaftHandle {
+    fn status(&self) -> RaftStatus {
+        RaftHandle::status(self)
+    }
+
+    fn watch(&self) -> watch::Receiver<RaftStatus> {
+        self.watch_status()
+    }
+
+    fn not_leader(&self) -> Status {
+        shoal_raft::service::not_leader(self)
+    }
+}
+
+struct Inner {
+    store: Store,
+    leadership: Arc<dyn Leadership>,
+    authorizer: Authorizer,
+    clock: Arc<dyn Clock>,
+    sessions: Mutex<Sessions>,
+    started: AtomicBool,
+    /// The number of sweep rounds completed, for whoever waits for one (the tests).
+    rounds: watch::Sender<u64>,
+}
+
+/// The Dispatcher service of one manager: agent sessions and heartbeats. Cheap to clone; all
+/// clones share the sessions. See the module documentation for how to run it.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over this manager's store and Raft node. `authorizer` checks callers'
+    /// certificates; `clock` gives the time deadlines are measured on. Call
+    /// [`start`](Self::start) once to run the sweep that marks silent nodes DOWN.
+    pub fn new(
+        store: Store,
+        raft: RaftHandle,
+        authorizer: Authorizer,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self::with_leadership(store, Arc::new(raft), authorizer, clock)
+    }
+
+    fn with_leadership(
+        store: Store,
+        leadership: Arc<dyn Leadership>,
+        authorizer: Authorizer,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                leadership,
+                authorizer,
+                clock,
+                sessions: Mutex::new(Sessions::new(HEARTBEAT_PERIOD)),
+                started: AtomicBool::new(false),
+                rounds: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// Starts the sweep, a tokio task: it follows leadership and the manager list as Raft
+    /// reports changes, and every min(heartbeat period / 2, 1 s) drops expired sessions and
+    /// writes their nodes DOWN. Stop it with [`DispatcherTask::stop`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the runtime needs its time driver, as with
+    /// `enable_all`), or if the dispatcher was started before: one sweep per dispatcher.
+    pub fn start(&self) -> DispatcherTask {
+        self.spawn(None)
+    }
+
+    /// [`start`](Self::start), sweeping every `interval` (tests use a few milliseconds).
+    pub fn start_with_interval(&self, interval: Duration) -> DispatcherTask {
+        self.spawn(Some(interval))
+    }
+
+    fn spawn(&self, interval: Option<Duration>) -> DispatcherTask {
+        let runtime = tokio::runtime::Handle::try_current()
+            .expect("Dispatcher::start must be called from within a tokio runtime");
+        assert!(
+            !self.inner.started.swap(true, Ordering::SeqCst),
+            "Dispatcher::start called twice: a dispatcher runs one sweep; stop it with \
+             DispatcherTask::stop (stopping is final)"
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = runtime.spawn(self.inner.clone().run(interval, stopped));
+        DispatcherTask {
+            inner: self.inner.clone(),
+            stop,
+            task: Some(task),
+        }
+    }
+}
+
+impl Inner {
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.store
+            .view(|tx| tx.find::<Cluster>(By::All).into_iter().next())
+    }
+
+    /// The heartbeat period: the cluster spec's, else the default.
+    fn period(&self) -> Duration {
+        self.cluster()
+            .and_then(|c| {
+                c.spec
+                    .as_ref()
+                    .and_then(|s| s.dispatcher.as_ref())
+                    .and_then(|d| d.heartbeat_period.as_ref())
+                    .map(shoal_api::validation::to_std_duration)
+            })
+            .filter(|p| !p.is_zero())
+            .unwrap_or(HEARTBEAT_PERIOD)
+    }
+
+    /// The calling node, if it may talk to the dispatcher.
+    fn caller<T>(&self, request: &Request<T>) -> Result<NodeIdentity, Status> {
+        self.authorizer
+            .check(request, Access::Nodes)?
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "no client certificate: the dispatcher needs a node certificate of this \
+                     cluster; join the cluster with a token first",
+                )
+            })
+    }
+
+    /// Refuses the call unless this manager leads, and brings the sessions to its term.
+    fn require_leader(&self) -> Result<(), Status> {
+        let status = self.leadership.status();
+        if !status.is_leader {
+            self.sync_leadership(&status);
+            return Err(self.leadership.not_leader());
+        }
+        self.sync_leadership(&status);
+        Ok(())
+    }
+
+    /// Brings the sessions to what Raft says: not leading (all end) or leading a term (older
+    /// sessions end, READY nodes get the post-election grace).
+    fn sync_leadership(&self, status: &RaftStatus) {
+        let term = status.is_leader.then_some(status.term);
+        {
+            let mut sessions = self.sessions();
+            if sessions.stopped || sessions.term() == term {
+                return;
+            }
+            if term.is_none() {
+                sessions.step_down();
+                tracing::info!("dispatcher: not the leader any more; every agent session ended");
+                return;
+            }
+        }
+        // Read the store before taking the sessions lock (lock order: store, then sessions).
+        let ready: Vec<String> = self.store.view(|tx| {
+            tx.find::<Node>(By::All)
+                .iter()
+                .filter(|n| is_ready(n))
+                .map(|n| n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default())
+                .collect()
+        });
+        let period = self.period();
+        let now = self.clock.now();
+        let mut sessions = self.sessions();
+        if sessions.stopped || sessions.term() == term {
+            return;
+        }
+        let count = ready.len();
+        sessions.set_period(period);
+        sessions.lead(status.term, ready, now);
+        tracing::info!(
+            term = status.term,
+            "dispatcher: leading term {}; {count} READY node(s) have {:?} to open a session",
+            status.term,
+            period * GRACE_PERIOD_MULTIPLIER_UNKNOWN
+        );
+    }
+
+    fn managers(status: &RaftStatus) -> Vec<WeightedPeer> {
+        status
+            .members
+            .values()
+            .map(|m| WeightedPeer {
+                node_id: m.node_id.clone(),
+                addr: m.addr.clone(),
+                weight: MANAGER_WEIGHT,
+            })
+            .collect()
+    }
+
+    fn message(
+        &self,
+        session_id: &str,
+        node: &Node,
+        managers: Vec<WeightedPeer>,
+    ) -> SessionMessage {
+        let root_ca = self
+            .cluster()
+            .and_then(|c| c.root_ca.as_ref().map(|r| r.ca_cert.clone()))
+            .unwrap_or_default();
+        SessionMessage {
+            session_id: session_id.to_string(),
+            node: Some(node.clone()),
+            managers,
+            network_bootstrap_keys: Vec::new(),
+            root_ca,
+        }
+    }
+
+    /// Changes node `node_id` with `change` (which says whether there is anything to write),
+    /// retrying when a concurrent write got there first. Ok(false): nothing written.
+    async fn write_node(
+        &self,
+        node_id: &str,
+        change: impl Fn(&mut Node) -> bool,
+    ) -> Result<bool, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .store
+                .update(|tx| {
+                    let node = tx
+                        .get::<Node>(node_id)
+                        .ok_or_else(|| StoreError::NotFound {
+                            kind: "node",
+                            what: node_id.to_string(),
+                        })?;
+                    let mut node = (*node).clone();
+                    if !change(&mut node) {
+                        return Ok(false);
+                    }
+                    tx.update(node)?;
+                    Ok(true)
+                })
+                .await;
+            match result {
+                Err(e) if e.is_conflict() && attempt < WRITE_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes the node DOWN unless it has a session again. Ok(false): nothing to write.
+    async fn mark_down(&self, node_id: &str) -> Result<bool, StoreError> {
+        let result = self
+            .write_node(node_id, |node| {
+                // Store lock held here, then the sessions lock: the allowed order.
+                if self.sessions().has(node_id) {
+                    return false;
+                }
+                let status = node.status.get_or_insert_with(NodeStatus::default);
+                if status.state == node_status::State::Down as i32 {
+                    return false;
+                }
+                status.state = node_status::State::Down as i32;
+                status.message = HEARTBEAT_FAILURE.to_string();
+                true
+            })
+            .await;
+        match result {
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            other => other,
+        }
+    }
+
+    /// The sweep task: follows Raft's status as it changes, runs a round at every pause,
+    /// until `stop` says so (or its sender is gone).
+    async fn run(self: Arc<Self>, interval: Option<Duration>, mut stop: watch::Receiver<bool>) {
+        // Ends the sessions even if a round panics or the task is aborted.
+        let _stop_sessions = StopSessions(self.clone());
+        let mut raft = self.leadership.watch();
+        let mut watching = true;
+        let mut members = None;
+        let mut next_round = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                // The only value ever sent is `true`; an error: the owner is gone.
+                _ = stop.changed() => break,
+                changed = raft.changed(), if watching => match changed {
+                    Ok(()) => {
+                        let status = raft.borrow_and_update().clone();
+                        self.follow(&status, &mut members);
+                    }
+                    // The Raft node stopped: the rounds still look at its last status.
+                    Err(_) => watching = false,
+                },
+                () = tokio::time::sleep_until(next_round) => {
+                    self.sweep(&mut members, &stop).await;
+                    self.rounds.send_modify(|n| *n += 1);
+                    let pause = interval.unwrap_or_else(|| {
+                        (self.period() / 2).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL)
+                    });
+                    next_round = Instant::now() + pause;
+                }
+            }
+        }
+    }
+
+    /// Brings the sessions to Raft's `status`, and tells the streams when the manager list
+    /// differs from `members`, the one last seen.
+    fn follow(&self, status: &RaftStatus, members: &mut Option<BTreeMap<u64, RaftMember>>) {
+        self.sync_leadership(status);
+        if !status.is_leader {
+            *members = None;
+            return;
+        }
+        if members.as_ref() != Some(&status.members) {
+            // Also on the first look: a session may have been opened before it, with a list
+            // that has changed since. Streams skip lists they have already sent.
+            self.sessions().managers_changed();
+            *members = Some(status.members.clone());
+        }
+    }
+
+    /// One round of the sweep: follows Raft's status, then writes the expired nodes DOWN, one
+    /// store write at a time, until `stop` says so.
+    async fn sweep(
+        &self,
+        members: &mut Option<BTreeMap<u64, RaftMember>>,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let status = self.leadership.status();
+        self.follow(&status, members);
+        if !status.is_leader {
+            return;
+        }
+        let period = self.period();
+        let now = self.clock.now();
+        let expired = {
+            let mut sessions = self.sessions();
+            sessions.set_period(period);
+            sessions.expired(now)
+        };
+        for node_id in expired {
+            if *stop.borrow() {
+                // Stopping: the sessions end; the next leader gives these nodes its grace.
+                return;
+            }
+            match self.mark_down(&node_id).await {
+                Ok(true) => tracing::warn!(
+                    node_id = %node_id,
+                    "node {node_id} is DOWN: no heartbeat within {:?}",
+                    period * GRACE_PERIOD_MULTIPLIER_NORMAL
+                ),
+                Ok(false) => {}
+                Err(e)
+                    if e.class() == ErrorClass::Unavailable
+                        || !self.leadership.status().is_leader =>
+                {
+                    tracing::info!(
+                        "dispatcher: could not write node {node_id} DOWN ({e}); leadership was \
+                         lost, every agent session ended"
+                    );
+                    self.sessions().step_down();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        node_id = %node_id,
+                        "could not write node {node_id} DOWN: {e}; trying again next round"
+                    );
+                    self.sessions().expire_again(&node_id, now);
+                }
+            }
+        }
+    }
+
+    /// The status a session's stream ends with.
+    fn ended_status(&self, reason: EndReason, node_id: &str, session_id: &str) -> Status {
+        match reason {
+            EndReason::Replaced => Status::aborted(format!(
+                "session {session_id} was replaced by a newer session of node {node_id}; keep \
+                 using the newest session"
+            )),
+            EndReason::Expired => Status::aborted(format!(
+                "session {session_id} of node {node_id} expired: no heartbeat arrived in time; \
+                 open a new session"
+            )),
+            EndReason::LeadershipLost => {
+                if self.leadership.status().is_leader {
+                    Status::unavailable(
+                        "this manager's leadership changed (a new term began); open a new session",
+                    )
+                } else {
+                    let s = self.leadership.not_leader();
+                    Status::with_metadata(
+                        s.code(),
+                        format!(
+                            "{}; the session ended: open a new one with the leader",
+                            s.message()
+                        ),
+                        s.metadata().clone(),
+                    )
+                }
+            }
+            EndReason::NodeRemoved => Status::permission_denied(format!(
+                "node {node_id} was removed from the cluster; join again with a token"
+            )),
+            EndReason::Abandoned => Status::aborted(format!(
+                "session {session_id} was abandoned before it started; open a new session"
+            )),
+            EndReason::Stopped => shutting_down(),
+        }
+    }
+}
+
+// --- Session streams ----------------------------------------------------------------------
+
+enum Woken {
+    News(News),
+    Event(Result<(u64, Event), WatchError>),
+}
+
+/// The state behind one session's stream.
+struct Watcher {
+    inner: Arc<Inner>,
+    node_id: String,
+    session_id: String,
+    node: Arc<Node>,
+    news: Listener,
+    subscription: Subscription,
+    /// The first message is yet to be sent.
+    first: bool,
+    /// The manager list last sent.
+    managers: Vec<WeightedPeer>,
+    done: bool,
+}
+
+type Item = Result<SessionMessage, Status>;
+
+impl Watcher {
+    fn message(&mut self) -> Item {
+        self.managers = Inner::managers(&self.inner.leadership.status());
+        Ok(self
+            .inner
+            .message(&self.session_id, &self.node, self.managers.clone()))
+    }
+
+    fn end(&mut self, reason: EndReason) -> Item {
+        self.done = true;
+        Err(self
+            .inner
+            .ended_status(reason, &self.node_id, &self.session_id))
+    }
+
+    fn removed(&mut self) -> Item {
+        self.inner
+            .sessions()
+            .close(&self.node_id, &self.session_id, EndReason::NodeRemoved);
+        self.end(EndReason::NodeRemoved)
+    }
+
+    /// The next message, and the watcher to get the one after from.
+    async fn next(mut self) -> Option<(Item, Self)> {
+        if self.done {
+            return None;
+        }
+        if std::mem::take(&mut self.first) {
+            let first = self.message();
+            return Some((first, self));
+        }
+        let item = loop {
+            // Both are cancel-safe: the one that loses loses nothing.
+            let woken = tokio::select! {
+                biased;
+                news = self.news.next() => Woken::News(news),
+                event = self.subscription.next() => Woken::Event(event),
+            };
+            match woken {
+                Woken::News(News::Ended(reason)) => break self.end(reason),
+                Woken::News(News::ManagersChanged) => {
+                    if Inner::managers(&self.inner.leadership.status()) == self.managers {
+                        continue;
+                    }
+                    break self.message();
+                }
+                Woken::Event(Ok((_, event))) => match (event.action, event.object) {
+                    (Action::Remove, _) => break self.removed(),
+                    (_, Object::Node(node)) => {
+                        self.node = node;
+                        break self.message();
+                    }
+                    _ => continue,
+                },
+                Woken::Event(Err(WatchError::Lagged | WatchError::Reset)) => {
+                    // Missed changes: read the node again and subscribe anew.
+                    let (node, subscription) = self
+                        .inner
+                        .store
+                        .view_and_watch(node_filter(&self.node_id), |tx| {
+                            tx.get::<Node>(&self.node_id)
+                        });
+                    self.subscription = subscription;
+                    match node {
+                        Some(node) => {
+                            self.node = node;
+                            break self.message();
+                        }
+                        None => break self.removed(),
+                    }
+                }
+                Woken::Event(Err(WatchError::Closed)) => {
+                    self.done = true;
+                    break Err(shutting_down());
+                }
+            }
+        };
+        Some((item, self))
+    }
+}
+
+/// The stream of one session's messages: the first one, then one per change of the node or
+/// of the manager list, until the session ends (the last item then says why).
+pub struct SessionStream(BoxStream<'static, Item>);
+
+impl SessionStream {
+    fn new(watcher: Watcher) -> Self {
+        Self(stream::unfold(watcher, Watcher::next).fuse().boxed())
+    }
+}
+
+impl Stream for SessionStream {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        self.0.poll_next_unpin(cx)
+    }
+}
+
+// --- The background task ------------------------------------------------------------------
+
+/// Ends every session and refuses new ones when dropped: the sweep task holds one, so that
+/// its end, whatever the cause, ends the sessions it no longer expires.
+struct StopSessions(Arc<Inner>);
+
+impl Drop for StopSessions {
+    fn drop(&mut self) {
+        self.0.sessions().stop();
+    }
+}
+
+/// The running sweep of a [`Dispatcher`]. Stop it with [`stop`](Self::stop); dropping it
+/// ends the sessions too, and aborts the sweep without waiting for it.
+pub struct DispatcherTask {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    /// `None` once [`stop`](Self::stop) has taken it.
+    task: Option<JoinHandle<()>>,
+}
+
+impl DispatcherTask {
+    /// Stops the sweep and waits for it: every session stream ends (UNAVAILABLE, "shutting
+    /// down"), new sessions and heartbeats are refused. Final: the dispatcher cannot be
+    /// started again. The streams end at once; the sweep ends after at most one store write
+    /// in flight.
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        self.inner.sessions().stop();
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+            && e.is_panic()
+        {
+            tracing::error!("the dispatcher's sweep panicked: {e}");
+        }
+    }
+}
+
+impl Drop for DispatcherTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            // At once, not when the runtime gets to the aborted task.
+            self.inner.sessions().stop();
+            task.abort();
+        }
+    }
+}
+
+// --- The gRPC service ---------------------------------------------------------------------
+
+#[tonic::async_trait]
+impl dispatcher_server::Dispatcher for Dispatcher {
+    type SessionStream = SessionStream;
+    type AssignmentsStream = tokio_stream::Empty<Result<AssignmentsMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let inner = &self.inner;
+        let caller = inner.caller(&request)?;
+        let addr = shoal_tls::peer(&request)
+            .and_then(|p| p.remote_addr)
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let description = request.into_inner().description;
+        inner.require_leader()?;
+        let node_id = caller.node_id;
+        if inner.store.view(|tx| tx.get::<Node>(&node_id)).is_none() {
+            return Err(not_member(&node_id));
+        }
+        let now = inner.clock.now();
+        let opened = inner
+            .sessions()
+            .open(&node_id, now)
+            .map_err(|_| shutting_down())?;
+        let written = inner
+            .write_node(&node_id, |node| {
+                node.status = Some(NodeStatus {
+                    state: node_status::State::Ready as i32,
+                    message: String::new(),
+                    addr: addr.clone(),
+                });
+                if let Some(d) = &description {
+                    node.description = Some(Box::new(d.clone()));
+                }
+                true
+            })
+            .await;
+        if let Err(e) = written {
+            inner
+                .sessions()
+                .close(&node_id, &opened.id, EndReason::Abandoned);
+            return Err(match e {
+                StoreError::NotFound { .. } => not_member(&node_id),
+                e if !inner.leadership.status().is_leader => {
+                    tracing::debug!("marking node {node_id} READY failed: {e}");
+                    inner.leadership.not_leader()
+                }
+                e => store_status(e),
+            });
+        }
+        let (node, subscription) = inner
+            .store
+            .view_and_watch(node_filter(&node_id), |tx| tx.get::<Node>(&node_id));
+        let Some(node) = node else {
+            inner
+                .sessions()
+                .close(&node_id, &opened.id, EndReason::NodeRemoved);
+            return Err(not_member(&node_id));
+        };
+        tracing::info!(
+            node_id = %node_id,
+            session_id = %opened.id,
+            "node {node_id} opened session {} from {addr}",
+            opened.id
+        );
+        Ok(Response::new(SessionStream::new(Watcher {
+            inner: inner.clone(),
+            node_id,
+            session_id: opened.id,
+            node,
+            news: opened.news,
+            subscription,
+            first: true,
+            managers: Vec::new(),
+            done: false,
+        })))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let inner = &self.inner;
+        let caller = inner.caller(&request)?;
+        let session_id = request.into_inner().session_id;
+        inner.require_leader()?;
+        let period = inner.period();
+        let now = inner.clock.now();
+        let result = {
+            let mut sessions = inner.sessions();
+            sessions.set_period(period);
+            sessions.heartbeat(&caller.node_id, &session_id, now)
+        };
+        match result {
+            Ok(()) => Ok(Response::new(HeartbeatResponse {
+                period: Some(proto_duration(period)),
+            })),
+            Err(SessionError::Stopped) => Err(shutting_down()),
+            Err(e) => Err(Status::not_found(format!(
+                "session {session_id} of node {} is not current: {e}; open a new session",
+                caller.node_id
+            ))),
+        }
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        self.inner.caller(&request)?;
+        Err(Status::unimplemented(
+            "UpdateTaskStatus is not available yet in this version of Shoal: it comes with task \
+             execution; upgrade the managers to a version that runs tasks",
+        ))
+    }
+
+    async fn assignments(
+        &self,
+        request: Request<AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        self.inner.caller(&request)?;
+        Err(Status::unimplemented(
+            "Assignments is not available yet in this version of Shoal: it comes with task \
+             execution; upgrade the managers to a version that runs tasks",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+    use shoal_api::clock::ManualClock;
+    use tokio::time::timeout;
+
+    const PERIOD: Duration = HEARTBEAT_PERIOD;
+    const MS: Duration = Duration::from_millis(1);
+
+    fn t(clock: &ManualClock) -> SystemTime {
+        clock.now()
+    }
+
+    // --- The state machine, on a driven clock ---
+
+    #[test]
+    fn a_session_that_heartbeats_stays() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        let opened = s.open("n1", t(&clock)).unwrap();
+        for _ in 0..20 {
+            clock.advance(PERIOD);
+            s.heartbeat("n1", &opened.id, t(&clock)).unwrap();
+            assert!(s.expired(t(&clock)).is_empty());
+        }
+        assert!(s.is_current("n1", &opened.id));
+        assert_eq!(opened.news.ended(), None);
+    }
+
+    #[test]
+    fn a_silent_session_expires_after_three_periods_and_only_then() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        let opened = s.open("n1", t(&clock)).unwrap();
+        clock.advance(PERIOD * 3);
+        assert!(s.expired(t(&clock)).is_empty(), "not before the deadline");
+        assert_eq!(opened.news.ended(), None);
+        clock.advance(MS);
+        assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+        assert_eq!(opened.news.ended(), Some(EndReason::Expired));
+        assert!(s.expired(t(&clock)).is_empty(), "reported once");
+        assert_eq!(
+            s.heartbeat("n1", &opened.id, t(&clock)),
+            Err(SessionError::NoSession)
+        );
+    }
+
+    #[test]
+    fn the_deadline_counts_from_the_last_heartbeat() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        let opened = s.open("n1", t(&clock)).unwrap();
+        clock.advance(PERIOD * 2);
+        s.heartbeat("n1", &opened.id, t(&clock)).unwrap();
+        clock.advance(PERIOD * 3);
+        assert!(s.expired(t(&clock)).is_empty());
+        clock.advance(MS);
+        assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+    }
+
+    #[test]
+    fn a_late_heartbeat_is_refused_and_the_sweep_still_expires_the_node() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        let opened = s.open("n1", t(&clock)).unwrap();
+        clock.advance(PERIOD * 3 + MS);
+        assert_eq!(
+            s.heartbeat("n1", &opened.id, t(&clock)),
+            Err(SessionError::Expired)
+        );
+        assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+    }
+
+    #[test]
+    fn a_replaced_session_is_ended_and_its_heartbeats_refused() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        let old = s.open("n1", t(&clock)).unwrap();
+        clock.advance(PERIOD);
+        let new = s.open("n1", t(&clock)).unwrap();
+        assert_ne!(old.id, new.id);
+        assert_eq!(old.news.ended(), Some(EndReason::Replaced));
+        assert_eq!(new.news.ended(), None);
+        assert_eq!(
+            s.heartbeat("n1", &old.id, t(&clock)),
+            Err(SessionError::Replaced)
+        );
+        s.heartbeat("n1", &new.id, t(&clock)).unwrap();
+        // Closing the old session does not touch the new one.
+        s.close("n1", &old.id, EndReason::NodeRemoved);
+        assert!(s.is_current("n1", &new.id));
+        assert_eq!(
+            s.heartbeat("n2", &new.id, t(&clock)),
+            Err(SessionError::NoSession)
+        );
+    }
+
+    #[test]
+    fn unknown_nodes_get_the_longer_grace_after_an_election() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        s.lead(7, ["n1".to_string(), "n2".to_string()], t(&clock));
+        // n2 reconnects and then goes silent: the normal grace applies to it from then on.
+        clock.advance(PERIOD);
+        let n2 = s.open("n2", t(&clock)).unwrap();
+        clock.advance(PERIOD * 3 + MS);
+        assert_eq!(s.expired(t(&clock)), vec!["n2".to_string()]);
+        assert_eq!(n2.news.ended(), Some(EndReason::Expired));
+        // n1 never reconnects: it has 6 periods from the election, and only then expires.
+        clock.set(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000) + PERIOD * 6);
+        assert!(s.expired(t(&clock)).is_empty());
+        clock.advance(MS);
+        assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+    }
+
+    #[test]
+    fn adopting_does_not_shorten_or_replace_a_live_session() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        s.lead(1, [], t(&clock));
+        let opened = s.open("n1", t(&clock)).unwrap();
+        s.adopt_unknown(["n1".to_string()], t(&clock));
+        assert!(s.is_current("n1", &opened.id));
+        s.lead(1, ["n1".to_string()], t(&clock));
+        assert!(s.is_current("n1", &opened.id), "same term: nothing changes");
+    }
+
+    #[test]
+    fn losing_or_changing_leadership_ends_every_session() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        s.lead(1, [], t(&clock));
+        let a = s.open("a", t(&clock)).unwrap();
+        s.lead(2, ["b".to_string()], t(&clock));
+        assert_eq!(a.news.ended(), Some(EndReason::LeadershipLost));
+        assert!(s.has("b") && !s.has("a"));
+        assert_eq!(s.term(), Some(2));
+        let c = s.open("c", t(&clock)).unwrap();
+        s.step_down();
+        assert_eq!(c.news.ended(), Some(EndReason::LeadershipLost));
+        assert!(!s.has("b") && !s.has("c"));
+        assert_eq!(s.term(), None);
+    }
+
+    #[test]
+    fn a_stopped_state_machine_refuses_sessions() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        let a = s.open("a", t(&clock)).unwrap();
+        s.stop();
+        assert_eq!(a.news.ended(), Some(EndReason::Stopped));
+        assert!(matches!(s.open("a", t(&clock)), Err(SessionError::Stopped)));
+        assert_eq!(
+            s.heartbeat("a", &a.id, t(&clock)),
+            Err(SessionError::Stopped)
+        );
+        s.lead(3, ["a".to_string()], t(&clock));
+        assert_eq!(s.term(), None, "a stopped dispatcher never leads again");
+    }
+
+    #[test]
+    fn a_new_period_applies_from_the_next_heartbeat() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        let opened = s.open("n1", t(&clock)).unwrap();
+        s.set_period(Duration::from_secs(1));
+        s.heartbeat("n1", &opened.id, t(&clock)).unwrap();
+        clock.advance(Duration::from_secs(3) + MS);
+        assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+    }
+
+    #[test]
+    fn a_failed_down_write_is_tried_again_next_round() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        s.open("n1", t(&clock)).unwrap();
+        clock.advance(PERIOD * 3 + MS);
+        assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+        s.expire_again("n1", t(&clock));
+        clock.advance(MS);
+        assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn the_signal_wakes_its_stream_once_per_change() {
+        let (signal, mut news) = Signal::new();
+        assert_eq!(news.next().now_or_never(), None);
+        let waiting = tokio::spawn(async move { (news.next().await, news) });
+        signal.managers_changed();
+        let (got, mut news) = timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting stream is woken")
+            .unwrap();
+        assert_eq!(got, News::ManagersChanged);
+        assert_eq!(news.next().now_or_never(), None, "once per change");
+        signal.managers_changed();
+        signal.end(EndReason::Replaced);
+        signal.end(EndReason::Expired);
+        assert_eq!(
+            news.next().now_or_never(),
+            Some(News::Ended(EndReason::Replaced)),
+            "the first reason, and the end wins over the change before it"
+        );
+    }
+
+    // --- The handlers, on a real store and authorizer, with Raft's status stood in for ---
+
+    /// Raft status set by the test, watched as the real one is. (A real single-node Raft
+    /// cannot be started from this crate's tests: its transport trait names types of the
+    /// `raft` crate, which this crate does not depend on.)
+    struct FakeRaft(watch::Sender<RaftStatus>);
+
+    impl Leadership for FakeRaft {
+        fn status(&self) -> RaftStatus {
+            self.0.borrow().clone()
+        }
+
+        fn watch(&self) -> watch::Receiver<RaftStatus> {
+            self.0.subscribe()
+        }
+
+        fn not_leader(&self) -> Status {
+            Status::failed_precondition("this manager is not the leader; the leader is at 2")
+        }
+    }
+
+    impl FakeRaft {
+        fn set(&self, f: impl FnOnce(&mut RaftStatus)) {
+            self.0.send_modify(f);
+        }
+    }
+
+    fn member(raft_id: u64, addr: &str) -> RaftMember {
+        RaftMember {
+            raft_id,
+            node_id: format!("manager-{raft_id}"),
+            addr: addr.into(),
+        }
+    }
+
+    struct Fixture {
+        dispatcher: Dispatcher,
+        store: Store,
+        clock: Arc<ManualClock>,
+        raft: Arc<FakeRaft>,
+        cluster: Cluster,
+        /// A worker node in the store (status UNKNOWN).
+        node_id: String,
+    }
+
+    fn new_node(id: &str, state: node_status::State) -> Node {
+        Node {
+            meta: Some(shoal_api::v1::Meta {
+                id: id.into(),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn fixture() -> Fixture {
+        let store = Store::new();
+        let cluster = crate::cluster::new_cluster(SystemTime::now()).unwrap();
+        let node_id = shoal_api::id::new_id();
+        store
+            .update(|tx| {
+                tx.create(cluster.clone())?;
+                tx.create(new_node(&node_id, node_status::State::Unknown))
+            })
+            .await
+            .unwrap();
+        let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+            id: 1,
+            leader: Some(1),
+            term: 1,
+            is_leader: true,
+            members: [(1, member(1, "10.0.0.1:4242"))].into(),
+            reachable: 1,
+            voters: 1,
+            ..Default::default()
+        })));
+        let clock = Arc::new(ManualClock::at_unix_seconds(1_000_000));
+        let cluster_id = cluster.meta.as_ref().unwrap().id.clone();
+        let dispatcher = Dispatcher::with_leadership(
+            store.clone(),
+            raft.clone(),
+            Authorizer::new(store.clone(), cluster_id),
+            clock.clone(),
+        );
+        Fixture {
+            dispatcher,
+            store,
+            clock,
+            raft,
+            cluster,
+            node_id,
+        }
+    }
+
+    impl Fixture {
+        fn request<T>(&self, message: T, node_id: &str) -> Request<T> {
+            let mut request = Request::new(message);
+            request.extensions_mut().insert(shoal_tls::PeerInfo {
+                remote_addr: Some("10.0.0.7:51234".parse().unwrap()),
+                identity: Some(NodeIdentity {
+                    node_id: node_id.into(),
+                    role: shoal_api::v1::NodeRole::Worker,
+                    cluster_id: self.cluster.meta.as_ref().unwrap().id.clone(),
+                    not_before: SystemTime::UNIX_EPOCH,
+                    not_after: SystemTime::now() + Duration::from_secs(3600),
+                }),
+            });
+            request
+        }
+
+        async fn open(&self) -> Result<SessionStream, Status> {
+            let description = shoal_api::v1::NodeDescription {
+                hostname: "worker-1".into(),
+                ..Default::default()
+            };
+            let request = self.request(
+                SessionRequest {
+                    description: Some(description),
+                    session_id: String::new(),
+                },
+                &self.node_id,
+            );
+            dispatcher_server::Dispatcher::session(&self.dispatcher, request)
+                .await
+                .map(Response::into_inner)
+        }
+
+        async fn heartbeat(&self, session_id: &str) -> Result<Duration, Status> {
+            let request = self.request(
+                HeartbeatRequest {
+                    session_id: session_id.into(),
+                },
+                &self.node_id,
+            );
+            dispatcher_server::Dispatcher::heartbeat(&self.dispatcher, request)
+                .await
+                .map(|r| shoal_api::validation::to_std_duration(&r.into_inner().period.unwrap()))
+        }
+
+        fn stored(&self, id: &str) -> Arc<Node> {
+            self.store.view(|tx| tx.get::<Node>(id)).unwrap()
+        }
+
+        fn state(&self, id: &str) -> (i32, String) {
+            let status = self.stored(id).status.clone().unwrap_or_default();
+            (status.state, status.message)
+        }
+
+        async fn set_period(&self, period: Duration) {
+            let cluster_id = self.cluster.meta.as_ref().unwrap().id.clone();
+            self.store
+                .update(|tx| {
+                    let mut c = (*tx.get::<Cluster>(&cluster_id).unwrap()).clone();
+                    c.spec
+                        .as_mut()
+                        .unwrap()
+                        .dispatcher
+                        .as_mut()
+                        .unwrap()
+                        .heartbeat_period = Some(proto_duration(period));
+                    tx.update(c)
+                })
+                .await
+                .unwrap();
+        }
+
+        /// Waits until the sweep has completed `rounds` rounds since it started.
+        async fn swept(&self, rounds: u64) {
+            let mut done = self.dispatcher.inner.rounds.subscribe();
+            timeout(Duration::from_secs(10), done.wait_for(|n| *n >= rounds))
+                .await
+                .expect("timed out waiting for the sweep")
+                .unwrap();
+        }
+
+        /// Waits for a whole sweep round begun after this call: it saw everything before it.
+        async fn full_round(&self) {
+            let rounds = *self.dispatcher.inner.rounds.borrow();
+            // The round under way may have begun before; the one after it has not.
+            self.swept(rounds + 2).await;
+        }
+
+        async fn update(
+            &self,
+            f: impl FnOnce(&mut shoal_store::WriteTx<'_>) -> shoal_store::Result<()>,
+        ) {
+            self.store.update(f).await.unwrap();
+        }
+    }
+
+    async fn next(stream: &mut SessionStream) -> Option<Item> {
+        timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("timed out waiting for the session stream")
+    }
+
+    /// Nothing comes on the stream for a while.
+    async fn quiet(stream: &mut SessionStream) {
+        let got = timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(got.is_err(), "unexpected stream item: {got:?}");
+    }
+
+    /// Waits, within bounds, until `f` holds.
+    async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    const READY: i32 = node_status::State::Ready as i32;
+    const DOWN: i32 = node_status::State::Down as i32;
+    /// A sweep interval no test waits out: after its first round, the sweep acts only on
+    /// what the Raft status watch tells it.
+    const NEVER: Duration = Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn a_session_marks_the_node_ready_and_streams_its_changes() {
+        let f = fixture().await;
+        let mut stream = f.open().await.unwrap();
+        let first = next(&mut stream).await.unwrap().unwrap();
+        assert!(!first.session_id.is_empty());
+        let node = first.node.unwrap();
+        let status = node.status.unwrap();
+        assert_eq!(status.state, READY);
+        assert_eq!(status.addr, "10.0.0.7");
+        assert!(status.message.is_empty());
+        assert_eq!(node.description.unwrap().hostname, "worker-1");
+        assert_eq!(
+            first.managers,
+            vec![WeightedPeer {
+                node_id: "manager-1".into(),
+                addr: "10.0.0.1:4242".into(),
+                weight: 10,
+            }]
+        );
+        assert_eq!(
+            first.root_ca,
+            f.cluster.root_ca.as_ref().unwrap().ca_cert.clone()
+        );
+        assert_eq!(f.state(&f.node_id).0, READY);
+        quiet(&mut stream).await;
+
+        // A change of the node in the store: a new message on the same session.
+        let id = f.node_id.clone();
+        f.update(|tx| {
+            let mut n = (*tx.get::<Node>(&id).unwrap()).clone();
+            n.spec.get_or_insert_with(Default::default).availability =
+                shoal_api::v1::node_spec::Availability::Drain as i32;
+            tx.update(n)
+        })
+        .await;
+        let update = next(&mut stream).await.unwrap().unwrap();
+        assert_eq!(update.session_id, first.session_id);
+        assert_eq!(
+            update.node.unwrap().spec.unwrap().availability,
+            shoal_api::v1::node_spec::Availability::Drain as i32
+        );
+
+        // Another node's change is not this session's business.
+        let other = shoal_api::id::new_id();
+        f.update(|tx| tx.create(new_node(&other, node_status::State::Unknown)))
+            .await;
+        quiet(&mut stream).await;
+
+        assert_eq!(f.heartbeat(&first.session_id).await.unwrap(), PERIOD);
+        f.set_period(Duration::from_secs(2)).await;
+        assert_eq!(
+            f.heartbeat(&first.session_id).await.unwrap(),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_session_replaces_the_old_one() {
+        let f = fixture().await;
+        let mut old = f.open().await.unwrap();
+        let old_id = next(&mut old).await.unwrap().unwrap().session_id;
+        let mut new = f.open().await.unwrap();
+        let new_id = next(&mut new).await.unwrap().unwrap().session_id;
+        assert_ne!(old_id, new_id);
+        let ended = next(&mut old).await.unwrap().unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::Aborted);
+        assert!(ended.message().contains("replaced"), "{}", ended.message());
+        assert!(
+            next(&mut old).await.is_none(),
+            "the stream ends after saying why"
+        );
+        assert!(next(&mut old).await.is_none(), "and stays ended");
+        let refused = f.heartbeat(&old_id).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::NotFound);
+        assert!(
+            refused.message().contains("open a new session"),
+            "{}",
+            refused.message()
+        );
+        f.heartbeat(&new_id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_members_of_this_cluster_with_a_certificate_get_a_session() {
+        let f = fixture().await;
+        let stranger = shoal_api::id::new_id();
+        let request = f.request(SessionRequest::default(), &stranger);
+        let refused = dispatcher_server::Dispatcher::session(&f.dispatcher, request)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains("join again with a token"),
+            "{}",
+            refused.message()
+        );
+
+        let anonymous = Request::new(HeartbeatRequest::default());
+        let refused = dispatcher_server::Dispatcher::heartbeat(&f.dispatcher, anonymous)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn followers_send_agents_to_the_leader() {
+        let f = fixture().await;
+        f.raft.set(|s| {
+            s.is_leader = false;
+            s.leader = Some(2);
+        });
+        let refused = f.open().await.err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(f.heartbeat("x").await.unwrap_err().code(), refused.code());
+        assert_eq!(f.state(&f.node_id).0, 0, "a follower writes nothing");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_node_goes_down_and_its_stream_ends() {
+        let f = fixture().await;
+        let task = f.dispatcher.start_with_interval(Duration::from_millis(2));
+        let mut stream = f.open().await.unwrap();
+        let session = next(&mut stream).await.unwrap().unwrap().session_id;
+        f.clock.advance(PERIOD * 2);
+        f.heartbeat(&session).await.unwrap();
+        f.clock.advance(PERIOD * 3);
+        f.full_round().await;
+        assert_eq!(f.state(&f.node_id).0, READY, "still within its grace");
+        f.clock.advance(MS);
+        f.full_round().await;
+        assert_eq!(f.state(&f.node_id), (DOWN, HEARTBEAT_FAILURE.to_string()));
+        let ended = next(&mut stream).await.unwrap().unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::Aborted);
+        assert!(ended.message().contains("expired"), "{}", ended.message());
+        assert_eq!(
+            f.heartbeat(&session).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        // It comes back with a new session.
+        let mut again = f.open().await.unwrap();
+        next(&mut again).await.unwrap().unwrap();
+        assert_eq!(f.state(&f.node_id).0, READY);
+        task.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ready_nodes_without_a_session_get_the_longer_grace_after_an_election() {
+        let f = fixture().await;
+        let ready = shoal_api::id::new_id();
+        f.update(|tx| tx.create(new_node(&ready, node_status::State::Ready)))
+            .await;
+        let task = f.dispatcher.start_with_interval(Duration::from_millis(2));
+        f.swept(1).await;
+        assert!(
+            f.dispatcher.inner.sessions().has(&ready),
+            "the sweep adopts the node"
+        );
+        f.clock.advance(PERIOD * 6);
+        f.full_round().await;
+        assert_eq!(f.state(&ready).0, READY, "six periods to reconnect");
+        assert_eq!(f.state(&f.node_id).0, 0, "nodes not READY are left alone");
+        f.clock.advance(MS);
+        f.full_round().await;
+        assert_eq!(f.state(&ready).0, DOWN);
+        task.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn losing_leadership_ends_the_sessions() {
+        let f = fixture().await;
+        // Only the status watch can end the session: the sweep has no round to come.
+        let task = f.dispatcher.start_with_interval(NEVER);
+        let mut stream = f.open().await.unwrap();
+        let session = next(&mut stream).await.unwrap().unwrap().session_id;
+        f.swept(1).await;
+        f.raft.set(|s| {
+            s.is_leader = false;
+            s.leader = Some(2);
+            s.term = 2;
+        });
+        let ended = next(&mut stream).await.unwrap().unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::FailedPrecondition);
+        assert!(ended.message().contains("leader"), "{}", ended.message());
+        // Leading again (a later term): the old session is gone for good.
+        f.raft.set(|s| {
+            s.is_leader = true;
+            s.leader = Some(1);
+            s.term = 3;
+        });
+        assert_eq!(
+            f.heartbeat(&session).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        task.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_manager_list_is_sent() {
+        let f = fixture().await;
+        // Only the status watch can send the new list: the sweep has no round to come.
+        let task = f.dispatcher.start_with_interval(NEVER);
+        let mut stream = f.open().await.unwrap();
+        let first = next(&mut stream).await.unwrap().unwrap();
+        assert_eq!(first.managers.len(), 1);
+        f.swept(1).await;
+        quiet(&mut stream).await; // the sweep's first look at the same list sends nothing
+        f.raft.set(|s| {
+            s.members.insert(2, member(2, "10.0.0.2:4242"));
+        });
+        let update = next(&mut stream).await.unwrap().unwrap();
+        assert_eq!(update.session_id, first.session_id);
+        let addrs: Vec<_> = update.managers.iter().map(|m| m.addr.as_str()).collect();
+        assert_eq!(addrs, ["10.0.0.1:4242", "10.0.0.2:4242"]);
+        // A status change that leaves the list as it is sends nothing.
+        f.raft.set(|s| s.applied += 1);
+        quiet(&mut stream).await;
+        task.stop().await;
+    }
+
+    #[tokio::test]
+    async fn removing_the_node_ends_its_session() {
+        let f = fixture().await;
+        let mut stream = f.open().await.unwrap();
+        let session = next(&mut stream).await.unwrap().unwrap().session_id;
+        let id = f.node_id.clone();
+        f.update(|tx| tx.delete::<Node>(&id)).await;
+        let ended = next(&mut stream).await.unwrap().unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            f.heartbeat(&session).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_that_reconnected_is_not_written_down() {
+        let f = fixture().await;
+        let inner = &f.dispatcher.inner;
+        // The sweep decided the node expired, then the node opened a session before the DOWN
+        // write was built: the write finds the session and leaves the node alone.
+        let mut stream = f.open().await.unwrap();
+        next(&mut stream).await.unwrap().unwrap();
+        assert_eq!(inner.mark_down(&f.node_id).await, Ok(false));
+        assert_eq!(f.state(&f.node_id).0, READY);
+        // Without a session it is written DOWN, once.
+        inner.sessions().step_down();
+        assert_eq!(inner.mark_down(&f.node_id).await, Ok(true));
+        assert_eq!(f.state(&f.node_id), (DOWN, HEARTBEAT_FAILURE.to_string()));
+        assert_eq!(inner.mark_down(&f.node_id).await, Ok(false));
+        // A node removed meanwhile is nothing to write.
+        assert_eq!(inner.mark_down("gone").await, Ok(false));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_ends_every_stream_and_refuses_new_sessions() {
+        let f = fixture().await;
+        let task = f.dispatcher.start_with_interval(Duration::from_millis(2));
+        let mut stream = f.open().await.unwrap();
+        let session = next(&mut stream).await.unwrap().unwrap().session_id;
+        task.stop().await;
+        let ended = next(&mut stream).await.unwrap().unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::Unavailable);
+        assert!(ended.message().contains("shutting down"));
+        assert!(next(&mut stream).await.is_none());
+        assert_eq!(
+            f.open().await.err().unwrap().code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            f.heartbeat(&session).await.unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_task_stops_the_sweep() {
+        let f = fixture().await;
+        let task = f.dispatcher.start_with_interval(Duration::from_millis(2));
+        let mut stream = f.open().await.unwrap();
+        next(&mut stream).await.unwrap().unwrap();
+        drop(task);
+        // At once: no waiting for the aborted task.
+        assert_eq!(
+            f.open().await.err().unwrap().code(),
+            tonic::Code::Unavailable
+        );
+        let ended = next(&mut stream).await.unwrap().unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::Unavailable);
+        // And the task ends, letting go of the dispatcher: only the fixture holds it then.
+        drop(stream);
+        wait_until("the aborted sweep lets go of the dispatcher", || {
+            Arc::strong_count(&f.dispatcher.inner) == 1
+        })
+        .await;
+    }
+
+    #[test]
+    #[should_panic(expected = "within a tokio runtime")]
+    fn starting_outside_a_runtime_says_so() {
+        let f = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(fixture());
+        f.dispatcher.start();
+    }
+
+    #[tokio::test]
+    async fn task_execution_calls_are_not_there_yet() {
+        let f = fixture().await;
+        let status = dispatcher_server::Dispatcher::update_task_status(
+            &f.dispatcher,
+            f.request(UpdateTaskStatusRequest::default(), &f.node_id),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(status.message().contains("task execution"));
+        let status = dispatcher_server::Dispatcher::assignments(
+            &f.dispatcher,
+            f.request(AssignmentsRequest::default(), &f.node_id),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+}

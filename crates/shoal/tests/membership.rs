@@ -1,0 +1,336 @@
+//! Nodes joining, leaving and being removed, across real processes: workers join by token,
+//! only managers' certificates reach Raft and the Control API, a node that left or was
+//! removed cannot come back with its old certificate.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use shoal_api::v1::control_client::ControlClient;
+use shoal_api::v1::node_ca_client::NodeCaClient;
+use shoal_api::v1::raft_client::RaftClient;
+use shoal_api::v1::raft_membership_client::RaftMembershipClient;
+use shoal_api::v1::swarm_client::SwarmClient;
+use shoal_api::v1::{
+    GetNodeRequest, IssueNodeCertificateRequest, JoinRequest, LeaveSwarmRequest,
+    ListClustersRequest, ListNodesRequest, NodeRole, RemoveNodeRequest, StreamRaftMessageRequest,
+    SwarmInfoRequest,
+};
+use shoal_tls::{Credentials, Dialer, NodeCertificates};
+use tonic::Code;
+
+/// What a call got: Ok, or the refusal's code and message.
+type Outcome = Result<(), (Code, String)>;
+
+fn certificates_of(state_dir: &std::path::Path) -> NodeCertificates {
+    shoal_node::certificates::load(state_dir)
+        .unwrap()
+        .expect("the node has certificates")
+}
+
+fn dialer_with(certificates: NodeCertificates) -> Dialer {
+    Dialer::mutual(Credentials::new(certificates).unwrap())
+        .with_request_timeout(Duration::from_secs(5))
+}
+
+/// What a call with `dialer` to the Control API of `addr` gets: Ok, or the refusal's code and
+/// message (a refusal during the handshake has no code of its own: `Unknown`).
+async fn control_call(dialer: &Dialer, addr: &str) -> Outcome {
+    let channel = dialer
+        .connect(addr)
+        .await
+        .map_err(|e| (Code::Unknown, e.to_string()))?;
+    ControlClient::new(channel)
+        .list_clusters(ListClustersRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+async fn raft_call(dialer: &Dialer, addr: &str) -> Outcome {
+    let channel = dialer
+        .connect(addr)
+        .await
+        .map_err(|e| (Code::Unknown, e.to_string()))?;
+    let stream = tokio_stream::iter(vec![StreamRaftMessageRequest {
+        chunk: Vec::new(),
+        last: true,
+    }]);
+    RaftClient::new(channel)
+        .stream_raft_message(stream)
+        .await
+        .map(|_| ())
+        .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+async fn raft_join_call(dialer: &Dialer, addr: &str) -> Outcome {
+    let channel = dialer
+        .connect(addr)
+        .await
+        .map_err(|e| (Code::Unknown, e.to_string()))?;
+    RaftMembershipClient::new(channel)
+        .join(JoinRequest {
+            addr: "127.0.0.1:1".into(),
+            node_id: "intruder".into(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+/// A renewal: a CSR without a token, signed for whoever the certificate says the caller is.
+async fn renewal_call(dialer: &Dialer, addr: &str) -> Outcome {
+    let channel = dialer
+        .connect(addr)
+        .await
+        .map_err(|e| (Code::Unknown, e.to_string()))?;
+    let (_, csr) = shoal_ca::node_key_and_csr().unwrap();
+    NodeCaClient::new(channel)
+        .issue_node_certificate(IssueNodeCertificateRequest {
+            csr: csr.into_bytes(),
+            token: String::new(),
+            availability: 0,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+/// A manager certificate naming this cluster, signed by another CA.
+fn foreign_manager_certificate(cluster_id: &str, root_pem: &str) -> NodeCertificates {
+    let now = SystemTime::now();
+    let other = shoal_ca::RootCa::generate(now, Duration::from_secs(3600 * 24)).unwrap();
+    let (key_pem, csr) = shoal_ca::node_key_and_csr().unwrap();
+    let cert_pem = shoal_ca::issue_node_certificate(
+        &other,
+        &csr,
+        "intruder",
+        NodeRole::Manager,
+        cluster_id,
+        now,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    NodeCertificates {
+        root_pem: root_pem.to_string(),
+        cert_pem,
+        key_pem,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joins_by_token_and_is_a_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
+    let cert = certificates_of(&w1.state_dir);
+    let identity = shoal_ca::parse_node_certificate(&cert.cert_pem).unwrap();
+    assert_eq!(identity.role, NodeRole::Worker);
+
+    // The manager knows the node, as a worker.
+    let mut control = support::client(&m1.addr).await.unwrap();
+    let node = control
+        .get_node(GetNodeRequest {
+            node_id: identity.node_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .node
+        .unwrap();
+    assert_eq!(node.role, NodeRole::Worker as i32);
+
+    // The worker's own socket: who it is, and no Control API.
+    let socket = w1.state_dir.join("control.sock");
+    support::eventually("the worker's socket", Duration::from_secs(20), async || {
+        socket.exists().then_some(())
+    })
+    .await;
+    let info = SwarmClient::new(support::local_channel(&socket).await)
+        .info(SwarmInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, identity.node_id);
+    assert_eq!(info.role, NodeRole::Worker as i32);
+    assert_eq!(info.managers, vec![m1.addr.clone()]);
+    let refused = support::local_client(&socket)
+        .await
+        .list_nodes(ListNodesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("not a manager"), "{refused:?}");
+}
+
+/// Every way in that must be refused, counted. Each case: what is presented, what it calls,
+/// and that it is refused (and, where the refusal comes from a handler, with which code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_that_must_not_get_in_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
+    let addr = m1.addr.clone();
+    let manager_certs = certificates_of(&m1.state_dir);
+    let cluster_id = shoal_ca::parse_node_certificate(&manager_certs.cert_pem)
+        .unwrap()
+        .cluster_id;
+    let worker = dialer_with(certificates_of(&w1.state_dir));
+    let anonymous = Dialer::anonymous(&manager_certs.root_pem).unwrap();
+    // A manager certificate from another CA, claiming this cluster. (An expired certificate
+    // of the right CA is refused by the same TLS verification: see shoal-tls's tests.)
+    let foreign = dialer_with(foreign_manager_certificate(
+        &cluster_id,
+        &manager_certs.root_pem,
+    ));
+    let mut results: Vec<(&str, Outcome, Option<Code>)> = Vec::new();
+    results.push((
+        "no certificate → Control",
+        control_call(&anonymous, &addr).await,
+        Some(Code::Unauthenticated),
+    ));
+    results.push((
+        "no certificate → Raft",
+        raft_call(&anonymous, &addr).await,
+        Some(Code::Unauthenticated),
+    ));
+    results.push((
+        "no certificate → Raft join",
+        raft_join_call(&anonymous, &addr).await,
+        Some(Code::Unauthenticated),
+    ));
+    results.push((
+        "no certificate → renewal",
+        renewal_call(&anonymous, &addr).await,
+        Some(Code::Unauthenticated),
+    ));
+    results.push((
+        "foreign CA → Control",
+        control_call(&foreign, &addr).await,
+        None,
+    ));
+    results.push(("foreign CA → Raft", raft_call(&foreign, &addr).await, None));
+    results.push((
+        "worker → Control",
+        control_call(&worker, &addr).await,
+        Some(Code::PermissionDenied),
+    ));
+    results.push((
+        "worker → Raft",
+        raft_call(&worker, &addr).await,
+        Some(Code::PermissionDenied),
+    ));
+    results.push((
+        "worker → Raft join",
+        raft_join_call(&worker, &addr).await,
+        Some(Code::PermissionDenied),
+    ));
+    let total = results.len();
+    let mut rejected = 0;
+    for (case, result, code) in &results {
+        match (result, code) {
+            (Ok(()), _) => panic!("{case}: got in"),
+            (Err((got, message)), Some(want)) => {
+                assert_eq!(got, want, "{case}: {message}");
+                rejected += 1;
+            }
+            (Err(_), None) => rejected += 1,
+        }
+    }
+    assert_eq!(rejected, total);
+    eprintln!("{rejected} of {total} rejected");
+
+    // The worker's own renewal is allowed, and yields a worker certificate again.
+    assert_eq!(renewal_call(&worker, &addr).await, Ok(()));
+    // And nothing a refused caller did changed the cluster: one manager, one worker.
+    let nodes = support::client(&addr)
+        .await
+        .unwrap()
+        .list_nodes(ListNodesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let workers = nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::Worker as i32)
+        .count();
+    assert_eq!(workers, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_leaves_and_once_removed_its_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let mut w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
+    let kept = certificates_of(&w1.state_dir);
+    let node_id = shoal_ca::parse_node_certificate(&kept.cert_pem)
+        .unwrap()
+        .node_id;
+    let mut control = support::client(&m1.addr).await.unwrap();
+
+    // A manager cannot be removed, even by force.
+    let manager_id = shoal_ca::parse_node_certificate(&certificates_of(&m1.state_dir).cert_pem)
+        .unwrap()
+        .node_id;
+    let refused = control
+        .remove_node(RemoveNodeRequest {
+            node_id: manager_id,
+            force: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("demote"), "{refused:?}");
+
+    // `shoal swarm leave` on the worker: the daemon forgets the cluster and exits.
+    let socket = w1.state_dir.join("control.sock");
+    support::eventually("the worker's socket", Duration::from_secs(20), async || {
+        socket.exists().then_some(())
+    })
+    .await;
+    SwarmClient::new(support::local_channel(&socket).await)
+        .leave(LeaveSwarmRequest { force: false })
+        .await
+        .unwrap();
+    assert_eq!(
+        w1.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        w1.logs()
+    );
+    assert!(!w1.state_dir.join("certificates").exists());
+    assert!(!w1.state_dir.join("node.json").exists());
+
+    // Until removed, its old certificate still renews; once removed, it is refused.
+    let old = dialer_with(kept);
+    assert_eq!(renewal_call(&old, &m1.addr).await, Ok(()));
+    control
+        .remove_node(RemoveNodeRequest {
+            node_id: node_id.clone(),
+            force: false,
+        })
+        .await
+        .unwrap();
+    let (code, message) = renewal_call(&old, &m1.addr).await.unwrap_err();
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    assert!(message.contains("removed"), "{message}");
+    let cluster = control
+        .list_clusters(ListClustersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters
+        .remove(0);
+    assert!(cluster.blacklisted_certificates.contains_key(&node_id));
+    // Removing it again: not found, nothing changes.
+    let again = control
+        .remove_node(RemoveNodeRequest {
+            node_id,
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+}
