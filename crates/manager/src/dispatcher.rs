@@ -127,7 +127,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{self, BoxStream, Stream, StreamExt};
-
 use shoal_api::clock::Clock;
 use shoal_api::defaults::{
     GRACE_PERIOD_MULTIPLIER_NORMAL, GRACE_PERIOD_MULTIPLIER_UNKNOWN, HEARTBEAT_PERIOD,
@@ -457,7 +456,7 @@ impl Sessions {
     }
 }
 
-// --- Helpers -----------------------------------------------------------------------------
+// --- Helpers ------------------------------------------------------------------------------
 
 fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -571,9 +570,12 @@ impl Dispatcher {
     /// reports changes, and every min(heartbeat period / 2, 1 s) drops expired sessions and
     /// writes their nodes DOWN. Stop it with [`DispatcherTask::stop`].
     ///
+    /// Must be called from within a tokio runtime with its time driver enabled (as the
+    /// daemon's multi-threaded runtime, built with `enable_all`); the sweep runs on it.
+    ///
     /// # Panics
-    /// Outside a tokio runtime (the runtime needs its time driver, as with
-    /// `enable_all`), or if the dispatcher was started before: one sweep per dispatcher.
+    /// Outside a tokio runtime, or if the dispatcher was started before: one sweep per
+    /// dispatcher.
     pub fn start(&self) -> DispatcherTask {
         self.spawn(None)
     }
@@ -785,18 +787,12 @@ impl Inner {
         let mut members = None;
         let mut next_round = Instant::now();
         loop {
+            // The stop first; then the round when due, so that a busy Raft (every commit
+            // changes its status) cannot hold expiry off.
             tokio::select! {
                 biased;
                 // The only value ever sent is `true`; an error: the owner is gone.
                 _ = stop.changed() => break,
-                changed = raft.changed(), if watching => match changed {
-                    Ok(()) => {
-                        let status = raft.borrow_and_update().clone();
-                        self.follow(&status, &mut members);
-                    }
-                    // The Raft node stopped: the rounds still look at its last status.
-                    Err(_) => watching = false,
-                },
                 () = tokio::time::sleep_until(next_round) => {
                     self.sweep(&mut members, &stop).await;
                     self.rounds.send_modify(|n| *n += 1);
@@ -805,6 +801,14 @@ impl Inner {
                     });
                     next_round = Instant::now() + pause;
                 }
+                changed = raft.changed(), if watching => match changed {
+                    Ok(()) => {
+                        let status = raft.borrow_and_update().clone();
+                        self.follow(&status, &mut members);
+                    }
+                    // The Raft node stopped: the rounds still look at its last status.
+                    Err(_) => watching = false,
+                },
             }
         }
     }
@@ -1409,6 +1413,8 @@ mod tests {
         let (signal, mut news) = Signal::new();
         assert_eq!(news.next().now_or_never(), None);
         let waiting = tokio::spawn(async move { (news.next().await, news) });
+        // Lets the spawned task run until it waits (this runtime has one thread).
+        tokio::task::yield_now().await;
         signal.managers_changed();
         let (got, mut news) = timeout(Duration::from_secs(10), waiting)
             .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 use shoal_api::clock::{Clock, SystemClock};
 use shoal_api::v1::ca_server::CaServer;
 use shoal_api::v1::control_server::ControlServer;
+use shoal_api::v1::dispatcher_server::DispatcherServer;
 use shoal_api::v1::node_ca_server::NodeCaServer;
 use shoal_api::v1::raft_membership_client::RaftMembershipClient;
 use shoal_api::v1::raft_membership_server::RaftMembershipServer;
@@ -17,6 +18,7 @@ use shoal_api::v1::{JoinRequest, JoinResponse, NodeRole, RaftMember};
 use shoal_manager::authorize::{Access, Authorizer};
 use shoal_manager::ca_server::CaServer as CaServerImpl;
 use shoal_manager::controlapi::ControlApi;
+use shoal_manager::dispatcher::Dispatcher;
 use shoal_raft::service::LEADER_ADDR_METADATA;
 use shoal_raft::{
     DriverConfig, GrpcTransport, LogStore, NodeConfig, RaftDriver, RaftHandle, RaftNode,
@@ -27,6 +29,7 @@ use shoal_tls::{Credentials, Dialer, NodeCertificates};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 
+use crate::agent::{Agent, AgentExit};
 use crate::error::NodeError;
 use crate::local::{LeaveRequest, LocalSwarm, NotAManager};
 use crate::renewal::{Managers, Renewer};
@@ -765,7 +768,14 @@ impl Daemon {
             config.clock.clone(),
             config.renewal_check,
         );
+        let agent = Agent::new(
+            credentials.clone(),
+            managers.clone(),
+            renewer.requester(),
+            config.hostname.clone(),
+        );
         let renewer = tokio::spawn(renewer.run(stopping.clone(), role_tx));
+        let mut agent = tokio::spawn(agent.run(stopping.clone()));
         let local_swarm = SwarmServer::new(LocalSwarm::new(
             credentials.clone(),
             managers.clone(),
@@ -791,6 +801,7 @@ impl Daemon {
                     _ = shutdown => Reason::Stop,
                     Some(request) = leave_rx.recv() => Reason::Leave(request),
                     Some(role) = role_rx.recv() => Reason::Role(role),
+                    Ok(AgentExit::Removed(message)) = &mut agent => Reason::Removed(message),
                 };
                 let _ = stopping_tx.send(true);
                 let served = local.await.map_err(|e| NodeError::Serve(e.to_string()))?;
@@ -820,6 +831,22 @@ impl Daemon {
                 );
                 let raft = RaftService::new(handle.clone(), stopping.clone());
                 let ca = CaServerImpl::new(store.clone(), handle.clone(), authorizer.clone());
+                let dispatcher = Dispatcher::new(
+                    store.clone(),
+                    handle.clone(),
+                    authorizer.clone(),
+                    Arc::new(SystemClock),
+                );
+                let dispatcher_task = dispatcher.start();
+                // Session streams stay open until the dispatcher ends them: stop it when the
+                // server is told to stop, so the graceful shutdown can finish.
+                let server_stopping = {
+                    let stopping = stopping.clone();
+                    async move {
+                        until_stopping(stopping).await;
+                        dispatcher_task.stop().await;
+                    }
+                };
                 let remote = tokio::spawn(
                     tonic::transport::Server::builder()
                         .initial_stream_window_size(Some(shoal_raft::transport::WINDOW_BYTES))
@@ -836,13 +863,14 @@ impl Daemon {
                         ))
                         .add_service(CaServer::new(ca.clone()))
                         .add_service(NodeCaServer::new(ca))
+                        .add_service(DispatcherServer::new(dispatcher))
                         .add_service(ControlServer::with_interceptor(
                             ControlApi::new(store, handle.clone()),
                             managers_only(),
                         ))
                         .serve_with_incoming_shutdown(
                             shoal_tls::listen(listener, credentials.clone()),
-                            until_stopping(stopping.clone()),
+                            server_stopping,
                         ),
                 );
                 // The managers this node renews its certificate with: the Raft members.
@@ -853,6 +881,7 @@ impl Daemon {
                     Some(request) = leave_rx.recv() => Reason::Leave(request),
                     Some(role) = role_rx.recv() => Reason::Role(role),
                     _ = status.wait_for(|s| s.removed) => Reason::RemovedFromRaft,
+                    Ok(AgentExit::Removed(message)) = &mut agent => Reason::Removed(message),
                 };
                 if let Reason::Leave(LeaveRequest { force: true }) = &outcome {
                     leave_raft(&handle, &identity, &credentials, &managers).await;
@@ -869,7 +898,16 @@ impl Daemon {
         };
         let _ = stopping_tx.send(true);
         let _ = renewer.await;
+        if !agent.is_finished() {
+            let _ = agent.await;
+        }
         served?;
+        // Remember the managers the node learned, for its next start.
+        if !matches!(outcome, Reason::Leave(_) | Reason::Removed(_)) {
+            let mut identity = identity.clone();
+            identity.managers = managers.get();
+            state_dir.save_identity(&identity)?;
+        }
         let outcome = match outcome {
             Reason::Stop => Outcome::Stopped,
             Reason::Leave(_) => {
@@ -880,6 +918,13 @@ impl Daemon {
             Reason::Role(role) => {
                 tracing::info!("this node is now a {}; restarting as one", role_name(role));
                 Outcome::RoleChanged(role)
+            }
+            Reason::Removed(message) => {
+                state_dir.forget_cluster()?;
+                return Err(NodeError::Refused(format!(
+                    "this node was removed from the cluster ({message}); it has forgotten the \
+                     cluster: to come back, join again with a token"
+                )));
             }
             Reason::RemovedFromRaft => {
                 tracing::info!(
@@ -922,6 +967,8 @@ enum Reason {
     Leave(LeaveRequest),
     Role(NodeRole),
     RemovedFromRaft,
+    /// The cluster removed this node.
+    Removed(String),
 }
 
 /// What a new manager needs to start Raft.

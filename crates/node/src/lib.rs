@@ -10,6 +10,7 @@
 //! into a one-member cluster keeping all data (`--force-new-cluster`). The Raft thread starts,
 //! then the gRPC server. SIGTERM or SIGINT stop the server, then the Raft thread, cleanly.
 
+pub mod agent;
 pub mod certificates;
 mod daemon;
 mod error;

@@ -263,6 +263,7 @@ async fn certificates_that_must_not_get_in_are_refused() {
 async fn a_worker_leaves_and_once_removed_its_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let m1 = support::init_manager(dir.path(), "m1").await;
+    heartbeat_every_second(&m1.addr).await;
     let mut w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
     let kept = certificates_of(&w1.state_dir);
     let node_id = shoal_ca::parse_node_certificate(&kept.cert_pem)
@@ -303,6 +304,12 @@ async fn a_worker_leaves_and_once_removed_its_certificate_is_refused() {
     assert!(!w1.state_dir.join("certificates").exists());
     assert!(!w1.state_dir.join("node.json").exists());
 
+    // Its heartbeats stop: once the manager notices, it can be removed without force.
+    support::eventually("w1 to be down", Duration::from_secs(30), async || {
+        let node = node_of(&m1.addr, &node_id).await?;
+        (node.status?.state == shoal_api::v1::node_status::State::Down as i32).then_some(())
+    })
+    .await;
     // Until removed, its old certificate still renews; once removed, it is refused.
     let old = dialer_with(kept);
     assert_eq!(renewal_call(&old, &m1.addr).await, Ok(()));
@@ -333,4 +340,193 @@ async fn a_worker_leaves_and_once_removed_its_certificate_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::NotFound);
+}
+
+/// Heartbeats every second, so a silent node is down after three.
+async fn heartbeat_every_second(addr: &str) {
+    let mut control = support::client(addr).await.unwrap();
+    let cluster = control
+        .list_clusters(ListClustersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters
+        .remove(0);
+    let mut spec = cluster.spec.clone().unwrap();
+    spec.dispatcher = Some(shoal_api::v1::DispatcherConfig {
+        heartbeat_period: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+    });
+    let meta = cluster.meta.unwrap();
+    control
+        .update_cluster(shoal_api::v1::UpdateClusterRequest {
+            cluster_id: meta.id,
+            cluster_version: meta.version,
+            spec: Some(spec),
+            rotation: None,
+        })
+        .await
+        .unwrap();
+}
+
+async fn node_of(addr: &str, node_id: &str) -> Option<shoal_api::v1::Node> {
+    support::client(addr)
+        .await?
+        .get_node(GetNodeRequest {
+            node_id: node_id.to_string(),
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .node
+}
+
+fn role_on_disk(state_dir: &std::path::Path) -> Option<NodeRole> {
+    let certs = shoal_node::certificates::load(state_dir).ok()??;
+    Some(shoal_ca::parse_node_certificate(&certs.cert_pem).ok()?.role)
+}
+
+async fn set_desired_role(addr: &str, node_id: &str, role: NodeRole) {
+    let node = node_of(addr, node_id).await.unwrap();
+    let mut spec = node.spec.clone().unwrap();
+    spec.desired_role = role as i32;
+    support::client(addr)
+        .await
+        .unwrap()
+        .update_node(shoal_api::v1::UpdateNodeRequest {
+            node_id: node_id.to_string(),
+            node_version: node.meta.unwrap().version,
+            spec: Some(spec),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_is_promoted_and_demoted_through_new_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
+    let node_id = shoal_ca::parse_node_certificate(&certificates_of(&w1.state_dir).cert_pem)
+        .unwrap()
+        .node_id;
+    // Its session makes it READY.
+    support::eventually("w1 to be ready", Duration::from_secs(20), async || {
+        let node = node_of(&m1.addr, &node_id).await?;
+        (node.status?.state == shoal_api::v1::node_status::State::Ready as i32).then_some(())
+    })
+    .await;
+
+    // Promote: the node renews, gets a manager certificate, joins Raft, and serves the
+    // Control API with the cluster's data.
+    set_desired_role(&m1.addr, &node_id, NodeRole::Manager).await;
+    support::eventually(
+        "w1 to become a manager",
+        Duration::from_secs(30),
+        async || (role_on_disk(&w1.state_dir)? == NodeRole::Manager).then_some(()),
+    )
+    .await;
+    support::eventually(
+        "w1 to serve as a manager",
+        Duration::from_secs(30),
+        async || {
+            support::config_names(&w1.addr)
+                .await
+                .ok()?
+                .contains(&"one".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    support::eventually(
+        "w1 to be a Raft member",
+        Duration::from_secs(20),
+        async || {
+            node_of(&m1.addr, &node_id)
+                .await?
+                .manager_status
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    // Demote: it leaves Raft, gets a worker certificate, and stops serving the Control API.
+    set_desired_role(&m1.addr, &node_id, NodeRole::Worker).await;
+    support::eventually(
+        "w1 to become a worker again",
+        Duration::from_secs(30),
+        async || (role_on_disk(&w1.state_dir)? == NodeRole::Worker).then_some(()),
+    )
+    .await;
+    let socket = w1.state_dir.join("control.sock");
+    support::eventually(
+        "w1's socket to refuse the Control API",
+        Duration::from_secs(30),
+        async || {
+            let refused = support::local_client(&socket)
+                .await
+                .list_nodes(ListNodesRequest::default())
+                .await
+                .err()?;
+            refused.message().contains("not a manager").then_some(())
+        },
+    )
+    .await;
+    let node = node_of(&m1.addr, &node_id).await.unwrap();
+    assert_eq!(node.role, NodeRole::Worker as i32);
+    assert!(node.manager_status.is_none());
+    // The cluster still takes writes with its one manager.
+    support::create_config(std::slice::from_ref(&m1.addr), "after-demotion")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_running_worker_needs_force_and_the_worker_stops_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::init_manager(dir.path(), "m1").await;
+    let mut w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
+    let node_id = shoal_ca::parse_node_certificate(&certificates_of(&w1.state_dir).cert_pem)
+        .unwrap()
+        .node_id;
+    support::eventually("w1 to be ready", Duration::from_secs(20), async || {
+        let node = node_of(&m1.addr, &node_id).await?;
+        (node.status?.state == shoal_api::v1::node_status::State::Ready as i32).then_some(())
+    })
+    .await;
+    let mut control = support::client(&m1.addr).await.unwrap();
+    let refused = control
+        .remove_node(RemoveNodeRequest {
+            node_id: node_id.clone(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        node_of(&m1.addr, &node_id).await.is_some(),
+        "nothing changed"
+    );
+    control
+        .remove_node(RemoveNodeRequest {
+            node_id: node_id.clone(),
+            force: true,
+        })
+        .await
+        .unwrap();
+    // The worker hears it, forgets the cluster and exits with an error that says so.
+    assert_eq!(
+        w1.wait_exit(Duration::from_secs(30)),
+        Some(1),
+        "{}",
+        w1.logs()
+    );
+    assert!(
+        w1.logs().contains("removed from the cluster"),
+        "{}",
+        w1.logs()
+    );
+    assert!(!w1.state_dir.join("certificates").exists());
 }

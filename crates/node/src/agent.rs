@@ -1,0 +1,240 @@
+//! The agent's side of the dispatcher: a session with the leader, kept alive with
+//! heartbeats.
+//!
+//! Every node — worker or manager — keeps one session open with the dispatcher of the Raft
+//! leader (a follower answers with the leader's address, which the agent follows). The
+//! session is how the cluster knows the node is up (READY), and how the node hears about
+//! itself: the managers' addresses (kept in [`Managers`], used to reconnect and to renew),
+//! and changes to its Node object — a certificate marked `RENEW` (promote, demote) makes the
+//! node renew at once.
+//!
+//! When the session breaks the agent reconnects with backoff (100 ms doubling to 8 s, as
+//! SwarmKit), trying every manager it knows. A refusal that says the node was removed is
+//! final: the agent stops and the node reports it, instead of retrying forever.
+//!
+//! Tasks (assignments, status reports) come with the executor.
+
+use std::time::Duration;
+
+use shoal_api::v1::dispatcher_client::DispatcherClient;
+use shoal_api::v1::{
+    HeartbeatRequest, NodeDescription, Platform, SessionMessage, SessionRequest, issuance_status,
+};
+use shoal_tls::{Credentials, Dialer};
+use tokio::sync::watch;
+use tonic::Streaming;
+
+use crate::renewal::{Managers, RenewalRequest};
+
+/// Why the agent stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AgentExit {
+    /// Told to stop.
+    Stopped,
+    /// The cluster removed this node; the message says so.
+    Removed(String),
+}
+
+/// The session side of a node.
+pub struct Agent {
+    credentials: Credentials,
+    managers: Managers,
+    renew: RenewalRequest,
+    hostname: String,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    Stopped,
+    Removed(String),
+    /// Broken or refused for a reason worth retrying; `String` says why.
+    Retry(String),
+}
+
+fn removed(status: &tonic::Status) -> Option<String> {
+    (status.code() == tonic::Code::PermissionDenied
+        && (status.message().contains("removed") || status.message().contains("revoked")))
+    .then(|| status.message().to_string())
+}
+
+impl Agent {
+    pub fn new(
+        credentials: Credentials,
+        managers: Managers,
+        renew: RenewalRequest,
+        hostname: String,
+    ) -> Self {
+        Self {
+            credentials,
+            managers,
+            renew,
+            hostname,
+        }
+    }
+
+    fn description(&self) -> NodeDescription {
+        NodeDescription {
+            hostname: self.hostname.clone(),
+            platform: Some(Platform {
+                architecture: std::env::consts::ARCH.to_string(),
+                os: std::env::consts::OS.to_string(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Keeps a session open until `shutdown` turns true or the node is removed.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> AgentExit {
+        let base = shoal_api::defaults::SESSION_BACKOFF_BASE;
+        let mut backoff = base;
+        loop {
+            if *shutdown.borrow() {
+                return AgentExit::Stopped;
+            }
+            match self.session(&mut shutdown).await {
+                SessionEnd::Stopped => return AgentExit::Stopped,
+                SessionEnd::Removed(message) => return AgentExit::Removed(message),
+                SessionEnd::Retry(why) => {
+                    tracing::debug!("agent: session ended ({why}); reconnecting in {backoff:?}");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(shoal_api::defaults::SESSION_BACKOFF_MAX);
+        }
+    }
+
+    /// Opens a session with the leader, trying every known manager.
+    async fn open(
+        &self,
+    ) -> Result<
+        (
+            DispatcherClient<tonic::transport::Channel>,
+            Streaming<SessionMessage>,
+        ),
+        SessionEnd,
+    > {
+        // No request timeout: the session stream lives as long as the session; heartbeats
+        // carry their own.
+        let dialer = Dialer::mutual(self.credentials.clone());
+        let mut targets = self.managers.get();
+        let mut last = String::from("no manager is known");
+        let mut hops = 0;
+        while !targets.is_empty() {
+            let target = targets.remove(0);
+            let channel = match dialer.connect(&target).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let mut client = DispatcherClient::new(channel);
+            match client
+                .session(SessionRequest {
+                    description: Some(self.description()),
+                    session_id: String::new(),
+                })
+                .await
+            {
+                Ok(stream) => return Ok((client, stream.into_inner())),
+                Err(status) => {
+                    if let Some(message) = removed(&status) {
+                        return Err(SessionEnd::Removed(message));
+                    }
+                    if let Some(leader) = crate::certificates::leader_of(&status)
+                        && hops < 3
+                    {
+                        hops += 1;
+                        targets.insert(0, leader);
+                        continue;
+                    }
+                    last = format!("{target}: {}", status.message());
+                }
+            }
+        }
+        Err(SessionEnd::Retry(last))
+    }
+
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
+        let (mut client, mut stream) = match self.open().await {
+            Ok(s) => s,
+            Err(end) => return end,
+        };
+        let first = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return SessionEnd::Retry("the session closed at once".into()),
+            Err(status) => {
+                return removed(&status)
+                    .map(SessionEnd::Removed)
+                    .unwrap_or_else(|| SessionEnd::Retry(status.message().to_string()));
+            }
+        };
+        let session_id = first.session_id.clone();
+        self.learn(&first);
+        tracing::info!("agent: session {session_id} open");
+        let mut period = shoal_api::defaults::HEARTBEAT_PERIOD;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        return SessionEnd::Stopped;
+                    }
+                }
+                message = stream.message() => match message {
+                    Ok(Some(m)) => self.learn(&m),
+                    Ok(None) => return SessionEnd::Retry("the manager ended the session".into()),
+                    Err(status) => {
+                        return removed(&status)
+                            .map(SessionEnd::Removed)
+                            .unwrap_or_else(|| SessionEnd::Retry(status.message().to_string()));
+                    }
+                },
+                () = tokio::time::sleep(period) => {
+                    let beat = tokio::time::timeout(
+                        shoal_api::defaults::DISPATCHER_RPC_TIMEOUT,
+                        client.heartbeat(HeartbeatRequest { session_id: session_id.clone() }),
+                    )
+                    .await;
+                    match beat {
+                        Ok(Ok(response)) => {
+                            if let Some(p) = response.into_inner().period {
+                                period = shoal_api::validation::to_std_duration(&p)
+                                    .max(Duration::from_millis(100));
+                            }
+                        }
+                        Ok(Err(status)) => {
+                            return removed(&status)
+                                .map(SessionEnd::Removed)
+                                .unwrap_or_else(|| SessionEnd::Retry(status.message().to_string()));
+                        }
+                        Err(_) => return SessionEnd::Retry("a heartbeat timed out".into()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes in what a session message says about the cluster and this node.
+    fn learn(&self, message: &SessionMessage) {
+        let addrs: Vec<String> = message
+            .managers
+            .iter()
+            .filter(|m| !m.addr.is_empty())
+            .map(|m| m.addr.clone())
+            .collect();
+        self.managers.set(addrs);
+        let renew = message
+            .node
+            .as_ref()
+            .and_then(|n| n.certificate.as_ref())
+            .and_then(|c| c.status.as_ref())
+            .is_some_and(|s| s.state == issuance_status::State::Renew as i32);
+        if renew {
+            tracing::info!("agent: the cluster asks this node to renew its certificate");
+            self.renew.request();
+        }
+    }
+}
