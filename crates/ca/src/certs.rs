@@ -28,9 +28,22 @@ pub fn cert_digest(cert_pem: &str) -> Result<String, CaError> {
     Ok(base36::encode(digest.as_ref(), 50))
 }
 
+/// The DER of the one certificate in `cert_pem`. Anything else in the text — a second
+/// certificate above all — is refused: a digest must cover everything that will be trusted.
 fn pem_to_der(cert_pem: &str) -> Result<Vec<u8>, CaError> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+    let (rest, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| CaError::InvalidCertificate(format!("not a PEM certificate: {e}")))?;
+    if pem.label != "CERTIFICATE" {
+        return Err(CaError::InvalidCertificate(format!(
+            "expected a CERTIFICATE, found {}",
+            pem.label
+        )));
+    }
+    if !rest.iter().all(u8::is_ascii_whitespace) {
+        return Err(CaError::InvalidCertificate(
+            "more than one PEM block where exactly one certificate was expected".into(),
+        ));
+    }
     Ok(pem.contents)
 }
 
@@ -188,6 +201,18 @@ pub fn parse_node_certificate_der(der: &[u8]) -> Result<NodeIdentity, CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digest_covers_exactly_one_certificate() {
+        let now = SystemTime::now();
+        let ca = RootCa::generate(now, Duration::from_secs(3600)).unwrap();
+        let other = RootCa::generate(now, Duration::from_secs(3600)).unwrap();
+        assert!(cert_digest(&ca.cert_pem).is_ok());
+        // A root with a second certificate smuggled after it has no digest at all.
+        let smuggled = format!("{}{}", ca.cert_pem, other.cert_pem);
+        assert!(cert_digest(&smuggled).is_err());
+        assert!(cert_digest(&format!("{}{}", ca.cert_pem, ca.key_pem)).is_err());
+    }
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 

@@ -13,14 +13,20 @@
 //! Raft and the remote Control API need `Managers`; the dispatcher `Nodes`; the CA calls a
 //! joining node makes (`GetRootCACertificate`, `IssueNodeCertificate` with a token,
 //! `NodeCertificateStatus`) `Joining`. Whatever the access, a certificate that *is* presented
-//! must belong to this cluster (its O names the cluster ID) and must not be revoked: a
+//! must be within its dates, must belong to this cluster (its O names the cluster ID) and
+//! must not be revoked: a
 //! removed node's certificate stays in the cluster's list of revoked certificates until it
-//! expires, so a removed node that reconnects is refused with a message saying so.
+//! expires, so a removed node that reconnects is refused with a message saying so. For
+//! `Managers`, the certificate's role is not enough: the cluster must still want the node
+//! as a manager (its Node's desired role), so a demoted manager's old certificate is
+//! refused at once.
 //!
 //! Calls on the local control socket do not come through here: the socket is owner-only
 //! and trusted, as in SwarmKit.
 
-use shoal_api::v1::{Cluster, NodeRole};
+use std::time::SystemTime;
+
+use shoal_api::v1::{Cluster, Node, NodeRole};
 use shoal_ca::NodeIdentity;
 use shoal_store::{By, Reader, Store};
 use tonic::{Request, Status};
@@ -83,10 +89,22 @@ impl Authorizer {
                 identity.node_id, identity.cluster_id, self.cluster_id
             )));
         }
-        let revoked = self.store.view(|tx| {
-            tx.find::<Cluster>(By::All)
-                .first()
-                .is_some_and(|c| c.blacklisted_certificates.contains_key(&identity.node_id))
+        // TLS checked the dates at the handshake; a connection can outlive them.
+        if identity.not_after < SystemTime::now() {
+            return Err(Status::unauthenticated(format!(
+                "the certificate of node {} has expired; a node whose certificate expired must \
+                 leave the cluster and join again with a token",
+                identity.node_id
+            )));
+        }
+        let (initialized, revoked, desired_role) = self.store.view(|tx| {
+            let cluster = tx.find::<Cluster>(By::All).into_iter().next();
+            let node = tx.get::<Node>(&identity.node_id);
+            (
+                cluster.is_some(),
+                cluster.is_some_and(|c| c.blacklisted_certificates.contains_key(&identity.node_id)),
+                node.and_then(|n| n.spec.as_ref().map(|s| s.desired_role)),
+            )
         });
         if revoked {
             return Err(Status::permission_denied(format!(
@@ -101,6 +119,19 @@ impl Authorizer {
                 "node {} holds a {} certificate; this call is for managers only",
                 identity.node_id,
                 role_name(identity.role)
+            )));
+        }
+        // A manager certificate outlives a demotion (until it expires): the cluster's word
+        // counts. A manager whose store is still empty (it is joining and has not received
+        // the first snapshot) cannot know yet, and goes by the certificate alone.
+        if access == Access::Managers
+            && initialized
+            && desired_role != Some(NodeRole::Manager as i32)
+        {
+            return Err(Status::permission_denied(format!(
+                "node {} is not a manager of this cluster (any more): its manager certificate \
+                 no longer counts; it gets a worker certificate at its next renewal",
+                identity.node_id
             )));
         }
         Ok(Some(identity))

@@ -284,7 +284,16 @@ impl NodeCa for CaServer {
         &self,
         request: Request<NodeCertificateStatusRequest>,
     ) -> Result<Response<NodeCertificateStatusResponse>, Status> {
-        self.authorizer.check(&request, Access::Joining)?;
+        let caller = self.authorizer.check(&request, Access::Joining)?;
+        if let Some(caller) = &caller
+            && caller.role != NodeRole::Manager
+            && caller.node_id != request.get_ref().node_id
+        {
+            return Err(Status::permission_denied(format!(
+                "node {} may ask about its own certificate only",
+                caller.node_id
+            )));
+        }
         self.raft
             .read_barrier()
             .await

@@ -471,9 +471,13 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|s| s.state == node_status::State::Ready as i32)
 }
 
+/// A node this manager's store does not hold. Not final: a new leader may not have applied
+/// the node's creation yet. (A removed node never gets this far: its certificate is on the
+/// revocation list, which the authorizer checks first.)
 fn not_member(node_id: &str) -> Status {
-    Status::permission_denied(format!(
-        "node {node_id} is not a member of this cluster (it was removed?); join again with a token"
+    Status::unavailable(format!(
+        "this manager does not know node {node_id} (yet); retrying shortly. If the node was \
+         never part of this cluster, join it with a token"
     ))
 }
 
@@ -1748,9 +1752,9 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
         assert!(
-            refused.message().contains("join again with a token"),
+            refused.message().contains("join it with a token"),
             "{}",
             refused.message()
         );

@@ -253,7 +253,9 @@ async fn join(
 
 /// Binds the control socket: a stale socket file is replaced, the directory is created
 /// owner-only, and the socket is readable and writable by its owner only.
-fn bind_control_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, NodeError> {
+pub(crate) fn bind_control_socket(
+    path: &std::path::Path,
+) -> Result<tokio::net::UnixListener, NodeError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
@@ -323,12 +325,36 @@ async fn announce_address(handle: RaftHandle, identity: NodeIdentity, dialer: Di
     );
 }
 
-fn control_path(config: &DaemonConfig, state_dir: &StateDir) -> PathBuf {
+pub(crate) fn control_path(config: &DaemonConfig, state_dir: &StateDir) -> PathBuf {
     config.listen_control_api.clone().unwrap_or_else(|| {
         state_dir
             .path()
             .join(shoal_api::defaults::CONTROL_SOCKET_NAME)
     })
+}
+
+/// Gets this node a certificate (and so an ID and a role) from the CA at `addr` with
+/// `token`, and records both in the state directory. Refusals are final and say why.
+pub(crate) async fn join_cluster(
+    state_dir: &StateDir,
+    addr: &str,
+    token: &str,
+) -> Result<(NodeIdentity, crate::certificates::Issued), NodeError> {
+    let issued = crate::certificates::obtain(addr, token).await?;
+    crate::certificates::save(state_dir.path(), &issued)?;
+    let identity = NodeIdentity {
+        node_id: issued.identity.node_id.clone(),
+        raft_id: 0,
+        advertise_addr: String::new(),
+        managers: vec![addr.to_string()],
+    };
+    state_dir.save_identity(&identity)?;
+    tracing::info!(
+        node_id = %identity.node_id,
+        "joined the cluster as a {}",
+        role_name(issued.identity.role)
+    );
+    Ok((identity, issued))
 }
 
 /// Asks each of `managers` in turn to let this node join Raft; the first that agrees wins.
@@ -394,23 +420,9 @@ impl Daemon {
                         config.state_dir.display()
                     )));
                 };
-                // The CA decides the node ID and the role.
-                let issued = crate::certificates::obtain(join_addr, token).await?;
-                crate::certificates::save(state_dir.path(), &issued)?;
+                let (identity, issued) = join_cluster(&state_dir, join_addr, token).await?;
                 let credentials = credentials_from(issued.certificates())?;
-                let identity = NodeIdentity {
-                    node_id: issued.identity.node_id.clone(),
-                    raft_id: 0,
-                    advertise_addr: String::new(),
-                    managers: vec![join_addr.clone()],
-                };
-                state_dir.save_identity(&identity)?;
                 let managers = Managers::new(identity.managers.clone());
-                tracing::info!(
-                    node_id = %identity.node_id,
-                    "joined the cluster as a {}",
-                    role_name(issued.identity.role)
-                );
                 match issued.identity.role {
                     NodeRole::Manager => {
                         Self::manager(config, state_dir, control, identity, credentials, managers)
@@ -518,12 +530,13 @@ impl Daemon {
         )?;
         state_dir.save_identity(&identity)?;
         // Like `docker swarm init`: say how to add to the new cluster.
+        // The manager token is not printed: logs are read by more people than should hold it.
         eprintln!(
             "Cluster initialized: this node ({}) is now a manager.\n\nTo add a worker to this \
              cluster, run on the other machine:\n\n    shoal daemon --join-addr {advertise} \
-             --join-token {}\n\nTo add a manager, use the manager token instead:\n\n    shoal \
-             daemon --join-addr {advertise} --join-token {}\n",
-            identity.node_id, tokens.worker, tokens.manager
+             --join-token {}\n\nTo add a manager, run `shoal swarm join-token manager` here \
+             and follow the instructions.\n",
+            identity.node_id, tokens.worker
         );
         let credentials = credentials_from(issued.certificates())?;
         Self::start_raft(
@@ -563,7 +576,31 @@ impl Daemon {
             let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
             let dialer = Dialer::mutual(credentials.clone());
             let response =
-                join_any(&dialer, &managers.get(), &advertise, &identity.node_id).await?;
+                match join_any(&dialer, &managers.get(), &advertise, &identity.node_id).await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        // Demoted again before it could join: the cluster wants a worker.
+                        if let Ok(renewed) =
+                            crate::renewal::renew(state_dir.path(), &credentials, &managers).await
+                            && renewed.role == NodeRole::Worker
+                        {
+                            tracing::info!(
+                                "joining Raft was refused ({e}); the cluster has this node as a \
+                                 worker now"
+                            );
+                            drop(listener);
+                            return Self::worker(
+                                config,
+                                state_dir,
+                                control,
+                                identity,
+                                credentials,
+                                managers,
+                            );
+                        }
+                        return Err(e);
+                    }
+                };
             // A joining manager learns its peers from the answer: it must be able to answer
             // the leader before the snapshot that carries the membership arrives.
             initial_peers = response.members.clone();
@@ -790,7 +827,7 @@ impl Daemon {
             Role::Worker => {
                 let local = tokio::spawn(
                     tonic::transport::Server::builder()
-                        .add_service(NotAManager)
+                        .add_service(NotAManager::WORKER)
                         .add_service(local_swarm)
                         .serve_with_incoming_shutdown(
                             tokio_stream::wrappers::UnixListenerStream::new(control),
@@ -881,7 +918,6 @@ impl Daemon {
                     Some(request) = leave_rx.recv() => Reason::Leave(request),
                     Some(role) = role_rx.recv() => Reason::Role(role),
                     _ = status.wait_for(|s| s.removed) => Reason::RemovedFromRaft,
-                    Ok(AgentExit::Removed(message)) = &mut agent => Reason::Removed(message),
                 };
                 if let Reason::Leave(LeaveRequest { force: true }) = &outcome {
                     leave_raft(&handle, &identity, &credentials, &managers).await;

@@ -17,6 +17,7 @@ mod error;
 mod local;
 pub mod renewal;
 mod state_dir;
+pub mod supervisor;
 
 pub use daemon::{Daemon, DaemonConfig, Outcome, RunningDaemon};
 pub use error::NodeError;

@@ -10,19 +10,36 @@ use std::task::{Context, Poll};
 
 use shoal_api::v1::swarm_server::Swarm;
 use shoal_api::v1::{
-    LeaveSwarmRequest, LeaveSwarmResponse, NodeRole, SwarmInfoRequest, SwarmInfoResponse,
+    InitSwarmRequest, InitSwarmResponse, JoinSwarmRequest, JoinSwarmResponse, LeaveSwarmRequest,
+    LeaveSwarmResponse, NodeRole, SwarmInfoRequest, SwarmInfoResponse,
 };
 use shoal_tls::Credentials;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::codegen::http;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use crate::renewal::Managers;
 
-/// Answers every Control API call of a node that is not a manager.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NotAManager;
+/// Answers every Control API call of a node that is not a manager, saying why.
+#[derive(Clone, Copy, Debug)]
+pub struct NotAManager {
+    message: &'static str,
+}
+
+impl NotAManager {
+    /// On a worker.
+    pub const WORKER: NotAManager = NotAManager {
+        message: "this node is a worker, not a manager: the Control API is served by managers; \
+                  run the command on a manager (or promote this node with `shoal node promote` \
+                  there)",
+    };
+    /// On a node that belongs to no cluster.
+    pub const INACTIVE: NotAManager = NotAManager {
+        message: "this node is not part of a cluster: create one with `shoal swarm init`, or \
+                  join one with `shoal swarm join --token TOKEN MANAGER-ADDR`",
+    };
+}
 
 impl NamedService for NotAManager {
     const NAME: &'static str = "shoal.v1.Control";
@@ -38,11 +55,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for NotAManager {
     }
 
     fn call(&mut self, _request: http::Request<tonic::body::Body>) -> Self::Future {
-        std::future::ready(Ok(Status::failed_precondition(
-            "this node is a worker, not a manager: the Control API is served by managers; run \
-             the command on a manager (or promote this node with `shoal node promote` there)",
-        )
-        .into_http()))
+        std::future::ready(Ok(Status::failed_precondition(self.message).into_http()))
     }
 }
 
@@ -73,8 +86,37 @@ impl LocalSwarm {
     }
 }
 
+impl LocalSwarm {
+    fn already_member(&self) -> Status {
+        let identity = self.credentials.identity();
+        Status::failed_precondition(format!(
+            "this node is already part of a cluster (node {}, a {}); leave it first with \
+             `shoal swarm leave`",
+            identity.node_id,
+            if identity.role == NodeRole::Manager {
+                "manager"
+            } else {
+                "worker"
+            }
+        ))
+    }
+}
+
 #[tonic::async_trait]
 impl Swarm for LocalSwarm {
+    async fn init(
+        &self,
+        _request: Request<InitSwarmRequest>,
+    ) -> Result<Response<InitSwarmResponse>, Status> {
+        Err(self.already_member())
+    }
+
+    async fn join(
+        &self,
+        _request: Request<JoinSwarmRequest>,
+    ) -> Result<Response<JoinSwarmResponse>, Status> {
+        Err(self.already_member())
+    }
     async fn info(
         &self,
         _request: Request<SwarmInfoRequest>,
@@ -105,5 +147,91 @@ impl Swarm for LocalSwarm {
             .await
             .map_err(|_| Status::unavailable("this node is already stopping"))?;
         Ok(Response::new(LeaveSwarmResponse {}))
+    }
+}
+
+/// What a node that belongs to no cluster is asked to do.
+pub enum InactiveRequest {
+    Init(oneshot::Sender<Result<(), Status>>),
+    Join {
+        remote_addr: String,
+        join_token: String,
+        reply: oneshot::Sender<Result<JoinSwarmResponse, Status>>,
+    },
+}
+
+/// The `Swarm` service of a node that belongs to no cluster: init and join go to the
+/// daemon, which answers once it has done them (or why it could not).
+pub struct InactiveSwarm {
+    requests: mpsc::Sender<InactiveRequest>,
+}
+
+impl InactiveSwarm {
+    pub fn new(requests: mpsc::Sender<InactiveRequest>) -> Self {
+        Self { requests }
+    }
+}
+
+fn not_in_a_cluster() -> Status {
+    Status::failed_precondition(
+        "this node is not part of a cluster: create one with `shoal swarm init`, or join one \
+         with `shoal swarm join --token TOKEN MANAGER-ADDR`",
+    )
+}
+
+#[tonic::async_trait]
+impl Swarm for InactiveSwarm {
+    async fn init(
+        &self,
+        _request: Request<InitSwarmRequest>,
+    ) -> Result<Response<InitSwarmResponse>, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(InactiveRequest::Init(reply))
+            .await
+            .map_err(|_| Status::unavailable("this node is stopping"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("this node is stopping"))??;
+        Ok(Response::new(InitSwarmResponse {}))
+    }
+
+    async fn join(
+        &self,
+        request: Request<JoinSwarmRequest>,
+    ) -> Result<Response<JoinSwarmResponse>, Status> {
+        let request = request.into_inner();
+        if request.remote_addr.is_empty() || request.join_token.is_empty() {
+            return Err(Status::invalid_argument(
+                "joining needs a manager address and a join token: `shoal swarm join --token \
+                 TOKEN MANAGER-ADDR`",
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(InactiveRequest::Join {
+                remote_addr: request.remote_addr,
+                join_token: request.join_token,
+                reply,
+            })
+            .await
+            .map_err(|_| Status::unavailable("this node is stopping"))?;
+        Ok(Response::new(answer.await.map_err(|_| {
+            Status::unavailable("this node is stopping")
+        })??))
+    }
+
+    async fn info(
+        &self,
+        _request: Request<SwarmInfoRequest>,
+    ) -> Result<Response<SwarmInfoResponse>, Status> {
+        Err(not_in_a_cluster())
+    }
+
+    async fn leave(
+        &self,
+        _request: Request<LeaveSwarmRequest>,
+    ) -> Result<Response<LeaveSwarmResponse>, Status> {
+        Err(not_in_a_cluster())
     }
 }

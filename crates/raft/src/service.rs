@@ -6,7 +6,7 @@
 //! it picks an unused Raft ID, commits the membership change, and returns the members.
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use shoal_api::v1::raft_membership_server::RaftMembership;
 use shoal_api::v1::raft_server::Raft;
 use shoal_api::v1::{
@@ -81,13 +81,61 @@ pub fn to_status(handle: &RaftHandle, e: RaftError) -> Status {
     }
 }
 
+/// The node ID in the caller's certificate, when the call came over mutual TLS.
+fn caller_node_id<T>(request: &Request<T>) -> Option<String> {
+    shoal_tls::peer(request)
+        .and_then(|p| p.identity.as_ref())
+        .map(|i| i.node_id.clone())
+}
+
+impl RaftService {
+    /// Whether a message from a stream opened by `caller` may be stepped. Proposals never
+    /// travel between managers here (followers refuse writes instead of forwarding them), so
+    /// a proposal from the network is dropped. A message must come from the member whose
+    /// node ID the caller's certificate carries: one manager cannot speak for another. A
+    /// manager that is still joining (no members known yet) cannot check, and accepts the
+    /// stream's sender as it is.
+    fn admit(&self, msg: &Message, caller: Option<&str>, sender: &mut Option<u64>) -> bool {
+        if msg.get_msg_type() == MessageType::MsgPropose {
+            tracing::warn!(
+                "raft: dropped a proposal sent by {caller:?}: proposals are not forwarded"
+            );
+            return false;
+        }
+        let Some(caller) = caller else {
+            return true;
+        };
+        if let Some(known) = *sender {
+            return known == msg.from;
+        }
+        let status = self.handle.status();
+        let admitted = match status.members.get(&msg.from) {
+            Some(member) => member.node_id == caller,
+            None => status.members.is_empty(),
+        };
+        if admitted {
+            *sender = Some(msg.from);
+        } else {
+            tracing::debug!(
+                "raft: dropped a message from member {:x} on a stream of node {caller}",
+                msg.from
+            );
+        }
+        admitted
+    }
+}
+
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn process_raft_message(
         &self,
         request: Request<ProcessRaftMessageRequest>,
     ) -> Result<Response<ProcessRaftMessageResponse>, Status> {
-        self.handle.step(decode(&request.into_inner().message)?);
+        let caller = caller_node_id(&request);
+        let msg = decode(&request.into_inner().message)?;
+        if self.admit(&msg, caller.as_deref(), &mut None) {
+            self.handle.step(msg);
+        }
         Ok(Response::new(ProcessRaftMessageResponse {}))
     }
 
@@ -95,8 +143,11 @@ impl Raft for RaftService {
         &self,
         request: Request<Streaming<StreamRaftMessageRequest>>,
     ) -> Result<Response<StreamRaftMessageResponse>, Status> {
+        let caller = caller_node_id(&request);
         let mut stream = request.into_inner();
         let mut buffer: Vec<u8> = Vec::new();
+        // The member this stream speaks for, once its first message proved it.
+        let mut sender: Option<u64> = None;
         let mut stopping = self.stopping.clone();
         loop {
             let part = tokio::select! {
@@ -104,14 +155,18 @@ impl Raft for RaftService {
                 _ = stopping.wait_for(|s| *s) => None,
             };
             let Some(part) = part else { break };
-            if buffer.is_empty() && part.last {
-                self.handle.step(decode(&part.chunk)?);
-                continue;
-            }
-            buffer.extend_from_slice(&part.chunk);
-            if part.last {
+            let msg = if buffer.is_empty() && part.last {
+                decode(&part.chunk)?
+            } else {
+                buffer.extend_from_slice(&part.chunk);
+                if !part.last {
+                    continue;
+                }
                 let msg = decode(&buffer)?;
                 buffer = Vec::new();
+                msg
+            };
+            if self.admit(&msg, caller.as_deref(), &mut sender) {
                 self.handle.step(msg);
             }
         }
@@ -137,7 +192,16 @@ impl Raft for RaftService {
 #[tonic::async_trait]
 impl RaftMembership for RaftService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let caller = caller_node_id(&request);
         let request = request.into_inner();
+        if let Some(caller) = caller
+            && caller != request.node_id
+        {
+            return Err(Status::permission_denied(format!(
+                "node {caller} cannot join Raft as node {}: a manager joins as itself",
+                request.node_id
+            )));
+        }
         if request.addr.is_empty() {
             return Err(Status::invalid_argument(
                 "a joining manager must give the address it is reached at",
@@ -201,9 +265,22 @@ impl RaftMembership for RaftService {
         &self,
         request: Request<LeaveRequest>,
     ) -> Result<Response<LeaveResponse>, Status> {
+        let caller = caller_node_id(&request);
         let node = request.into_inner().node.unwrap_or_default();
-        if !self.handle.status().is_leader {
+        let status = self.handle.status();
+        if !status.is_leader {
             return Err(not_leader(&self.handle));
+        }
+        if let Some(caller) = caller
+            && status
+                .members
+                .get(&node.raft_id)
+                .is_some_and(|m| m.node_id != caller)
+        {
+            return Err(Status::permission_denied(
+                "a manager can only take itself out of Raft; to remove another manager, demote \
+                 it with `shoal node demote` on a manager",
+            ));
         }
         self.handle
             .remove_member(node.raft_id)

@@ -174,12 +174,13 @@ async fn a_manager_token_joins_with_a_certificate() {
     assert_eq!(first.role, NodeRole::Manager);
     let first_json = std::fs::read_to_string(m1.state_dir.join("node.json")).unwrap();
     assert!(first_json.contains(&first.node_id));
-    // `--init` printed the command to add a manager, with this token.
+    // `--init` printed the command to add a worker, and not the manager token.
     let printed = format!(
         "shoal daemon --join-addr {} --join-token {}",
-        m1.addr, t.manager
+        m1.addr, t.worker
     );
     assert!(m1.logs().contains(&printed), "{}", m1.logs());
+    assert!(!m1.logs().contains(&t.manager), "{}", m1.logs());
     let m2 = support::Manager::start(
         dir.path(),
         "m2",

@@ -390,7 +390,7 @@ async fn removing_an_unknown_node_fails_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_leaves_only_with_force() {
     let dir = tempfile::tempdir().unwrap();
-    let mut m1 = support::init_manager(dir.path(), "m1").await;
+    let m1 = support::init_manager(dir.path(), "m1").await;
     let socket = socket_of(&m1);
     let err = shoal(&socket, &["swarm", "leave"]).failed();
     assert!(err.contains("demote"), "{err}");
@@ -401,12 +401,18 @@ async fn a_manager_leaves_only_with_force() {
         shoal(&socket, &["swarm", "leave", "--force"]).ok(),
         "Node left the swarm.\n"
     );
-    let code = m1.wait_exit(Duration::from_secs(30));
-    assert!(
-        code.is_some(),
-        "the daemon exits once it has left: {}",
-        m1.logs()
-    );
+    // The daemon stays, inactive, like a Docker Engine after `docker swarm leave`.
+    support::eventually(
+        "the node to be inactive",
+        Duration::from_secs(30),
+        async || {
+            let run = shoal(&socket, &["node", "ls"]);
+            run.stderr.contains("not part of a cluster").then_some(())
+        },
+    )
+    .await;
+    assert!(m1.is_running());
+    assert!(!m1.state_dir.join("node.json").exists());
 }
 
 #[test]

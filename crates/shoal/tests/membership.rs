@@ -264,7 +264,7 @@ async fn a_worker_leaves_and_once_removed_its_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let m1 = support::init_manager(dir.path(), "m1").await;
     heartbeat_every_second(&m1.addr).await;
-    let mut w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
+    let w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
     let kept = certificates_of(&w1.state_dir);
     let node_id = shoal_ca::parse_node_certificate(&kept.cert_pem)
         .unwrap()
@@ -285,7 +285,7 @@ async fn a_worker_leaves_and_once_removed_its_certificate_is_refused() {
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert!(refused.message().contains("demote"), "{refused:?}");
 
-    // `shoal swarm leave` on the worker: the daemon forgets the cluster and exits.
+    // `shoal swarm leave` on the worker: the daemon forgets the cluster.
     let socket = w1.state_dir.join("control.sock");
     support::eventually("the worker's socket", Duration::from_secs(20), async || {
         socket.exists().then_some(())
@@ -295,12 +295,19 @@ async fn a_worker_leaves_and_once_removed_its_certificate_is_refused() {
         .leave(LeaveSwarmRequest { force: false })
         .await
         .unwrap();
-    assert_eq!(
-        w1.wait_exit(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        w1.logs()
-    );
+    // Like a Docker Engine, the daemon stays, inactive, its cluster state gone.
+    support::eventually("w1 to be inactive", Duration::from_secs(20), async || {
+        let refused = SwarmClient::new(support::try_local_channel(&socket).await?)
+            .info(SwarmInfoRequest {})
+            .await
+            .err()?;
+        refused
+            .message()
+            .contains("not part of a cluster")
+            .then_some(())
+    })
+    .await;
+    assert!(w1.is_running());
     assert!(!w1.state_dir.join("certificates").exists());
     assert!(!w1.state_dir.join("node.json").exists());
 

@@ -136,18 +136,6 @@ async fn a_second_daemon_on_the_same_state_dir_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_without_a_cluster_says_how_to_start_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = support::daemon_once(&dir.path().join("fresh"), &[]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--init") && stderr.contains("--join-addr"),
-        "{stderr}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_and_force_new_cluster_keep_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut m1 = support::init_manager(dir.path(), "m1").await;

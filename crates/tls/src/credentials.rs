@@ -40,20 +40,21 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The trust store: the cluster's one root certificate. A root file with more than one
+/// certificate is refused — the join token's digest covers exactly one, and nothing else may
+/// slip into what the node trusts.
 pub(crate) fn roots(root_pem: &str) -> Result<RootCertStore, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(root_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(TlsError::certificates)?;
+    let [root] = <[CertificateDer<'static>; 1]>::try_from(certs).map_err(|certs| {
+        TlsError::Certificates(format!(
+            "the root CA must be exactly one certificate, not {}",
+            certs.len()
+        ))
+    })?;
     let mut roots = RootCertStore::empty();
-    let mut any = false;
-    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots
-            .add(cert.map_err(TlsError::certificates)?)
-            .map_err(TlsError::certificates)?;
-        any = true;
-    }
-    if !any {
-        return Err(TlsError::Certificates(
-            "the root CA file holds no certificate".into(),
-        ));
-    }
+    roots.add(root).map_err(TlsError::certificates)?;
     Ok(roots)
 }
 

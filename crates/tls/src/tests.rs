@@ -246,3 +246,13 @@ async fn renewed_credentials_apply_to_new_connections_and_keep_old_ones() {
     assert_eq!(client_credentials.identity().role, NodeRole::Manager);
     assert_eq!(call(&dialer, &server.addr).await, Ok(1));
 }
+
+#[test]
+fn a_root_file_must_hold_exactly_one_certificate() {
+    let root = root();
+    let smuggled = format!("{}{}", root.cert_pem, root_other().cert_pem);
+    assert!(Dialer::anonymous(&smuggled).is_err());
+    let mut certificates = issue(&root, "n", NodeRole::Worker, "cluster", SystemTime::now());
+    certificates.root_pem = smuggled;
+    assert!(Credentials::new(certificates).is_err());
+}

@@ -31,10 +31,10 @@
 //! whatever `force` says: removing a Raft member by deleting its node object would leave a
 //! voter nobody can see. A node whose status is READY is refused unless `force`. The node
 //! object is deleted and its certificate is revoked in the same transaction: the cluster's
-//! `blacklisted_certificates` gets an entry until the certificate's `not_after` (read from the
-//! certificate; if it cannot be read, now plus the cluster's certificate lifetime), and
-//! entries whose certificate has expired are pruned, so the list stays bounded by the nodes
-//! removed within one certificate lifetime. Time is the store's clock (`WriteTx::now`).
+//! `blacklisted_certificates` gets an entry until every certificate the node may still hold
+//! has expired (the later of its last certificate's `not_after` and now plus the longest
+//! lifetime a certificate can have, plus an hour for clock skew), and entries past that are
+//! pruned, so the list stays bounded by the nodes removed within one certificate lifetime. Time is the store's clock (`WriteTx::now`).
 //!
 //! # Invariants
 //!
@@ -253,25 +253,29 @@ fn prune_blacklist(
     list.retain(|_, c| c.expiry.as_ref().is_none_or(|e| !is_past(e, now)));
 }
 
-/// When the node's certificate expires: its `not_after` if it can be read, else `now` plus
-/// the cluster's certificate lifetime (the latest a certificate issued now could live).
+/// How long past the expiry a revocation is kept: clocks of managers differ.
+const REVOCATION_MARGIN: Duration = Duration::from_secs(3600);
+
+/// Until when a removed node's certificates must stay revoked: past the `not_after` of its
+/// last certificate, and past what any certificate it may still hold could live — an older
+/// one, issued when certificates lasted longer, may outlive the last — plus a margin for
+/// clock skew. Certificates never outlive the longer of the cluster's lifetime and the
+/// default (90 days), so that bounds the list.
 fn certificate_expiry(node: &Node, cluster: Option<&Cluster>, now: SystemTime) -> SystemTime {
-    let parsed = node
+    let last = node
         .certificate
         .as_ref()
         .and_then(|c| std::str::from_utf8(&c.certificate).ok())
-        .and_then(|pem| shoal_ca::parse_node_certificate(pem).ok());
-    if let Some(identity) = parsed {
-        return identity.not_after;
-    }
+        .and_then(|pem| shoal_ca::parse_node_certificate(pem).ok())
+        .map(|identity| identity.not_after);
     let lifetime = cluster
         .and_then(|c| c.spec.as_ref())
         .and_then(|s| s.ca_config.as_ref())
         .and_then(|c| c.node_cert_expiry.as_ref())
         .map(validation::to_std_duration)
-        .filter(|d| !d.is_zero())
-        .unwrap_or(defaults::NODE_CERT_EXPIRY);
-    now + lifetime
+        .unwrap_or_default()
+        .max(defaults::NODE_CERT_EXPIRY);
+    last.unwrap_or(now).max(now + lifetime) + REVOCATION_MARGIN
 }
 
 /// How reachable Raft member `raft_id` is, as far as this manager can tell (see the module
@@ -954,8 +958,13 @@ mod tests {
         let node = node_with_certificate(&cluster, "w1", "host-w1", NodeRole::Worker, now);
         let pem = std::str::from_utf8(&node.certificate.as_ref().unwrap().certificate).unwrap();
         let not_after = shoal_ca::parse_node_certificate(pem).unwrap().not_after;
-        assert_eq!(certificate_expiry(&node, Some(&cluster), now), not_after);
-        // Unreadable: now + the cluster's lifetime, else the default.
+        let longest = now + defaults::NODE_CERT_EXPIRY + REVOCATION_MARGIN;
+        assert_eq!(
+            certificate_expiry(&node, Some(&cluster), now),
+            (not_after + REVOCATION_MARGIN).max(longest)
+        );
+        // Without a readable certificate, or with a shorter lifetime now: whatever the node
+        // may still hold lives at most the default lifetime.
         let bare = plain_node("w2", NodeRole::Worker, node_status::State::Down);
         let mut short = cluster.clone();
         short
@@ -969,13 +978,23 @@ mod tests {
             seconds: 3600,
             nanos: 0,
         });
+        assert_eq!(certificate_expiry(&bare, Some(&short), now), longest);
+        assert_eq!(certificate_expiry(&bare, None, now), longest);
+        // A lifetime longer than the default counts in full.
+        let mut long = short.clone();
+        long.spec
+            .as_mut()
+            .unwrap()
+            .ca_config
+            .as_mut()
+            .unwrap()
+            .node_cert_expiry = Some(prost_types::Duration {
+            seconds: 200 * 24 * 3600,
+            nanos: 0,
+        });
         assert_eq!(
-            certificate_expiry(&bare, Some(&short), now),
-            now + Duration::from_secs(3600)
-        );
-        assert_eq!(
-            certificate_expiry(&bare, None, now),
-            now + defaults::NODE_CERT_EXPIRY
+            certificate_expiry(&bare, Some(&long), now),
+            now + Duration::from_secs(200 * 24 * 3600) + REVOCATION_MARGIN
         );
     }
 
@@ -1584,7 +1603,9 @@ mod tests {
         let list = &w.cluster().blacklisted_certificates;
         let keys: Vec<&str> = list.keys().map(String::as_str).collect();
         assert_eq!(keys, ["recent", "w1"]);
-        assert_eq!(list["w1"].expiry, Some(not_after.into()));
+        let expiry = list["w1"].expiry.unwrap();
+        let until = prost_types::Timestamp::from(not_after + REVOCATION_MARGIN);
+        assert!(expiry.seconds >= until.seconds, "{expiry:?} < {until:?}");
 
         let e = w.remove("w1", false).unwrap_err();
         assert_eq!(e.code(), Code::NotFound);

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shoal_node::{Daemon, DaemonConfig, Outcome, default_state_dir};
+use shoal_node::{DaemonConfig, default_state_dir};
 
 /// Arguments of `shoal daemon`.
 #[derive(clap::Args, Debug)]
@@ -104,32 +104,10 @@ pub fn run(args: Args) -> Result<(), String> {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        // A node whose role changes (promoted, demoted) starts again in its new role.
-        loop {
-            let daemon = Daemon::start(config.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut stop = stop.clone();
-            let outcome = daemon
-                .serve(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            match outcome {
-                Outcome::Stopped => return Ok(()),
-                Outcome::Left => {
-                    eprintln!("Node left the swarm.");
-                    return Ok(());
-                }
-                Outcome::RoleChanged(_) => {
-                    config.init = false;
-                    config.join_addr = None;
-                    config.join_token = None;
-                    config.force_new_cluster = false;
-                }
-            }
-        }
+        shoal_node::supervisor::run(config, stop)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
 }
 

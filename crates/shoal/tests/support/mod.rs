@@ -309,6 +309,13 @@ pub async fn join_manager(dir: &Path, name: &str, leader: &str) -> Manager {
 
 /// A channel to a node's local control socket.
 pub async fn local_channel(socket: &Path) -> Channel {
+    try_local_channel(socket)
+        .await
+        .expect("connect to the control socket")
+}
+
+/// A channel to a node's local control socket, if it serves.
+pub async fn try_local_channel(socket: &Path) -> Option<Channel> {
     let socket = socket.to_path_buf();
     tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -320,7 +327,7 @@ pub async fn local_channel(socket: &Path) -> Channel {
             }
         }))
         .await
-        .expect("connect to the control socket")
+        .ok()
 }
 
 /// A Control API client over a node's local control socket.

@@ -1,7 +1,9 @@
 //! `shoal swarm ...`: the swarm as a whole — join tokens, settings, leaving. One file per
 //! command; this one holds the cluster object as JSON.
 
+pub mod init;
 pub mod inspect;
+pub mod join;
 pub mod join_token;
 pub mod leave;
 pub mod update;
@@ -22,6 +24,10 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
+    /// Create a swarm with this node as its first manager
+    Init(init::Args),
+    /// Join a swarm as a worker or a manager, as the token says
+    Join(join::Args),
     /// Show the command that adds a worker or a manager, or rotate its token
     JoinToken(join_token::Args),
     /// Change the swarm's settings
@@ -34,6 +40,8 @@ pub enum Command {
 
 pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
     match args.command {
+        Command::Init(a) => init::run(socket, a),
+        Command::Join(a) => join::run(socket, a),
         Command::JoinToken(a) => join_token::run(socket, a),
         Command::Update(a) => update::run(socket, a),
         Command::Inspect(a) => inspect::run(socket, a),

@@ -1,0 +1,126 @@
+//! A node's life, from start to stop: inactive until it creates or joins a cluster, then a
+//! manager or a worker, again after a role change, and inactive again after leaving.
+//!
+//! A node with no cluster state, started without `--init` or `--join-addr`, is *inactive*:
+//! it serves only its control socket and waits for `shoal swarm init` or `shoal swarm join`
+//! (as a Docker Engine waits for `docker swarm init/join`). A join with a refused token is
+//! answered at once, saying why, and the node stays inactive. Each phase owns the state
+//! directory's lock while it runs and hands it on when it ends.
+
+use std::path::Path;
+
+use shoal_api::v1::JoinSwarmResponse;
+use shoal_api::v1::swarm_server::SwarmServer;
+use tokio::sync::{mpsc, watch};
+
+use crate::daemon::{Daemon, DaemonConfig, Outcome};
+use crate::error::NodeError;
+use crate::local::{InactiveRequest, InactiveSwarm, NotAManager};
+use crate::state_dir::StateDir;
+
+/// Why [`run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Told to stop.
+    Stopped,
+}
+
+/// What an inactive node was asked to do.
+enum Activation {
+    Stopped,
+    Init,
+    Joined,
+}
+
+fn belongs_to_a_cluster(state_dir: &Path) -> bool {
+    state_dir.join("node.json").exists()
+}
+
+/// Runs the node until `stop` turns true.
+pub async fn run(mut config: DaemonConfig, stop: watch::Receiver<bool>) -> Result<Exit, NodeError> {
+    loop {
+        if !config.init && config.join_addr.is_none() && !belongs_to_a_cluster(&config.state_dir) {
+            match inactive(&config, stop.clone()).await? {
+                Activation::Stopped => return Ok(Exit::Stopped),
+                Activation::Init => config.init = true,
+                Activation::Joined => {}
+            }
+        }
+        let daemon = Daemon::start(config.clone()).await?;
+        let mut until = stop.clone();
+        let outcome = daemon
+            .serve(async move {
+                let _ = until.wait_for(|s| *s).await;
+            })
+            .await?;
+        match outcome {
+            Outcome::Stopped => return Ok(Exit::Stopped),
+            Outcome::Left => tracing::info!("left the cluster; this node is inactive now"),
+            Outcome::RoleChanged(_) => {}
+        }
+        // What got the node into its cluster is done.
+        config.init = false;
+        config.join_addr = None;
+        config.join_token = None;
+        config.force_new_cluster = false;
+    }
+}
+
+/// Serves the control socket of a node that belongs to no cluster until it is told to
+/// create or join one (done here, so that refusals reach the caller), or to stop.
+async fn inactive(
+    config: &DaemonConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Activation, NodeError> {
+    let state_dir = StateDir::open(&config.state_dir)?;
+    let socket = crate::daemon::control_path(config, &state_dir);
+    let control = crate::daemon::bind_control_socket(&socket)?;
+    let (requests, mut incoming) = mpsc::channel(4);
+    let (stopping_tx, mut stopping) = watch::channel(false);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NotAManager::INACTIVE)
+            .add_service(SwarmServer::new(InactiveSwarm::new(requests)))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(control),
+                async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                },
+            ),
+    );
+    tracing::info!(
+        "this node is not part of a cluster: waiting for `shoal swarm init` or `shoal swarm \
+         join` on {}",
+        socket.display()
+    );
+    let activation = loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break Activation::Stopped,
+            Some(request) = incoming.recv() => match request {
+                InactiveRequest::Init(reply) => {
+                    let _ = reply.send(Ok(()));
+                    break Activation::Init;
+                }
+                InactiveRequest::Join { remote_addr, join_token, reply } => {
+                    match crate::daemon::join_cluster(&state_dir, &remote_addr, &join_token).await {
+                        Ok((identity, issued)) => {
+                            let _ = reply.send(Ok(JoinSwarmResponse {
+                                node_id: identity.node_id,
+                                role: issued.identity.role as i32,
+                            }));
+                            break Activation::Joined;
+                        }
+                        Err(e) => {
+                            tracing::warn!("joining {remote_addr} failed: {e}");
+                            let _ = reply.send(Err(tonic::Status::failed_precondition(e.to_string())));
+                        }
+                    }
+                }
+            },
+        }
+    };
+    let _ = stopping_tx.send(true);
+    let _ = server.await;
+    drop(state_dir);
+    Ok(activation)
+}
