@@ -145,7 +145,8 @@ pub(crate) fn leader_of(status: &tonic::Status) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The certificates kept in `<state>/certificates/`, if the node has any.
+/// The certificates kept in `<state>/certificates/`, if the node has any. A renewal cut
+/// short by a crash is finished here (see [`save_certificates`]).
 pub fn load(state: &Path) -> Result<Option<NodeCertificates>, NodeError> {
     let dir = state.join("certificates");
     let read = |name: &str| -> Result<Option<String>, NodeError> {
@@ -157,30 +158,64 @@ pub fn load(state: &Path) -> Result<Option<NodeCertificates>, NodeError> {
         }
     };
     match (read("root-ca.crt")?, read("node.crt")?, read("node.key")?) {
-        (Some(root_pem), Some(cert_pem), Some(key_pem)) => Ok(Some(NodeCertificates {
-            root_pem,
-            cert_pem,
-            key_pem,
-        })),
+        (Some(root_pem), Some(cert_pem), Some(key_pem)) => {
+            let mut certificates = NodeCertificates {
+                root_pem,
+                cert_pem,
+                key_pem,
+            };
+            if !usable(&certificates)
+                && let Some(cert_pem) = read("node.crt.new")?
+            {
+                let finished = NodeCertificates {
+                    cert_pem,
+                    ..certificates.clone()
+                };
+                if usable(&finished) {
+                    let path = dir.join("node.crt");
+                    std::fs::rename(dir.join("node.crt.new"), &path)
+                        .and_then(|()| sync_dir(&dir))
+                        .map_err(|e| NodeError::io(format!("replacing {}", path.display()), e))?;
+                    tracing::info!(
+                        "finished replacing this node's certificate (cut short earlier)"
+                    );
+                    certificates = finished;
+                }
+            }
+            Ok(Some(certificates))
+        }
         (None, None, None) => Ok(None),
         _ => Err(NodeError::StateDir(format!(
-            "{} is incomplete (it needs root-ca.crt, node.crt and node.key); restore it from a              backup, or leave the cluster and join again",
+            "{} is incomplete (it needs root-ca.crt, node.crt and node.key); restore it from a \
+             backup, or leave the cluster and join again",
             dir.display()
         ))),
     }
 }
 
-fn write_file(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+/// Whether the key matches the certificate (and both are readable).
+fn usable(certificates: &NodeCertificates) -> bool {
+    shoal_tls::Credentials::new(certificates.clone()).is_ok()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes `contents` to a fresh file at `path` with `mode`, durably.
+fn write_new(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
         .mode(mode)
-        .open(&tmp)?;
+        .open(path)?;
     f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    f.sync_all()
 }
 
 /// Saves the certificates under `<state>/certificates/`.
@@ -188,7 +223,11 @@ pub fn save(state: &Path, issued: &Issued) -> Result<(), NodeError> {
     save_certificates(state, &issued.certificates())
 }
 
-/// Saves `certificates` under `<state>/certificates/`, each file replaced atomically.
+/// Saves `certificates` under `<state>/certificates/` (0700) so that a crash at any point
+/// leaves a usable key and certificate: both are written in full beside the old ones
+/// (`*.new`), then the key is renamed into place, then the certificate. A crash between the
+/// two renames leaves the new key with the old certificate, and the new certificate in
+/// `node.crt.new`; [`load`] sees that the pair does not match and finishes the swap.
 pub fn save_certificates(state: &Path, issued: &NodeCertificates) -> Result<(), NodeError> {
     let dir = state.join("certificates");
     std::fs::DirBuilder::new()
@@ -196,14 +235,91 @@ pub fn save_certificates(state: &Path, issued: &NodeCertificates) -> Result<(), 
         .mode(0o700)
         .create(&dir)
         .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
-    for (name, contents, mode) in [
-        ("root-ca.crt", &issued.root_pem, 0o644),
-        ("node.crt", &issued.cert_pem, 0o644),
-        ("node.key", &issued.key_pem, 0o600),
-    ] {
-        let path = dir.join(name);
-        write_file(&path, contents, mode)
-            .map_err(|e| NodeError::io(format!("writing {}", path.display()), e))?;
+    let io =
+        |what: &str, e: std::io::Error| NodeError::io(format!("{what} in {}", dir.display()), e);
+    let root = dir.join("root-ca.crt");
+    if std::fs::read_to_string(&root).ok().as_deref() != Some(issued.root_pem.as_str()) {
+        write_new(&dir.join("root-ca.crt.new"), &issued.root_pem, 0o644)
+            .and_then(|()| std::fs::rename(dir.join("root-ca.crt.new"), &root))
+            .map_err(|e| io("writing root-ca.crt", e))?;
     }
+    write_new(&dir.join("node.key.new"), &issued.key_pem, 0o600)
+        .map_err(|e| io("writing node.key.new", e))?;
+    write_new(&dir.join("node.crt.new"), &issued.cert_pem, 0o644)
+        .map_err(|e| io("writing node.crt.new", e))?;
+    sync_dir(&dir).map_err(|e| io("syncing", e))?;
+    std::fs::rename(dir.join("node.key.new"), dir.join("node.key"))
+        .map_err(|e| io("replacing node.key", e))?;
+    std::fs::rename(dir.join("node.crt.new"), dir.join("node.crt"))
+        .map_err(|e| io("replacing node.crt", e))?;
+    sync_dir(&dir).map_err(|e| io("syncing", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use shoal_api::v1::NodeRole;
+
+    use super::*;
+
+    fn issue(root: &shoal_ca::RootCa) -> NodeCertificates {
+        let (key_pem, csr) = shoal_ca::node_key_and_csr().unwrap();
+        let cert_pem = shoal_ca::issue_node_certificate(
+            root,
+            &csr,
+            "node1",
+            NodeRole::Worker,
+            "cluster",
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        NodeCertificates {
+            root_pem: root.cert_pem.clone(),
+            cert_pem,
+            key_pem,
+        }
+    }
+
+    #[test]
+    fn a_renewal_cut_short_between_the_renames_is_finished_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let root =
+            shoal_ca::RootCa::generate(SystemTime::now(), Duration::from_secs(86400)).unwrap();
+        let old = issue(&root);
+        save_certificates(dir.path(), &old).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(old.clone()));
+        let certs = dir.path().join("certificates");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| {
+            std::fs::metadata(certs.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("node.key"), 0o600);
+        assert_eq!(
+            std::fs::metadata(&certs).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+
+        // The crash: the new key is in place, the new certificate still beside the old one.
+        let new = issue(&root);
+        std::fs::write(certs.join("node.key"), &new.key_pem).unwrap();
+        std::fs::write(certs.join("node.crt.new"), &new.cert_pem).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(new.clone()));
+        assert!(!certs.join("node.crt.new").exists());
+        assert_eq!(load(dir.path()).unwrap(), Some(new));
+
+        // A crash before the renames: the old pair stands, the leftovers are ignored.
+        let newer = issue(&root);
+        std::fs::write(certs.join("node.key.new"), &newer.key_pem).unwrap();
+        std::fs::write(certs.join("node.crt.new"), &newer.cert_pem).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert!(usable(&loaded));
+        assert_ne!(loaded.cert_pem, newer.cert_pem);
+    }
 }

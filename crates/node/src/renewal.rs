@@ -152,6 +152,16 @@ pub async fn renew(
         }
     })
     .await?;
+    let current = credentials.identity();
+    let issued = shoal_ca::parse_node_certificate(&cert_pem)
+        .map_err(|e| NodeError::Refused(format!("the CA sent an unusable certificate: {e}")))?;
+    if issued.node_id != current.node_id || issued.cluster_id != current.cluster_id {
+        return Err(NodeError::Refused(format!(
+            "the CA sent a certificate for node {} of cluster {}, not for this node ({} of {}); \
+             kept the current one",
+            issued.node_id, issued.cluster_id, current.node_id, current.cluster_id
+        )));
+    }
     let certificates = NodeCertificates {
         root_pem: credentials.certificates().root_pem,
         cert_pem,
