@@ -254,6 +254,81 @@ mod tests {
         assert!(!parsed.is_ca());
     }
 
+    /// PEM from DER, for hand-made requests.
+    fn pem(label: &str, der: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = String::new();
+        for chunk in der.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    b64.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    }
+
+    #[test]
+    fn a_csr_for_a_key_the_requester_does_not_hold_is_refused() {
+        let ca = RootCa::generate(SystemTime::now(), 365 * DAY).unwrap();
+        let (_, mine) = node_key_and_csr().unwrap();
+        let (_, theirs) = node_key_and_csr().unwrap();
+        let der = |p: &str| {
+            x509_parser::pem::parse_x509_pem(p.as_bytes())
+                .unwrap()
+                .1
+                .contents
+        };
+        // Put their public key (a P-256 point, 65 bytes after `03 42 00`) into my request,
+        // which stays signed with my key.
+        let point = |d: &[u8]| {
+            d.windows(4)
+                .position(|w| w == [0x03, 0x42, 0x00, 0x04])
+                .unwrap()
+                + 3
+        };
+        let (mut forged, theirs) = (der(&mine), der(&theirs));
+        let (at, from) = (point(&forged), point(&theirs));
+        forged[at..at + 65].copy_from_slice(&theirs[from..from + 65]);
+        // The encoding is sound: only the signature no longer matches the key.
+        let untouched = pem("CERTIFICATE REQUEST", &der(&mine));
+        assert!(
+            issue_node_certificate(
+                &ca,
+                &untouched,
+                "n",
+                NodeRole::Worker,
+                "c",
+                SystemTime::now(),
+                DAY
+            )
+            .is_ok()
+        );
+        let err = issue_node_certificate(
+            &ca,
+            &pem("CERTIFICATE REQUEST", &forged),
+            "n",
+            NodeRole::Worker,
+            "c",
+            SystemTime::now(),
+            DAY,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CaError::InvalidCsr(_)), "{err}");
+    }
+
     #[test]
     fn a_tampered_csr_is_refused() {
         let (_, csr) = node_key_and_csr().unwrap();

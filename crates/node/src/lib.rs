@@ -1,14 +1,20 @@
-//! A Shoal node: its state directory, its identity, and the daemon that runs it.
+//! A Shoal node: its state directory, its identity and certificates, and the daemon that
+//! runs it.
 //!
-//! Today a node is a manager: it keeps the cluster store replicated with Raft and serves the
-//! Raft transport, membership and the Control API on its remote address. (Agents, the CA,
-//! the local control socket and the Engine API socket come with their own parts.)
+//! A node is inactive (it belongs to no cluster and waits for `swarm init` or `swarm join` on
+//! its control socket), a manager (it keeps the cluster store replicated with Raft and serves
+//! Raft, membership, the CA, the dispatcher and the Control API over mutual TLS), or a worker
+//! (it holds its certificate and keeps a session with the managers; running tasks comes with
+//! the executor). Every active node renews its certificate (`renewal`) and keeps a session
+//! with the leader's dispatcher (`agent`); the supervisor (`supervisor`) starts the node
+//! again in its new role when promotion or demotion changes it, and inactive after it leaves.
 //!
 //! Start-up, in order: take the state directory's lock (two daemons never share one); read
-//! `node.json` (who this node is); open the Raft log; then either resume the cluster the
-//! node belongs to, start a new one (`--init`), join one (`--join-addr`), or rewrite the log
-//! into a one-member cluster keeping all data (`--force-new-cluster`). The Raft thread starts,
-//! then the gRPC server. SIGTERM or SIGINT stop the server, then the Raft thread, cleanly.
+//! `node.json` (who this node is) and its certificates (what it may do); for a manager, open
+//! the Raft log and resume the cluster, start a new one (`--init`), join one, or rewrite the
+//! log into a one-member cluster keeping all data (`--force-new-cluster`). The Raft thread
+//! starts, then the servers. SIGTERM or SIGINT stop the servers, then the Raft thread,
+//! cleanly.
 
 pub mod agent;
 pub mod certificates;

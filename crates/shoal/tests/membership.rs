@@ -96,6 +96,41 @@ async fn renewal_call(dialer: &Dialer, addr: &str) -> Outcome {
         .map_err(|s| (s.code(), s.message().to_string()))
 }
 
+async fn status_call(dialer: &Dialer, addr: &str, node_id: &str) -> Outcome {
+    let channel = dialer
+        .connect(addr)
+        .await
+        .map_err(|e| (Code::Unknown, e.to_string()))?;
+    NodeCaClient::new(channel)
+        .node_certificate_status(shoal_api::v1::NodeCertificateStatusRequest {
+            node_id: node_id.to_string(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+/// A join with a valid token and a request whose body was altered after it was signed.
+async fn tampered_csr_call(dialer: &Dialer, addr: &str, token: &str) -> Outcome {
+    let channel = dialer
+        .connect(addr)
+        .await
+        .map_err(|e| (Code::Unknown, e.to_string()))?;
+    let (_, csr) = shoal_ca::node_key_and_csr().unwrap();
+    let mut bytes = csr.into_bytes();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    NodeCaClient::new(channel)
+        .issue_node_certificate(IssueNodeCertificateRequest {
+            csr: bytes,
+            token: token.to_string(),
+            availability: 0,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| (s.code(), s.message().to_string()))
+}
+
 /// A manager certificate naming this cluster, signed by another CA.
 fn foreign_manager_certificate(cluster_id: &str, root_pem: &str) -> NodeCertificates {
     let now = SystemTime::now();
@@ -225,6 +260,20 @@ async fn certificates_that_must_not_get_in_are_refused() {
         raft_join_call(&worker, &addr).await,
         Some(Code::PermissionDenied),
     ));
+    let manager_id = shoal_ca::parse_node_certificate(&manager_certs.cert_pem)
+        .unwrap()
+        .node_id;
+    results.push((
+        "worker → another node's certificate",
+        status_call(&worker, &addr, &manager_id).await,
+        Some(Code::PermissionDenied),
+    ));
+    let tokens = support::join_tokens(&addr).await;
+    results.push((
+        "valid token, CSR whose signature does not match its key",
+        tampered_csr_call(&anonymous, &addr, &tokens.worker).await,
+        Some(Code::InvalidArgument),
+    ));
     let total = results.len();
     let mut rejected = 0;
     for (case, result, code) in &results {
@@ -240,8 +289,24 @@ async fn certificates_that_must_not_get_in_are_refused() {
     assert_eq!(rejected, total);
     eprintln!("{rejected} of {total} rejected");
 
-    // The worker's own renewal is allowed, and yields a worker certificate again.
+    // The worker's own renewal is allowed, and yields a worker certificate again: a worker
+    // cannot get a manager certificate signed.
     assert_eq!(renewal_call(&worker, &addr).await, Ok(()));
+    let worker_id = shoal_ca::parse_node_certificate(&certificates_of(&w1.state_dir).cert_pem)
+        .unwrap()
+        .node_id;
+    let renewed = support::client(&addr)
+        .await
+        .unwrap()
+        .get_node(GetNodeRequest { node_id: worker_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .node
+        .unwrap();
+    let pem = renewed.certificate.unwrap().certificate;
+    let renewed = shoal_ca::parse_node_certificate(std::str::from_utf8(&pem).unwrap()).unwrap();
+    assert_eq!(renewed.role, NodeRole::Worker);
     // And nothing a refused caller did changed the cluster: one manager, one worker.
     let nodes = support::client(&addr)
         .await
