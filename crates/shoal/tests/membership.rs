@@ -525,6 +525,7 @@ async fn a_worker_is_promoted_and_demoted_through_new_certificates() {
     .await;
 
     // Demote: it leaves Raft, gets a worker certificate, and stops serving the Control API.
+    let manager_certificate = certificates_of(&w1.state_dir);
     set_desired_role(&m1.addr, &node_id, NodeRole::Worker).await;
     support::eventually(
         "w1 to become a worker again",
@@ -549,6 +550,12 @@ async fn a_worker_is_promoted_and_demoted_through_new_certificates() {
     let node = node_of(&m1.addr, &node_id).await.unwrap();
     assert_eq!(node.role, NodeRole::Worker as i32);
     assert!(node.manager_status.is_none());
+    // The manager certificate it held is still within its dates, but no longer counts.
+    let (code, message) = control_call(&dialer_with(manager_certificate), &m1.addr)
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    assert!(message.contains("not a manager"), "{message}");
     // The cluster still takes writes with its one manager.
     support::create_config(std::slice::from_ref(&m1.addr), "after-demotion")
         .await
