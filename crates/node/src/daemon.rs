@@ -252,33 +252,38 @@ async fn join(
 }
 
 /// Binds the control socket: a stale socket file is replaced, the directory is created
-/// owner-only, and the socket is readable and writable by its owner only.
+/// owner-only, and the socket is readable and writable by its owner only — from the start:
+/// it is bound in a private directory, restricted, then moved into place, so it is never
+/// reachable with looser permissions, even in a shared directory.
 pub(crate) fn bind_control_socket(
     path: &std::path::Path,
 ) -> Result<tokio::net::UnixListener, NodeError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(NodeError::io(
-                format!("removing the stale socket {}", path.display()),
-                e,
-            ));
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| NodeError::io(format!("listening on {}", path.display()), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| NodeError::io(format!("securing {}", path.display()), e))?;
-    Ok(listener)
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
+    let private = dir.join(format!(".control-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| NodeError::io(format!("creating {}", private.display()), e))?;
+    let staged = private.join("control.sock");
+    let bound = (|| {
+        let listener = tokio::net::UnixListener::bind(&staged)
+            .map_err(|e| NodeError::io(format!("listening on {}", path.display()), e))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| NodeError::io(format!("securing {}", path.display()), e))?;
+        // Replaces a stale socket of an earlier run in one step.
+        std::fs::rename(&staged, path)
+            .map_err(|e| NodeError::io(format!("placing the socket at {}", path.display()), e))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Commits this manager's new address: through the leader (or directly, when it leads).
@@ -1104,8 +1109,9 @@ async fn demoted(
         }
         if tokio::time::Instant::now() > deadline {
             return Err(NodeError::Refused(
-                "this manager was removed from Raft but the cluster did not give it a worker \
-                 certificate; restart it to try again, or leave the cluster and join again"
+                "this manager was removed from Raft but the cluster still has it as a manager \
+                 (the demotion was cut short): run `shoal node demote <this node>` again on a \
+                 manager, then restart this node"
                     .into(),
             ));
         }

@@ -81,6 +81,10 @@ pub fn to_status(handle: &RaftHandle, e: RaftError) -> Status {
     }
 }
 
+/// The largest Raft message (a snapshot, in chunks) a stream may carry: a bound on what one
+/// peer can make this manager buffer.
+pub const MAX_MESSAGE_BYTES: usize = 2 << 30;
+
 /// The node ID in the caller's certificate, when the call came over mutual TLS.
 fn caller_node_id<T>(request: &Request<T>) -> Option<String> {
     shoal_tls::peer(request)
@@ -158,6 +162,12 @@ impl Raft for RaftService {
             let msg = if buffer.is_empty() && part.last {
                 decode(&part.chunk)?
             } else {
+                if buffer.len() + part.chunk.len() > MAX_MESSAGE_BYTES {
+                    return Err(Status::resource_exhausted(format!(
+                        "a Raft message larger than {} MiB was refused",
+                        MAX_MESSAGE_BYTES >> 20
+                    )));
+                }
                 buffer.extend_from_slice(&part.chunk);
                 if !part.last {
                     continue;

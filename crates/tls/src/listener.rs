@@ -19,6 +19,9 @@ use crate::Credentials;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
 const ACCEPTED_QUEUE: usize = 64;
+/// Handshakes in progress at most; past that, accepting waits (a flood of silent clients
+/// cannot pile up tasks).
+const MAX_HANDSHAKES: usize = 256;
 
 /// Who is on the other end of a connection: put into every request's extensions.
 #[derive(Clone, Debug)]
@@ -128,7 +131,7 @@ async fn accept_loop(
     let mut handshakes = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => match accepted {
                 Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
                     let config = credentials.current().server.clone();
