@@ -49,9 +49,9 @@ pub const HEARTBEAT_EPSILON: Duration = Duration::from_millis(500);
 pub const GRACE_PERIOD_MULTIPLIER_NORMAL: u32 = 3;
 /// Missed periods granted to every node after a leader change.
 pub const GRACE_PERIOD_MULTIPLIER_UNKNOWN: u32 = 6;
-/// A node re-registering more often than this many times...
+/// A node that has opened this many sessions...
 pub const REGISTRATION_RATE_LIMIT_COUNT: u32 = 3;
-/// ...each within this period of the previous, is told to back off.
+/// ...within this period is told to back off when it opens another.
 pub const REGISTRATION_RATE_LIMIT_PERIOD: Duration = Duration::from_secs(8);
 /// Task status updates written to the store in one batch at most.
 pub const TASK_STATUS_BATCH_MAX_ITEMS: usize = 10_000;

@@ -74,6 +74,36 @@ impl CaServer {
         Ok((ca, expiry, cluster_id))
     }
 
+    /// Signs `csr` for `node_id` with `role`, as the record a Node keeps of its certificate.
+    fn sign(
+        cluster: &Cluster,
+        csr: Vec<u8>,
+        node_id: &str,
+        role: NodeRole,
+    ) -> Result<Box<Certificate>, Status> {
+        let (ca, expiry, cluster_id) = Self::signer(cluster)?;
+        let cert = shoal_ca::issue_node_certificate(
+            &ca,
+            &Self::csr_text(&csr)?,
+            node_id,
+            role,
+            &cluster_id,
+            std::time::SystemTime::now(),
+            expiry,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Box::new(Certificate {
+            role: role as i32,
+            csr,
+            status: Some(IssuanceStatus {
+                state: issuance_status::State::Issued as i32,
+                err: String::new(),
+            }),
+            certificate: cert.into_bytes(),
+            cn: node_id.to_string(),
+        }))
+    }
+
     fn csr_text(csr: &[u8]) -> Result<String, Status> {
         String::from_utf8(csr.to_vec()).map_err(|_| {
             Status::invalid_argument("invalid certificate signing request: not PEM text")
@@ -86,12 +116,10 @@ impl CaServer {
         caller: shoal_ca::NodeIdentity,
         csr: Vec<u8>,
     ) -> Result<IssueNodeCertificateResponse, Status> {
-        let csr_pem = Self::csr_text(&csr)?;
         if !self.raft.status().is_leader {
             return Err(not_leader(&self.raft));
         }
         let cluster = self.cluster()?;
-        let (ca, expiry, cluster_id) = Self::signer(&cluster)?;
         let node_id = caller.node_id.clone();
         let node = self
             .store
@@ -106,28 +134,9 @@ impl CaServer {
             .as_ref()
             .and_then(|s| NodeRole::try_from(s.desired_role).ok())
             .unwrap_or(NodeRole::Worker);
-        let cert = shoal_ca::issue_node_certificate(
-            &ca,
-            &csr_pem,
-            &node_id,
-            role,
-            &cluster_id,
-            std::time::SystemTime::now(),
-            expiry,
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut updated = (*node).clone();
         updated.role = role as i32;
-        updated.certificate = Some(Box::new(Certificate {
-            role: role as i32,
-            csr,
-            status: Some(IssuanceStatus {
-                state: issuance_status::State::Issued as i32,
-                err: String::new(),
-            }),
-            certificate: cert.into_bytes(),
-            cn: node_id.clone(),
-        }));
+        updated.certificate = Some(Self::sign(&cluster, csr, &node_id, role)?);
         let membership = updated.spec.as_ref().map(|s| s.membership).unwrap_or(0);
         self.store
             .update(|tx| tx.update(updated))
@@ -230,22 +239,11 @@ impl NodeCa for CaServer {
                     request.availability
                 ))
             })?;
-        let csr = Self::csr_text(&request.csr)?;
         if !self.raft.status().is_leader {
             return Err(not_leader(&self.raft));
         }
-        let (ca, expiry, cluster_id) = Self::signer(&cluster)?;
         let node_id = shoal_api::id::new_id();
-        let cert = shoal_ca::issue_node_certificate(
-            &ca,
-            &csr,
-            &node_id,
-            role,
-            &cluster_id,
-            std::time::SystemTime::now(),
-            expiry,
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let certificate = Self::sign(&cluster, request.csr, &node_id, role)?;
         let node = Node {
             meta: Some(Meta {
                 id: node_id.clone(),
@@ -258,16 +256,7 @@ impl NodeCa for CaServer {
                 ..Default::default()
             }),
             role: role as i32,
-            certificate: Some(Box::new(Certificate {
-                role: role as i32,
-                csr: request.csr,
-                status: Some(IssuanceStatus {
-                    state: issuance_status::State::Issued as i32,
-                    err: String::new(),
-                }),
-                certificate: cert.into_bytes(),
-                cn: node_id.clone(),
-            })),
+            certificate: Some(certificate),
             ..Default::default()
         };
         self.store

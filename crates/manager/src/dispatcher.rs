@@ -12,11 +12,29 @@
 //! root certificate; then a new message (same session ID) whenever the Node object changes in
 //! the store or the list of managers changes. The agent then calls `Dispatcher.Heartbeat`
 //! with its session ID; each heartbeat moves the session's deadline to
-//! now + period × [`GRACE_PERIOD_MULTIPLIER_NORMAL`] and tells the agent the period (the
-//! cluster spec's `dispatcher.heartbeat_period`, else [`HEARTBEAT_PERIOD`]). A sweep drops the
-//! sessions past their deadline and writes their nodes DOWN ("heartbeat failure"). When a
-//! manager becomes leader, every node READY in the store without a session here gets
-//! period × [`GRACE_PERIOD_MULTIPLIER_UNKNOWN`] to reconnect before it goes DOWN.
+//! now + period × [`GRACE_PERIOD_MULTIPLIER_NORMAL`] and tells the agent when to beat next:
+//! the period (the cluster spec's `dispatcher.heartbeat_period`, else [`HEARTBEAT_PERIOD`])
+//! moved at random by up to ± [`HEARTBEAT_EPSILON`], so that agents started together do not
+//! beat in lockstep. The jitter is only in the answer: the deadline uses the exact period. A
+//! sweep drops the sessions past their deadline and writes their nodes DOWN ("heartbeat
+//! failure"). When a manager becomes leader, every node READY in the store without a session
+//! here gets period × [`GRACE_PERIOD_MULTIPLIER_UNKNOWN`] to reconnect before it goes DOWN.
+//!
+//! **Registration rate limit.** A node that already opened [`REGISTRATION_RATE_LIMIT_COUNT`]
+//! sessions within the last [`REGISTRATION_RATE_LIMIT_PERIOD`] is refused with UNAVAILABLE
+//! ("node X is re-registering too often; backing off"), which agents retry with their backoff
+//! (it is no removal). The refusal changes nothing: no store write, and the node's current
+//! session, if any, goes on. Refused attempts are not counted, so a node waiting out its
+//! backoff gets in as soon as its oldest counted registration is 8 s old.
+//!
+//! **A closed session is DISCONNECTED at once.** When an agent drops its session stream (it
+//! stops, or its connection closes), tonic drops our side of the stream; the stream's `Drop`
+//! tells the state machine, which ends the session, keeps the node's deadline running, and
+//! queues the node; the sweep task then writes it DISCONNECTED ("node closed its session")
+//! without waiting for the deadline. A new session makes it READY again; if none comes, the
+//! sweep writes it DOWN at the deadline as any silent node. A stream dropped after the
+//! dispatcher ended its session (replaced, expired, leadership, removal, shutdown) is no
+//! hang-up: the session is not current any more, and nothing happens.
 //!
 //! The decisions live in a private state machine, `Sessions`: synchronous, fed with the time,
 //! unit-tested with a driven clock. The gRPC handlers and the sweep are a thin shell that
@@ -27,17 +45,22 @@
 //! The shell runs on the daemon's tokio runtime:
 //!
 //! - **The sweep** is one tokio task, spawned by [`Dispatcher::start`] and owned by the
-//!   [`DispatcherTask`] it returns. It waits on three things at once: the stop signal, Raft's
+//!   [`DispatcherTask`] it returns. It waits on four things at once: the stop signal, Raft's
 //!   status (`RaftHandle::watch_status`, so a change of leadership or of the manager list is
-//!   acted on at once) and the time of its next round (`tokio::time::sleep_until`), in which
-//!   it also looks at the status again, in case the watch ended with the Raft node. Its store
-//!   writes are plain `.await`s.
+//!   acted on at once), the time of its next round (`tokio::time::sleep_until`), in which
+//!   it also looks at the status again, in case the watch ended with the Raft node, and a
+//!   `tokio::sync::Notify` poked by dropped session streams (hang-ups), upon which it writes
+//!   the queued nodes DISCONNECTED. Its store writes are plain `.await`s.
 //! - **Each session** has a `tokio::sync::watch` channel: the state machine holds the sender
 //!   and sends on it, without awaiting, when the session ends (the value: why) or when the
 //!   managers changed (a send that leaves the value as it is). The session's stream holds the
 //!   receiver and waits on it and on the store's subscription together; it is a
 //!   `futures_util::stream::unfold` over the session's state, so it runs on whatever task
-//!   tonic polls it on, and no task of ours serves a stream.
+//!   tonic polls it on, and no task of ours serves a stream. Its `Drop` reports a hang-up
+//!   (synchronously: it takes the sessions lock, queues the node and pokes the sweep).
+//! - The heartbeat jitter is drawn in the handler (from the standard library's randomly
+//!   seeded hasher keys; this crate has no random number crate), outside the state machine,
+//!   which stays deterministic.
 //! - The state machine's lock is a `std::sync::Mutex`, taken briefly and never across an
 //!   `.await`.
 //!
@@ -63,7 +86,7 @@
 //!   `stop` is final: afterwards every stream has ended with UNAVAILABLE ("this manager is
 //!   shutting down") and new sessions are refused the same way.
 //! - Without [`Dispatcher::start`] sessions still open and heartbeat, but nothing ever goes
-//!   DOWN and leadership changes are noticed only by the calls themselves.
+//!   DOWN or DISCONNECTED and leadership changes are noticed only by the calls themselves.
 //! - Dropping a [`DispatcherTask`] without `stop` also ends every session and refuses new
 //!   ones, and aborts the sweep task without waiting for it (a DOWN write in flight may then
 //!   be committed or not).
@@ -84,10 +107,15 @@
 //! 4. A heartbeat that arrives after its session's deadline is refused, even if the sweep has
 //!    not run yet: a session never outlives period × 3 without a heartbeat in time.
 //! 5. Time comes from the injected [`Clock`]; the sweep's own pacing uses real time.
-//! 6. Lock order: the store's lock may be held when the sessions lock is taken (the DOWN write
-//!    checks for a session inside its transaction), never the reverse.
+//! 6. Lock order: the store's lock may be held when the sessions lock is taken (the DOWN and
+//!    DISCONNECTED writes check for a session inside their transaction), never the reverse.
+//!    A session stream's `Drop` takes the sessions lock: no stream is dropped with it held.
 //! 7. Nothing runs detached: the sweep is one tokio task owned by the [`DispatcherTask`], and
-//!    session streams run on the tasks that poll them.
+//!    session streams run on the tasks that poll them. A hang-up's write is the sweep's.
+//! 8. A node is written DISCONNECTED only by the leader's sweep, only after its agent dropped
+//!    its current session's stream, and only if at the moment the write is built it is READY
+//!    and has no session again. The hung-up node keeps its deadline (invariant 3 applies).
+//! 9. A registration refused by the rate limit changes nothing (sessions, deadlines, store).
 //!
 //! ## Testing
 //!
@@ -95,7 +123,9 @@
 //! on a real store and authorizer, with Raft's status stood in for by a settable `watch`
 //! channel behind the private `Leadership` trait (a single-node Raft cannot be started from
 //! this crate: its transport trait names types of the `raft` crate, which is not a dependency
-//! here). Tests wait for events (a stream item, a completed sweep round), not for time.
+//! here). One test serves the dispatcher over a real (plain TCP) HTTP/2 connection to check
+//! that a client dropping its stream reaches the stream's `Drop`. Tests wait for events (a
+//! stream item, a completed sweep round, a store write), not for time.
 //!
 //! [`ManualClock`]: shoal_api::clock::ManualClock
 //!
@@ -110,16 +140,23 @@
 //!   knows). This saves one write per node per election.
 //! - **Status writes are single transactions** (retried on conflict), not SwarmKit's batched
 //!   node updates; batching can come when thousands of agents reconnect at once matter.
-//! - **The heartbeat answer is the exact period** (SwarmKit adds a random epsilon); jitter,
-//!   if any, is the agent's to add.
+//! - **The heartbeat jitter is at most half the period** (± [`HEARTBEAT_EPSILON`] otherwise,
+//!   as SwarmKit), so that a very short period (tests) never comes out as zero.
+//! - **The registration rate limit is a sliding window** over the sessions the node opened
+//!   in the last [`REGISTRATION_RATE_LIMIT_PERIOD`]; SwarmKit counts attempts, refused ones
+//!   too, and resets the count when the last accepted registration is older than the
+//!   period. Ours lets a node in as soon as a slot frees, whatever its failed attempts.
+//! - **A dropped session stream** writes the node DISCONNECTED at once, the DOWN coming at
+//!   the normal deadline, so `node ls` tells a stopped agent from a silent one.
 //! - **Manager list updates are deduplicated**: a stream sends one only when the list differs
 //!   from the one it last sent, so the sweep may announce changes liberally.
 //! - **Ended streams say why** (replaced, expired, not leader, node removed, shutting down).
-//! - **Not yet:** the registration rate limit, network bootstrap keys, node description
+//! - **Not yet:** network bootstrap keys, node description
 //!   updates beyond the one sent with `Session`, `Assignments` and `UpdateTaskStatus` (both
 //!   answer UNIMPLEMENTED).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -129,7 +166,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use shoal_api::clock::Clock;
 use shoal_api::defaults::{
-    GRACE_PERIOD_MULTIPLIER_NORMAL, GRACE_PERIOD_MULTIPLIER_UNKNOWN, HEARTBEAT_PERIOD,
+    GRACE_PERIOD_MULTIPLIER_NORMAL, GRACE_PERIOD_MULTIPLIER_UNKNOWN, HEARTBEAT_EPSILON,
+    HEARTBEAT_PERIOD, REGISTRATION_RATE_LIMIT_COUNT, REGISTRATION_RATE_LIMIT_PERIOD,
 };
 use shoal_api::v1::dispatcher_server;
 use shoal_api::v1::{
@@ -143,7 +181,7 @@ use shoal_store::{
     Action, By, ErrorClass, Event, Filter, Object, Reader, Store, StoreError, Subscription,
     WatchError,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::codegen::tokio_stream;
@@ -163,6 +201,8 @@ const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 const WRITE_ATTEMPTS: usize = 5;
 /// The message of a node written DOWN because its heartbeats stopped.
 const HEARTBEAT_FAILURE: &str = "heartbeat failure";
+/// The message of a node written DISCONNECTED because its agent closed its session stream.
+const SESSION_CLOSED: &str = "node closed its session";
 
 // --- The state machine --------------------------------------------------------------------
 
@@ -181,6 +221,8 @@ enum EndReason {
     Abandoned,
     /// The dispatcher stopped.
     Stopped,
+    /// The agent dropped the session's stream (nobody is listening any more).
+    Hangup,
 }
 
 /// What a session's stream is told.
@@ -258,6 +300,9 @@ enum SessionError {
     Expired,
     /// The dispatcher stopped.
     Stopped,
+    /// The node opened [`REGISTRATION_RATE_LIMIT_COUNT`] sessions within the last
+    /// [`REGISTRATION_RATE_LIMIT_PERIOD`] already.
+    TooOften,
 }
 
 impl std::fmt::Display for SessionError {
@@ -269,6 +314,7 @@ impl std::fmt::Display for SessionError {
             SessionError::Replaced => "the node opened a newer session since",
             SessionError::Expired => "it expired: no heartbeat arrived within the grace period",
             SessionError::Stopped => "this manager is shutting down",
+            SessionError::TooOften => "the node is re-registering too often",
         })
     }
 }
@@ -293,6 +339,11 @@ struct Sessions {
     term: Option<u64>,
     stopped: bool,
     nodes: BTreeMap<String, Entry>,
+    /// When each node opened its sessions within the last [`REGISTRATION_RATE_LIMIT_PERIOD`]
+    /// (oldest first): the registration rate limit.
+    registrations: BTreeMap<String, VecDeque<SystemTime>>,
+    /// Nodes whose agent dropped its session stream, to be written DISCONNECTED.
+    hung_up: Vec<String>,
 }
 
 impl Sessions {
@@ -302,6 +353,8 @@ impl Sessions {
             term: None,
             stopped: false,
             nodes: BTreeMap::new(),
+            registrations: BTreeMap::new(),
+            hung_up: Vec::new(),
         }
     }
 
@@ -315,6 +368,7 @@ impl Sessions {
     }
 
     fn end_all(&mut self, reason: EndReason) {
+        self.hung_up.clear();
         for entry in std::mem::take(&mut self.nodes).into_values() {
             if let Some(live) = entry.live {
                 live.signal.end(reason);
@@ -344,6 +398,7 @@ impl Sessions {
         self.end_all(EndReason::Stopped);
         self.term = None;
         self.stopped = true;
+        self.registrations.clear();
     }
 
     /// Nodes believed up but not connected here get period × UNKNOWN multiplier to connect.
@@ -357,11 +412,20 @@ impl Sessions {
         }
     }
 
-    /// Opens a session for `node_id`, replacing the one it had.
+    /// Opens a session for `node_id`, replacing the one it had — unless the node opened
+    /// [`REGISTRATION_RATE_LIMIT_COUNT`] sessions within the last
+    /// [`REGISTRATION_RATE_LIMIT_PERIOD`] already: then nothing changes (a refused attempt
+    /// is not counted) and the node is told to back off.
     fn open(&mut self, node_id: &str, now: SystemTime) -> Result<Opened, SessionError> {
         if self.stopped {
             return Err(SessionError::Stopped);
         }
+        let opened = self.registrations.entry(node_id.to_string()).or_default();
+        forget_registrations_before(opened, now);
+        if opened.len() >= REGISTRATION_RATE_LIMIT_COUNT as usize {
+            return Err(SessionError::TooOften);
+        }
+        opened.push_back(now);
         let id = shoal_api::id::new_id();
         let (signal, news) = Signal::new();
         let entry = Entry {
@@ -404,8 +468,43 @@ impl Sessions {
         Ok(())
     }
 
-    /// Drops every node past its deadline and returns their IDs, in order.
+    /// The agent of `session_id` dropped its stream. If that is still the node's session, it
+    /// ends, the node is queued to be written DISCONNECTED (see [`take_hung_up`]), and its
+    /// deadline keeps running: the node goes DOWN then unless it opens a new session. Whether
+    /// anything was queued.
+    ///
+    /// [`take_hung_up`]: Self::take_hung_up
+    fn hang_up(&mut self, node_id: &str, session_id: &str) -> bool {
+        if !self.is_current(node_id, session_id) {
+            // The dispatcher ended the session before (replaced, expired, leadership, ...).
+            return false;
+        }
+        if let Some(live) = self.nodes.get_mut(node_id).and_then(|e| e.live.take()) {
+            live.signal.end(EndReason::Hangup);
+        }
+        if !self.hung_up.iter().any(|n| n == node_id) {
+            self.hung_up.push(node_id.to_string());
+        }
+        true
+    }
+
+    /// The nodes to write DISCONNECTED, in the order they hung up.
+    fn take_hung_up(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.hung_up)
+    }
+
+    /// Whether the node has a live session (not only a deadline).
+    fn is_connected(&self, node_id: &str) -> bool {
+        self.nodes.get(node_id).is_some_and(|e| e.live.is_some())
+    }
+
+    /// Drops every node past its deadline and returns their IDs, in order. Also forgets
+    /// registrations older than the rate limit's period.
     fn expired(&mut self, now: SystemTime) -> Vec<String> {
+        self.registrations.retain(|_, opened| {
+            forget_registrations_before(opened, now);
+            !opened.is_empty()
+        });
         let ids: Vec<String> = self
             .nodes
             .iter()
@@ -456,7 +555,35 @@ impl Sessions {
     }
 }
 
+/// Drops the registrations that no longer count at `now`: those at least
+/// [`REGISTRATION_RATE_LIMIT_PERIOD`] old. (A clock that went back keeps them.)
+fn forget_registrations_before(opened: &mut VecDeque<SystemTime>, now: SystemTime) {
+    while let Some(&first) = opened.front() {
+        match now.duration_since(first) {
+            Ok(age) if age >= REGISTRATION_RATE_LIMIT_PERIOD => {
+                opened.pop_front();
+            }
+            _ => break,
+        }
+    }
+}
+
 // --- Helpers ------------------------------------------------------------------------------
+
+/// The period told to an agent: `period` moved by up to ± [`HEARTBEAT_EPSILON`] (at most
+/// half the period), so that agents started together do not beat in lockstep. `random` picks
+/// where in that range (any value; uniform values give a uniform jitter).
+fn jittered(period: Duration, random: u64) -> Duration {
+    let epsilon = HEARTBEAT_EPSILON.min(period / 2);
+    let span = epsilon.as_nanos() as u64 * 2 + 1;
+    period - epsilon + Duration::from_nanos(random % span)
+}
+
+/// Random bits for the jitter, without a random number crate: the standard library seeds
+/// every `RandomState` afresh.
+fn random_u64() -> u64 {
+    RandomState::new().hash_one(0u8)
+}
 
 fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -478,6 +605,17 @@ fn not_member(node_id: &str) -> Status {
     Status::unavailable(format!(
         "this manager does not know node {node_id} (yet); retrying shortly. If the node was \
          never part of this cluster, join it with a token"
+    ))
+}
+
+/// The refusal of a node over the registration rate limit. UNAVAILABLE, as SwarmKit: the
+/// agent retries it with its backoff like any passing failure (RESOURCE_EXHAUSTED would say
+/// the same, but agents and tools read UNAVAILABLE as "try again later" already).
+fn too_often(node_id: &str) -> Status {
+    Status::unavailable(format!(
+        "node {node_id} is re-registering too often; backing off (more than \
+         {REGISTRATION_RATE_LIMIT_COUNT} sessions within {REGISTRATION_RATE_LIMIT_PERIOD:?}); \
+         the current session, if any, stays"
     ))
 }
 
@@ -529,6 +667,8 @@ struct Inner {
     started: AtomicBool,
     /// The number of sweep rounds completed, for whoever waits for one (the tests).
     rounds: watch::Sender<u64>,
+    /// Wakes the sweep task when an agent hung up (see [`Sessions::hang_up`]).
+    hangups: Notify,
 }
 
 /// The Dispatcher service of one manager: agent sessions and heartbeats. Cheap to clone; all
@@ -566,6 +706,7 @@ impl Dispatcher {
                 sessions: Mutex::new(Sessions::new(HEARTBEAT_PERIOD)),
                 started: AtomicBool::new(false),
                 rounds: watch::Sender::new(0),
+                hangups: Notify::new(),
             }),
         }
     }
@@ -781,8 +922,44 @@ impl Inner {
         }
     }
 
+    /// Writes DISCONNECTED the nodes whose agents hung up, unless they have a session again
+    /// (or are not READY any more).
+    async fn write_hung_up(&self, stop: &watch::Receiver<bool>) {
+        let nodes = self.sessions().take_hung_up();
+        for node_id in nodes {
+            if *stop.borrow() || !self.leadership.status().is_leader {
+                return;
+            }
+            let result = self
+                .write_node(&node_id, |node| {
+                    // Store lock held here, then the sessions lock: the allowed order.
+                    if self.sessions().is_connected(&node_id) || !is_ready(node) {
+                        return false;
+                    }
+                    let status = node.status.get_or_insert_with(NodeStatus::default);
+                    status.state = node_status::State::Disconnected as i32;
+                    status.message = SESSION_CLOSED.to_string();
+                    true
+                })
+                .await;
+            match result {
+                Ok(true) => tracing::info!(
+                    node_id = %node_id,
+                    "node {node_id} is DISCONNECTED: its agent closed its session"
+                ),
+                Ok(false) | Err(StoreError::NotFound { .. }) => {}
+                // Not retried: the node goes DOWN at its deadline all the same.
+                Err(e) => tracing::info!(
+                    node_id = %node_id,
+                    "could not write node {node_id} DISCONNECTED: {e}"
+                ),
+            }
+        }
+    }
+
     /// The sweep task: follows Raft's status as it changes, runs a round at every pause,
-    /// until `stop` says so (or its sender is gone).
+    /// writes hung-up nodes DISCONNECTED as they come, until `stop` says so (or its sender
+    /// is gone).
     async fn run(self: Arc<Self>, interval: Option<Duration>, mut stop: watch::Receiver<bool>) {
         // Ends the sessions even if a round panics or the task is aborted.
         let _stop_sessions = StopSessions(self.clone());
@@ -813,6 +990,7 @@ impl Inner {
                     // The Raft node stopped: the rounds still look at its last status.
                     Err(_) => watching = false,
                 },
+                () = self.hangups.notified() => self.write_hung_up(&stop).await,
             }
         }
     }
@@ -921,6 +1099,10 @@ impl Inner {
                 "session {session_id} was abandoned before it started; open a new session"
             )),
             EndReason::Stopped => shutting_down(),
+            // Nobody reads the stream any more; said for completeness.
+            EndReason::Hangup => Status::cancelled(format!(
+                "session {session_id} of node {node_id} was closed by the node"
+            )),
         }
     }
 }
@@ -1032,11 +1214,26 @@ impl Watcher {
 
 /// The stream of one session's messages: the first one, then one per change of the node or
 /// of the manager list, until the session ends (the last item then says why).
-pub struct SessionStream(BoxStream<'static, Item>);
+///
+/// Dropping it while its session is still current means the agent went away: tonic drops
+/// the stream when the client resets it or the connection closes. The session then ends at
+/// once and the node is written DISCONNECTED (see [`Sessions::hang_up`]). A stream dropped
+/// after the dispatcher ended its session changes nothing.
+pub struct SessionStream {
+    stream: BoxStream<'static, Item>,
+    inner: Arc<Inner>,
+    node_id: String,
+    session_id: String,
+}
 
 impl SessionStream {
     fn new(watcher: Watcher) -> Self {
-        Self(stream::unfold(watcher, Watcher::next).fuse().boxed())
+        Self {
+            inner: watcher.inner.clone(),
+            node_id: watcher.node_id.clone(),
+            session_id: watcher.session_id.clone(),
+            stream: stream::unfold(watcher, Watcher::next).fuse().boxed(),
+        }
     }
 }
 
@@ -1044,7 +1241,26 @@ impl Stream for SessionStream {
     type Item = Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        self.0.poll_next_unpin(cx)
+        self.stream.poll_next_unpin(cx)
+    }
+}
+
+impl Drop for SessionStream {
+    fn drop(&mut self) {
+        let hung_up = self
+            .inner
+            .sessions()
+            .hang_up(&self.node_id, &self.session_id);
+        if hung_up {
+            tracing::info!(
+                node_id = %self.node_id,
+                "node {} closed its session {}",
+                self.node_id,
+                self.session_id
+            );
+            // Stores a permit if the sweep is busy: it looks as soon as it waits again.
+            self.inner.hangups.notify_one();
+        }
     }
 }
 
@@ -1120,10 +1336,10 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             return Err(not_member(&node_id));
         }
         let now = inner.clock.now();
-        let opened = inner
-            .sessions()
-            .open(&node_id, now)
-            .map_err(|_| shutting_down())?;
+        let opened = inner.sessions().open(&node_id, now).map_err(|e| match e {
+            SessionError::TooOften => too_often(&node_id),
+            _ => shutting_down(),
+        })?;
         let written = inner
             .write_node(&node_id, |node| {
                 node.status = Some(NodeStatus {
@@ -1194,8 +1410,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             sessions.heartbeat(&caller.node_id, &session_id, now)
         };
         match result {
+            // The deadline above uses the exact period; only the answer is jittered.
             Ok(()) => Ok(Response::new(HeartbeatResponse {
-                period: Some(proto_duration(period)),
+                period: Some(proto_duration(jittered(period, random_u64()))),
             })),
             Err(SessionError::Stopped) => Err(shutting_down()),
             Err(e) => Err(Status::not_found(format!(
@@ -1410,6 +1627,112 @@ mod tests {
         s.expire_again("n1", t(&clock));
         clock.advance(MS);
         assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+    }
+
+    #[test]
+    fn the_jitter_stays_within_epsilon() {
+        assert_eq!(jittered(PERIOD, 0), PERIOD - HEARTBEAT_EPSILON);
+        let span = HEARTBEAT_EPSILON.as_nanos() as u64 * 2 + 1;
+        assert_eq!(jittered(PERIOD, span - 1), PERIOD + HEARTBEAT_EPSILON);
+        assert_eq!(jittered(PERIOD, span), PERIOD - HEARTBEAT_EPSILON);
+        assert_eq!(jittered(PERIOD, span / 2), PERIOD);
+        for random in [1, 12_345, u64::MAX / 3, u64::MAX] {
+            let got = jittered(PERIOD, random);
+            assert!(got >= PERIOD - HEARTBEAT_EPSILON && got <= PERIOD + HEARTBEAT_EPSILON);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let got = jittered(PERIOD, random_u64());
+            assert!(got >= PERIOD - HEARTBEAT_EPSILON && got <= PERIOD + HEARTBEAT_EPSILON);
+            seen.insert(got);
+        }
+        assert!(
+            seen.len() > 50,
+            "the jitter is random: {} values",
+            seen.len()
+        );
+        // A short period is moved by at most half of itself.
+        let short = Duration::from_millis(400);
+        assert_eq!(jittered(short, 0), Duration::from_millis(200));
+        assert!(jittered(short, u64::MAX) <= Duration::from_millis(600));
+        assert_eq!(jittered(Duration::ZERO, u64::MAX), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_fourth_registration_within_the_period_is_refused() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        let start = t(&clock);
+        let first = s.open("n1", start).unwrap();
+        clock.advance(Duration::from_secs(1));
+        s.open("n1", t(&clock)).unwrap();
+        clock.advance(Duration::from_secs(1));
+        let third = s.open("n1", t(&clock)).unwrap();
+        assert_eq!(first.news.ended(), Some(EndReason::Replaced));
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            s.open("n1", t(&clock)),
+            Err(SessionError::TooOften)
+        ));
+        // The refusal changed nothing: the third session goes on, and others are not limited.
+        assert!(s.is_current("n1", &third.id));
+        assert_eq!(third.news.ended(), None);
+        s.heartbeat("n1", &third.id, t(&clock)).unwrap();
+        s.open("n2", t(&clock)).unwrap();
+        // Refused attempts do not count; the first registration stops counting 8 s after it.
+        clock.set(start + REGISTRATION_RATE_LIMIT_PERIOD - MS);
+        assert!(matches!(
+            s.open("n1", t(&clock)),
+            Err(SessionError::TooOften)
+        ));
+        clock.advance(MS);
+        let fourth = s.open("n1", t(&clock)).unwrap();
+        assert_eq!(third.news.ended(), Some(EndReason::Replaced));
+        assert!(matches!(
+            s.open("n1", t(&clock)),
+            Err(SessionError::TooOften)
+        ));
+        assert!(s.is_current("n1", &fourth.id));
+        // The sweep forgets old registrations.
+        clock.advance(REGISTRATION_RATE_LIMIT_PERIOD);
+        s.expired(t(&clock));
+        assert!(s.registrations.is_empty());
+    }
+
+    #[test]
+    fn a_hung_up_session_ends_and_keeps_its_deadline() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let mut s = Sessions::new(PERIOD);
+        let opened = s.open("n1", t(&clock)).unwrap();
+        clock.advance(PERIOD);
+        s.heartbeat("n1", &opened.id, t(&clock)).unwrap();
+        assert!(s.hang_up("n1", &opened.id));
+        assert!(!s.hang_up("n1", &opened.id), "once");
+        assert_eq!(opened.news.ended(), Some(EndReason::Hangup));
+        assert_eq!(s.take_hung_up(), vec!["n1".to_string()]);
+        assert!(s.take_hung_up().is_empty());
+        assert!(!s.is_connected("n1") && s.has("n1"));
+        assert_eq!(
+            s.heartbeat("n1", &opened.id, t(&clock)),
+            Err(SessionError::NoSession)
+        );
+        clock.advance(PERIOD * 3);
+        assert!(s.expired(t(&clock)).is_empty());
+        clock.advance(MS);
+        assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+
+        // A session the dispatcher ended (here: replaced) is no hang-up; a new session after
+        // a hang-up is connected again.
+        let old = s.open("n2", t(&clock)).unwrap();
+        let new = s.open("n2", t(&clock)).unwrap();
+        assert!(!s.hang_up("n2", &old.id));
+        assert!(s.take_hung_up().is_empty());
+        assert!(s.hang_up("n2", &new.id));
+        s.open("n2", t(&clock)).unwrap();
+        assert!(s.is_connected("n2"));
+        // Leadership changes forget pending hang-ups.
+        s.step_down();
+        assert!(s.take_hung_up().is_empty());
     }
 
     #[tokio::test]
@@ -1709,12 +2032,205 @@ mod tests {
             .await;
         quiet(&mut stream).await;
 
-        assert_eq!(f.heartbeat(&first.session_id).await.unwrap(), PERIOD);
+        let within = |got: Duration, period: Duration| {
+            got >= period - HEARTBEAT_EPSILON && got <= period + HEARTBEAT_EPSILON
+        };
+        let period = f.heartbeat(&first.session_id).await.unwrap();
+        assert!(within(period, PERIOD), "{period:?}");
         f.set_period(Duration::from_secs(2)).await;
+        let period = f.heartbeat(&first.session_id).await.unwrap();
+        assert!(within(period, Duration::from_secs(2)), "{period:?}");
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_period_is_jittered_and_the_deadline_is_not() {
+        let f = fixture().await;
+        let mut stream = f.open().await.unwrap();
+        let session = next(&mut stream).await.unwrap().unwrap().session_id;
+        let mut told = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let period = f.heartbeat(&session).await.unwrap();
+            assert!(
+                period >= PERIOD - HEARTBEAT_EPSILON && period <= PERIOD + HEARTBEAT_EPSILON,
+                "{period:?}"
+            );
+            told.insert(period);
+        }
+        assert!(told.len() > 1, "the agents are told different periods");
+        // The deadline is three exact periods from the last heartbeat, whatever was told.
+        let inner = &f.dispatcher.inner;
+        f.clock.advance(PERIOD * 3);
+        assert!(inner.sessions().expired(f.clock.now()).is_empty());
+        f.clock.advance(MS);
         assert_eq!(
-            f.heartbeat(&first.session_id).await.unwrap(),
-            Duration::from_secs(2)
+            inner.sessions().expired(f.clock.now()),
+            vec![f.node_id.clone()]
         );
+    }
+
+    #[tokio::test]
+    async fn a_node_re_registering_too_often_is_told_to_back_off() {
+        let f = fixture().await;
+        let mut current = None;
+        for _ in 0..REGISTRATION_RATE_LIMIT_COUNT {
+            let mut stream = f.open().await.unwrap();
+            let session = next(&mut stream).await.unwrap().unwrap().session_id;
+            current = Some((stream, session));
+            f.clock.advance(Duration::from_secs(1));
+        }
+        let (mut stream, session) = current.unwrap();
+        let refused = f.open().await.err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(
+            refused.message().contains(&format!(
+                "node {} is re-registering too often; backing off",
+                f.node_id
+            )),
+            "{}",
+            refused.message()
+        );
+        // Nothing changed: the current session goes on.
+        f.heartbeat(&session).await.unwrap();
+        quiet(&mut stream).await;
+        assert_eq!(f.state(&f.node_id).0, READY);
+        // Eight seconds after the first registration, it counts no more.
+        f.clock
+            .advance(REGISTRATION_RATE_LIMIT_PERIOD - Duration::from_secs(3));
+        let mut again = f.open().await.unwrap();
+        let new_session = next(&mut again).await.unwrap().unwrap().session_id;
+        let ended = next(&mut stream).await.unwrap().unwrap_err();
+        assert!(ended.message().contains("replaced"), "{}", ended.message());
+        f.heartbeat(&new_session).await.unwrap();
+    }
+
+    const DISCONNECTED: i32 = node_status::State::Disconnected as i32;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_closes_its_session_is_disconnected_at_once() {
+        let f = fixture().await;
+        // No round to come: only the hang-up can wake the sweep.
+        let task = f.dispatcher.start_with_interval(NEVER);
+        f.swept(1).await;
+        let mut stream = f.open().await.unwrap();
+        let session = next(&mut stream).await.unwrap().unwrap().session_id;
+        assert_eq!(f.state(&f.node_id).0, READY);
+        drop(stream);
+        wait_until("the node is written DISCONNECTED", || {
+            f.state(&f.node_id) == (DISCONNECTED, SESSION_CLOSED.to_string())
+        })
+        .await;
+        assert_eq!(
+            f.heartbeat(&session).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        // It comes back: READY again, and a stream dropped after the dispatcher ended its
+        // session (here: replaced) changes nothing.
+        let mut again = f.open().await.unwrap();
+        next(&mut again).await.unwrap().unwrap();
+        assert_eq!(f.state(&f.node_id).0, READY);
+        let mut newest = f.open().await.unwrap();
+        next(&mut newest).await.unwrap().unwrap();
+        next(&mut again).await.unwrap().unwrap_err();
+        drop(again);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(f.state(&f.node_id).0, READY);
+        assert!(f.dispatcher.inner.sessions().take_hung_up().is_empty());
+        task.stop().await;
+        // Streams dropped after the dispatcher stopped change nothing either.
+        drop(newest);
+        assert_eq!(f.state(&f.node_id).0, READY);
+    }
+
+    /// Over a real HTTP/2 connection: the agent dropping its stream (the client resets it)
+    /// makes tonic drop ours, and the node is DISCONNECTED at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_dropped_by_a_grpc_client_is_seen_at_once() {
+        let f = fixture().await;
+        let task = f.dispatcher.start_with_interval(NEVER);
+        f.swept(1).await;
+        // Stands in for the TLS listener, which tells the handlers who calls.
+        let peer = f
+            .request((), &f.node_id)
+            .extensions()
+            .get::<shoal_tls::PeerInfo>()
+            .cloned()
+            .unwrap();
+        let service = dispatcher_server::DispatcherServer::with_interceptor(
+            f.dispatcher.clone(),
+            move |mut request: Request<()>| {
+                request.extensions_mut().insert(peer.clone());
+                Ok(request)
+            },
+        );
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = server_stopped.await;
+                }),
+        );
+        let mut client =
+            shoal_api::v1::dispatcher_client::DispatcherClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+        for _ in 0..2 {
+            let mut stream = client
+                .session(SessionRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let first = timeout(Duration::from_secs(10), stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert!(!first.session_id.is_empty());
+            assert_eq!(f.state(&f.node_id).0, READY);
+            // The connection stays; only the stream goes.
+            drop(stream);
+            wait_until("the node is written DISCONNECTED", || {
+                f.state(&f.node_id) == (DISCONNECTED, SESSION_CLOSED.to_string())
+            })
+            .await;
+        }
+        drop(client);
+        task.stop().await;
+        let _ = stop_server.send(());
+        timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_closed_its_session_goes_down_at_its_deadline() {
+        let f = fixture().await;
+        let task = f.dispatcher.start_with_interval(Duration::from_millis(2));
+        let mut stream = f.open().await.unwrap();
+        let session = next(&mut stream).await.unwrap().unwrap().session_id;
+        f.clock.advance(PERIOD * 2);
+        f.heartbeat(&session).await.unwrap();
+        drop(stream);
+        wait_until("the node is written DISCONNECTED", || {
+            f.state(&f.node_id).0 == DISCONNECTED
+        })
+        .await;
+        f.clock.advance(PERIOD * 3);
+        f.full_round().await;
+        assert_eq!(
+            f.state(&f.node_id),
+            (DISCONNECTED, SESSION_CLOSED.to_string()),
+            "still within its grace"
+        );
+        f.clock.advance(MS);
+        f.full_round().await;
+        assert_eq!(f.state(&f.node_id), (DOWN, HEARTBEAT_FAILURE.to_string()));
+        task.stop().await;
     }
 
     #[tokio::test]

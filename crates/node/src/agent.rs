@@ -8,9 +8,17 @@
 //! and changes to its Node object — a certificate marked `RENEW` (promote, demote) makes the
 //! node renew at once.
 //!
-//! When the session breaks the agent reconnects with backoff (100 ms doubling to 8 s, as
-//! SwarmKit), trying every manager it knows. A refusal that says the node was removed is
-//! final: the agent stops and the node reports it, instead of retrying forever.
+//! When the session breaks the agent reconnects with backoff — min(100 ms + 2 × previous,
+//! 8 s), waiting a random part of it, starting afresh after a session that was up, as
+//! SwarmKit — trying every manager it knows. A refusal that says the node was removed is
+//! final: the agent stops and the node reports it, instead of retrying forever. Every other
+//! refusal is retried with the backoff — among them the leader's UNAVAILABLE "re-registering
+//! too often; backing off" (more than 3 sessions within 8 s), which is no removal.
+//!
+//! On shutdown the agent closes its session: it drops the stream (and the connection) at
+//! once, even in the middle of a heartbeat or of opening a session, so the dispatcher sees
+//! the stream go and writes the node DISCONNECTED right away rather than DOWN three heartbeat
+//! periods later.
 //!
 //! Tasks (assignments, status reports) come with the executor.
 
@@ -86,23 +94,33 @@ impl Agent {
     /// Keeps a session open until `shutdown` turns true or the node is removed.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> AgentExit {
         let base = shoal_api::defaults::SESSION_BACKOFF_BASE;
-        let mut backoff = base;
+        let max = shoal_api::defaults::SESSION_BACKOFF_MAX;
+        let mut backoff = Duration::ZERO;
         loop {
             if *shutdown.borrow() {
                 return AgentExit::Stopped;
             }
-            match self.session(&mut shutdown).await {
+            let established = std::sync::atomic::AtomicBool::new(false);
+            let end = self.session(&mut shutdown, &established).await;
+            // A session that was up starts the backoff afresh.
+            if established.load(std::sync::atomic::Ordering::Relaxed) {
+                backoff = Duration::ZERO;
+            }
+            // As SwarmKit: min(base + 2 × previous, max), waiting a random part of it so
+            // that agents cut off together do not come back together.
+            backoff = (base + backoff * 2).min(max);
+            let wait = backoff.mul_f64(rand::random_range(0.0..=1.0));
+            match end {
                 SessionEnd::Stopped => return AgentExit::Stopped,
                 SessionEnd::Removed(message) => return AgentExit::Removed(message),
                 SessionEnd::Retry(why) => {
-                    tracing::debug!("agent: session ended ({why}); reconnecting in {backoff:?}");
+                    tracing::debug!("agent: session ended ({why}); reconnecting in {wait:?}");
                 }
             }
             tokio::select! {
                 _ = shutdown.changed() => {}
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(shoal_api::defaults::SESSION_BACKOFF_MAX);
         }
     }
 
@@ -158,7 +176,34 @@ impl Agent {
         Err(SessionEnd::Retry(last))
     }
 
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
+    /// One session, until it breaks or `shutdown` turns true. On shutdown the session's
+    /// future is dropped, and with it its stream and connection: the dispatcher notices the
+    /// stream go (the client resets it) and writes the node DISCONNECTED at once.
+    async fn session(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        established: &std::sync::atomic::AtomicBool,
+    ) -> SessionEnd {
+        let stopping = async {
+            let closed = shutdown.wait_for(|stop| *stop).await.is_err();
+            if closed {
+                // Nobody can tell the agent to stop any more: keep the session.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            end = self.serve(established) => end,
+            () = stopping => {
+                // The session's stream and channel are dropped by now; let the connection's
+                // task send the reset before the node goes on stopping.
+                tokio::task::yield_now().await;
+                SessionEnd::Stopped
+            }
+        }
+    }
+
+    /// Opens a session and keeps it alive with heartbeats until it breaks.
+    async fn serve(&self, established: &std::sync::atomic::AtomicBool) -> SessionEnd {
         let (mut client, mut stream) = match self.open().await {
             Ok(s) => s,
             Err(end) => return end,
@@ -173,16 +218,12 @@ impl Agent {
             }
         };
         let session_id = first.session_id.clone();
+        established.store(true, std::sync::atomic::Ordering::Relaxed);
         self.learn(&first);
         tracing::info!("agent: session {session_id} open");
         let mut period = shoal_api::defaults::HEARTBEAT_PERIOD;
         loop {
             tokio::select! {
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        return SessionEnd::Stopped;
-                    }
-                }
                 message = stream.message() => match message {
                     Ok(Some(m)) => self.learn(&m),
                     Ok(None) => return SessionEnd::Retry("the manager ended the session".into()),
