@@ -221,7 +221,9 @@ impl Agent {
         established.store(true, std::sync::atomic::Ordering::Relaxed);
         self.learn(&first);
         tracing::info!("agent: session {session_id} open");
-        let mut period = shoal_api::defaults::HEARTBEAT_PERIOD;
+        // The first heartbeat goes at once: its answer tells the period the cluster wants,
+        // which may be shorter than the default (a deadline is three periods).
+        let mut period = Duration::ZERO;
         loop {
             tokio::select! {
                 message = stream.message() => match message {
