@@ -119,6 +119,11 @@ impl CaServer {
         if !self.raft.status().is_leader {
             return Err(not_leader(&self.raft));
         }
+        // The role comes from the store: read it after every earlier promotion or demotion.
+        self.raft
+            .read_barrier()
+            .await
+            .map_err(|e| to_status(&self.raft, e))?;
         let cluster = self.cluster()?;
         let node_id = caller.node_id.clone();
         let node = self
@@ -230,6 +235,12 @@ impl NodeCa for CaServer {
         {
             return Ok(Response::new(self.renew(caller, request.csr).await?));
         }
+        // The tokens are read after a ReadIndex barrier: a leader elected a moment ago has
+        // applied every rotation committed before, so a rotated token never slips through.
+        self.raft
+            .read_barrier()
+            .await
+            .map_err(|e| to_status(&self.raft, e))?;
         let cluster = self.cluster()?;
         let role = Self::role_for(&cluster, &request.token)?;
         let availability =
