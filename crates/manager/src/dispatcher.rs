@@ -1,6 +1,7 @@
-//! The dispatcher: the manager's side of every agent. This first part keeps *sessions* and
-//! *heartbeats*, so that the cluster knows which nodes are up; assignments and task status
-//! reports come with task execution.
+//! The dispatcher: the manager's side of every agent. It keeps *sessions* and *heartbeats*,
+//! so that the cluster knows which nodes are up, streams each node its *assignments* (the
+//! tasks it must run, with the secrets and configs they need) and writes the *task statuses*
+//! agents report.
 //!
 //! ## What it does
 //!
@@ -36,9 +37,60 @@
 //! dispatcher ended its session (replaced, expired, leadership, removal, shutdown) is no
 //! hang-up: the session is not current any more, and nothing happens.
 //!
-//! The decisions live in a private state machine, `Sessions`: synchronous, fed with the time,
-//! unit-tested with a driven clock. The gRPC handlers and the sweep are a thin shell that
-//! reads the store and Raft status, feeds the state machine, and writes what it decides.
+//! **Assignments.** With its current session ID, an agent calls `Dispatcher.Assignments`
+//! (refused as `Heartbeat` is: [`Access::Nodes`], the node from the certificate, NOT_FOUND
+//! "open a new session" unless the ID is the node's current session within its deadline, the
+//! not-leader status on a follower). The stream's first message is COMPLETE: the node's
+//! *assignment set*, as UPDATE changes — the secrets and configs first, then the tasks. A task
+//! is in the set when its `node_id` is the node and its observed state is ASSIGNED or later
+//! (as SwarmKit: a task below ASSIGNED may still fail the node's checks, so neither it nor its
+//! secrets go to the node yet). Tasks stay in the set whatever their desired state — the agent
+//! must see desired SHUTDOWN to stop a task — and also once terminal, until they leave the
+//! store. The secrets and configs sent are exactly those the container or process spec of a
+//! non-terminal task of the set references (`secrets[].secret_id`, `configs[].config_id`),
+//! and that exist. Then come INCREMENTAL messages, from a store watch on tasks that are or
+//! were on the node: UPDATE when a task enters the set or changes in anything but its store
+//! metadata and observed status (the agent's own reports are not echoed back, except for
+//! states up to ASSIGNED, which are the manager's), REMOVE when it leaves the set (removed,
+//! moved to another node); the secrets and configs follow (UPDATE before the first task that
+//! needs them, REMOVE after the last one stops needing them). Changes are batched: a message
+//! goes out when it holds [`ASSIGNMENT_BATCH_MAX_CHANGES`] changes, or
+//! [`ASSIGNMENT_BATCH_MAX_DELAY`] after the first change it holds; a later change to an item
+//! replaces an earlier one in the same message. Every message carries `results_in`, a version
+//! counted per stream ("1" for the COMPLETE message, then "2", ...), and INCREMENTAL ones
+//! `applies_to`, the version before: a gap tells the agent it missed one and should call
+//! again. A COMPLETE message has an empty `applies_to`: it replaces whatever the agent had;
+//! one is sent again if the watch fell behind or the store was restored. The stream ends when
+//! the session ends, with the status the session's stream ends with (replaced, expired,
+//! leadership lost, node removed, shutting down, or CANCELLED if the agent closed its
+//! session stream).
+//!
+//! **Task status reports.** `Dispatcher.UpdateTaskStatus(session_id, updates)` is refused as
+//! `Assignments` is. Then the whole call is checked before anything is written: if any
+//! update names a task assigned to another node, the call is refused with PERMISSION_DENIED
+//! naming the task, and nothing of it is written (SwarmKit does the same; an agent only
+//! does this if confused, and a partial success would need per-item answers, which the
+//! response has no room for). Also refused, whole: an update without a status, or more than
+//! [`TASK_STATUS_BATCH_MAX_ITEMS`] updates. Updates of tasks no longer in the store are
+//! dropped. The rest go to the *status batcher*, a tokio task started with the sweep: it
+//! writes the reports of all calls waiting, through one store batch (as few transactions as
+//! the store's size limits allow), [`TASK_STATUS_BATCH_MAX_DELAY`] after the oldest came, or
+//! at once when [`TASK_STATUS_BATCH_MAX_ITEMS`] reports wait (a call's reports are never split
+//! over two batches). Each call is answered once its batch is committed — or with the
+//! batch's error, for all the calls of the batch — so an agent can resend what was not
+//! acknowledged (resending is harmless: see below). Without a running batcher (the dispatcher
+//! was not started) each call is written by its handler at once, the same way. Each write
+//! re-reads the task and writes only a *forward* status: one whose state is not lower than
+//! the task's current state (the same state may carry a new message) and which says
+//! something new; a backward report is ignored, not an error (as SwarmKit), as is a task that
+//! moved to another node between the check and the write.
+//!
+//! The decisions live in private, synchronous parts: `Sessions`, fed with the time and
+//! unit-tested with a driven clock; `AssignmentSet` (what to send on each task change),
+//! `PendingAssignments` (batching), `AssignmentVersions`, `check_status_updates`,
+//! `accepts_status` and `StatusQueue` (status batching), unit-tested on plain values. The
+//! gRPC handlers, the sweep and the status batcher are a thin shell that reads the store and
+//! Raft status, feeds these parts, and writes what they decide.
 //!
 //! ## The async shell
 //!
@@ -58,6 +110,16 @@
 //!   `futures_util::stream::unfold` over the session's state, so it runs on whatever task
 //!   tonic polls it on, and no task of ours serves a stream. Its `Drop` reports a hang-up
 //!   (synchronously: it takes the sessions lock, queues the node and pokes the sweep).
+//! - **Each Assignments stream** is also an `unfold`, run by whoever polls it: it waits on
+//!   its own receiver of the session's channel (taken with the session check, under the
+//!   sessions lock, so it cannot miss the end), the store subscription, and the batch's
+//!   deadline (`tokio::time::sleep_until`). Dropping it changes nothing.
+//! - **The status batcher** is a second tokio task spawned by [`Dispatcher::start`] and owned
+//!   by the [`DispatcherTask`]. Handlers queue their checked calls (a `std::sync::Mutex`
+//!   around the queue, never held across an `.await`), poke it with a `Notify`, and wait on
+//!   a `oneshot` for the answer. It waits on the stop signal, that poke and the due time of
+//!   the oldest call; when it stops (or is aborted) the calls still queued are dropped, and
+//!   their handlers answer UNAVAILABLE ("shutting down"), nothing of them written.
 //! - The heartbeat jitter is drawn in the handler (from the standard library's randomly
 //!   seeded hasher keys; this crate has no random number crate), outside the state machine,
 //!   which stays deterministic.
@@ -86,7 +148,8 @@
 //!   `stop` is final: afterwards every stream has ended with UNAVAILABLE ("this manager is
 //!   shutting down") and new sessions are refused the same way.
 //! - Without [`Dispatcher::start`] sessions still open and heartbeat, but nothing ever goes
-//!   DOWN or DISCONNECTED and leadership changes are noticed only by the calls themselves.
+//!   DOWN or DISCONNECTED and leadership changes are noticed only by the calls themselves;
+//!   task status reports are then written by each call, unbatched.
 //! - Dropping a [`DispatcherTask`] without `stop` also ends every session and refuses new
 //!   ones, and aborts the sweep task without waiting for it (a DOWN write in flight may then
 //!   be committed or not).
@@ -110,12 +173,19 @@
 //! 6. Lock order: the store's lock may be held when the sessions lock is taken (the DOWN and
 //!    DISCONNECTED writes check for a session inside their transaction), never the reverse.
 //!    A session stream's `Drop` takes the sessions lock: no stream is dropped with it held.
-//! 7. Nothing runs detached: the sweep is one tokio task owned by the [`DispatcherTask`], and
-//!    session streams run on the tasks that poll them. A hang-up's write is the sweep's.
+//!    The status queue's lock is taken alone, never with another lock held.
+//! 7. Nothing runs detached: the sweep and the status batcher are tokio tasks owned by the
+//!    [`DispatcherTask`], and session and assignment streams run on the tasks that poll them.
+//!    A hang-up's write is the sweep's.
 //! 8. A node is written DISCONNECTED only by the leader's sweep, only after its agent dropped
 //!    its current session's stream, and only if at the moment the write is built it is READY
 //!    and has no session again. The hung-up node keeps its deadline (invariant 3 applies).
 //! 9. A registration refused by the rate limit changes nothing (sessions, deadlines, store).
+//! 10. Assignments and status reports are served only to the node's current session on the
+//!     leader; an Assignments stream ends when its session does. A node is sent a task only
+//!     if it is assigned to it and ASSIGNED or later, and a secret or config only if one of
+//!     its non-terminal tasks references it. A node writes only its own tasks' statuses, and
+//!     only forward.
 //!
 //! ## Testing
 //!
@@ -123,7 +193,8 @@
 //! on a real store and authorizer, with Raft's status stood in for by a settable `watch`
 //! channel behind the private `Leadership` trait (a single-node Raft cannot be started from
 //! this crate: its transport trait names types of the `raft` crate, which is not a dependency
-//! here). One test serves the dispatcher over a real (plain TCP) HTTP/2 connection to check
+//! here). The assignment and status handlers are tested on the same fixture, creating,
+//! updating and removing tasks in the store. One test serves the dispatcher over a real (plain TCP) HTTP/2 connection to check
 //! that a client dropping its stream reaches the stream's `Drop`. Tests wait for events (a
 //! stream item, a completed sweep round, a store write), not for time.
 //!
@@ -138,8 +209,8 @@
 //!   grace. We write nothing: nodes READY in the store keep their status and get the longer
 //!   grace; nodes in any other state are left alone (they are not up as far as the store
 //!   knows). This saves one write per node per election.
-//! - **Status writes are single transactions** (retried on conflict), not SwarmKit's batched
-//!   node updates; batching can come when thousands of agents reconnect at once matter.
+//! - **Node status writes are single transactions** (retried on conflict), not SwarmKit's
+//!   batched node updates; batching can come when thousands of agents reconnect at once matter.
 //! - **The heartbeat jitter is at most half the period** (± [`HEARTBEAT_EPSILON`] otherwise,
 //!   as SwarmKit), so that a very short period (tests) never comes out as zero.
 //! - **The registration rate limit is a sliding window** over the sessions the node opened
@@ -151,11 +222,20 @@
 //! - **Manager list updates are deduplicated**: a stream sends one only when the list differs
 //!   from the one it last sent, so the sweep may announce changes liberally.
 //! - **Ended streams say why** (replaced, expired, not leader, node removed, shutting down).
-//! - **Not yet:** network bootstrap keys, node description
-//!   updates beyond the one sent with `Session`, `Assignments` and `UpdateTaskStatus` (both
-//!   answer UNIMPLEMENTED).
+//! - **An update without a status refuses the whole call** (SwarmKit skips it).
+//! - **A status batch's error answers all its calls**, and transactions of the batch
+//!   committed before the error stay; as reports only move tasks forward, the agents'
+//!   resending them is harmless.
+//! - **Assignment versions** are a counter per stream, not SwarmKit's store version strings;
+//!   they tell the agent of a gap, not where to resume (a new call starts COMPLETE again).
+//! - **A whole status call is refused** when one update names another node's task.
+//! - **Not yet:** network bootstrap keys, node description updates beyond the one sent with
+//!   `Session`; assignments do not follow changes of the secrets and configs themselves (only
+//!   the tasks' references to them: a secret created after the task that references it is
+//!   sent with the next change of one of the node's tasks, and one removed from the store is not withdrawn), and
+//!   carry no volumes or network attachments.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -166,10 +246,18 @@ use std::time::{Duration, SystemTime};
 use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use shoal_api::clock::Clock;
 use shoal_api::defaults::{
-    GRACE_PERIOD_MULTIPLIER_NORMAL, GRACE_PERIOD_MULTIPLIER_UNKNOWN, HEARTBEAT_EPSILON,
-    HEARTBEAT_PERIOD, REGISTRATION_RATE_LIMIT_COUNT, REGISTRATION_RATE_LIMIT_PERIOD,
+    ASSIGNMENT_BATCH_MAX_CHANGES, ASSIGNMENT_BATCH_MAX_DELAY, GRACE_PERIOD_MULTIPLIER_NORMAL,
+    GRACE_PERIOD_MULTIPLIER_UNKNOWN, HEARTBEAT_EPSILON, HEARTBEAT_PERIOD,
+    REGISTRATION_RATE_LIMIT_COUNT, REGISTRATION_RATE_LIMIT_PERIOD, TASK_STATUS_BATCH_MAX_DELAY,
+    TASK_STATUS_BATCH_MAX_ITEMS,
 };
+use shoal_api::task_state;
 use shoal_api::v1::dispatcher_server;
+use shoal_api::v1::{
+    Assignment, AssignmentChange, Config, Meta, Secret, Task, TaskState, TaskStatus, assignment,
+    assignment_change::AssignmentAction, assignments_message, task_spec,
+    update_task_status_request,
+};
 use shoal_api::v1::{
     AssignmentsMessage, AssignmentsRequest, Cluster, HeartbeatRequest, HeartbeatResponse, Node,
     NodeStatus, ObjectKind, RaftMember, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
@@ -181,10 +269,9 @@ use shoal_store::{
     Action, By, ErrorClass, Event, Filter, Object, Reader, Store, StoreError, Subscription,
     WatchError,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::codegen::tokio_stream;
 use tonic::{Request, Response, Status};
 
 use crate::authorize::{Access, Authorizer};
@@ -543,6 +630,29 @@ impl Sessions {
             .is_some_and(|l| l.id == session_id)
     }
 
+    /// The end of `session_id`, if it is the node's current session and within its deadline:
+    /// a listener told when the session ends (the Assignments stream follows it).
+    fn listen(
+        &self,
+        node_id: &str,
+        session_id: &str,
+        now: SystemTime,
+    ) -> Result<Listener, SessionError> {
+        if self.stopped {
+            return Err(SessionError::Stopped);
+        }
+        let entry = self.nodes.get(node_id).ok_or(SessionError::NoSession)?;
+        let live = match &entry.live {
+            Some(live) if live.id == session_id => live,
+            Some(_) => return Err(SessionError::Replaced),
+            None => return Err(SessionError::NoSession),
+        };
+        if now > entry.deadline {
+            return Err(SessionError::Expired);
+        }
+        Ok(Listener(live.signal.0.subscribe()))
+    }
+
     /// Whether the node is expected here (with a session, or within its post-election grace).
     fn has(&self, node_id: &str) -> bool {
         self.nodes.contains_key(node_id)
@@ -565,6 +675,547 @@ fn forget_registrations_before(opened: &mut VecDeque<SystemTime>, now: SystemTim
             }
             _ => break,
         }
+    }
+}
+
+// --- Assignments: the decisions -----------------------------------------------------------
+
+/// Whether `task` belongs in the assignment set of `node_id`: it is assigned to the node and
+/// the scheduler is done with it (observed state ASSIGNED or later). As SwarmKit, tasks below
+/// ASSIGNED are held back even if `node_id` is set, since they may not have passed the
+/// node's checks yet (and must not pull secrets to it); terminal tasks stay in the set, whatever
+/// their desired state, until they leave the store (the agent cleans up after them then).
+fn in_assignment_set(task: &Task, node_id: &str) -> bool {
+    !node_id.is_empty()
+        && task.node_id == node_id
+        && task.status.as_ref().map_or(0, |s| s.state) >= TaskState::Assigned as i32
+}
+
+/// Whether the agent needs `task`'s secrets and configs: only while the task may still run
+/// (its observed state is not terminal).
+fn needs_dependencies(task: &Task) -> bool {
+    let state = task.status.as_ref().map_or(0, |s| s.state);
+    state < TaskState::Complete as i32
+}
+
+/// The secret and config IDs `task`'s spec references (container or process runtime).
+fn task_references(task: &Task) -> (Vec<String>, Vec<String>) {
+    let (secrets, configs) = match task.spec.as_ref().and_then(|s| s.runtime.as_ref()) {
+        Some(task_spec::Runtime::Container(c)) => (&c.secrets, &c.configs),
+        Some(task_spec::Runtime::Process(p)) => (&p.secrets, &p.configs),
+        None => return (Vec::new(), Vec::new()),
+    };
+    (
+        secrets.iter().map(|r| r.secret_id.clone()).collect(),
+        configs.iter().map(|r| r.config_id.clone()).collect(),
+    )
+}
+
+/// Whether two versions of a task differ in anything the agent acts on: everything but the
+/// store's metadata and the observed status (which the agent itself reported).
+fn same_for_agent(a: &Task, b: &Task) -> bool {
+    let strip = |t: &Task| Task {
+        meta: None,
+        status: None,
+        ..t.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// Whether a reported status may replace a task's `current` one: its state is not lower (a
+/// report of the same state may carry a new message or details), and it says something new.
+fn accepts_status(current: Option<&TaskStatus>, reported: &TaskStatus) -> bool {
+    match current {
+        None => true,
+        Some(current) => {
+            let from = TaskState::try_from(current.state).unwrap_or(TaskState::New);
+            let to = TaskState::try_from(reported.state).unwrap_or(TaskState::New);
+            (from == to || task_state::is_forward(from, to)) && current != reported
+        }
+    }
+}
+
+/// The identity of an assignment item, to merge changes to the same item.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum ItemKey {
+    Task(String),
+    Secret(String),
+    Config(String),
+}
+
+fn change(item: assignment::Item, action: AssignmentAction) -> AssignmentChange {
+    AssignmentChange {
+        assignment: Some(Assignment { item: Some(item) }),
+        action: action as i32,
+    }
+}
+
+/// What one node's agent has been sent: the tasks of its assignment set and the secrets and
+/// configs they need. Synchronous; secrets and configs are looked up through the given
+/// functions (the store, in the shell).
+#[derive(Default)]
+struct AssignmentSet {
+    node_id: String,
+    /// The tasks as last sent.
+    tasks: BTreeMap<String, Arc<Task>>,
+    secrets: BTreeSet<String>,
+    configs: BTreeSet<String>,
+}
+
+/// Reads secrets and configs by ID.
+trait Dependencies {
+    fn secret(&self, id: &str) -> Option<Arc<Secret>>;
+    fn config(&self, id: &str) -> Option<Arc<Config>>;
+}
+
+impl AssignmentSet {
+    fn new(node_id: &str) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// The COMPLETE set from `tasks` (every task in the store assigned to the node): secrets
+    /// and configs first, then tasks, as UPDATE changes. Resets what was sent before.
+    fn complete(
+        &mut self,
+        tasks: impl IntoIterator<Item = Arc<Task>>,
+        deps: &dyn Dependencies,
+    ) -> Vec<AssignmentChange> {
+        self.tasks = tasks
+            .into_iter()
+            .filter(|t| in_assignment_set(t, &self.node_id))
+            .map(|t| (task_id(&t).to_string(), t))
+            .collect();
+        self.secrets.clear();
+        self.configs.clear();
+        let mut changes = self.sync_dependencies(deps);
+        changes.extend(self.tasks.values().map(|t| {
+            change(
+                assignment::Item::Task((**t).clone()),
+                AssignmentAction::Update,
+            )
+        }));
+        changes
+    }
+
+    /// A task changed in the store (`None`: it was removed): the changes to send, if any.
+    fn apply(
+        &mut self,
+        id: &str,
+        task: Option<Arc<Task>>,
+        deps: &dyn Dependencies,
+    ) -> Vec<AssignmentChange> {
+        let task = task.filter(|t| in_assignment_set(t, &self.node_id));
+        let mut changes = Vec::new();
+        match task {
+            None => {
+                let Some(old) = self.tasks.remove(id) else {
+                    return changes;
+                };
+                changes.extend(self.sync_dependencies(deps));
+                changes.push(change(
+                    assignment::Item::Task((*old).clone()),
+                    AssignmentAction::Remove,
+                ));
+            }
+            Some(task) => {
+                let old = self.tasks.insert(id.to_string(), task.clone());
+                let state = task.status.as_ref().map_or(0, |s| s.state);
+                // As SwarmKit: states up to ASSIGNED are the manager's and are always sent;
+                // later ones came from the agent and are not echoed back.
+                let echo = old.as_ref().is_some_and(|old| same_for_agent(old, &task))
+                    && state > TaskState::Assigned as i32;
+                // Dependencies first, so the agent has them when it sees the task.
+                changes.extend(self.sync_dependencies(deps));
+                if !echo {
+                    changes.push(change(
+                        assignment::Item::Task((*task).clone()),
+                        AssignmentAction::Update,
+                    ));
+                }
+            }
+        }
+        changes
+    }
+
+    /// Brings the secrets and configs sent to what the tasks need: UPDATE for newly needed
+    /// ones that exist, REMOVE for the ones no task needs any more.
+    fn sync_dependencies(&mut self, deps: &dyn Dependencies) -> Vec<AssignmentChange> {
+        let mut secrets = BTreeSet::new();
+        let mut configs = BTreeSet::new();
+        for task in self.tasks.values().filter(|t| needs_dependencies(t)) {
+            let (s, c) = task_references(task);
+            secrets.extend(s);
+            configs.extend(c);
+        }
+        let mut changes = Vec::new();
+        for id in secrets.difference(&self.secrets) {
+            if let Some(secret) = deps.secret(id) {
+                changes.push(change(
+                    assignment::Item::Secret((*secret).clone()),
+                    AssignmentAction::Update,
+                ));
+            }
+        }
+        for id in configs.difference(&self.configs) {
+            if let Some(config) = deps.config(id) {
+                changes.push(change(
+                    assignment::Item::Config((*config).clone()),
+                    AssignmentAction::Update,
+                ));
+            }
+        }
+        for id in self.secrets.difference(&secrets) {
+            changes.push(change(
+                assignment::Item::Secret(Secret {
+                    meta: Some(Meta {
+                        id: id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                AssignmentAction::Remove,
+            ));
+        }
+        for id in self.configs.difference(&configs) {
+            changes.push(change(
+                assignment::Item::Config(Config {
+                    meta: Some(Meta {
+                        id: id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                AssignmentAction::Remove,
+            ));
+        }
+        // A secret that did not exist (yet) is not recorded as sent: it is tried again.
+        self.secrets = secrets
+            .into_iter()
+            .filter(|id| self.secrets.contains(id) || deps.secret(id).is_some())
+            .collect();
+        self.configs = configs
+            .into_iter()
+            .filter(|id| self.configs.contains(id) || deps.config(id).is_some())
+            .collect();
+        changes
+    }
+}
+
+fn task_id(task: &Task) -> &str {
+    task.meta.as_ref().map_or("", |m| m.id.as_str())
+}
+
+fn item_key(change: &AssignmentChange) -> Option<ItemKey> {
+    let meta_id = |m: &Option<Meta>| m.as_ref().map_or(String::new(), |m| m.id.clone());
+    match change.assignment.as_ref()?.item.as_ref()? {
+        assignment::Item::Task(t) => Some(ItemKey::Task(meta_id(&t.meta))),
+        assignment::Item::Secret(s) => Some(ItemKey::Secret(meta_id(&s.meta))),
+        assignment::Item::Config(c) => Some(ItemKey::Config(meta_id(&c.meta))),
+    }
+}
+
+/// Changes waiting to be sent in one INCREMENTAL message. A later change to the same item
+/// replaces the earlier one (keeping the earlier one's place); full at
+/// [`ASSIGNMENT_BATCH_MAX_CHANGES`] changes.
+#[derive(Default)]
+struct PendingAssignments {
+    changes: Vec<AssignmentChange>,
+    index: HashMap<ItemKey, usize>,
+}
+
+impl PendingAssignments {
+    fn push(&mut self, change: AssignmentChange) {
+        match item_key(&change) {
+            Some(key) => match self.index.get(&key) {
+                Some(&i) => self.changes[i] = change,
+                None => {
+                    self.index.insert(key, self.changes.len());
+                    self.changes.push(change);
+                }
+            },
+            None => self.changes.push(change),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.changes.len() >= ASSIGNMENT_BATCH_MAX_CHANGES
+    }
+
+    fn take(&mut self) -> Vec<AssignmentChange> {
+        self.index.clear();
+        std::mem::take(&mut self.changes)
+    }
+}
+
+/// Numbers the assignment messages of one stream: each one results in the next version and
+/// applies to the one before, so the agent sees a gap.
+#[derive(Default)]
+struct AssignmentVersions(u64);
+
+impl AssignmentVersions {
+    fn message(
+        &mut self,
+        kind: assignments_message::Type,
+        changes: Vec<AssignmentChange>,
+    ) -> AssignmentsMessage {
+        // A COMPLETE message applies to nothing: it replaces whatever the agent had.
+        let applies_to = match kind {
+            assignments_message::Type::Complete => String::new(),
+            assignments_message::Type::Incremental => self.0.to_string(),
+        };
+        self.0 += 1;
+        AssignmentsMessage {
+            r#type: kind as i32,
+            applies_to,
+            results_in: self.0.to_string(),
+            changes,
+        }
+    }
+}
+
+/// Checks the status updates of one UpdateTaskStatus call from `node_id`, with `task` reading
+/// the store: the updates to write. The whole call is refused (nothing written) if an update
+/// has no status, or names a task assigned to another node (PERMISSION_DENIED, naming the
+/// task), or if there are more than [`TASK_STATUS_BATCH_MAX_ITEMS`]. Updates of tasks that
+/// are not in the store (removed meanwhile) are dropped: there is nothing to report them on.
+fn check_status_updates(
+    node_id: &str,
+    updates: Vec<update_task_status_request::TaskStatusUpdate>,
+    task: impl Fn(&str) -> Option<Arc<Task>>,
+) -> Result<Vec<(String, TaskStatus)>, Status> {
+    if updates.len() > TASK_STATUS_BATCH_MAX_ITEMS {
+        return Err(Status::invalid_argument(format!(
+            "{} task status updates in one call; send at most {TASK_STATUS_BATCH_MAX_ITEMS}",
+            updates.len()
+        )));
+    }
+    let mut checked = Vec::with_capacity(updates.len());
+    for update in updates {
+        let Some(status) = update.status else {
+            return Err(Status::invalid_argument(format!(
+                "the update of task {} has no status",
+                update.task_id
+            )));
+        };
+        let Some(stored) = task(&update.task_id) else {
+            continue;
+        };
+        if stored.node_id != node_id {
+            return Err(Status::permission_denied(format!(
+                "task {} is not assigned to node {node_id}; a node reports the status of its own \
+                 tasks only (nothing of this call was written)",
+                update.task_id
+            )));
+        }
+        checked.push((update.task_id, status));
+    }
+    Ok(checked)
+}
+
+impl Inner {
+    /// Writes the reported task statuses of some calls (`nodes[i]` reported `calls[i]`), in
+    /// as few transactions as the store's limits allow, skipping the ones that would move a
+    /// task backwards (or say nothing new) and tasks that left the node meanwhile. Returns
+    /// once everything is committed.
+    async fn write_task_statuses(
+        &self,
+        nodes: &[String],
+        calls: &[Vec<(String, TaskStatus)>],
+    ) -> Result<(), Status> {
+        let write = async {
+            let mut batch = self.store.batch();
+            for (node_id, updates) in nodes.iter().zip(calls) {
+                for (task_id, status) in updates {
+                    batch
+                        .update(|tx| {
+                            let Some(task) = tx.get::<Task>(task_id) else {
+                                return Ok(());
+                            };
+                            if task.node_id != *node_id
+                                || !accepts_status(task.status.as_ref(), status)
+                            {
+                                return Ok(());
+                            }
+                            let mut task = (*task).clone();
+                            task.status = Some(status.clone());
+                            tx.update(task)
+                        })
+                        .await?;
+                }
+            }
+            batch.commit().await
+        };
+        write.await.map(|_| ()).map_err(|e| {
+            if self.leadership.status().is_leader {
+                store_status(e)
+            } else {
+                tracing::debug!("writing task statuses failed: {e}");
+                self.leadership.not_leader()
+            }
+        })
+    }
+}
+
+/// The answer to one status call, once its reports are committed (or failed).
+type StatusAnswer = oneshot::Sender<Result<(), Status>>;
+
+/// One UpdateTaskStatus call waiting for the status batcher.
+struct StatusCall {
+    node_id: String,
+    updates: Vec<(String, TaskStatus)>,
+    answer: StatusAnswer,
+}
+
+/// The status reports waiting to be written, and the decisions on when: a batch is due
+/// [`TASK_STATUS_BATCH_MAX_DELAY`] after its first call came, or at once when it holds
+/// [`TASK_STATUS_BATCH_MAX_ITEMS`] reports. A call's reports are never split over batches.
+#[derive(Default)]
+struct StatusQueue {
+    calls: VecDeque<StatusCall>,
+    items: usize,
+    /// When the oldest waiting call came.
+    since: Option<Instant>,
+    /// A batcher task serves the queue.
+    running: bool,
+    /// The batcher stopped: calls are refused.
+    closed: bool,
+}
+
+impl StatusQueue {
+    /// Queues a call; gives it back if no batcher serves the queue.
+    fn push(&mut self, call: StatusCall, now: Instant) -> Result<(), StatusCall> {
+        if !self.running || self.closed {
+            return Err(call);
+        }
+        self.items += call.updates.len();
+        self.since.get_or_insert(now);
+        self.calls.push_back(call);
+        Ok(())
+    }
+
+    /// When the waiting calls must be written at the latest.
+    fn due(&self) -> Option<Instant> {
+        self.since.map(|since| since + TASK_STATUS_BATCH_MAX_DELAY)
+    }
+
+    /// Whether a batch should be written at `now`.
+    fn ready(&self, now: Instant) -> bool {
+        self.items >= TASK_STATUS_BATCH_MAX_ITEMS || self.due().is_some_and(|due| due <= now)
+    }
+
+    /// The next batch: the oldest calls, as many as fit in [`TASK_STATUS_BATCH_MAX_ITEMS`]
+    /// reports (at least one). The calls left wait from `now`.
+    fn take(&mut self, now: Instant) -> Vec<StatusCall> {
+        let mut batch = Vec::new();
+        let mut items = 0;
+        while let Some(call) = self.calls.front() {
+            if !batch.is_empty() && items + call.updates.len() > TASK_STATUS_BATCH_MAX_ITEMS {
+                break;
+            }
+            items += call.updates.len();
+            batch.extend(self.calls.pop_front());
+        }
+        self.items -= items;
+        self.since = (!self.calls.is_empty()).then_some(now);
+        batch
+    }
+
+    /// The batcher stopped: the waiting calls are dropped (their callers are told the manager
+    /// is shutting down) and new ones refused.
+    fn close(&mut self) {
+        self.closed = true;
+        self.calls.clear();
+        self.items = 0;
+        self.since = None;
+    }
+}
+
+impl Inner {
+    fn status_queue(&self) -> MutexGuard<'_, StatusQueue> {
+        self.status_queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes a checked status call: through the batcher if it runs, else at once. Returns
+    /// once the reports are committed.
+    async fn submit_statuses(
+        &self,
+        node_id: String,
+        updates: Vec<(String, TaskStatus)>,
+    ) -> Result<(), Status> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let (answer, answered) = oneshot::channel();
+        let call = StatusCall {
+            node_id,
+            updates,
+            answer,
+        };
+        let queued = self.status_queue().push(call, Instant::now());
+        match queued {
+            Ok(()) => {
+                self.status_wake.notify_one();
+                // Dropped unanswered: the batcher stopped.
+                answered.await.unwrap_or_else(|_| Err(shutting_down()))
+            }
+            Err(call) if self.status_queue().closed => {
+                drop(call);
+                Err(shutting_down())
+            }
+            Err(call) => {
+                self.write_task_statuses(&[call.node_id], &[call.updates])
+                    .await
+            }
+        }
+    }
+
+    /// The status batcher: writes the queued calls as they become due, until `stop` says so.
+    async fn run_status_batcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let _close = CloseStatusQueue(self.clone());
+        loop {
+            let (ready, due) = {
+                let queue = self.status_queue();
+                (queue.ready(Instant::now()), queue.due())
+            };
+            if ready {
+                let calls = self.status_queue().take(Instant::now());
+                let (nodes, updates): (Vec<String>, Vec<Vec<(String, TaskStatus)>>) = calls
+                    .iter()
+                    .map(|c| (c.node_id.clone(), c.updates.clone()))
+                    .unzip();
+                let result = self.write_task_statuses(&nodes, &updates).await;
+                for call in calls {
+                    // A caller that went away does not mind.
+                    let _ = call.answer.send(result.clone());
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                () = self.status_wake.notified() => {}
+                () = sleep_until_some(due) => {}
+            }
+        }
+    }
+}
+
+/// Closes the status queue when dropped: the batcher holds one, so that however it ends, no
+/// call waits for it.
+struct CloseStatusQueue(Arc<Inner>);
+
+impl Drop for CloseStatusQueue {
+    fn drop(&mut self) {
+        self.0.status_queue().close();
     }
 }
 
@@ -669,9 +1320,13 @@ struct Inner {
     rounds: watch::Sender<u64>,
     /// Wakes the sweep task when an agent hung up (see [`Sessions::hang_up`]).
     hangups: Notify,
+    /// Status reports waiting for the batcher, and its wake-up.
+    status_queue: Mutex<StatusQueue>,
+    status_wake: Notify,
 }
 
-/// The Dispatcher service of one manager: agent sessions and heartbeats. Cheap to clone; all
+/// The Dispatcher service of one manager: agent sessions, heartbeats, assignments and task
+/// status reports. Cheap to clone; all
 /// clones share the sessions. See the module documentation for how to run it.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -707,6 +1362,8 @@ impl Dispatcher {
                 started: AtomicBool::new(false),
                 rounds: watch::Sender::new(0),
                 hangups: Notify::new(),
+                status_queue: Mutex::new(StatusQueue::default()),
+                status_wake: Notify::new(),
             }),
         }
     }
@@ -739,11 +1396,14 @@ impl Dispatcher {
              DispatcherTask::stop (stopping is final)"
         );
         let (stop, stopped) = watch::channel(false);
+        self.inner.status_queue().running = true;
+        let statuses = runtime.spawn(self.inner.clone().run_status_batcher(stopped.clone()));
         let task = runtime.spawn(self.inner.clone().run(interval, stopped));
         DispatcherTask {
             inner: self.inner.clone(),
             stop,
             task: Some(task),
+            statuses: Some(statuses),
         }
     }
 }
@@ -1264,6 +1924,196 @@ impl Drop for SessionStream {
     }
 }
 
+// --- Assignments and task status: the shell -----------------------------------------------
+
+/// Secrets and configs read from one store view.
+struct StoreDependencies<'a, 'b>(&'a shoal_store::ReadTx<'b>);
+
+impl Dependencies for StoreDependencies<'_, '_> {
+    fn secret(&self, id: &str) -> Option<Arc<Secret>> {
+        self.0.get::<Secret>(id)
+    }
+
+    fn config(&self, id: &str) -> Option<Arc<Config>> {
+        self.0.get::<Config>(id)
+    }
+}
+
+/// Task events that may concern `node_id`'s assignment set: the task is, or was, on the node.
+fn node_tasks_filter(node_id: &str) -> Filter {
+    let id = node_id.to_string();
+    let on_node = move |o: &Object, id: &str| matches!(o, Object::Task(t) if t.node_id == id);
+    Filter::all()
+        .kind(ObjectKind::Task)
+        .predicate(move |e: &Event| {
+            on_node(&e.object, &id) || e.old.as_ref().is_some_and(|o| on_node(o, &id))
+        })
+}
+
+enum AssignmentWoken {
+    News(News),
+    Event(Result<(u64, Event), WatchError>),
+    Due,
+}
+
+type AssignmentItem = Result<AssignmentsMessage, Status>;
+
+/// The state behind one Assignments stream.
+struct AssignmentWatcher {
+    inner: Arc<Inner>,
+    node_id: String,
+    session_id: String,
+    news: Listener,
+    subscription: Subscription,
+    set: AssignmentSet,
+    versions: AssignmentVersions,
+    /// The COMPLETE message, until sent.
+    first: Option<AssignmentsMessage>,
+    done: bool,
+}
+
+impl AssignmentWatcher {
+    /// Reads the node's tasks and subscribes to their changes in one view: the COMPLETE
+    /// message, and the subscription that follows it without a gap.
+    fn read(
+        inner: &Inner,
+        node_id: &str,
+        set: &mut AssignmentSet,
+    ) -> (Vec<AssignmentChange>, Subscription) {
+        inner
+            .store
+            .view_and_watch(node_tasks_filter(node_id), |tx| {
+                set.complete(tx.find::<Task>(By::Node(node_id)), &StoreDependencies(tx))
+            })
+    }
+
+    fn end(&mut self, reason: EndReason) -> AssignmentItem {
+        self.done = true;
+        Err(self
+            .inner
+            .ended_status(reason, &self.node_id, &self.session_id))
+    }
+
+    fn apply(&mut self, pending: &mut PendingAssignments, event: Event) {
+        let id = event.object.id().to_string();
+        let task = match (event.action, event.object) {
+            (Action::Remove, _) => None,
+            (_, Object::Task(task)) => Some(task),
+            _ => return,
+        };
+        let set = &mut self.set;
+        let changes = self
+            .inner
+            .store
+            .view(|tx| set.apply(&id, task, &StoreDependencies(tx)));
+        for c in changes {
+            pending.push(c);
+        }
+    }
+
+    /// The next message, and the watcher to get the one after from.
+    async fn next(mut self) -> Option<(AssignmentItem, Self)> {
+        if self.done {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some((Ok(first), self));
+        }
+        let mut pending = PendingAssignments::default();
+        // When the batch begun must be sent at the latest.
+        let mut due: Option<Instant> = None;
+        let item = loop {
+            if pending.is_full() || (due.is_some() && pending.is_empty()) {
+                if !pending.is_empty() {
+                    let changes = pending.take();
+                    break Ok(self
+                        .versions
+                        .message(assignments_message::Type::Incremental, changes));
+                }
+                due = None;
+            }
+            let woken = tokio::select! {
+                biased;
+                news = self.news.next() => AssignmentWoken::News(news),
+                () = sleep_until_some(due) => AssignmentWoken::Due,
+                event = self.subscription.next() => AssignmentWoken::Event(event),
+            };
+            match woken {
+                AssignmentWoken::News(News::Ended(reason)) => break self.end(reason),
+                AssignmentWoken::News(News::ManagersChanged) => continue,
+                AssignmentWoken::Due => {
+                    if !pending.is_empty() {
+                        let changes = pending.take();
+                        break Ok(self
+                            .versions
+                            .message(assignments_message::Type::Incremental, changes));
+                    }
+                    due = None;
+                }
+                AssignmentWoken::Event(Ok((_, event))) => {
+                    self.apply(&mut pending, event);
+                    if !pending.is_empty() && due.is_none() {
+                        due = Some(Instant::now() + ASSIGNMENT_BATCH_MAX_DELAY);
+                    }
+                }
+                AssignmentWoken::Event(Err(WatchError::Lagged | WatchError::Reset)) => {
+                    // Missed changes: read the tasks again and send a new COMPLETE set.
+                    let (changes, subscription) =
+                        Self::read(&self.inner, &self.node_id, &mut self.set);
+                    self.subscription = subscription;
+                    break Ok(self
+                        .versions
+                        .message(assignments_message::Type::Complete, changes));
+                }
+                AssignmentWoken::Event(Err(WatchError::Closed)) => {
+                    self.done = true;
+                    break Err(shutting_down());
+                }
+            }
+        };
+        Some((item, self))
+    }
+}
+
+/// Sleeps until `due`, or forever if there is none.
+async fn sleep_until_some(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The stream of one node's assignments: a COMPLETE message, then INCREMENTAL ones, until the
+/// session it was opened with ends (the last item then says why, as the session's stream).
+pub struct AssignmentsStream {
+    stream: BoxStream<'static, AssignmentItem>,
+}
+
+impl Stream for AssignmentsStream {
+    type Item = AssignmentItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<AssignmentItem>> {
+        self.stream.poll_next_unpin(cx)
+    }
+}
+
+impl Inner {
+    /// Refuses the call unless `session_id` is the caller's current session here; else the
+    /// listener of the session's end.
+    fn current_session(&self, node_id: &str, session_id: &str) -> Result<Listener, Status> {
+        let now = self.clock.now();
+        self.sessions()
+            .listen(node_id, session_id, now)
+            .map_err(|e| match e {
+                SessionError::Stopped => shutting_down(),
+                e => Status::not_found(format!(
+                    "session {session_id} of node {node_id} is not current: {e}; open a new \
+                     session"
+                )),
+            })
+    }
+}
+
 // --- The background task ------------------------------------------------------------------
 
 /// Ends every session and refuses new ones when dropped: the sweep task holds one, so that
@@ -1276,18 +2126,22 @@ impl Drop for StopSessions {
     }
 }
 
-/// The running sweep of a [`Dispatcher`]. Stop it with [`stop`](Self::stop); dropping it
-/// ends the sessions too, and aborts the sweep without waiting for it.
+/// The running sweep and status batcher of a [`Dispatcher`]. Stop them with
+/// [`stop`](Self::stop); dropping it ends the sessions too, refuses the queued status reports,
+/// and aborts both tasks without waiting for them.
 pub struct DispatcherTask {
     inner: Arc<Inner>,
     stop: watch::Sender<bool>,
     /// `None` once [`stop`](Self::stop) has taken it.
     task: Option<JoinHandle<()>>,
+    /// The status batcher; `None` once [`stop`](Self::stop) has taken it.
+    statuses: Option<JoinHandle<()>>,
 }
 
 impl DispatcherTask {
-    /// Stops the sweep and waits for it: every session stream ends (UNAVAILABLE, "shutting
-    /// down"), new sessions and heartbeats are refused. Final: the dispatcher cannot be
+    /// Stops the sweep and the status batcher and waits for them: every session and
+    /// assignments stream ends (UNAVAILABLE, "shutting down"), new sessions, heartbeats and
+    /// status reports are refused, queued reports are answered so, unwritten. Final: the dispatcher cannot be
     /// started again. The streams end at once; the sweep ends after at most one store write
     /// in flight.
     pub async fn stop(mut self) {
@@ -1299,6 +2153,12 @@ impl DispatcherTask {
         {
             tracing::error!("the dispatcher's sweep panicked: {e}");
         }
+        if let Some(task) = self.statuses.take()
+            && let Err(e) = task.await
+            && e.is_panic()
+        {
+            tracing::error!("the dispatcher's status batcher panicked: {e}");
+        }
     }
 }
 
@@ -1309,6 +2169,10 @@ impl Drop for DispatcherTask {
             self.inner.sessions().stop();
             task.abort();
         }
+        if let Some(task) = self.statuses.take() {
+            self.inner.status_queue().close();
+            task.abort();
+        }
     }
 }
 
@@ -1317,7 +2181,7 @@ impl Drop for DispatcherTask {
 #[tonic::async_trait]
 impl dispatcher_server::Dispatcher for Dispatcher {
     type SessionStream = SessionStream;
-    type AssignmentsStream = tokio_stream::Empty<Result<AssignmentsMessage, Status>>;
+    type AssignmentsStream = AssignmentsStream;
 
     async fn session(
         &self,
@@ -1426,22 +2290,52 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         &self,
         request: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
-        self.inner.caller(&request)?;
-        Err(Status::unimplemented(
-            "UpdateTaskStatus is not available yet in this version of Shoal: it comes with task \
-             execution; upgrade the managers to a version that runs tasks",
-        ))
+        let inner = &self.inner;
+        let caller = inner.caller(&request)?;
+        let UpdateTaskStatusRequest {
+            session_id,
+            updates,
+        } = request.into_inner();
+        inner.require_leader()?;
+        let node_id = caller.node_id;
+        inner.current_session(&node_id, &session_id)?;
+        let updates = inner
+            .store
+            .view(|tx| check_status_updates(&node_id, updates, |id| tx.get::<Task>(id)))?;
+        inner.submit_statuses(node_id, updates).await?;
+        Ok(Response::new(UpdateTaskStatusResponse {}))
     }
 
     async fn assignments(
         &self,
         request: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        self.inner.caller(&request)?;
-        Err(Status::unimplemented(
-            "Assignments is not available yet in this version of Shoal: it comes with task \
-             execution; upgrade the managers to a version that runs tasks",
-        ))
+        let inner = &self.inner;
+        let caller = inner.caller(&request)?;
+        let session_id = request.into_inner().session_id;
+        inner.require_leader()?;
+        let node_id = caller.node_id;
+        let news = inner.current_session(&node_id, &session_id)?;
+        let mut set = AssignmentSet::new(&node_id);
+        let (changes, subscription) = AssignmentWatcher::read(inner, &node_id, &mut set);
+        let mut versions = AssignmentVersions::default();
+        let first = versions.message(assignments_message::Type::Complete, changes);
+        let watcher = AssignmentWatcher {
+            inner: inner.clone(),
+            node_id,
+            session_id,
+            news,
+            subscription,
+            set,
+            versions,
+            first: Some(first),
+            done: false,
+        };
+        Ok(Response::new(AssignmentsStream {
+            stream: stream::unfold(watcher, AssignmentWatcher::next)
+                .fuse()
+                .boxed(),
+        }))
     }
 }
 
@@ -1757,6 +2651,390 @@ mod tests {
             Some(News::Ended(EndReason::Replaced)),
             "the first reason, and the end wins over the change before it"
         );
+    }
+
+    // --- Assignments and task status: the decisions ---
+
+    fn task_with(
+        id: &str,
+        node_id: &str,
+        state: TaskState,
+        secrets: &[&str],
+        configs: &[&str],
+    ) -> Task {
+        let container = shoal_api::v1::ContainerSpec {
+            secrets: secrets
+                .iter()
+                .map(|s| shoal_api::v1::SecretReference {
+                    secret_id: s.to_string(),
+                    secret_name: s.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            configs: configs
+                .iter()
+                .map(|c| shoal_api::v1::ConfigReference {
+                    config_id: c.to_string(),
+                    config_name: c.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Task {
+            meta: Some(Meta {
+                id: id.into(),
+                ..Default::default()
+            }),
+            spec: Some(
+                shoal_api::v1::TaskSpecFields {
+                    runtime: Some(task_spec::Runtime::Container(Box::new(container))),
+                    ..Default::default()
+                }
+                .into(),
+            ),
+            node_id: node_id.into(),
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            desired_state: TaskState::Running as i32,
+            ..Default::default()
+        }
+    }
+
+    /// Secrets and configs that exist: every ID but "missing".
+    struct AllButMissing;
+
+    impl Dependencies for AllButMissing {
+        fn secret(&self, id: &str) -> Option<Arc<Secret>> {
+            (id != "missing").then(|| {
+                Arc::new(Secret {
+                    meta: Some(Meta {
+                        id: id.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            })
+        }
+
+        fn config(&self, id: &str) -> Option<Arc<Config>> {
+            (id != "missing").then(|| {
+                Arc::new(Config {
+                    meta: Some(Meta {
+                        id: id.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            })
+        }
+    }
+
+    /// The changes as ("task"/"secret"/"config", id, "update"/"remove").
+    fn summary(changes: &[AssignmentChange]) -> Vec<(&'static str, String, &'static str)> {
+        changes
+            .iter()
+            .map(|c| {
+                let action = if c.action == AssignmentAction::Remove as i32 {
+                    "remove"
+                } else {
+                    "update"
+                };
+                match item_key(c).unwrap() {
+                    ItemKey::Task(id) => ("task", id, action),
+                    ItemKey::Secret(id) => ("secret", id, action),
+                    ItemKey::Config(id) => ("config", id, action),
+                }
+            })
+            .collect()
+    }
+
+    fn s(
+        kind: &'static str,
+        id: &str,
+        action: &'static str,
+    ) -> (&'static str, String, &'static str) {
+        (kind, id.to_string(), action)
+    }
+
+    #[test]
+    fn the_complete_set_holds_the_nodes_scheduled_tasks_and_what_running_ones_need() {
+        let mut set = AssignmentSet::new("n1");
+        let tasks = [
+            task_with("t-assigned", "n1", TaskState::Assigned, &["s1"], &["c1"]),
+            task_with("t-pending", "n1", TaskState::Pending, &["s-pending"], &[]),
+            task_with("t-other", "n2", TaskState::Running, &["s-other"], &[]),
+            task_with("t-failed", "n1", TaskState::Failed, &["s-failed"], &[]),
+            task_with(
+                "t-running",
+                "n1",
+                TaskState::Running,
+                &["s1", "missing"],
+                &[],
+            ),
+            task_with("t-unassigned", "", TaskState::Assigned, &[], &[]),
+        ];
+        let changes = set.complete(tasks.into_iter().map(Arc::new), &AllButMissing);
+        assert_eq!(
+            summary(&changes),
+            vec![
+                s("secret", "s1", "update"),
+                s("config", "c1", "update"),
+                s("task", "t-assigned", "update"),
+                s("task", "t-failed", "update"),
+                s("task", "t-running", "update"),
+            ]
+        );
+        assert!(!in_assignment_set(
+            &task_with("x", "", TaskState::Running, &[], &[]),
+            ""
+        ));
+    }
+
+    #[test]
+    fn changes_to_the_set_are_sent_once_with_their_dependencies() {
+        let mut set = AssignmentSet::new("n1");
+        set.complete(Vec::new(), &AllButMissing);
+        let t1 = task_with("t1", "n1", TaskState::Assigned, &["s1"], &["c1"]);
+        // A new task brings its secret and config first.
+        assert_eq!(
+            summary(&set.apply("t1", Some(Arc::new(t1.clone())), &AllButMissing)),
+            vec![
+                s("secret", "s1", "update"),
+                s("config", "c1", "update"),
+                s("task", "t1", "update")
+            ]
+        );
+        // The agent's own report (RUNNING) is not echoed back.
+        let mut running = t1.clone();
+        running.status.as_mut().unwrap().state = TaskState::Running as i32;
+        assert!(
+            set.apply("t1", Some(Arc::new(running.clone())), &AllButMissing)
+                .is_empty()
+        );
+        // A change of the desired state is sent.
+        let mut stopping = running.clone();
+        stopping.desired_state = TaskState::Shutdown as i32;
+        assert_eq!(
+            summary(&set.apply("t1", Some(Arc::new(stopping.clone())), &AllButMissing)),
+            vec![s("task", "t1", "update")]
+        );
+        // Once the task has stopped its secrets and configs go; the task stays.
+        let mut stopped = stopping.clone();
+        stopped.status.as_mut().unwrap().state = TaskState::Shutdown as i32;
+        assert_eq!(
+            summary(&set.apply("t1", Some(Arc::new(stopped)), &AllButMissing)),
+            vec![s("secret", "s1", "remove"), s("config", "c1", "remove")]
+        );
+        // Tasks of other nodes, and removals of tasks never sent, change nothing.
+        let other = task_with("t2", "n2", TaskState::Running, &["s2"], &[]);
+        assert!(
+            set.apply("t2", Some(Arc::new(other)), &AllButMissing)
+                .is_empty()
+        );
+        assert!(set.apply("t2", None, &AllButMissing).is_empty());
+        // A task moved to another node, or removed, is removed.
+        let t3 = task_with("t3", "n1", TaskState::Assigned, &["s3"], &[]);
+        set.apply("t3", Some(Arc::new(t3.clone())), &AllButMissing);
+        let mut moved = t3.clone();
+        moved.node_id = "n2".into();
+        assert_eq!(
+            summary(&set.apply("t3", Some(Arc::new(moved)), &AllButMissing)),
+            vec![s("secret", "s3", "remove"), s("task", "t3", "remove")]
+        );
+        assert_eq!(
+            summary(&set.apply("t1", None, &AllButMissing)),
+            vec![s("task", "t1", "remove")]
+        );
+    }
+
+    #[test]
+    fn a_secret_shared_by_two_tasks_stays_while_one_needs_it() {
+        let mut set = AssignmentSet::new("n1");
+        let a = task_with("a", "n1", TaskState::Running, &["s"], &[]);
+        let b = task_with("b", "n1", TaskState::Running, &["s"], &[]);
+        let changes = set.complete([Arc::new(a), Arc::new(b)], &AllButMissing);
+        assert_eq!(summary(&changes).len(), 3);
+        assert_eq!(
+            summary(&set.apply("a", None, &AllButMissing)),
+            vec![s("task", "a", "remove")]
+        );
+        assert_eq!(
+            summary(&set.apply("b", None, &AllButMissing)),
+            vec![s("secret", "s", "remove"), s("task", "b", "remove")]
+        );
+    }
+
+    #[test]
+    fn task_statuses_only_move_forward() {
+        let status = |state: TaskState, message: &str| TaskStatus {
+            state: state as i32,
+            message: message.into(),
+            ..Default::default()
+        };
+        let running = status(TaskState::Running, "started");
+        assert!(accepts_status(None, &running));
+        assert!(accepts_status(
+            Some(&status(TaskState::Assigned, "")),
+            &running
+        ));
+        assert!(!accepts_status(
+            Some(&running),
+            &status(TaskState::Starting, "")
+        ));
+        assert!(!accepts_status(Some(&running), &running), "nothing new");
+        assert!(accepts_status(
+            Some(&running),
+            &status(TaskState::Running, "healthy")
+        ));
+        assert!(!accepts_status(
+            Some(&status(TaskState::Failed, "")),
+            &running
+        ));
+    }
+
+    #[test]
+    fn assignment_batches_merge_changes_and_fill_up() {
+        let mut pending = PendingAssignments::default();
+        let t = |id: &str, action| {
+            change(
+                assignment::Item::Task(task_with(id, "n1", TaskState::Assigned, &[], &[])),
+                action,
+            )
+        };
+        pending.push(t("a", AssignmentAction::Update));
+        pending.push(t("b", AssignmentAction::Update));
+        pending.push(t("a", AssignmentAction::Remove));
+        assert_eq!(
+            summary(&pending.take()),
+            vec![s("task", "a", "remove"), s("task", "b", "update")]
+        );
+        assert!(pending.is_empty());
+        for i in 0..ASSIGNMENT_BATCH_MAX_CHANGES {
+            assert!(!pending.is_full());
+            pending.push(t(&i.to_string(), AssignmentAction::Update));
+        }
+        assert!(pending.is_full());
+        assert_eq!(pending.take().len(), ASSIGNMENT_BATCH_MAX_CHANGES);
+    }
+
+    #[test]
+    fn assignment_messages_chain_their_versions() {
+        let mut v = AssignmentVersions::default();
+        let m1 = v.message(assignments_message::Type::Complete, Vec::new());
+        let m2 = v.message(assignments_message::Type::Incremental, Vec::new());
+        let m3 = v.message(assignments_message::Type::Incremental, Vec::new());
+        assert_eq!((m1.applies_to.as_str(), m1.results_in.as_str()), ("", "1"));
+        assert_eq!((m2.applies_to.as_str(), m2.results_in.as_str()), ("1", "2"));
+        assert_eq!((m3.applies_to.as_str(), m3.results_in.as_str()), ("2", "3"));
+    }
+
+    fn status_call(items: usize) -> (StatusCall, oneshot::Receiver<Result<(), Status>>) {
+        let (answer, answered) = oneshot::channel();
+        let call = StatusCall {
+            node_id: "n1".into(),
+            updates: vec![("t".into(), TaskStatus::default()); items],
+            answer,
+        };
+        (call, answered)
+    }
+
+    #[test]
+    fn status_batches_are_due_after_the_delay_or_when_full_and_never_split_a_call() {
+        let start = Instant::now();
+        let mut queue = StatusQueue::default();
+        // No batcher: the caller writes itself.
+        assert!(queue.push(status_call(1).0, start).is_err());
+        queue.running = true;
+        queue.push(status_call(2).0, start).map_err(|_| ()).unwrap();
+        queue
+            .push(status_call(3).0, start + 50 * MS)
+            .map_err(|_| ())
+            .unwrap();
+        assert_eq!(queue.due(), Some(start + TASK_STATUS_BATCH_MAX_DELAY));
+        assert!(!queue.ready(start + TASK_STATUS_BATCH_MAX_DELAY - MS));
+        assert!(queue.ready(start + TASK_STATUS_BATCH_MAX_DELAY));
+        let batch = queue.take(start + TASK_STATUS_BATCH_MAX_DELAY);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(queue.due(), None);
+
+        // Full: due at once; a call that would overflow the batch waits for the next one.
+        let half = TASK_STATUS_BATCH_MAX_ITEMS / 2 + 1;
+        queue
+            .push(status_call(half).0, start)
+            .map_err(|_| ())
+            .unwrap();
+        assert!(!queue.ready(start));
+        queue
+            .push(status_call(half).0, start)
+            .map_err(|_| ())
+            .unwrap();
+        assert!(queue.ready(start));
+        let later = start + 10 * MS;
+        assert_eq!(queue.take(later).len(), 1);
+        assert_eq!(queue.due(), Some(later + TASK_STATUS_BATCH_MAX_DELAY));
+        assert_eq!(queue.take(later).len(), 1);
+
+        // Closing drops the waiting calls (their callers hear of it) and refuses new ones.
+        let (call, mut answered) = status_call(1);
+        queue.push(call, start).map_err(|_| ()).unwrap();
+        queue.close();
+        assert!(answered.try_recv().is_err());
+        assert!(queue.push(status_call(1).0, start).is_err());
+    }
+
+    #[test]
+    fn status_updates_for_other_nodes_tasks_refuse_the_call() {
+        let stored = |id: &str| -> Option<Arc<Task>> {
+            match id {
+                "mine" => Some(Arc::new(task_with(
+                    "mine",
+                    "n1",
+                    TaskState::Running,
+                    &[],
+                    &[],
+                ))),
+                "theirs" => Some(Arc::new(task_with(
+                    "theirs",
+                    "n2",
+                    TaskState::Running,
+                    &[],
+                    &[],
+                ))),
+                _ => None,
+            }
+        };
+        let update = |id: &str| update_task_status_request::TaskStatusUpdate {
+            task_id: id.into(),
+            status: Some(TaskStatus::default()),
+        };
+        let ok = check_status_updates("n1", vec![update("mine"), update("gone")], stored).unwrap();
+        assert_eq!(
+            ok.len(),
+            1,
+            "updates of tasks no longer in the store are dropped"
+        );
+        let err =
+            check_status_updates("n1", vec![update("mine"), update("theirs")], stored).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("theirs"));
+        let err = check_status_updates(
+            "n1",
+            vec![update_task_status_request::TaskStatusUpdate {
+                task_id: "mine".into(),
+                status: None,
+            }],
+            stored,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let many = (0..=TASK_STATUS_BATCH_MAX_ITEMS)
+            .map(|_| update("mine"))
+            .collect();
+        let err = check_status_updates("n1", many, stored).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 
     // --- The handlers, on a real store and authorizer, with Raft's status stood in for ---
@@ -2484,24 +3762,276 @@ mod tests {
         f.dispatcher.start();
     }
 
+    // --- Assignments and task status: the handlers ---
+
+    impl Fixture {
+        async fn session_id(&self) -> (SessionStream, String) {
+            let mut stream = self.open().await.unwrap();
+            let first = next(&mut stream).await.unwrap().unwrap();
+            (stream, first.session_id)
+        }
+
+        async fn assignments(&self, session_id: &str) -> Result<AssignmentsStream, Status> {
+            let request = self.request(
+                AssignmentsRequest {
+                    session_id: session_id.into(),
+                },
+                &self.node_id,
+            );
+            dispatcher_server::Dispatcher::assignments(&self.dispatcher, request)
+                .await
+                .map(Response::into_inner)
+        }
+
+        async fn report(
+            &self,
+            session_id: &str,
+            updates: Vec<(&str, TaskState)>,
+        ) -> Result<(), Status> {
+            let updates = updates
+                .into_iter()
+                .map(|(id, state)| update_task_status_request::TaskStatusUpdate {
+                    task_id: id.into(),
+                    status: Some(TaskStatus {
+                        state: state as i32,
+                        message: "reported".into(),
+                        ..Default::default()
+                    }),
+                })
+                .collect();
+            let request = self.request(
+                UpdateTaskStatusRequest {
+                    session_id: session_id.into(),
+                    updates,
+                },
+                &self.node_id,
+            );
+            dispatcher_server::Dispatcher::update_task_status(&self.dispatcher, request)
+                .await
+                .map(|_| ())
+        }
+
+        fn task_state(&self, id: &str) -> i32 {
+            self.store
+                .view(|tx| tx.get::<Task>(id))
+                .unwrap()
+                .status
+                .as_ref()
+                .unwrap()
+                .state
+        }
+    }
+
+    async fn next_assignments(stream: &mut AssignmentsStream) -> Option<AssignmentItem> {
+        timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("timed out waiting for the assignments stream")
+    }
+
+    fn secret(id: &str) -> Secret {
+        Secret {
+            meta: Some(Meta {
+                id: id.into(),
+                ..Default::default()
+            }),
+            spec: Some(shoal_api::v1::SecretSpec {
+                annotations: Some(shoal_api::v1::Annotations {
+                    name: format!("name-{id}"),
+                    ..Default::default()
+                }),
+                data: b"hush".to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
     #[tokio::test]
-    async fn task_execution_calls_are_not_there_yet() {
+    async fn assignments_start_complete_then_follow_the_nodes_tasks() {
         let f = fixture().await;
-        let status = dispatcher_server::Dispatcher::update_task_status(
-            &f.dispatcher,
-            f.request(UpdateTaskStatusRequest::default(), &f.node_id),
+        let node = f.node_id.clone();
+        f.update(|tx| {
+            tx.create(secret("s1"))?;
+            tx.create(task_with("t1", &node, TaskState::Running, &["s1"], &[]))?;
+            tx.create(task_with("t-other", "other", TaskState::Running, &[], &[]))
+        })
+        .await;
+        let (_session, session_id) = f.session_id().await;
+        let mut stream = f.assignments(&session_id).await.unwrap();
+        let complete = next_assignments(&mut stream).await.unwrap().unwrap();
+        assert_eq!(complete.r#type, assignments_message::Type::Complete as i32);
+        assert_eq!(complete.results_in, "1");
+        assert_eq!(
+            summary(&complete.changes),
+            vec![s("secret", "s1", "update"), s("task", "t1", "update")]
+        );
+
+        // A task of another node never appears; one of this node does.
+        f.update(|tx| {
+            tx.create(task_with(
+                "t-other-2",
+                "other",
+                TaskState::Assigned,
+                &[],
+                &[],
+            ))
+        })
+        .await;
+        f.update(|tx| tx.create(task_with("t2", &node, TaskState::Assigned, &[], &[])))
+            .await;
+        let m = next_assignments(&mut stream).await.unwrap().unwrap();
+        assert_eq!(m.r#type, assignments_message::Type::Incremental as i32);
+        assert_eq!((m.applies_to.as_str(), m.results_in.as_str()), ("1", "2"));
+        assert_eq!(summary(&m.changes), vec![s("task", "t2", "update")]);
+
+        // Updated, then removed.
+        f.update(|tx| {
+            let mut t = (*tx.get::<Task>("t2").unwrap()).clone();
+            t.desired_state = TaskState::Shutdown as i32;
+            tx.update(t)
+        })
+        .await;
+        let m = next_assignments(&mut stream).await.unwrap().unwrap();
+        assert_eq!(summary(&m.changes), vec![s("task", "t2", "update")]);
+        assert_eq!(m.applies_to, "2");
+        f.update(|tx| tx.delete::<Task>("t1")).await;
+        let m = next_assignments(&mut stream).await.unwrap().unwrap();
+        assert_eq!(
+            summary(&m.changes),
+            vec![s("secret", "s1", "remove"), s("task", "t1", "remove")]
+        );
+    }
+
+    #[tokio::test]
+    async fn many_changes_are_batched() {
+        let f = fixture().await;
+        let node = f.node_id.clone();
+        let (_session, session_id) = f.session_id().await;
+        let mut stream = f.assignments(&session_id).await.unwrap();
+        next_assignments(&mut stream).await.unwrap().unwrap();
+        let count = ASSIGNMENT_BATCH_MAX_CHANGES + 20;
+        for chunk in (0..count).collect::<Vec<_>>().chunks(50) {
+            f.update(|tx| {
+                for i in chunk {
+                    tx.create(task_with(
+                        &format!("t{i:03}"),
+                        &node,
+                        TaskState::Assigned,
+                        &[],
+                        &[],
+                    ))?;
+                }
+                Ok(())
+            })
+            .await;
+        }
+        let mut seen = 0;
+        while seen < count {
+            let m = next_assignments(&mut stream).await.unwrap().unwrap();
+            assert!(m.changes.len() <= ASSIGNMENT_BATCH_MAX_CHANGES);
+            seen += m.changes.len();
+        }
+        assert_eq!(seen, count);
+    }
+
+    #[tokio::test]
+    async fn assignments_need_the_current_session_and_end_with_it() {
+        let f = fixture().await;
+        let (_session, session_id) = f.session_id().await;
+        let status = f.assignments("not-a-session").await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().contains("open a new session"));
+        let mut stream = f.assignments(&session_id).await.unwrap();
+        next_assignments(&mut stream).await.unwrap().unwrap();
+        // A new session replaces the old one: the stream ends as the session's does.
+        let (_newer, _) = f.session_id().await;
+        let status = next_assignments(&mut stream).await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert!(next_assignments(&mut stream).await.is_none());
+        let status = f.report(&session_id, Vec::new()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn task_status_reports_are_written_forward_only_for_the_nodes_own_tasks() {
+        let f = fixture().await;
+        let node = f.node_id.clone();
+        f.update(|tx| {
+            tx.create(task_with("mine", &node, TaskState::Assigned, &[], &[]))?;
+            tx.create(task_with("done", &node, TaskState::Failed, &[], &[]))?;
+            tx.create(task_with("theirs", "other", TaskState::Assigned, &[], &[]))
+        })
+        .await;
+        let (_session, session_id) = f.session_id().await;
+
+        // Another node's task: the whole call is refused, nothing is written.
+        let status = f
+            .report(
+                &session_id,
+                vec![("mine", TaskState::Running), ("theirs", TaskState::Running)],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("theirs"));
+        assert_eq!(f.task_state("mine"), TaskState::Assigned as i32);
+        assert_eq!(f.task_state("theirs"), TaskState::Assigned as i32);
+
+        // Forward moves are written (and committed when the call answers); backward ones are
+        // ignored without error.
+        f.report(
+            &session_id,
+            vec![("mine", TaskState::Running), ("done", TaskState::Running)],
         )
         .await
-        .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
-        assert!(status.message().contains("task execution"));
-        let status = dispatcher_server::Dispatcher::assignments(
-            &f.dispatcher,
-            f.request(AssignmentsRequest::default(), &f.node_id),
-        )
-        .await
-        .err()
         .unwrap();
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert_eq!(f.task_state("mine"), TaskState::Running as i32);
+        assert_eq!(f.task_state("done"), TaskState::Failed as i32);
+        f.report(&session_id, vec![("mine", TaskState::Starting)])
+            .await
+            .unwrap();
+        assert_eq!(f.task_state("mine"), TaskState::Running as i32);
+    }
+
+    #[tokio::test]
+    async fn followers_refuse_assignments_and_status_reports() {
+        let f = fixture().await;
+        let (_session, session_id) = f.session_id().await;
+        f.raft.set(|s| {
+            s.is_leader = false;
+            s.leader = Some(2);
+        });
+        let status = f.assignments(&session_id).await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        let status = f.report(&session_id, Vec::new()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn the_status_batcher_writes_reports_before_answering() {
+        let f = fixture().await;
+        let node = f.node_id.clone();
+        f.update(|tx| {
+            tx.create(task_with("a", &node, TaskState::Assigned, &[], &[]))?;
+            tx.create(task_with("b", &node, TaskState::Assigned, &[], &[]))
+        })
+        .await;
+        let task = f.dispatcher.start_with_interval(NEVER);
+        let (_session, session_id) = f.session_id().await;
+        let (one, two) = tokio::join!(
+            f.report(&session_id, vec![("a", TaskState::Running)]),
+            f.report(&session_id, vec![("b", TaskState::Preparing)]),
+        );
+        one.unwrap();
+        two.unwrap();
+        assert_eq!(f.task_state("a"), TaskState::Running as i32);
+        assert_eq!(f.task_state("b"), TaskState::Preparing as i32);
+        task.stop().await;
+        let status = f
+            .report(&session_id, vec![("a", TaskState::Complete)])
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(f.task_state("a"), TaskState::Running as i32);
     }
 }
