@@ -10,7 +10,10 @@
 //! calls `put` / `remove` only for changes it has accepted.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hasher;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use crate::object::{Index, Keys, StoreObject};
 
@@ -79,11 +82,31 @@ fn add_entry(index: &mut IndexMap, key: &[u8], row: u32) {
     }
 }
 
+fn hash_id(id: &str) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(id.as_bytes());
+    h.finish()
+}
+
+/// Whether `row` holds the object with `id`.
+fn holds<T: StoreObject>(rows: &[Option<Arc<T>>], row: u32, id: &str) -> bool {
+    rows[row as usize].as_ref().is_some_and(|o| o.id() == id)
+}
+
+fn hash_row<T: StoreObject>(rows: &[Option<Arc<T>>], row: u32) -> u64 {
+    hash_id(rows[row as usize].as_ref().map(|o| o.id()).unwrap_or(""))
+}
+
 #[derive(Debug)]
 pub struct Table<T: StoreObject> {
     rows: Vec<Option<Arc<T>>>,
     free: Vec<u32>,
+    /// ID → row, in ID order: iteration and prefix searches.
     by_id: BTreeMap<Box<str>, u32>,
+    /// ID → row, hashed, for exact lookups (every read by ID, every write's existence
+    /// check) without string comparisons down a tree. It stores rows only — the ID is the
+    /// row's object's — so it costs about 5 bytes per object.
+    row_of: HashTable<u32>,
     /// One map per entry of `T::INDEXES`, in the same order.
     indexes: Vec<IndexMap>,
     /// Reusable buffers for index keys.
@@ -96,6 +119,7 @@ impl<T: StoreObject> Default for Table<T> {
             rows: Vec::new(),
             free: Vec::new(),
             by_id: BTreeMap::new(),
+            row_of: HashTable::new(),
             indexes: T::INDEXES.iter().map(|_| IndexMap::new()).collect(),
             scratch: Default::default(),
         }
@@ -104,15 +128,23 @@ impl<T: StoreObject> Default for Table<T> {
 
 impl<T: StoreObject> Table<T> {
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.row_of.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.row_of.is_empty()
+    }
+
+    /// The row holding `id`.
+    fn row(&self, id: &str) -> Option<u32> {
+        let rows = &self.rows;
+        self.row_of
+            .find(hash_id(id), |&r| holds(rows, r, id))
+            .copied()
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<T>> {
-        let row = *self.by_id.get(id)?;
+        let row = self.row(id)?;
         self.rows[row as usize].as_ref()
     }
 
@@ -191,7 +223,7 @@ impl<T: StoreObject> Table<T> {
     /// Inserts or replaces the object with the same ID; returns the one replaced.
     pub fn put(&mut self, object: Arc<T>) -> Option<Arc<T>> {
         let [mut old_keys, mut new_keys] = std::mem::take(&mut self.scratch);
-        let replaced = if let Some(&row) = self.by_id.get(object.id()) {
+        let replaced = if let Some(row) = self.row(object.id()) {
             let old = self.rows[row as usize]
                 .replace(object.clone())
                 .expect("row of a live ID");
@@ -223,6 +255,9 @@ impl<T: StoreObject> Table<T> {
                 }
             };
             self.by_id.insert(object.id().into(), row);
+            let rows = &self.rows;
+            self.row_of
+                .insert_unique(hash_id(object.id()), row, |&r| hash_row(rows, r));
             for (p, index) in T::INDEXES.iter().enumerate() {
                 new_keys.clear();
                 object.index_keys(*index, &mut new_keys);
@@ -238,7 +273,14 @@ impl<T: StoreObject> Table<T> {
 
     /// Removes the object with `id`; returns it.
     pub fn remove(&mut self, id: &str) -> Option<Arc<T>> {
-        let row = self.by_id.remove(id)?;
+        let rows = &self.rows;
+        let row = self
+            .row_of
+            .find_entry(hash_id(id), |&r| holds(rows, r, id))
+            .ok()?
+            .remove()
+            .0;
+        self.by_id.remove(id);
         let old = self.rows[row as usize].take().expect("row of a live ID");
         let mut keys = std::mem::take(&mut self.scratch[0]);
         for (p, index) in T::INDEXES.iter().enumerate() {
