@@ -24,6 +24,7 @@ mod local;
 pub mod renewal;
 mod state_dir;
 pub mod supervisor;
+pub mod worker;
 
 pub use daemon::{Daemon, DaemonConfig, Outcome, RunningDaemon};
 pub use error::NodeError;

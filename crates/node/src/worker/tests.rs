@@ -1,0 +1,424 @@
+//! Tests of the worker with the sim executor and with real processes. Every wait is bounded;
+//! nothing asserts on timing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_api::v1::update_task_status_request::TaskStatusUpdate;
+use shoal_api::v1::{
+    Assignment, AssignmentChange, AssignmentsMessage, Meta, ProcessSpec, ProcessStatus, Task,
+    TaskSpecFields, TaskState, TaskStatus, assignment, assignment_change::AssignmentAction,
+    assignments_message, task_spec, task_status,
+};
+use shoal_executor::Executor;
+use shoal_executor::process::{ProcessConfig, ProcessExecutor, procfs};
+use shoal_executor::sim::{SimConfig, SimExecutor};
+use tokio::sync::watch;
+
+use super::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Records the latest status of every task; can be told to fail.
+#[derive(Clone)]
+struct TestSink {
+    latest: Arc<watch::Sender<BTreeMap<String, TaskStatus>>>,
+    /// Every delivered (task, state), in order.
+    history: Arc<Mutex<Vec<(String, i32)>>>,
+    failing: Arc<Mutex<bool>>,
+}
+
+impl TestSink {
+    fn new() -> Self {
+        Self {
+            latest: Arc::new(watch::channel(BTreeMap::new()).0),
+            history: Arc::default(),
+            failing: Arc::new(Mutex::new(false)),
+        }
+    }
+
+    /// Waits (bounded) until task `id` was reported in `state`; returns that status.
+    async fn wait_for(&self, id: &str, state: TaskState) -> TaskStatus {
+        let mut rx = self.latest.subscribe();
+        let found = tokio::time::timeout(
+            LIMIT,
+            rx.wait_for(|m| m.get(id).is_some_and(|s| s.state == state as i32)),
+        )
+        .await;
+        match found {
+            Ok(Ok(map)) => map[id].clone(),
+            _ => panic!(
+                "task {id} never reported {state:?}; last: {:?}",
+                self.latest.borrow().get(id)
+            ),
+        }
+    }
+}
+
+impl StatusSink for TestSink {
+    type Error = String;
+
+    async fn send(&self, updates: Vec<TaskStatusUpdate>) -> Result<(), String> {
+        if *self.failing.lock().unwrap() {
+            return Err("no session".into());
+        }
+        self.history.lock().unwrap().extend(
+            updates
+                .iter()
+                .map(|u| (u.task_id.clone(), u.status.as_ref().map_or(0, |s| s.state))),
+        );
+        self.latest.send_modify(|m| {
+            for u in updates {
+                m.insert(u.task_id, u.status.unwrap_or_default());
+            }
+        });
+        Ok(())
+    }
+}
+
+fn fast_reporter(sink: TestSink) -> StatusReporter {
+    StatusReporter::with_backoff(
+        sink,
+        ReporterBackoff {
+            base: Duration::from_millis(5),
+            max: Duration::from_millis(50),
+        },
+    )
+}
+
+fn sim_task(id: &str) -> Task {
+    Task {
+        meta: Some(Meta {
+            id: id.into(),
+            ..Default::default()
+        }),
+        desired_state: TaskState::Running as i32,
+        ..Default::default()
+    }
+}
+
+fn process_task(id: &str) -> Task {
+    Task {
+        spec: Some(
+            TaskSpecFields {
+                runtime: Some(task_spec::Runtime::Process(Box::new(ProcessSpec {
+                    command: "sh".into(),
+                    args: vec!["-c".into(), "exec sleep 1000".into()],
+                    stop_grace_period: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 300_000_000,
+                    }),
+                    ..Default::default()
+                }))),
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ..sim_task(id)
+    }
+}
+
+fn change(task: &Task, action: AssignmentAction) -> AssignmentChange {
+    AssignmentChange {
+        assignment: Some(Assignment {
+            item: Some(assignment::Item::Task(task.clone())),
+        }),
+        action: action as i32,
+    }
+}
+
+fn complete(tasks: &[&Task]) -> AssignmentsMessage {
+    AssignmentsMessage {
+        r#type: assignments_message::Type::Complete as i32,
+        changes: tasks
+            .iter()
+            .map(|t| change(t, AssignmentAction::Update))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn incremental(changes: Vec<AssignmentChange>) -> AssignmentsMessage {
+    AssignmentsMessage {
+        r#type: assignments_message::Type::Incremental as i32,
+        changes,
+        ..Default::default()
+    }
+}
+
+fn sim() -> Arc<dyn Executor> {
+    Arc::new(SimExecutor::new(SimConfig {
+        start_delay: Duration::from_millis(10),
+        ..Default::default()
+    }))
+}
+
+fn processes(dir: &Path) -> Arc<dyn Executor> {
+    let mut config = ProcessConfig::new(dir.join("logs"));
+    config.poll_interval = Duration::from_millis(20);
+    config.rotation.check_interval = Duration::from_millis(50);
+    Arc::new(ProcessExecutor::new(config))
+}
+
+fn db_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("worker").join("tasks.redb")
+}
+
+/// Waits (bounded) until the worker's database no longer holds task `id`.
+async fn wait_forgotten(worker: &Worker, id: &str) {
+    tokio::time::timeout(LIMIT, async {
+        while worker.db.get(id).unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("task {id} never left the database"));
+}
+
+fn process_of(status: &TaskStatus) -> ProcessStatus {
+    match &status.runtime_status {
+        Some(task_status::RuntimeStatus::Process(p)) => **p,
+        other => panic!("no process status: {other:?}"),
+    }
+}
+
+/// Waits (bounded) until the process is gone (ended or a zombie).
+async fn wait_process_gone(process: &ProcessStatus) {
+    tokio::time::timeout(LIMIT, async {
+        while procfs::is_running(process.pid, process.start_time) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("process {} still runs", process.pid));
+}
+
+#[test]
+fn plan_starts_updates_and_stops() {
+    let known = BTreeMap::from([
+        ("driven".to_string(), Known::Driven),
+        ("gone".to_string(), Known::Driven),
+        ("old".to_string(), Known::Stored { terminal: false }),
+        ("oldgone".to_string(), Known::Stored { terminal: false }),
+        ("done".to_string(), Known::Stored { terminal: true }),
+    ]);
+    let decisions = plan(
+        &known,
+        &complete(&[&sim_task("new"), &sim_task("driven"), &sim_task("old")]),
+    )
+    .unwrap();
+    assert_eq!(
+        decisions,
+        vec![
+            Decision::Start(sim_task("new")),
+            Decision::Update(sim_task("driven")),
+            Decision::Resume(sim_task("old")),
+            Decision::Forget("done".into()),
+            Decision::Stop("gone".into()),
+            Decision::StopStored("oldgone".into()),
+        ]
+    );
+    let decisions = plan(
+        &known,
+        &incremental(vec![
+            change(&sim_task("driven"), AssignmentAction::Remove),
+            change(&sim_task("unknown"), AssignmentAction::Remove),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(decisions, vec![Decision::Stop("driven".into())]);
+    assert!(
+        plan(
+            &known,
+            &incremental(vec![
+                change(&sim_task("x"), AssignmentAction::Update),
+                change(&sim_task("x"), AssignmentAction::Remove),
+            ])
+        )
+        .is_err(),
+        "a task twice in one message"
+    );
+    assert!(plan(&known, &complete(&[&sim_task("")])).is_err());
+}
+
+#[tokio::test]
+async fn a_complete_set_runs_its_tasks_and_a_removal_stops_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::new();
+    let db = TaskDb::open(&db_path(dir.path())).unwrap();
+    let mut worker = Worker::new(sim(), db, fast_reporter(sink.clone())).unwrap();
+    let (a, b) = (sim_task("a"), sim_task("b"));
+    worker.apply(&complete(&[&a, &b])).unwrap();
+    sink.wait_for("a", TaskState::Running).await;
+    sink.wait_for("b", TaskState::Running).await;
+
+    worker
+        .apply(&incremental(vec![change(&b, AssignmentAction::Remove)]))
+        .unwrap();
+    let status = sink.wait_for("b", TaskState::Shutdown).await;
+    assert_eq!(status.message, "shutdown");
+    wait_forgotten(&worker, "b").await;
+    assert!(worker.db.get("a").unwrap().is_some());
+    assert_eq!(
+        sink.latest.borrow()["a"].state,
+        TaskState::Running as i32,
+        "the other task runs on"
+    );
+
+    // A desired state of SHUTDOWN stops a task but keeps it recorded.
+    let mut stopping = a.clone();
+    stopping.desired_state = TaskState::Shutdown as i32;
+    worker
+        .apply(&incremental(vec![change(
+            &stopping,
+            AssignmentAction::Update,
+        )]))
+        .unwrap();
+    sink.wait_for("a", TaskState::Shutdown).await;
+    assert!(worker.db.get("a").unwrap().is_some());
+    worker.apply(&complete(&[])).unwrap();
+    wait_forgotten(&worker, "a").await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn statuses_reach_the_sink_after_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::new();
+    *sink.failing.lock().unwrap() = true;
+    let db = TaskDb::open(&db_path(dir.path())).unwrap();
+    let reporter = fast_reporter(sink.clone());
+    let mut worker = Worker::new(sim(), db, reporter.clone()).unwrap();
+    worker.apply(&complete(&[&sim_task("a")])).unwrap();
+    // The task runs although nothing can be reported; its status waits.
+    tokio::time::timeout(LIMIT, async {
+        while worker.db.get("a").unwrap().unwrap().status.map(|s| s.state)
+            != Some(TaskState::Running as i32)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(reporter.is_pending("a"));
+    *sink.failing.lock().unwrap() = false;
+    sink.wait_for("a", TaskState::Running).await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_worker_adopts_running_processes_and_stops_removed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keep, drop_me) = (process_task("keep"), process_task("gone"));
+    let sink = TestSink::new();
+
+    // First life: both tasks run.
+    let (kept, dropped) = {
+        let db = TaskDb::open(&db_path(dir.path())).unwrap();
+        let mut worker =
+            Worker::new(processes(dir.path()), db, fast_reporter(sink.clone())).unwrap();
+        worker.apply(&complete(&[&keep, &drop_me])).unwrap();
+        let kept = process_of(&sink.wait_for("keep", TaskState::Running).await);
+        let dropped = process_of(&sink.wait_for("gone", TaskState::Running).await);
+        worker.shutdown().await;
+        (kept, dropped)
+    };
+    assert!(
+        procfs::is_running(kept.pid, kept.start_time),
+        "programs outlive the worker"
+    );
+    assert!(procfs::is_running(dropped.pid, dropped.start_time));
+
+    // Second life, on the same database; "gone" was removed while the agent was down.
+    let sink = TestSink::new();
+    let db = TaskDb::open(&db_path(dir.path())).unwrap();
+    let mut worker = Worker::new(processes(dir.path()), db, fast_reporter(sink.clone())).unwrap();
+    worker.apply(&complete(&[&keep])).unwrap();
+    let adopted = sink.wait_for("keep", TaskState::Running).await;
+    let process = process_of(&adopted);
+    assert_eq!(
+        (process.pid, process.start_time),
+        (kept.pid, kept.start_time),
+        "adopted, not started again"
+    );
+    assert!(adopted.message.contains("adopted"), "{}", adopted.message);
+
+    sink.wait_for("gone", TaskState::Shutdown).await;
+    wait_process_gone(&dropped).await;
+    wait_forgotten(&worker, "gone").await;
+    assert!(procfs::is_running(kept.pid, kept.start_time));
+
+    // Clean up: remove the kept task too.
+    worker
+        .apply(&incremental(vec![change(&keep, AssignmentAction::Remove)]))
+        .unwrap();
+    sink.wait_for("keep", TaskState::Shutdown).await;
+    wait_process_gone(&kept).await;
+    wait_forgotten(&worker, "keep").await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_process_that_ended_while_the_agent_was_down_is_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = process_task("vanished");
+    let sink = TestSink::new();
+    let first = {
+        let db = TaskDb::open(&db_path(dir.path())).unwrap();
+        let mut worker =
+            Worker::new(processes(dir.path()), db, fast_reporter(sink.clone())).unwrap();
+        worker.apply(&complete(&[&task])).unwrap();
+        let first = process_of(&sink.wait_for("vanished", TaskState::Running).await);
+        worker.shutdown().await;
+        first
+    };
+    procfs::kill_group(first.pid, libc_sigkill()).unwrap();
+    wait_process_gone(&first).await;
+
+    let sink = TestSink::new();
+    let db = TaskDb::open(&db_path(dir.path())).unwrap();
+    let mut worker = Worker::new(processes(dir.path()), db, fast_reporter(sink.clone())).unwrap();
+    worker.apply(&complete(&[&task])).unwrap();
+    let failed = sink.wait_for("vanished", TaskState::Failed).await;
+    assert!(failed.err.contains("agent restart"), "{}", failed.err);
+    worker.apply(&complete(&[])).unwrap();
+    wait_forgotten(&worker, "vanished").await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_finished_before_a_restart_is_not_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = sim_task("job");
+    let ending: Arc<dyn Executor> = Arc::new(SimExecutor::new(SimConfig {
+        start_delay: Duration::ZERO,
+        exit_after: Some((Duration::from_millis(10), 0)),
+        ..Default::default()
+    }));
+    {
+        let sink = TestSink::new();
+        let db = TaskDb::open(&db_path(dir.path())).unwrap();
+        let mut worker = Worker::new(ending.clone(), db, fast_reporter(sink.clone())).unwrap();
+        worker.apply(&complete(&[&task])).unwrap();
+        sink.wait_for("job", TaskState::Complete).await;
+        worker.shutdown().await;
+    }
+    let sink = TestSink::new();
+    let db = TaskDb::open(&db_path(dir.path())).unwrap();
+    let mut worker = Worker::new(ending, db, fast_reporter(sink.clone())).unwrap();
+    worker.apply(&complete(&[&task])).unwrap();
+    sink.wait_for("job", TaskState::Complete).await;
+    assert_eq!(
+        *sink.history.lock().unwrap(),
+        vec![("job".to_string(), TaskState::Complete as i32)],
+        "its final status is reported again, and nothing else"
+    );
+    worker.shutdown().await;
+}
+
+/// SIGKILL, without a libc dependency in this crate.
+fn libc_sigkill() -> i32 {
+    shoal_executor::process::parse_signal("SIGKILL").expect("SIGKILL is known")
+}
