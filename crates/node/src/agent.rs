@@ -20,19 +20,28 @@
 //! the stream go and writes the node DISCONNECTED right away rather than DOWN three heartbeat
 //! periods later.
 //!
-//! Tasks (assignments, status reports) come with the executor.
+//! Next to the session the agent keeps the session's assignments stream open and hands every
+//! message to the [`Worker`], which runs the tasks; the worker's status reports go back
+//! through `UpdateTaskStatus` on the open session ([`SessionSink`]), waiting while there is
+//! none.
 
 use std::time::Duration;
 
 use shoal_api::v1::dispatcher_client::DispatcherClient;
+use std::sync::{Arc, Mutex};
+
+use shoal_api::v1::update_task_status_request::TaskStatusUpdate;
 use shoal_api::v1::{
-    HeartbeatRequest, NodeDescription, Platform, SessionMessage, SessionRequest, issuance_status,
+    AssignmentsRequest, HeartbeatRequest, NodeDescription, Platform, SessionMessage,
+    SessionRequest, UpdateTaskStatusRequest, issuance_status,
 };
 use shoal_tls::{Credentials, Dialer};
 use tokio::sync::watch;
 use tonic::Streaming;
+use tonic::transport::Channel;
 
 use crate::renewal::{Managers, RenewalRequest};
+use crate::worker::{StatusSink, Worker};
 
 /// Why the agent stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +58,61 @@ pub struct Agent {
     managers: Managers,
     renew: RenewalRequest,
     hostname: String,
+    /// Runs what the session assigns to this node.
+    worker: tokio::sync::Mutex<Worker>,
+    /// The session status reports go through, while one is open.
+    session: SessionSlot,
+}
+
+/// Empties the slot when the session it holds ends.
+struct ClearOnDrop<'a>(&'a SessionSlot);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
+}
+
+/// The open session (a dispatcher client and the session ID), shared with the status sink.
+#[derive(Clone, Default)]
+pub struct SessionSlot(Arc<Mutex<Option<OpenSession>>>);
+
+/// A dispatcher client and the ID of the session open through it.
+type OpenSession = (DispatcherClient<Channel>, String);
+
+impl SessionSlot {
+    fn set(&self, session: Option<OpenSession>) {
+        *self.0.lock().expect("session slot") = session;
+    }
+
+    fn get(&self) -> Option<OpenSession> {
+        self.0.lock().expect("session slot").clone()
+    }
+}
+
+/// Task status reports through the open session's `UpdateTaskStatus`; without a session
+/// they wait (the reporter retries).
+pub struct SessionSink(pub SessionSlot);
+
+impl StatusSink for SessionSink {
+    type Error = String;
+
+    async fn send(&self, updates: Vec<TaskStatusUpdate>) -> Result<(), String> {
+        let Some((mut client, session_id)) = self.0.get() else {
+            return Err("no session with a manager yet".into());
+        };
+        tokio::time::timeout(
+            shoal_api::defaults::DISPATCHER_RPC_TIMEOUT,
+            client.update_task_status(UpdateTaskStatusRequest {
+                session_id,
+                updates,
+            }),
+        )
+        .await
+        .map_err(|_| "reporting task statuses timed out".to_string())?
+        .map(|_| ())
+        .map_err(|s| s.message().to_string())
+    }
 }
 
 /// How a session ended.
@@ -71,12 +135,16 @@ impl Agent {
         managers: Managers,
         renew: RenewalRequest,
         hostname: String,
+        worker: Worker,
+        session: SessionSlot,
     ) -> Self {
         Self {
             credentials,
             managers,
             renew,
             hostname,
+            worker: tokio::sync::Mutex::new(worker),
+            session,
         }
     }
 
@@ -91,8 +159,16 @@ impl Agent {
         }
     }
 
-    /// Keeps a session open until `shutdown` turns true or the node is removed.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> AgentExit {
+    /// Keeps a session open until `shutdown` turns true or the node is removed. Tasks keep
+    /// running when the agent stops: the next agent adopts them.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> AgentExit {
+        let exit = self.sessions(shutdown).await;
+        self.session.set(None);
+        self.worker.into_inner().shutdown().await;
+        exit
+    }
+
+    async fn sessions(&self, mut shutdown: watch::Receiver<bool>) -> AgentExit {
         let base = shoal_api::defaults::SESSION_BACKOFF_BASE;
         let max = shoal_api::defaults::SESSION_BACKOFF_MAX;
         let mut backoff = Duration::ZERO;
@@ -220,6 +296,22 @@ impl Agent {
         let session_id = first.session_id.clone();
         established.store(true, std::sync::atomic::Ordering::Relaxed);
         self.learn(&first);
+        let mut assignments = match client
+            .assignments(AssignmentsRequest {
+                session_id: session_id.clone(),
+            })
+            .await
+        {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => {
+                return removed(&status)
+                    .map(SessionEnd::Removed)
+                    .unwrap_or_else(|| SessionEnd::Retry(status.message().to_string()));
+            }
+        };
+        self.session.set(Some((client.clone(), session_id.clone())));
+        // Whatever ends this session, status reports wait for the next one.
+        let _clear = ClearOnDrop(&self.session);
         tracing::info!("agent: session {session_id} open");
         // The first heartbeat goes at once: its answer tells the period the cluster wants,
         // which may be shorter than the default (a deadline is three periods).
@@ -229,6 +321,21 @@ impl Agent {
                 message = stream.message() => match message {
                     Ok(Some(m)) => self.learn(&m),
                     Ok(None) => return SessionEnd::Retry("the manager ended the session".into()),
+                    Err(status) => {
+                        return removed(&status)
+                            .map(SessionEnd::Removed)
+                            .unwrap_or_else(|| SessionEnd::Retry(status.message().to_string()));
+                    }
+                },
+                message = assignments.message() => match message {
+                    Ok(Some(m)) => {
+                        if let Err(e) = self.worker.lock().await.apply(&m) {
+                            // A set the worker cannot take (a gap in versions): start over
+                            // with a new session and a complete set.
+                            return SessionEnd::Retry(format!("assignments: {e}"));
+                        }
+                    }
+                    Ok(None) => return SessionEnd::Retry("the manager ended the assignments".into()),
                     Err(status) => {
                         return removed(&status)
                             .map(SessionEnd::Removed)

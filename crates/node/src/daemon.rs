@@ -29,11 +29,12 @@ use shoal_tls::{Credentials, Dialer, NodeCertificates};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 
-use crate::agent::{Agent, AgentExit};
+use crate::agent::{Agent, AgentExit, SessionSink, SessionSlot};
 use crate::error::NodeError;
 use crate::local::{LeaveRequest, LocalSwarm, NotAManager};
 use crate::renewal::{Managers, Renewer};
 use crate::state_dir::{NodeIdentity, StateDir};
+use crate::worker::{StatusReporter, TaskDb, Worker};
 
 /// How to run a node (the `shoal daemon` flags).
 #[derive(Clone)]
@@ -59,6 +60,18 @@ pub struct DaemonConfig {
     pub clock: Arc<dyn Clock>,
     /// How often the renewer looks at the clock.
     pub renewal_check: Duration,
+    /// What runs this node's tasks.
+    pub executor: ExecutorKind,
+}
+
+/// What runs a node's tasks (`--executor`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// Host processes (runtime `process`).
+    #[default]
+    Process,
+    /// Nothing runs; tasks report RUNNING after a short delay (tests, benchmarks).
+    Sim,
 }
 
 impl std::fmt::Debug for DaemonConfig {
@@ -91,6 +104,7 @@ impl DaemonConfig {
             heartbeat_tick: shoal_api::defaults::RAFT_HEARTBEAT_TICK,
             clock: Arc::new(SystemClock),
             renewal_check: Duration::from_secs(10),
+            executor: ExecutorKind::default(),
         }
     }
 
@@ -810,11 +824,21 @@ impl Daemon {
             config.clock.clone(),
             config.renewal_check,
         );
+        let session = SessionSlot::default();
+        let reporter = StatusReporter::start(SessionSink(session.clone()));
+        let worker = Worker::new(
+            executor(&config, &state_dir)?,
+            task_db(&state_dir)?,
+            reporter.clone(),
+        )
+        .map_err(|e| NodeError::StateDir(format!("starting the worker: {e}")))?;
         let agent = Agent::new(
             credentials.clone(),
             managers.clone(),
             renewer.requester(),
             config.hostname.clone(),
+            worker,
+            session,
         );
         let renewer = tokio::spawn(renewer.run(stopping.clone(), role_tx));
         let mut agent = tokio::spawn(agent.run(stopping.clone()));
@@ -942,6 +966,7 @@ impl Daemon {
         if !agent.is_finished() {
             let _ = agent.await;
         }
+        reporter.stop().await;
         served?;
         // Remember the managers the node learned, for its next start.
         if !matches!(outcome, Reason::Leave(_) | Reason::Removed(_)) {
@@ -1117,6 +1142,38 @@ async fn demoted(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The executor `config` asks for; process tasks log under `<state>/worker/logs`.
+fn executor(
+    config: &DaemonConfig,
+    state_dir: &StateDir,
+) -> Result<Arc<dyn shoal_executor::Executor>, NodeError> {
+    Ok(match config.executor {
+        ExecutorKind::Process => Arc::new(shoal_executor::process::ProcessExecutor::new(
+            shoal_executor::process::ProcessConfig::new(state_dir.path().join("worker/logs")),
+        )),
+        ExecutorKind::Sim => Arc::new(shoal_executor::sim::SimExecutor::new(
+            shoal_executor::sim::SimConfig {
+                start_delay: Duration::from_millis(100),
+                exit_after: None,
+                runtimes: vec!["process".into(), "container".into()],
+            },
+        )),
+    })
+}
+
+/// The worker's task database, `<state>/worker/tasks.redb`.
+fn task_db(state_dir: &StateDir) -> Result<TaskDb, NodeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = state_dir.path().join("worker");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
+    TaskDb::open(&dir.join("tasks.redb"))
+        .map_err(|e| NodeError::StateDir(format!("opening the worker's task db: {e}")))
 }
 
 fn credentials_from(certificates: NodeCertificates) -> Result<Credentials, NodeError> {

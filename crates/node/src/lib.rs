@@ -26,6 +26,6 @@ mod state_dir;
 pub mod supervisor;
 pub mod worker;
 
-pub use daemon::{Daemon, DaemonConfig, Outcome, RunningDaemon};
+pub use daemon::{Daemon, DaemonConfig, ExecutorKind, Outcome, RunningDaemon};
 pub use error::NodeError;
 pub use state_dir::{NodeIdentity, StateDir, default_state_dir};

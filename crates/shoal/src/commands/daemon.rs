@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shoal_node::{DaemonConfig, default_state_dir};
+use shoal_node::{DaemonConfig, ExecutorKind, default_state_dir};
 
 /// Arguments of `shoal daemon`.
 #[derive(clap::Args, Debug)]
@@ -46,6 +46,10 @@ pub struct Args {
     /// Ticks between leader heartbeats
     #[arg(long, value_name = "N", default_value_t = shoal_api::defaults::RAFT_HEARTBEAT_TICK)]
     pub heartbeat_tick: u32,
+    /// What runs tasks: process (host processes) or sim (nothing runs; for tests and
+    /// benchmarks)
+    #[arg(long, value_name = "EXECUTOR", default_value = "process", value_parser = parse_executor)]
+    pub executor: ExecutorKind,
     /// Log level: error, warn, info, debug, trace (or a tracing filter)
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -80,6 +84,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+fn parse_executor(s: &str) -> Result<ExecutorKind, String> {
+    match s {
+        "process" => Ok(ExecutorKind::Process),
+        "sim" => Ok(ExecutorKind::Sim),
+        "docker" => Err(
+            "the docker executor is not available yet in this version of Shoal; use process or sim"
+                .into(),
+        ),
+        other => Err(format!("unknown executor {other:?}; use process or sim")),
+    }
+}
+
 pub fn run(args: Args) -> Result<(), String> {
     crate::logging::init(&args.log_level)?;
     let mut config = DaemonConfig::new(args.state_dir.unwrap_or_else(default_state_dir));
@@ -94,6 +110,7 @@ pub fn run(args: Args) -> Result<(), String> {
     config.tick_interval = args.tick_interval;
     config.election_tick = args.election_tick;
     config.heartbeat_tick = args.heartbeat_tick;
+    config.executor = args.executor;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
