@@ -148,15 +148,20 @@ impl Agent {
         }
     }
 
-    fn description(&self) -> NodeDescription {
-        NodeDescription {
-            hostname: self.hostname.clone(),
-            platform: Some(Platform {
+    /// The node as the executor describes it (platform, resources, runtimes), under the
+    /// node's configured hostname.
+    async fn description(&self) -> NodeDescription {
+        let mut description = self.worker.lock().await.describe();
+        if !self.hostname.is_empty() {
+            description.hostname = self.hostname.clone();
+        }
+        if description.platform.is_none() {
+            description.platform = Some(Platform {
                 architecture: std::env::consts::ARCH.to_string(),
                 os: std::env::consts::OS.to_string(),
-            }),
-            ..Default::default()
+            });
         }
+        description
     }
 
     /// Keeps a session open until `shutdown` turns true or the node is removed. Tasks keep
@@ -203,6 +208,7 @@ impl Agent {
     /// Opens a session with the leader, trying every known manager.
     async fn open(
         &self,
+        description: &NodeDescription,
     ) -> Result<
         (
             DispatcherClient<tonic::transport::Channel>,
@@ -228,7 +234,7 @@ impl Agent {
             let mut client = DispatcherClient::new(channel);
             match client
                 .session(SessionRequest {
-                    description: Some(self.description()),
+                    description: Some(description.clone()),
                     session_id: String::new(),
                 })
                 .await
@@ -280,7 +286,8 @@ impl Agent {
 
     /// Opens a session and keeps it alive with heartbeats until it breaks.
     async fn serve(&self, established: &std::sync::atomic::AtomicBool) -> SessionEnd {
-        let (mut client, mut stream) = match self.open().await {
+        let description = self.description().await;
+        let (mut client, mut stream) = match self.open(&description).await {
             Ok(s) => s,
             Err(end) => return end,
         };
@@ -316,6 +323,11 @@ impl Agent {
         // The first heartbeat goes at once: its answer tells the period the cluster wants,
         // which may be shorter than the default (a deadline is three periods).
         let mut period = Duration::ZERO;
+        // Deadlines, not sleeps restarted on every message: a busy assignments stream must
+        // not hold heartbeats back.
+        let mut next_beat = tokio::time::Instant::now();
+        let mut next_check =
+            tokio::time::Instant::now() + shoal_api::defaults::NODE_DESCRIPTION_CHECK_PERIOD;
         loop {
             tokio::select! {
                 message = stream.message() => match message {
@@ -342,7 +354,15 @@ impl Agent {
                             .unwrap_or_else(|| SessionEnd::Retry(status.message().to_string()));
                     }
                 },
-                () = tokio::time::sleep(period) => {
+                () = tokio::time::sleep_until(next_check) => {
+                    next_check += shoal_api::defaults::NODE_DESCRIPTION_CHECK_PERIOD;
+                    // SwarmKit re-registers a node whose description changed (resources,
+                    // runtimes, hostname): so does this agent.
+                    if self.description().await != description {
+                        return SessionEnd::Retry("the node's description changed".into());
+                    }
+                }
+                () = tokio::time::sleep_until(next_beat) => {
                     let beat = tokio::time::timeout(
                         shoal_api::defaults::DISPATCHER_RPC_TIMEOUT,
                         client.heartbeat(HeartbeatRequest { session_id: session_id.clone() }),
@@ -354,6 +374,7 @@ impl Agent {
                                 period = shoal_api::validation::to_std_duration(&p)
                                     .max(Duration::from_millis(100));
                             }
+                            next_beat = tokio::time::Instant::now() + period;
                         }
                         Ok(Err(status)) => {
                             return removed(&status)

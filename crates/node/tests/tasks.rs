@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use shoal_api::shared::TaskSpecFields;
-use shoal_api::v1::{Cluster, Meta, ProcessSpec, Task, TaskState, TaskStatus, task_spec};
+use shoal_api::v1::{Cluster, Meta, Node, ProcessSpec, Task, TaskState, TaskStatus, task_spec};
 use shoal_node::{Daemon, DaemonConfig};
 use shoal_store::{By, Reader, Store};
 
@@ -65,10 +65,30 @@ async fn an_assigned_task_runs_on_its_worker_and_stops_when_told() {
     worker_config.join_token = Some(token);
     let worker = Daemon::start(worker_config).await.unwrap();
     let worker_id = worker.identity().node_id.clone();
+    let node_id = worker_id.clone();
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(worker.serve(async move {
         let _ = worker_stopped.await;
     }));
+
+    // The worker registered what its executor runs and has.
+    let start = Instant::now();
+    let description = loop {
+        if let Some(d) = store
+            .view(|tx| tx.get::<Node>(&worker_id))
+            .and_then(|n| n.description.as_deref().cloned())
+        {
+            break d;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no description");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(description.runtimes.contains(&"process".to_string()));
+    assert!(
+        description
+            .resources
+            .is_some_and(|r| r.nano_cpus > 0 && r.memory_bytes > 0)
+    );
 
     // What the orchestrator and scheduler will write: a task assigned to the worker.
     let marker = dir.path().join("ran");
@@ -95,7 +115,7 @@ async fn an_assigned_task_runs_on_its_worker_and_stops_when_told() {
             }
             .into(),
         ),
-        node_id: worker_id,
+        node_id,
         desired_state: TaskState::Running as i32,
         status: Some(TaskStatus {
             state: TaskState::Assigned as i32,

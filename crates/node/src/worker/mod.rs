@@ -267,6 +267,11 @@ impl Worker {
         })
     }
 
+    /// What this node can run, as its executor describes it.
+    pub fn describe(&self) -> shoal_api::v1::NodeDescription {
+        self.executor.describe()
+    }
+
     /// The IDs of the tasks the worker drives (assigned, or stopping after removal).
     pub fn tasks(&self) -> Vec<String> {
         self.drivers.keys().cloned().collect()
