@@ -55,7 +55,7 @@ async fn certificates_are_renewed_inside_the_window_and_not_before() {
     let manager = Daemon::start(manager_config).await.unwrap().spawn();
     let addr = manager.addr.to_string();
     let store = manager.store.clone();
-    wait_until("a leader", Duration::from_secs(20), || {
+    wait_until("a leader", Duration::from_secs(60), || {
         manager.handle.status().is_leader
     })
     .await;
@@ -101,7 +101,7 @@ async fn certificates_are_renewed_inside_the_window_and_not_before() {
     // certificate ends later than the old one.)
     std::thread::sleep(Duration::from_millis(1100));
     clock.set(renewal_time(&first, 0.81));
-    wait_until("the worker's renewal", Duration::from_secs(20), || {
+    wait_until("the worker's renewal", Duration::from_secs(60), || {
         identity_on_disk(&w1).1 != first_pem
     })
     .await;
@@ -115,7 +115,7 @@ async fn certificates_are_renewed_inside_the_window_and_not_before() {
     // one-hour lifetime) and keeps serving: a new connection with the worker's renewed
     // certificate verifies the manager's new one.
     clock.set(renewal_time(&manager_first, 0.81));
-    wait_until("the manager's renewal", Duration::from_secs(20), || {
+    wait_until("the manager's renewal", Duration::from_secs(60), || {
         identity_on_disk(&dir.path().join("m1")).1 != manager_pem
     })
     .await;
