@@ -139,14 +139,36 @@ impl CaServer {
             .as_ref()
             .and_then(|s| NodeRole::try_from(s.desired_role).ok())
             .unwrap_or(NodeRole::Worker);
-        let mut updated = (*node).clone();
-        updated.role = role as i32;
-        updated.certificate = Some(Self::sign(&cluster, csr, &node_id, role)?);
-        let membership = updated.spec.as_ref().map(|s| s.membership).unwrap_or(0);
-        self.store
-            .update(|tx| tx.update(updated))
-            .await
-            .map_err(store_status)?;
+        let certificate = Self::sign(&cluster, csr, &node_id, role)?;
+        let membership = node.spec.as_ref().map(|s| s.membership).unwrap_or(0);
+        // The node is read again inside the write: its session writes it too (status,
+        // description), and a renewal must not fail because a heartbeat-driven write came
+        // first. A conflict with a write already in flight is tried again.
+        let mut attempts = 0;
+        loop {
+            let written = self
+                .store
+                .update(|tx| {
+                    let Some(current) = tx.get::<Node>(&node_id) else {
+                        return Err(shoal_store::StoreError::NotFound {
+                            kind: "node",
+                            what: node_id.clone(),
+                        });
+                    };
+                    let mut updated = (*current).clone();
+                    updated.role = role as i32;
+                    updated.certificate = Some(certificate.clone());
+                    tx.update(updated)
+                })
+                .await;
+            match written {
+                Ok(_) => break,
+                Err(e) if attempts < 3 && e.class() == shoal_store::ErrorClass::Conflict => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(store_status(e)),
+            }
+        }
         tracing::info!(node_id = %node_id, "renewed the certificate of node {node_id} as {role:?}");
         Ok(IssueNodeCertificateResponse {
             node_id,
