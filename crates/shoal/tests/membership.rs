@@ -328,7 +328,7 @@ async fn certificates_that_must_not_get_in_are_refused() {
 async fn a_worker_leaves_and_once_removed_its_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let m1 = support::init_manager(dir.path(), "m1").await;
-    heartbeat_every_second(&m1.addr).await;
+    support::heartbeat_every_second(&m1.addr).await;
     let w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
     let kept = certificates_of(&w1.state_dir);
     let node_id = shoal_ca::parse_node_certificate(&kept.cert_pem)
@@ -412,35 +412,6 @@ async fn a_worker_leaves_and_once_removed_its_certificate_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::NotFound);
-}
-
-/// Heartbeats every second, so a silent node is down after three.
-async fn heartbeat_every_second(addr: &str) {
-    let mut control = support::client(addr).await.unwrap();
-    let cluster = control
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .clusters
-        .remove(0);
-    let mut spec = cluster.spec.clone().unwrap();
-    spec.dispatcher = Some(shoal_api::v1::DispatcherConfig {
-        heartbeat_period: Some(prost_types::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-    });
-    let meta = cluster.meta.unwrap();
-    control
-        .update_cluster(shoal_api::v1::UpdateClusterRequest {
-            cluster_id: meta.id,
-            cluster_version: meta.version,
-            spec: Some(spec),
-            rotation: None,
-        })
-        .await
-        .unwrap();
 }
 
 async fn node_of(addr: &str, node_id: &str) -> Option<shoal_api::v1::Node> {

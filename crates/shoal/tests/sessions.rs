@@ -5,37 +5,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use shoal_api::v1::ListNodesRequest;
 use shoal_api::v1::node_status::State;
-use shoal_api::v1::{ListClustersRequest, ListNodesRequest};
-
-/// Heartbeats every second, so a silent node is down after three.
-async fn heartbeat_every_second(addr: &str) {
-    let mut control = support::client(addr).await.unwrap();
-    let cluster = control
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .clusters
-        .remove(0);
-    let mut spec = cluster.spec.clone().unwrap();
-    spec.dispatcher = Some(shoal_api::v1::DispatcherConfig {
-        heartbeat_period: Some(prost_types::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-    });
-    let meta = cluster.meta.unwrap();
-    control
-        .update_cluster(shoal_api::v1::UpdateClusterRequest {
-            cluster_id: meta.id,
-            cluster_version: meta.version,
-            spec: Some(spec),
-            rotation: None,
-        })
-        .await
-        .unwrap();
-}
 
 fn node_id_of(state_dir: &std::path::Path) -> String {
     let certs = shoal_node::certificates::load(state_dir).unwrap().unwrap();
@@ -80,7 +51,7 @@ async fn state_of(addrs: &[String], node_id: &str) -> Option<i32> {
 async fn a_paused_node_goes_down_and_comes_back_ready() {
     let dir = tempfile::tempdir().unwrap();
     let m1 = support::init_manager(dir.path(), "m1").await;
-    heartbeat_every_second(&m1.addr).await;
+    support::heartbeat_every_second(&m1.addr).await;
     let w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;
     let id = node_id_of(&w1.state_dir);
     let managers = vec![m1.addr.clone()];
@@ -105,7 +76,7 @@ async fn a_paused_node_goes_down_and_comes_back_ready() {
 async fn a_leader_failover_marks_no_live_node_down() {
     let dir = tempfile::tempdir().unwrap();
     let m1 = support::init_manager(dir.path(), "m1").await;
-    heartbeat_every_second(&m1.addr).await;
+    support::heartbeat_every_second(&m1.addr).await;
     let m2 = support::join_manager(dir.path(), "m2", &m1.addr).await;
     let m3 = support::join_manager(dir.path(), "m3", &m1.addr).await;
     let w1 = support::join_worker(dir.path(), "w1", &m1.addr).await;

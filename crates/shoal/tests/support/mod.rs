@@ -364,3 +364,32 @@ pub async fn join_worker(dir: &Path, name: &str, manager: &str) -> Manager {
     .await;
     w
 }
+
+/// Heartbeats every second, so a silent node is down after three.
+pub async fn heartbeat_every_second(addr: &str) {
+    let mut control = client(addr).await.unwrap();
+    let cluster = control
+        .list_clusters(shoal_api::v1::ListClustersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters
+        .remove(0);
+    let mut spec = cluster.spec.clone().unwrap();
+    spec.dispatcher = Some(shoal_api::v1::DispatcherConfig {
+        heartbeat_period: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+    });
+    let meta = cluster.meta.unwrap();
+    control
+        .update_cluster(shoal_api::v1::UpdateClusterRequest {
+            cluster_id: meta.id,
+            cluster_version: meta.version,
+            spec: Some(spec),
+            rotation: None,
+        })
+        .await
+        .unwrap();
+}
