@@ -19,6 +19,8 @@
 //! "unknown" for a process we adopted and did not parent) instead of an error wrapping an
 //! exit code; and controllers take `&self`, so one task can wait while another shuts down.
 
+use std::time::SystemTime;
+
 use shoal_api::v1::{NodeDescription, Task, task_status};
 
 pub mod error;
@@ -43,31 +45,74 @@ pub enum Exit {
     Unknown,
 }
 
-/// Which output of a task to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which output of a task a record comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LogStream {
     Stdout,
     Stderr,
 }
 
+/// One record of a task's output: a line with its newline, or a part of a line that was too
+/// long (or had not ended when the program did), with the time the executor received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    pub timestamp: SystemTime,
+    pub stream: LogStream,
+    pub data: Vec<u8>,
+}
+
 /// What [`Controller::logs`] returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogsOptions {
-    pub stream: LogStream,
-    /// Only the last this many lines; all that is kept when `None`.
+    /// Records of stdout.
+    pub stdout: bool,
+    /// Records of stderr.
+    pub stderr: bool,
+    /// Only the last this many records (of the selected streams); all that is kept when
+    /// `None`.
     pub tail: Option<usize>,
-    /// Keep streaming new output: not implemented yet (an error says so).
+    /// Only records received at or after this time.
+    pub since: Option<SystemTime>,
+    /// After what is kept, keep streaming new records until the program has ended and all
+    /// its output has been read.
     pub follow: bool,
 }
 
 impl Default for LogsOptions {
     fn default() -> Self {
         Self {
-            stream: LogStream::Stdout,
+            stdout: true,
+            stderr: true,
             tail: None,
+            since: None,
             follow: false,
         }
     }
+}
+
+impl LogsOptions {
+    /// Whether records of `stream` are wanted.
+    pub fn wants(&self, stream: LogStream) -> bool {
+        match stream {
+            LogStream::Stdout => self.stdout,
+            LogStream::Stderr => self.stderr,
+        }
+    }
+}
+
+/// The records of [`Controller::logs`], oldest first. The channel closes after the last
+/// record (at once after the kept ones without `follow`). Whatever reads the task's output
+/// for it stops when the receiver is dropped, so dropping it is how a reader is cancelled.
+pub type LogReader = tokio::sync::mpsc::Receiver<Result<LogRecord>>;
+
+/// Reads a [`LogReader`] to its end and concatenates the data of its records: for tests and
+/// for callers that want the bytes only.
+pub async fn read_all(mut reader: LogReader) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(record) = reader.recv().await {
+        out.extend_from_slice(&record?.data);
+    }
+    Ok(out)
 }
 
 /// Runs the tasks of one node.
@@ -99,8 +144,9 @@ pub trait Controller: Send + Sync {
     async fn terminate(&self) -> Result<()>;
     /// Frees what the task holds (its logs). Kills the program first if it still runs.
     async fn remove(&self) -> Result<()>;
-    /// The task's output, as kept by the executor.
-    async fn logs(&self, options: LogsOptions) -> Result<Vec<u8>>;
+    /// The task's output, as kept by the executor, as a stream of records (see
+    /// [`LogsOptions`] for the selection and [`LogReader`] for the end of the stream).
+    async fn logs(&self, options: LogsOptions) -> Result<LogReader>;
     /// Runtime details to record in the task's status (the process's PID and start time), so
     /// that a later controller can find the program again.
     fn runtime_status(&self) -> Option<task_status::RuntimeStatus> {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use shoal_api::v1::{NodeDescription, Platform, Task};
 use tokio::sync::watch;
 
-use crate::{Controller, Executor, ExecutorError, Exit, LogsOptions, Result};
+use crate::{Controller, Executor, ExecutorError, Exit, LogReader, LogsOptions, Result};
 
 /// Settings of a [`SimExecutor`].
 #[derive(Clone, Debug)]
@@ -156,8 +156,9 @@ impl Controller for SimController {
         Ok(())
     }
 
-    async fn logs(&self, _options: LogsOptions) -> Result<Vec<u8>> {
-        Ok(Vec::new())
+    /// A simulated task prints nothing: the reader ends at once, even when following.
+    async fn logs(&self, _options: LogsOptions) -> Result<LogReader> {
+        Ok(tokio::sync::mpsc::channel(1).1)
     }
 }
 

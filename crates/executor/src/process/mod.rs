@@ -65,7 +65,9 @@ use shoal_api::v1::{
 };
 use tokio::sync::watch;
 
-use crate::{Controller, Executor, ExecutorError, Exit, LogStream, LogsOptions, Result};
+use crate::{
+    Controller, Executor, ExecutorError, Exit, LogReader, LogRecord, LogStream, LogsOptions, Result,
+};
 pub use logs::LogRotation;
 pub use procfs::{parse_signal, signal_to_name};
 
@@ -657,22 +659,47 @@ impl Controller for ProcessController {
         }
     }
 
-    async fn logs(&self, options: LogsOptions) -> Result<Vec<u8>> {
+    async fn logs(&self, options: LogsOptions) -> Result<LogReader> {
         if options.follow {
             return Err(ExecutorError::NotImplemented(
                 "following a process task's logs",
             ));
         }
-        let path = self.log_path(options.stream);
+        let streams: Vec<_> = [LogStream::Stdout, LogStream::Stderr]
+            .into_iter()
+            .filter(|s| options.wants(*s))
+            .map(|s| (s, self.log_path(s)))
+            .collect();
         let max_files = self.inner.config.rotation.max_files;
         let lock = self.inner.rotation_lock.clone();
-        tokio::task::spawn_blocking(move || {
+        let records = tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().expect("rotation lock");
-            logs::read(&path, max_files, options.tail)
+            let mut records = Vec::new();
+            for (stream, path) in streams {
+                let timestamp = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                let bytes = logs::read(&path, max_files, options.tail)?;
+                records.extend(
+                    bytes
+                        .split_inclusive(|b| *b == b'\n')
+                        .map(|line| LogRecord {
+                            timestamp,
+                            stream,
+                            data: line.to_vec(),
+                        }),
+                );
+            }
+            Ok::<_, std::io::Error>(records)
         })
         .await
         .map_err(|e| ExecutorError::io("reading logs", std::io::Error::other(e)))?
-        .map_err(|e| ExecutorError::io("reading logs", e))
+        .map_err(|e| ExecutorError::io("reading logs", e))?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(records.len().max(1));
+        for record in records {
+            let _ = sender.try_send(Ok(record));
+        }
+        Ok(receiver)
     }
 
     fn runtime_status(&self) -> Option<task_status::RuntimeStatus> {

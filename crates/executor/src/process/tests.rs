@@ -61,7 +61,17 @@ async fn run(controller: &dyn Controller) -> TaskMachine {
 }
 
 async fn stdout(controller: &dyn Controller) -> String {
-    let bytes = controller.logs(LogsOptions::default()).await.unwrap();
+    let bytes = crate::read_all(
+        controller
+            .logs(LogsOptions {
+                stderr: false,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     String::from_utf8(bytes).unwrap()
 }
 
@@ -106,13 +116,17 @@ async fn exit_codes_map_to_complete_and_failed() {
         let machine = run(&*three).await;
         assert_eq!(machine.state(), TaskState::Failed);
         assert_eq!(machine.message(), "exited with code 3");
-        let stderr = three
-            .logs(LogsOptions {
-                stream: LogStream::Stderr,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let stderr = crate::read_all(
+            three
+                .logs(LogsOptions {
+                    stdout: false,
+                    ..Default::default()
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(stderr, b"oops\n");
 
         let killed = executor.controller(&task("killed", "kill -9 $$")).unwrap();
@@ -267,13 +281,18 @@ async fn stdout_is_logged_and_rotation_bounds_the_files() {
             !kept.contains("line-0-"),
             "the oldest output was rotated away"
         );
-        let tail = controller
-            .logs(LogsOptions {
-                tail: Some(1),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let tail = crate::read_all(
+            controller
+                .logs(LogsOptions {
+                    tail: Some(1),
+                    stderr: false,
+                    ..Default::default()
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(tail, b"line-1999-padding-padding\n");
         assert!(matches!(
             controller
