@@ -1287,7 +1287,7 @@ fn node_filter(node_id: &str) -> Filter {
 
 /// What the dispatcher needs of Raft: a seam so the handlers can be tested without a Raft
 /// node.
-trait Leadership: Send + Sync + 'static {
+pub(crate) trait Leadership: Send + Sync + 'static {
     fn status(&self) -> RaftStatus;
     /// A receiver that sees every status change (it ends if the Raft node stops).
     fn watch(&self) -> watch::Receiver<RaftStatus>;

@@ -12,6 +12,7 @@ pub mod ca_server;
 pub mod cluster;
 pub mod controlapi;
 pub mod dispatcher;
+pub mod logbroker;
 mod status;
 
 pub use status::store_status;
