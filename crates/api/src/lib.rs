@@ -17,6 +17,7 @@ pub mod clock;
 pub mod defaults;
 pub mod id;
 pub mod labels;
+pub mod naming;
 pub mod shared;
 pub mod task_state;
 pub mod validation;

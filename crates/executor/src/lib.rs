@@ -9,14 +9,17 @@
 //!
 //! - [`state`]: the task state machine (ACCEPTED → … → COMPLETE / FAILED / SHUTDOWN /
 //!   REJECTED), with bounded retries of temporary errors.
-//! - [`process`]: runtime `process`: a host process in its own session, logs in rotated
-//!   files, adoptable again after a daemon restart by PID + start time, limits through
+//! - [`process`]: runtime `process`: a host process in its own session under a supervisor
+//!   shim that outlives the daemon, logs its output (CRI format, rotated) and records its
+//!   exit status; adoptable again after a daemon restart by PID + start time, limits through
 //!   cgroups v2 (a warning, not silence, where they cannot be applied).
+//! - [`runtimes`]: several executors behind one, each task going to the executor of its
+//!   runtime (processes and containers on one node).
 //! - [`sim`]: runs nothing; tasks become RUNNING after a delay and stop when told.
 //! - [`error`]: [`ExecutorError`], which classifies itself as temporary or fatal.
 //!
 //! Departures from SwarmKit: the controller reports a task's [`Exit`] (code, signal, or
-//! "unknown" for a process we adopted and did not parent) instead of an error wrapping an
+//! "unknown" when nothing recorded how the program ended) instead of an error wrapping an
 //! exit code; and controllers take `&self`, so one task can wait while another shuts down.
 
 use std::time::SystemTime;
@@ -25,6 +28,7 @@ use shoal_api::v1::{NodeDescription, Task, task_status};
 
 pub mod error;
 pub mod process;
+pub mod runtimes;
 pub mod sim;
 pub mod state;
 
@@ -40,8 +44,8 @@ pub enum Exit {
     Code(i32),
     /// A signal ended it.
     Signal(i32),
-    /// It is gone but its status cannot be known: a process adopted after a restart is not
-    /// our child, and only a parent learns how its child ended.
+    /// It is gone but its status cannot be known: only a parent learns how its child ended,
+    /// and the parent that records it (the process executor's shim) is gone too.
     Unknown,
 }
 

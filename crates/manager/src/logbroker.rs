@@ -504,7 +504,8 @@ impl log_broker_server::LogBroker for LogBroker {
                 }
             }
             if message.close {
-                inner.state().node_done(&id, &node, None);
+                let failure = (!message.error.is_empty()).then_some(message.error);
+                inner.state().node_done(&id, &node, failure);
                 current = None;
                 break Ok(());
             }

@@ -40,6 +40,7 @@ use tokio::sync::watch;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use crate::logs::LogPublisher;
 use crate::renewal::{Managers, RenewalRequest};
 use crate::worker::{StatusSink, Worker};
 
@@ -62,6 +63,8 @@ pub struct Agent {
     worker: tokio::sync::Mutex<Worker>,
     /// The session status reports go through, while one is open.
     session: SessionSlot,
+    /// Publishes the logs the leader's subscriptions ask for.
+    logs: LogPublisher,
 }
 
 /// Empties the slot when the session it holds ends.
@@ -138,6 +141,7 @@ impl Agent {
         worker: Worker,
         session: SessionSlot,
     ) -> Self {
+        let logs = LogPublisher::new(credentials.identity().node_id, worker.controllers());
         Self {
             credentials,
             managers,
@@ -145,6 +149,7 @@ impl Agent {
             hostname,
             worker: tokio::sync::Mutex::new(worker),
             session,
+            logs,
         }
     }
 
@@ -209,13 +214,7 @@ impl Agent {
     async fn open(
         &self,
         description: &NodeDescription,
-    ) -> Result<
-        (
-            DispatcherClient<tonic::transport::Channel>,
-            Streaming<SessionMessage>,
-        ),
-        SessionEnd,
-    > {
+    ) -> Result<(Channel, Streaming<SessionMessage>), SessionEnd> {
         // No request timeout: the session stream lives as long as the session; heartbeats
         // carry their own.
         let dialer = Dialer::mutual(self.credentials.clone());
@@ -231,7 +230,7 @@ impl Agent {
                     continue;
                 }
             };
-            let mut client = DispatcherClient::new(channel);
+            let mut client = DispatcherClient::new(channel.clone());
             match client
                 .session(SessionRequest {
                     description: Some(description.clone()),
@@ -239,7 +238,7 @@ impl Agent {
                 })
                 .await
             {
-                Ok(stream) => return Ok((client, stream.into_inner())),
+                Ok(stream) => return Ok((channel, stream.into_inner())),
                 Err(status) => {
                     if let Some(message) = removed(&status) {
                         return Err(SessionEnd::Removed(message));
@@ -287,10 +286,11 @@ impl Agent {
     /// Opens a session and keeps it alive with heartbeats until it breaks.
     async fn serve(&self, established: &std::sync::atomic::AtomicBool) -> SessionEnd {
         let description = self.description().await;
-        let (mut client, mut stream) = match self.open(&description).await {
+        let (channel, mut stream) = match self.open(&description).await {
             Ok(s) => s,
             Err(end) => return end,
         };
+        let mut client = DispatcherClient::new(channel.clone());
         let first = match stream.message().await {
             Ok(Some(m)) => m,
             Ok(None) => return SessionEnd::Retry("the session closed at once".into()),
@@ -328,8 +328,22 @@ impl Agent {
         let mut next_beat = tokio::time::Instant::now();
         let mut next_check =
             tokio::time::Instant::now() + shoal_api::defaults::NODE_DESCRIPTION_CHECK_PERIOD;
+        // Log subscriptions, on the same connection; their end does not end the session.
+        let logs = self.logs.serve(channel);
+        tokio::pin!(logs);
+        let mut logs_open = true;
         loop {
             tokio::select! {
+                ended = &mut logs, if logs_open => {
+                    logs_open = false;
+                    match ended {
+                        Ok(()) => tracing::debug!("agent: the log subscription stream ended"),
+                        Err(status) => tracing::warn!(
+                            "agent: cannot listen for log subscriptions: {}",
+                            status.message()
+                        ),
+                    }
+                }
                 message = stream.message() => match message {
                     Ok(Some(m)) => self.learn(&m),
                     Ok(None) => return SessionEnd::Retry("the manager ended the session".into()),

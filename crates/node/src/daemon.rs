@@ -9,6 +9,8 @@ use shoal_api::clock::{Clock, SystemClock};
 use shoal_api::v1::ca_server::CaServer;
 use shoal_api::v1::control_server::ControlServer;
 use shoal_api::v1::dispatcher_server::DispatcherServer;
+use shoal_api::v1::log_broker_server::LogBrokerServer;
+use shoal_api::v1::logs_server::LogsServer;
 use shoal_api::v1::node_ca_server::NodeCaServer;
 use shoal_api::v1::raft_membership_client::RaftMembershipClient;
 use shoal_api::v1::raft_membership_server::RaftMembershipServer;
@@ -19,6 +21,7 @@ use shoal_manager::authorize::{Access, Authorizer};
 use shoal_manager::ca_server::CaServer as CaServerImpl;
 use shoal_manager::controlapi::ControlApi;
 use shoal_manager::dispatcher::Dispatcher;
+use shoal_manager::logbroker::LogBroker;
 use shoal_raft::service::LEADER_ADDR_METADATA;
 use shoal_raft::{
     DriverConfig, GrpcTransport, LogStore, NodeConfig, RaftDriver, RaftHandle, RaftNode,
@@ -62,6 +65,10 @@ pub struct DaemonConfig {
     pub renewal_check: Duration,
     /// What runs this node's tasks.
     pub executor: ExecutorKind,
+    /// What runs the shim of each process task; `None`: `<this executable> process-shim`,
+    /// right for the `shoal` binary (tests that run a daemon inside a test binary name
+    /// `shoal` here).
+    pub process_shim: Option<shoal_executor::process::ShimCommand>,
 }
 
 /// What runs a node's tasks (`--executor`).
@@ -105,6 +112,7 @@ impl DaemonConfig {
             clock: Arc::new(SystemClock),
             renewal_check: Duration::from_secs(10),
             executor: ExecutorKind::default(),
+            process_shim: None,
         }
     }
 
@@ -883,12 +891,14 @@ impl Daemon {
                 let handle = driver.handle();
                 let authorizer = Authorizer::new(store.clone(), credentials.identity().cluster_id);
                 let managers_only = || authorizer.interceptor(Access::Managers);
+                let log_broker = LogBroker::new(store.clone(), handle.clone(), authorizer.clone());
                 let local = tokio::spawn(
                     tonic::transport::Server::builder()
                         .add_service(ControlServer::new(ControlApi::new(
                             store.clone(),
                             handle.clone(),
                         )))
+                        .add_service(LogsServer::new(log_broker.clone()))
                         .add_service(local_swarm)
                         .serve_with_incoming_shutdown(
                             tokio_stream::wrappers::UnixListenerStream::new(control),
@@ -930,6 +940,9 @@ impl Daemon {
                         .add_service(CaServer::new(ca.clone()))
                         .add_service(NodeCaServer::new(ca))
                         .add_service(DispatcherServer::new(dispatcher))
+                        // Agents: the broker checks their node certificates itself.
+                        .add_service(LogBrokerServer::new(log_broker.clone()))
+                        .add_service(LogsServer::with_interceptor(log_broker, managers_only()))
                         .add_service(ControlServer::with_interceptor(
                             ControlApi::new(store, handle.clone()),
                             managers_only(),
@@ -1150,9 +1163,14 @@ fn executor(
     state_dir: &StateDir,
 ) -> Result<Arc<dyn shoal_executor::Executor>, NodeError> {
     Ok(match config.executor {
-        ExecutorKind::Process => Arc::new(shoal_executor::process::ProcessExecutor::new(
-            shoal_executor::process::ProcessConfig::new(state_dir.path().join("worker/logs")),
-        )),
+        ExecutorKind::Process => {
+            let mut process =
+                shoal_executor::process::ProcessConfig::new(state_dir.path().join("worker/logs"));
+            if let Some(shim) = &config.process_shim {
+                process.shim = shim.clone();
+            }
+            Arc::new(shoal_executor::process::ProcessExecutor::new(process))
+        }
         ExecutorKind::Sim => Arc::new(shoal_executor::sim::SimExecutor::new(
             shoal_executor::sim::SimConfig {
                 start_delay: Duration::from_millis(100),

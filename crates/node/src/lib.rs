@@ -4,8 +4,8 @@
 //! A node is inactive (it belongs to no cluster and waits for `swarm init` or `swarm join` on
 //! its control socket), a manager (it keeps the cluster store replicated with Raft and serves
 //! Raft, membership, the CA, the dispatcher and the Control API over mutual TLS), or a worker
-//! (it holds its certificate and keeps a session with the managers; running tasks comes with
-//! the executor). Every active node renews its certificate (`renewal`) and keeps a session
+//! (it holds its certificate, keeps a session with the managers and runs the tasks they assign
+//! it, through its executor). Every active node renews its certificate (`renewal`) and keeps a session
 //! with the leader's dispatcher (`agent`); the supervisor (`supervisor`) starts the node
 //! again in its new role when promotion or demotion changes it, and inactive after it leaves.
 //!
@@ -21,6 +21,7 @@ pub mod certificates;
 mod daemon;
 mod error;
 mod local;
+pub mod logs;
 pub mod renewal;
 mod state_dir;
 pub mod supervisor;

@@ -10,6 +10,7 @@ mod logging;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,8 +36,21 @@ enum Command {
     Swarm(commands::swarm::Args),
     /// Manage the swarm's nodes
     Node(commands::node::Args),
+    /// Manage services (this version: their logs)
+    Service(commands::service::Args),
     /// Show the version of Shoal
     Version(commands::version::Args),
+    /// Supervise one process task: started by the daemon, not by hand (see
+    /// `shoal_executor::process::shim`)
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    ProcessShim(ProcessShimArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ProcessShimArgs {
+    /// The shim's flags and the task's command line, passed through untouched
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<OsString>,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +59,9 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let result = match cli.command {
+        // No logging set up: the shim's stderr is its own log, and its stdout the daemon's
+        // status channel.
+        Command::ProcessShim(args) => return shoal_executor::process::shim::main(args.args),
         Command::Daemon(_) if cli.socket.is_some() => Err(
             "-s/--socket names the socket client commands talk to; `shoal daemon` listens on \
              --listen-control-api PATH"
@@ -53,6 +70,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => commands::daemon::run(*args),
         Command::Swarm(args) => commands::swarm::run(cli.socket, args),
         Command::Node(args) => commands::node::run(cli.socket, args),
+        Command::Service(args) => commands::service::run(cli.socket, args),
         Command::Version(args) => commands::version::run(args),
     };
     match result {

@@ -1,57 +1,70 @@
-//! The process executor (runtime `process`): a task is a host process.
+//! The process executor (runtime `process`): a task is a host process, supervised by a shim.
 //!
 //! What it does:
-//! - `start` spawns the spec's command with its args, environment, working directory and
-//!   user, in a session of its own (`setsid`), so the process is the leader of its own
-//!   process group, gets no signal meant for the daemon's terminal or group, and keeps
-//!   running when the daemon exits (it is reparented; `kill_on_drop` is off).
-//! - It records the PID and the process's start time (`/proc/<pid>/stat` field 22). A later
-//!   controller — after a daemon restart, from a fresh executor — *adopts* the process by
-//!   that pair ([`ProcessExecutor::adopt`], or [`Executor::controller`] for a task whose
-//!   status carries them); a PID now used by another process (other start time), a zombie,
-//!   or a process that does not lead its own group is refused.
-//! - stdout and stderr go straight to `<log_dir>/<task id>/{stdout,stderr}.log`, rotated by
-//!   size (see [`logs`] for the copy-truncate scheme and its limits).
-//! - `wait` reports the exit: code 0 → COMPLETE, other codes → FAILED with the code, killed
-//!   by a signal → FAILED naming the signal (the decision is [`crate::state`]'s).
-//! - `shutdown` sends the task's stop signal (SIGTERM by default) to the whole group, waits
-//!   up to the stop grace period (10 s by default) for every process of the group to end,
-//!   then SIGKILLs the group. `terminate` SIGKILLs at once.
+//! - `start` spawns the task's *shim* ([`shim`]: `shoal process-shim …`, configurable as
+//!   [`ProcessConfig::shim`]) with the task's environment, in a session of its own
+//!   (`setsid`), so the shim gets no signal meant for the daemon's terminal or group and keeps
+//!   running when the daemon exits (`kill_on_drop` is off). The shim spawns the spec's
+//!   command with its args, working directory and user, in a session of its own too (the
+//!   task leads its own process group, which the shim is not in), reads its stdout and
+//!   stderr, and answers on a pipe with the task's PID and start time (`/proc/<pid>/stat`
+//!   field 22), or with the errno of a failed spawn, which becomes
+//!   [`ExecutorError::Spawn`].
+//! - It records that PID and start time (the *task's*, not the shim's). A later controller —
+//!   after a daemon restart, from a fresh executor — *adopts* the task by that pair
+//!   ([`ProcessExecutor::adopt`], or [`Executor::controller`] for a task whose status carries
+//!   them); a PID now used by another process (other start time), a zombie, or a process
+//!   that does not lead its own group is refused — unless the task's `exit` file says the
+//!   task ended while no daemon watched: then the controller reports that exit.
+//! - Each task has a directory, `<log_dir>/<task id>/`: `output.log` (and rotated
+//!   `output.log.N`), the task's output as CRI records written and rotated by the shim (see
+//!   [`logs`]); `exit`, its exit status, written by the shim once the task has ended and its
+//!   output is all in the log; `shim.log`, the shim's own stderr.
+//! - `wait` reports the exit from the `exit` file, for a task we started as for one we
+//!   adopted: code 0 → COMPLETE, other codes → FAILED with the code, killed by a signal →
+//!   FAILED naming the signal (the decision is [`crate::state`]'s). The file is looked for
+//!   when our shim child exits and every `poll_interval`. [`Exit::Unknown`] is left only for
+//!   a task whose process is gone and whose shim wrote no `exit` within [`EXIT_WAIT`] (the
+//!   shim was killed): the state machine makes it FAILED ("unknown exit status") — we do not
+//!   guess COMPLETE for a task that may have crashed.
+//! - `logs` reads the task directory: rotated files oldest first, then the current one,
+//!   filtered by stream and `since`, the last `tail` lines; with `follow` it keeps reading
+//!   the current file (across rotations) until the `exit` file is there and all has been
+//!   read.
+//! - `shutdown` sends the task's stop signal (SIGTERM by default) to the task's whole group,
+//!   waits up to the stop grace period (10 s by default) for every process of the group to
+//!   end, then SIGKILLs the group. `terminate` SIGKILLs at once. `remove` kills, then deletes
+//!   the task directory (logs and exit status with it) and its cgroup.
 //!
 //! Invariants: signals go only to a group that still has live members or whose leader is
 //! the very process we started (PID + start time); Linux does not reuse a PID while a group
-//! carries it as ID, so we never signal a stranger's group. The task ID becomes a directory
-//! name, so only IDs of letters and digits are accepted.
+//! carries it as ID, so we never signal a stranger's group; and never to the shim, which
+//! must live to record the exit. The task ID becomes a directory name, so only IDs of
+//! letters and digits are accepted.
 //!
-//! Adopted processes: they are not our children, and only a parent learns an exit status, so
-//! `wait` polls `/proc/<pid>` (every `poll_interval`) until the process is gone or a zombie
-//! and reports [`Exit::Unknown`], which the state machine turns into FAILED ("unknown exit
-//! status") — unless a shutdown was asked for, then SHUTDOWN. We do not guess COMPLETE: a
-//! task that may have crashed must not be reported as a success. The supervisor shim of the
-//! design (`DESIGN.md`, "Tasks outlive the daemon") will record exit statuses; it is not
-//! written yet.
-//!
-//! CPU, memory and pids limits go through cgroups v2 ([`cgroup`]); where that hierarchy or
-//! its controllers are missing, the task runs without them and the controller returns a
-//! warning ([`Controller::warnings`]) saying so, and logs it.
+//! CPU, memory and pids limits go through cgroups v2 ([`cgroup`]): the daemon creates the
+//! task's cgroup and the shim puts the task into it between fork and exec; where that
+//! hierarchy or its controllers are missing, the task runs without them and the controller
+//! returns a warning ([`Controller::warnings`]) saying so, and logs it.
 //!
 //! Not done yet, and said so rather than ignored: user *group names* ("user:group" with a
-//! non-numeric group) are refused with a "not implemented yet" error; following logs is
-//! refused likewise; secrets, configs and health checks of a `ProcessSpec` are ignored
-//! (another part of the issue).
+//! non-numeric group) are refused with a "not implemented yet" error; secrets, configs and
+//! health checks of a `ProcessSpec` are ignored (another part of the issue).
 //!
 //! Departures from SwarmKit: SwarmKit only runs containers, through the Docker Engine, which
-//! owns their lifetime; here the agent's host is the runtime, so identity (PID + start time)
-//! and group-wide signalling are ours to get right.
+//! owns their lifetime (its containerd-shim is their parent); here the agent's host is the
+//! runtime, so the shim, identity (PID + start time) and group-wide signalling are ours.
 //!
 //! The environment is exactly the spec's `env`, plus `PATH` (a standard one, unless the spec
-//! sets it) — the daemon's own environment does not leak into tasks.
+//! sets it) — the daemon's own environment does not leak into tasks (nor into their shims).
 
 pub mod cgroup;
 pub mod logs;
 pub mod procfs;
+pub mod shim;
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,11 +76,10 @@ use shoal_api::v1::{
     NodeDescription, Platform, ProcessSpec, ProcessStatus, ResourceRequirements, Resources, Task,
     task_spec, task_status,
 };
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
-use crate::{
-    Controller, Executor, ExecutorError, Exit, LogReader, LogRecord, LogStream, LogsOptions, Result,
-};
+use crate::{Controller, Executor, ExecutorError, Exit, LogReader, LogsOptions, Result};
 pub use logs::LogRotation;
 pub use procfs::{parse_signal, signal_to_name};
 
@@ -77,18 +89,45 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// How long to wait for a SIGKILLed group to disappear before reporting an error.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the `exit` file may take to appear once the task process is gone (the shim
+/// drains the pipes for up to [`shim::DRAIN`] first) before the exit is [`Exit::Unknown`].
+pub const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a shim may take to say whether the task started.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The program that runs a task's shim, and the arguments that come before the shim's flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShimCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl ShimCommand {
+    /// `<this executable> process-shim`: the `shoal` binary's hidden subcommand.
+    pub fn current_exe() -> Self {
+        Self {
+            program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")),
+            args: vec!["process-shim".into()],
+        }
+    }
+}
+
 /// Settings of a [`ProcessExecutor`].
 #[derive(Clone, Debug)]
 pub struct ProcessConfig {
-    /// Where each task's log directory is created.
+    /// Where each task's directory (output log, exit status, shim log) is created.
     pub log_dir: PathBuf,
     pub rotation: LogRotation,
-    /// How often adopted processes and stopping groups are checked (default 100 ms).
+    /// How often adopted tasks, `exit` files and stopping groups are checked (default
+    /// 100 ms).
     pub poll_interval: Duration,
     /// Where the cgroup v2 hierarchy is mounted (default `/sys/fs/cgroup`).
     pub cgroup_root: PathBuf,
     /// The cgroup, under the root, that holds one cgroup per task with limits (`shoal`).
     pub cgroup_parent: String,
+    /// What runs each task's shim (default [`ShimCommand::current_exe`]).
+    pub shim: ShimCommand,
 }
 
 impl ProcessConfig {
@@ -99,6 +138,7 @@ impl ProcessConfig {
             poll_interval: Duration::from_millis(100),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: "shoal".into(),
+            shim: ShimCommand::current_exe(),
         }
     }
 }
@@ -127,6 +167,14 @@ impl ProcessExecutor {
         if pid <= 1 {
             return Err(ExecutorError::NotFound(format!("invalid PID {pid}")));
         }
+        // The task ended while no daemon watched: its shim recorded how. The controller's
+        // `wait` reports that exit at once, and nothing is signalled (the checks by PID and
+        // start time find no process).
+        let controller =
+            ProcessController::new(task, self.config.clone(), Some((pid, start_time)))?;
+        if matches!(shim::read_exit(&controller.log_dir()), Ok(Some(_))) {
+            return Ok(controller);
+        }
         let stat = procfs::stat(pid)
             .map_err(|e| ExecutorError::io(format!("reading /proc/{pid}/stat"), e))?
             .ok_or_else(|| ExecutorError::NotFound(format!("process {pid} is gone")))?;
@@ -144,7 +192,7 @@ impl ProcessExecutor {
                 "process {pid} does not lead its own process group: not started by this executor"
             )));
         }
-        ProcessController::new(task, self.config.clone(), Some((pid, start_time)))
+        Ok(controller)
     }
 }
 
@@ -209,11 +257,10 @@ struct Inner {
     config: Arc<ProcessConfig>,
     /// PID and start time, once started or adopted.
     process: Mutex<Option<(i32, u64)>>,
-    /// Our child, until the watcher takes it.
-    child: Mutex<Option<tokio::process::Child>>,
+    /// The shim we spawned (our child), until the watcher takes it.
+    shim: Mutex<Option<tokio::process::Child>>,
     watching: AtomicBool,
     exit: watch::Sender<Option<Exit>>,
-    rotation_lock: Arc<Mutex<()>>,
     warnings: Mutex<Vec<String>>,
     /// The task's cgroup, once prepared with limits it could apply.
     cgroup: Mutex<Option<PathBuf>>,
@@ -271,10 +318,9 @@ impl ProcessController {
                 grace,
                 config,
                 process: Mutex::new(adopted),
-                child: Mutex::new(None),
+                shim: Mutex::new(None),
                 watching: AtomicBool::new(false),
                 exit,
-                rotation_lock: Arc::new(Mutex::new(())),
                 warnings: Mutex::new(Vec::new()),
                 cgroup: Mutex::new(None),
             }),
@@ -286,24 +332,21 @@ impl ProcessController {
         *self.inner.process.lock().expect("process lock")
     }
 
-    /// The task's log directory.
+    /// The task's directory: output log, exit status, shim log.
     pub fn log_dir(&self) -> PathBuf {
         self.inner.config.log_dir.join(&self.inner.task_id)
     }
 
-    /// The current log file of `stream`.
-    pub fn log_path(&self, stream: LogStream) -> PathBuf {
-        self.log_dir().join(match stream {
-            LogStream::Stdout => "stdout.log",
-            LogStream::Stderr => "stderr.log",
-        })
+    /// The task's current output log.
+    pub fn output_path(&self) -> PathBuf {
+        self.log_dir().join(logs::OUTPUT)
     }
 
     fn exit_now(&self) -> Option<Exit> {
         *self.inner.exit.borrow()
     }
 
-    /// Starts the watcher of the process (and the log rotation) once there is a process.
+    /// Starts the watcher of the task once there is one: it publishes the exit.
     fn ensure_watching(&self) {
         let Some((pid, start_time)) = self.process() else {
             return;
@@ -311,62 +354,68 @@ impl ProcessController {
         if self.inner.watching.swap(true, Ordering::SeqCst) {
             return;
         }
-        let child = self.inner.child.lock().expect("child lock").take();
+        let shim = self.inner.shim.lock().expect("shim lock").take();
         let this = self.clone();
         tokio::spawn(async move {
-            let exit = match child {
-                Some(mut child) => match child.wait().await {
-                    Ok(status) => match (status.code(), status.signal()) {
-                        (Some(code), _) => Exit::Code(code),
-                        (None, Some(signal)) => Exit::Signal(signal),
-                        (None, None) => Exit::Unknown,
-                    },
-                    Err(error) => {
-                        tracing::warn!(task = %this.inner.task_id, %error, "waiting on the process failed");
-                        Exit::Unknown
-                    }
-                },
-                None => {
-                    while procfs::is_running(pid, start_time) {
-                        tokio::time::sleep(this.inner.config.poll_interval).await;
-                    }
-                    Exit::Unknown
-                }
-            };
-            // One last rotation, so the files are within bounds once the task has ended.
-            this.rotate().await;
+            let exit = this.watch(pid, start_time, shim).await;
             this.inner.exit.send_replace(Some(exit));
-        });
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut exited = this.inner.exit.subscribe();
-            let interval = this.inner.config.rotation.check_interval;
-            while tokio::time::timeout(interval, exited.wait_for(Option::is_some))
-                .await
-                .is_err()
-            {
-                this.rotate().await;
-            }
         });
     }
 
-    async fn rotate(&self) {
-        let lock = self.inner.rotation_lock.clone();
-        let rotation = self.inner.config.rotation;
-        let paths = [
-            self.log_path(LogStream::Stdout),
-            self.log_path(LogStream::Stderr),
-        ];
-        let task = self.inner.task_id.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let _guard = lock.lock().expect("rotation lock");
-            for path in paths {
-                if let Err(error) = logs::rotate_if_needed(&path, &rotation) {
-                    tracing::warn!(%task, path = %path.display(), %error, "log rotation failed");
+    /// Waits for the `exit` file. Gives up with [`Exit::Unknown`] once the task process is
+    /// gone and either our shim has exited without writing it or [`EXIT_WAIT`] has passed.
+    async fn watch(
+        &self,
+        pid: i32,
+        start_time: u64,
+        mut shim: Option<tokio::process::Child>,
+    ) -> Exit {
+        let dir = self.log_dir();
+        let task = &self.inner.task_id;
+        let poll = self.inner.config.poll_interval;
+        let mut shim_gone = false;
+        let mut gone_since: Option<Instant> = None;
+        loop {
+            match shim::read_exit(&dir) {
+                Ok(Some(exit)) => {
+                    // Reap our shim, which exits right after writing the file.
+                    if let Some(mut child) = shim.take() {
+                        let _ = tokio::time::timeout(EXIT_WAIT, child.wait()).await;
+                    }
+                    return exit;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%task, %error, "unreadable exit status");
+                    return Exit::Unknown;
                 }
             }
-        })
-        .await;
+            if procfs::is_running(pid, start_time) {
+                gone_since = None;
+            } else {
+                let since = *gone_since.get_or_insert_with(Instant::now);
+                if shim_gone || since.elapsed() >= EXIT_WAIT {
+                    tracing::warn!(%task, pid, shim = %dir.join(shim::SHIM_LOG).display(),
+                        "the task has ended but its shim recorded no exit status");
+                    return Exit::Unknown;
+                }
+            }
+            match shim.as_mut() {
+                Some(child) => {
+                    tokio::select! {
+                        status = child.wait() => {
+                            if let Ok(status) = &status && !status.success() {
+                                tracing::warn!(%task, %status, "the process shim failed");
+                            }
+                            shim = None;
+                            shim_gone = true;
+                        }
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+                None => tokio::time::sleep(poll).await,
+            }
+        }
     }
 
     /// Whether the process (or another member of its group) may still run.
@@ -407,12 +456,30 @@ impl ProcessController {
         resolve_user(&self.inner.spec.user)
     }
 
-    /// The command to spawn, and the task's `cgroup.procs` if it has a cgroup (it must stay
-    /// open until the child has been spawned).
-    fn command(&self) -> Result<(std::process::Command, Option<std::fs::File>)> {
+    /// The command that runs the task's shim.
+    fn shim_command(&self) -> Result<tokio::process::Command> {
         let spec = &self.inner.spec;
-        let mut command = std::process::Command::new(&spec.command);
-        command.args(&spec.args).env_clear();
+        let config = &self.inner.config;
+        let args = shim::ShimArgs {
+            dir: self.log_dir(),
+            rotation: config.rotation,
+            cwd: (!spec.dir.is_empty()).then(|| PathBuf::from(&spec.dir)),
+            user: self.user()?,
+            cgroup_procs: self
+                .inner
+                .cgroup
+                .lock()
+                .expect("cgroup lock")
+                .as_ref()
+                .map(|dir| dir.join("cgroup.procs")),
+            command: spec.command.clone().into(),
+            args: spec.args.iter().map(OsString::from).collect(),
+        };
+        let mut command = std::process::Command::new(&config.shim.program);
+        command
+            .args(&config.shim.args)
+            .args(args.to_args())
+            .env_clear();
         if !spec.env.iter().any(|e| e.starts_with("PATH=")) {
             command.env("PATH", DEFAULT_PATH);
         }
@@ -425,45 +492,65 @@ impl ProcessController {
                 })?;
             command.env(key, value);
         }
-        if !spec.dir.is_empty() {
-            command.current_dir(&spec.dir);
-        }
-        if let Some((uid, gid)) = self.user()? {
-            command.uid(uid).gid(gid);
-        }
-        let stdout = logs::open_for_append(&self.log_path(LogStream::Stdout))
-            .map_err(|e| ExecutorError::io("opening the stdout log", e))?;
-        let stderr = logs::open_for_append(&self.log_path(LogStream::Stderr))
-            .map_err(|e| ExecutorError::io("opening the stderr log", e))?;
-        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-        let cgroup = self.inner.cgroup.lock().expect("cgroup lock").clone();
-        let procs = match cgroup {
-            Some(dir) => Some(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("cgroup.procs"))
-                    .map_err(|e| ExecutorError::io(format!("opening {}", dir.display()), e))?,
-            ),
-            None => None,
-        };
-        let procs_fd = procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        // SAFETY: the closure runs in the child between fork and exec and calls only setsid
-        // and write, which are async-signal-safe; it allocates nothing. The descriptor stays
-        // open in the parent until spawn returns.
+        let shim_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir().join(shim::SHIM_LOG))
+            .map_err(|e| ExecutorError::io("opening the shim log", e))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(shim_log);
+        // SAFETY: the closure runs in the child between fork and exec and calls only setsid,
+        // which is async-signal-safe; it allocates nothing.
         unsafe {
-            command.pre_exec(move || {
+            command.pre_exec(|| {
                 if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(fd) = procs_fd
-                    && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
-                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        Ok((command, procs))
+        let mut command = tokio::process::Command::from(command);
+        command.kill_on_drop(false);
+        Ok(command)
+    }
+}
+
+/// Sends what is appended to the task's log until the task has ended (its exit is known, so
+/// its `exit` file is written or will never be) and everything has been read, or until the
+/// receiver is dropped.
+fn follow(
+    mut follower: logs::Follower,
+    dir: &Path,
+    options: &LogsOptions,
+    sender: &tokio::sync::mpsc::Sender<Result<crate::LogRecord>>,
+    exited: watch::Receiver<Option<Exit>>,
+    poll: Duration,
+) {
+    loop {
+        // Looked at before reading: if the task had ended by now, this read gets the rest.
+        let ended = exited.borrow().is_some() || dir.join(shim::EXIT).exists();
+        match follower.poll() {
+            Ok(entries) => {
+                for entry in entries.into_iter().filter(|e| logs::wanted(e, options)) {
+                    if sender.blocking_send(Ok(entry.into_record())).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                let _ = sender.blocking_send(Err(ExecutorError::io(
+                    format!("following the logs in {}", dir.display()),
+                    error,
+                )));
+                return;
+            }
+        }
+        if ended || sender.is_closed() {
+            return;
+        }
+        std::thread::sleep(poll);
     }
 }
 
@@ -574,30 +661,52 @@ impl Controller for ProcessController {
             return Ok(());
         }
         self.prepare().await?;
-        let (command, procs) = self.command()?;
-        let mut command = tokio::process::Command::from(command);
-        command.kill_on_drop(false);
-        let child = command.spawn().map_err(|source| ExecutorError::Spawn {
-            command: self.inner.spec.command.clone(),
-            source,
+        let program = &self.inner.config.shim.program;
+        let mut child = self.shim_command()?.spawn().map_err(|e| {
+            ExecutorError::io(
+                format!("starting the process shim {}", program.display()),
+                e,
+            )
         })?;
-        drop(procs);
-        let pid = child.id().expect("a child not yet waited on has a PID") as i32;
-        // The child cannot have been reaped yet (we hold it), so its stat is readable. Should
-        // that fail anyway, the process is killed rather than left running untracked.
-        let stat = match procfs::stat(pid) {
-            Ok(Some(stat)) => stat,
-            failure => {
-                let _ = procfs::kill_group(pid, libc::SIGKILL);
-                return Err(match failure {
-                    Err(e) => ExecutorError::io(format!("reading /proc/{pid}/stat"), e),
-                    _ => ExecutorError::NotFound(format!("process {pid} vanished at start")),
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            START_TIMEOUT,
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
+        let status = match read {
+            Ok(Ok(_)) => shim::Status::parse(&line),
+            _ => None,
+        };
+        let (pid, start_time) = match status {
+            Some(shim::Status::Started { pid, start_time }) => (pid, start_time),
+            Some(shim::Status::Error { errno, message }) => {
+                let _ = tokio::time::timeout(START_TIMEOUT, child.wait()).await;
+                tracing::debug!(task = %self.inner.task_id, %message, "the program did not start");
+                return Err(ExecutorError::Spawn {
+                    command: self.inner.spec.command.clone(),
+                    source: std::io::Error::from_raw_os_error(errno),
                 });
             }
+            None => {
+                // No answer: the shim is broken (or the wrong program). It has not said it
+                // started anything, so killing it leaves nothing behind.
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(START_TIMEOUT, child.wait()).await;
+                return Err(ExecutorError::io(
+                    format!(
+                        "the process shim {} gave no valid status (got {line:?}; see {})",
+                        program.display(),
+                        self.log_dir().join(shim::SHIM_LOG).display()
+                    ),
+                    std::io::Error::from_raw_os_error(libc::EPROTO),
+                ));
+            }
         };
-        *self.inner.process.lock().expect("process lock") = Some((pid, stat.start_time));
-        *self.inner.child.lock().expect("child lock") = Some(child);
-        tracing::debug!(task = %self.inner.task_id, pid, start_time = stat.start_time, "started");
+        *self.inner.process.lock().expect("process lock") = Some((pid, start_time));
+        *self.inner.shim.lock().expect("shim lock") = Some(child);
+        tracing::debug!(task = %self.inner.task_id, pid, start_time, "started");
         self.ensure_watching();
         Ok(())
     }
@@ -660,45 +769,34 @@ impl Controller for ProcessController {
     }
 
     async fn logs(&self, options: LogsOptions) -> Result<LogReader> {
+        let dir = self.log_dir();
+        let reading = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || logs::read_history(&dir))
+        };
+        let (history, follower) = reading
+            .await
+            .map_err(|e| ExecutorError::io("reading logs", std::io::Error::other(e)))?
+            .map_err(|e| ExecutorError::io(format!("reading the logs in {}", dir.display()), e))?;
+        let history = logs::select(history, &options);
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
         if options.follow {
-            return Err(ExecutorError::NotImplemented(
-                "following a process task's logs",
-            ));
+            // The watcher says when the task has ended: after the exit file (or never, for
+            // a task that has not started; the reader then stops when dropped).
+            self.ensure_watching();
         }
-        let streams: Vec<_> = [LogStream::Stdout, LogStream::Stderr]
-            .into_iter()
-            .filter(|s| options.wants(*s))
-            .map(|s| (s, self.log_path(s)))
-            .collect();
-        let max_files = self.inner.config.rotation.max_files;
-        let lock = self.inner.rotation_lock.clone();
-        let records = tokio::task::spawn_blocking(move || {
-            let _guard = lock.lock().expect("rotation lock");
-            let mut records = Vec::new();
-            for (stream, path) in streams {
-                let timestamp = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-                let bytes = logs::read(&path, max_files, options.tail)?;
-                records.extend(
-                    bytes
-                        .split_inclusive(|b| *b == b'\n')
-                        .map(|line| LogRecord {
-                            timestamp,
-                            stream,
-                            data: line.to_vec(),
-                        }),
-                );
+        let exited = self.inner.exit.subscribe();
+        let poll = self.inner.config.poll_interval;
+        tokio::task::spawn_blocking(move || {
+            for entry in history {
+                if sender.blocking_send(Ok(entry.into_record())).is_err() {
+                    return;
+                }
             }
-            Ok::<_, std::io::Error>(records)
-        })
-        .await
-        .map_err(|e| ExecutorError::io("reading logs", std::io::Error::other(e)))?
-        .map_err(|e| ExecutorError::io("reading logs", e))?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(records.len().max(1));
-        for record in records {
-            let _ = sender.try_send(Ok(record));
-        }
+            if options.follow {
+                follow(follower, &dir, &options, &sender, exited, poll);
+            }
+        });
         Ok(receiver)
     }
 

@@ -8,6 +8,8 @@
 mod cluster;
 mod config;
 mod node;
+mod service;
+mod task;
 
 use shoal_raft::RaftHandle;
 use shoal_raft::service::{not_leader, to_status};
@@ -137,16 +139,20 @@ impl shoal_api::v1::control_server::Control for ControlApi {
 
     async fn get_task(
         &self,
-        _request: tonic::Request<shoal_api::v1::GetTaskRequest>,
+        request: tonic::Request<shoal_api::v1::GetTaskRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::GetTaskResponse>, Status> {
-        Err(unimplemented("get_task"))
+        self.get_task(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn list_tasks(
         &self,
-        _request: tonic::Request<shoal_api::v1::ListTasksRequest>,
+        request: tonic::Request<shoal_api::v1::ListTasksRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::ListTasksResponse>, Status> {
-        Err(unimplemented("list_tasks"))
+        self.list_tasks(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn remove_task(
@@ -158,16 +164,20 @@ impl shoal_api::v1::control_server::Control for ControlApi {
 
     async fn get_service(
         &self,
-        _request: tonic::Request<shoal_api::v1::GetServiceRequest>,
+        request: tonic::Request<shoal_api::v1::GetServiceRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::GetServiceResponse>, Status> {
-        Err(unimplemented("get_service"))
+        self.get_service(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn list_services(
         &self,
-        _request: tonic::Request<shoal_api::v1::ListServicesRequest>,
+        request: tonic::Request<shoal_api::v1::ListServicesRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::ListServicesResponse>, Status> {
-        Err(unimplemented("list_services"))
+        self.list_services(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn create_service(

@@ -234,6 +234,7 @@ fn publish(id: &str, messages: Vec<LogMessage>, close: bool) -> PublishLogsMessa
         subscription_id: id.into(),
         messages,
         close,
+        error: String::new(),
     }
 }
 
@@ -276,6 +277,23 @@ async fn logs_of_a_service_come_from_every_node_and_the_stream_ends_when_all_hav
     assert_eq!(lines, ["one\n", "three\n", "two\n"]);
     end.unwrap();
     assert_eq!(f.broker.subscriptions(), 0);
+
+    // A node that could not read some of its logs says so when it closes.
+    let logs = f.subscribe(tasks(&["t1"])).await.unwrap();
+    let id = next(&mut n1).await.unwrap().unwrap().id;
+    let mut close = publish(&id, vec![line("n1", "t1", "one\n")], true);
+    close.error = "task t1: its log files are gone".into();
+    f.publish("n1", vec![close]).await.unwrap();
+    let (lines, end) = drain(logs).await;
+    assert_eq!(lines, ["one\n"]);
+    let status = end.unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("node n1: task t1: its log files are gone"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]

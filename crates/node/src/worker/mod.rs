@@ -18,8 +18,9 @@
 //! - after an agent restart, a task found in the database with a non-final status and
 //!   runtime data is **adopted**: the executor's `controller()` gets the task with its
 //!   recorded status, which for the process runtime finds the process again by PID + start
-//!   time instead of starting a new one. If the process ended while the agent was down, the
-//!   adoption fails and the task is reported FAILED (its exit status is unknowable). A
+//!   time instead of starting a new one. If the process ended while the agent was down, its
+//!   shim recorded how, and the adopted task reports that exit (COMPLETE, or FAILED with the
+//!   code); a task whose program cannot be found at all is reported FAILED. A
 //!   recorded task absent from the first COMPLETE set was removed while the agent was down:
 //!   it is adopted only to be stopped, then forgotten.
 //!
@@ -38,6 +39,8 @@
 //!   recorded without runtime data (it never reached STARTING, or its runtime keeps none, as
 //!   the sim executor) is started afresh from ACCEPTED, and one with runtime data is adopted.
 //! - Secrets and configs in assignments are ignored for now (another item of the issue).
+//! - The controllers of driven tasks are shared with the agent's log publisher
+//!   ([`TaskControllers`]), which reads their logs for the leader's subscriptions.
 //! - Database writes run on the caller's thread (short redb commits), not a blocking pool.
 //!
 //! What the agent calls: [`TaskDb::open`] (`<state>/worker/tasks.redb`), a [`StatusReporter`]
@@ -229,6 +232,50 @@ enum Origin {
     Finished(TaskStatus),
 }
 
+/// The controllers of the tasks the worker drives, shared with whoever reads their logs (the
+/// agent's log publisher). A driver registers its task's controller once it has one and
+/// takes it out before the task's leftovers are removed.
+#[derive(Clone, Default)]
+pub struct TaskControllers(Arc<std::sync::Mutex<BTreeMap<String, RegisteredTask>>>);
+
+/// A task and its controller, as registered.
+#[derive(Clone)]
+pub struct RegisteredTask {
+    pub task: Arc<Task>,
+    pub controller: Arc<dyn Controller>,
+}
+
+impl TaskControllers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RegisteredTask>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn insert(&self, task: &Task, controller: Arc<dyn Controller>) {
+        self.lock().insert(
+            id_of(task).to_string(),
+            RegisteredTask {
+                task: Arc::new(task.clone()),
+                controller,
+            },
+        );
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// The registered tasks `matches` accepts, in task ID order.
+    pub fn matching(&self, matches: impl Fn(&Task) -> bool) -> Vec<RegisteredTask> {
+        self.lock()
+            .values()
+            .filter(|r| matches(&r.task))
+            .cloned()
+            .collect()
+    }
+}
+
 struct DriverHandle {
     desired: watch::Sender<Desired>,
     join: JoinHandle<()>,
@@ -242,6 +289,7 @@ pub struct Worker {
     drivers: BTreeMap<String, DriverHandle>,
     /// Recorded before a restart, not yet mentioned by an assignments message.
     stored: BTreeMap<String, StoredTask>,
+    controllers: TaskControllers,
 }
 
 impl Worker {
@@ -264,7 +312,13 @@ impl Worker {
             reporter,
             drivers: BTreeMap::new(),
             stored,
+            controllers: TaskControllers::default(),
         })
+    }
+
+    /// The controllers of the tasks being driven, for reading their logs.
+    pub fn controllers(&self) -> TaskControllers {
+        self.controllers.clone()
     }
 
     /// What this node can run, as its executor describes it.
@@ -372,6 +426,7 @@ impl Worker {
             db: self.db.clone(),
             reporter: self.reporter.clone(),
             desired: receiver,
+            controllers: self.controllers.clone(),
         };
         let join = tokio::spawn(driver.run(task, origin));
         if let Some(old) = self.drivers.insert(
@@ -410,6 +465,7 @@ struct Driver {
     db: Arc<TaskDb>,
     reporter: StatusReporter,
     desired: watch::Receiver<Desired>,
+    controllers: TaskControllers,
 }
 
 fn error_event(error: ExecutorError) -> Event {
@@ -439,6 +495,10 @@ impl Driver {
                 self.fresh(&task).await
             }
         };
+        let controller: Option<Arc<dyn Controller>> = controller.map(Arc::from);
+        if let Some(controller) = &controller {
+            self.controllers.insert(&task, controller.clone());
+        }
         let controller = self.drive(controller, machine).await;
         self.until(Desired::Remove).await;
         self.forget(controller).await;
@@ -498,9 +558,9 @@ impl Driver {
     /// Drives the machine until the task is final. Returns the controller, for removal.
     async fn drive(
         &mut self,
-        controller: Option<Box<dyn Controller>>,
+        controller: Option<Arc<dyn Controller>>,
         mut machine: TaskMachine,
-    ) -> Option<Box<dyn Controller>> {
+    ) -> Option<Arc<dyn Controller>> {
         let controller = controller?;
         let mut step = if machine.state() == TaskState::Accepted {
             // Not before the task is wanted running (or wanted stopped).
@@ -615,8 +675,9 @@ impl Driver {
 
     /// The task is removed and final: once its last status is acknowledged, free what the
     /// controller holds and forget the task.
-    async fn forget(&mut self, controller: Option<Box<dyn Controller>>) {
+    async fn forget(&mut self, controller: Option<Arc<dyn Controller>>) {
         self.reporter.acknowledged(&self.id).await;
+        self.controllers.remove(&self.id);
         if let Some(controller) = controller
             && let Err(error) = controller.remove().await
         {

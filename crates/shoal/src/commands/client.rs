@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_api::v1::control_client::ControlClient;
+use shoal_api::v1::logs_client::LogsClient;
 use shoal_api::v1::swarm_client::SwarmClient;
 use shoal_api::v1::{
     Cluster, ListClustersRequest, ListNodesRequest, Node, SwarmInfoRequest, SwarmInfoResponse,
@@ -61,6 +62,7 @@ pub struct Client {
     socket: PathBuf,
     control: ControlClient<Channel>,
     swarm: SwarmClient<Channel>,
+    logs: LogsClient<Channel>,
 }
 
 impl Client {
@@ -82,12 +84,17 @@ impl Client {
         Ok(Client {
             socket: socket.to_path_buf(),
             control: ControlClient::new(channel.clone()),
+            logs: LogsClient::new(channel.clone()),
             swarm: SwarmClient::new(channel),
         })
     }
 
     pub fn control(&mut self) -> &mut ControlClient<Channel> {
         &mut self.control
+    }
+
+    pub fn logs(&mut self) -> &mut LogsClient<Channel> {
+        &mut self.logs
     }
 
     pub fn swarm(&mut self) -> &mut SwarmClient<Channel> {

@@ -10,5 +10,6 @@ pub mod duration;
 pub mod node;
 pub mod output;
 pub mod resolve;
+pub mod service;
 pub mod swarm;
 pub mod version;

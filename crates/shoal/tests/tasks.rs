@@ -2,13 +2,26 @@
 //! this process, a task written into the manager's store for the worker, the worker's agent
 //! receives it through its assignments, the process executor runs it, and its statuses come
 //! back through the dispatcher into the store — RUNNING, then SHUTDOWN when asked to stop.
+//!
+//! It lives in this crate because the process executor runs each task under a shim, `shoal
+//! process-shim`, and only here is the `shoal` binary built for the test
+//! (`CARGO_BIN_EXE_shoal`); the daemons in this test binary are told to use it.
 
 use std::time::{Duration, Instant};
 
 use shoal_api::shared::TaskSpecFields;
 use shoal_api::v1::{Cluster, Meta, Node, ProcessSpec, Task, TaskState, TaskStatus, task_spec};
+use shoal_executor::process::ShimCommand;
 use shoal_node::{Daemon, DaemonConfig};
 use shoal_store::{By, Reader, Store};
+
+/// The `shoal` binary's shim, not this test binary's (which is no `shoal`).
+fn shim() -> Option<ShimCommand> {
+    Some(ShimCommand {
+        program: env!("CARGO_BIN_EXE_shoal").into(),
+        args: vec!["process-shim".into()],
+    })
+}
 
 fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -45,6 +58,7 @@ async fn an_assigned_task_runs_on_its_worker_and_stops_when_told() {
     let mut manager_config = DaemonConfig::new(dir.path().join("m1"));
     manager_config.listen_remote_api = free_addr();
     manager_config.init = true;
+    manager_config.process_shim = shim();
     let manager = Daemon::start(manager_config).await.unwrap().spawn();
     let store = manager.store.clone();
     let start = Instant::now();
@@ -63,6 +77,7 @@ async fn an_assigned_task_runs_on_its_worker_and_stops_when_told() {
     worker_config.listen_remote_api = free_addr();
     worker_config.join_addr = Some(manager.addr.to_string());
     worker_config.join_token = Some(token);
+    worker_config.process_shim = shim();
     let worker = Daemon::start(worker_config).await.unwrap();
     let worker_id = worker.identity().node_id.clone();
     let node_id = worker_id.clone();
@@ -128,15 +143,37 @@ async fn an_assigned_task_runs_on_its_worker_and_stops_when_told() {
 
     // It runs: RUNNING in the manager's store, and the process exists.
     wait_for_state(&store, &id, TaskState::Running).await;
+    let start = Instant::now();
     let pid: i32 = loop {
         if let Ok(text) = std::fs::read_to_string(&marker)
             && let Ok(pid) = text.trim().parse()
         {
             break pid;
         }
+        assert!(start.elapsed() < Duration::from_secs(20), "no marker");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // Its parent is its shim, which writes its output log.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let parent: u32 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(parent, std::process::id());
+    let cmdline = std::fs::read(format!("/proc/{parent}/cmdline")).unwrap();
+    assert!(
+        cmdline.split(|b| *b == 0).any(|arg| arg == b"process-shim"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert!(
+        dir.path()
+            .join(format!("w1/worker/logs/{id}/output.log"))
+            .exists()
+    );
 
     // Told to stop: SHUTDOWN in the store, and the process is gone.
     let mut stopping = (*store.view(|tx| tx.get::<Task>(&id)).unwrap()).clone();
