@@ -77,6 +77,9 @@ pub enum ExecutorKind {
     /// Host processes (runtime `process`).
     #[default]
     Process,
+    /// Containers on the local Docker Engine (runtime `container`); the engine must answer
+    /// when the node starts.
+    Docker,
     /// Nothing runs; tasks report RUNNING after a short delay (tests, benchmarks).
     Sim,
 }
@@ -835,7 +838,7 @@ impl Daemon {
         let session = SessionSlot::default();
         let reporter = StatusReporter::start(SessionSink(session.clone()));
         let worker = Worker::new(
-            executor(&config, &state_dir)?,
+            executor(&config, &state_dir, &identity.node_id).await?,
             task_db(&state_dir)?,
             reporter.clone(),
         )
@@ -1158,9 +1161,10 @@ async fn demoted(
 }
 
 /// The executor `config` asks for; process tasks log under `<state>/worker/logs`.
-fn executor(
+async fn executor(
     config: &DaemonConfig,
     state_dir: &StateDir,
+    node_id: &str,
 ) -> Result<Arc<dyn shoal_executor::Executor>, NodeError> {
     Ok(match config.executor {
         ExecutorKind::Process => {
@@ -1171,6 +1175,30 @@ fn executor(
             }
             Arc::new(shoal_executor::process::ProcessExecutor::new(process))
         }
+        ExecutorKind::Docker => {
+            let docker = shoal_executor_docker::DockerConfig::new(node_id);
+            let socket = docker.socket.display().to_string();
+            let connected = tokio::time::timeout(
+                DOCKER_CONNECT_TIMEOUT,
+                shoal_executor_docker::DockerExecutor::new(docker),
+            )
+            .await
+            .map_err(|_| format!("the engine did not answer within {DOCKER_CONNECT_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            match connected {
+                Ok(docker) => {
+                    tracing::info!("running container tasks on the Docker Engine at {socket}");
+                    Arc::new(docker)
+                }
+                Err(why) => {
+                    return Err(NodeError::Config(format!(
+                        "--executor docker: cannot use the Docker Engine at {socket}: {why} \
+                         (start the engine, set DOCKER_HOST=unix://PATH, or use --executor \
+                         process)"
+                    )));
+                }
+            }
+        }
         ExecutorKind::Sim => Arc::new(shoal_executor::sim::SimExecutor::new(
             shoal_executor::sim::SimConfig {
                 start_delay: Duration::from_millis(100),
@@ -1180,6 +1208,9 @@ fn executor(
         )),
     })
 }
+
+/// How long the Docker Engine has to answer when a node with `--executor docker` starts.
+const DOCKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The worker's task database, `<state>/worker/tasks.redb`.
 fn task_db(state_dir: &StateDir) -> Result<TaskDb, NodeError> {

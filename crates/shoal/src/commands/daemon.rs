@@ -46,8 +46,8 @@ pub struct Args {
     /// Ticks between leader heartbeats
     #[arg(long, value_name = "N", default_value_t = shoal_api::defaults::RAFT_HEARTBEAT_TICK)]
     pub heartbeat_tick: u32,
-    /// What runs tasks: process (host processes) or sim (nothing runs; for tests and
-    /// benchmarks)
+    /// What runs tasks: process (host processes), docker (containers on the local Docker
+    /// Engine) or sim (nothing runs; for tests and benchmarks)
     #[arg(long, value_name = "EXECUTOR", default_value = "process", value_parser = parse_executor)]
     pub executor: ExecutorKind,
     /// Log level: error, warn, info, debug, trace (or a tracing filter)
@@ -87,12 +87,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn parse_executor(s: &str) -> Result<ExecutorKind, String> {
     match s {
         "process" => Ok(ExecutorKind::Process),
+        "docker" => Ok(ExecutorKind::Docker),
         "sim" => Ok(ExecutorKind::Sim),
-        "docker" => Err(
-            "the docker executor is not available yet in this version of Shoal; use process or sim"
-                .into(),
-        ),
-        other => Err(format!("unknown executor {other:?}; use process or sim")),
+        other => Err(format!(
+            "unknown executor {other:?}; use process, docker or sim"
+        )),
     }
 }
 
