@@ -21,7 +21,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 fn shim_command() -> ShimCommand {
     ShimCommand {
-        program: env!("CARGO_BIN_EXE_shoal-process-shim").into(),
+        program: env!("CARGO_BIN_EXE_test-process-shim").into(),
         args: Vec::new(),
     }
 }

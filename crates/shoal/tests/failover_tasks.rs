@@ -16,9 +16,10 @@ use shoal_store::{By, Reader, Store};
 const LIMIT: Duration = Duration::from_secs(40);
 
 fn shim() -> Option<ShimCommand> {
+    // The small shim binary the `shoal` package ships (tasks.rs runs `shoal process-shim`).
     Some(ShimCommand {
-        program: env!("CARGO_BIN_EXE_shoal").into(),
-        args: vec!["process-shim".into()],
+        program: env!("CARGO_BIN_EXE_shoal-process-shim").into(),
+        args: Vec::new(),
     })
 }
 

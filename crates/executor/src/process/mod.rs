@@ -103,12 +103,32 @@ pub struct ShimCommand {
     pub args: Vec<OsString>,
 }
 
+/// The name of the shim binary installed beside `shoal`.
+pub const SHIM_BINARY: &str = "shoal-process-shim";
+
 impl ShimCommand {
     /// `<this executable> process-shim`: the `shoal` binary's hidden subcommand.
     pub fn current_exe() -> Self {
         Self {
             program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")),
             args: vec!["process-shim".into()],
+        }
+    }
+
+    /// The `shoal-process-shim` binary beside this executable when there is one (small: a
+    /// task starts in about a millisecond), else [`ShimCommand::current_exe`] (the whole
+    /// `shoal` binary loads for every task start).
+    pub fn beside_current_exe() -> Self {
+        let sibling = std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name(SHIM_BINARY))
+            .filter(|path| path.is_file());
+        match sibling {
+            Some(program) => Self {
+                program,
+                args: Vec::new(),
+            },
+            None => Self::current_exe(),
         }
     }
 }
@@ -126,7 +146,7 @@ pub struct ProcessConfig {
     pub cgroup_root: PathBuf,
     /// The cgroup, under the root, that holds one cgroup per task with limits (`shoal`).
     pub cgroup_parent: String,
-    /// What runs each task's shim (default [`ShimCommand::current_exe`]).
+    /// What runs each task's shim (default [`ShimCommand::beside_current_exe`]).
     pub shim: ShimCommand,
 }
 
@@ -138,7 +158,7 @@ impl ProcessConfig {
             poll_interval: Duration::from_millis(100),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: "shoal".into(),
-            shim: ShimCommand::current_exe(),
+            shim: ShimCommand::beside_current_exe(),
         }
     }
 }

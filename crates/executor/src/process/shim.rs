@@ -77,7 +77,8 @@ pub const SHIM_LOG: &str = "shim.log";
 /// How long the pipes are still read after the task process has ended.
 pub const DRAIN: Duration = Duration::from_secs(1);
 
-/// How often the shim checks whether its child has ended while the pipes are quiet.
+/// How often the shim checks whether its child has ended while the pipes are quiet, where
+/// the kernel offers no pidfd to wait on (and while draining after the exit).
 const CHILD_POLL: Duration = Duration::from_millis(50);
 
 /// What the shim is told to do.
@@ -461,6 +462,18 @@ fn write(writer: &mut Option<LogWriter>, stream: LogStream, full: bool, data: &[
     }
 }
 
+/// A pidfd of `pid` (our child, not yet waited for, so its PID cannot have been reused), or
+/// `None` where the kernel has no `pidfd_open`.
+fn open_pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor was just opened and is owned by nobody else.
+    Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as libc::c_int) })
+}
+
 /// Copies the task's output into the log until the task has ended and its pipes are closed
 /// (or [`DRAIN`] has passed since it ended). Returns how it ended.
 fn pump(child: &mut Child, writer: &mut Option<LogWriter>) -> ExitStatus {
@@ -483,6 +496,10 @@ fn pump(child: &mut Child, writer: &mut Option<LogWriter>) -> ExitStatus {
         },
     ];
     let mut buf = vec![0u8; 64 << 10];
+    // A pidfd becomes readable when the task exits: the shim then sleeps in poll until there
+    // is output or an exit, instead of waking every CHILD_POLL (kernels before 5.3 have none,
+    // and get the polling).
+    let pidfd = open_pidfd(child.id());
     let mut status: Option<ExitStatus> = None;
     let mut deadline: Option<Instant> = None;
     loop {
@@ -509,9 +526,10 @@ fn pump(child: &mut Child, writer: &mut Option<LogWriter>) -> ExitStatus {
                 if left.is_zero() {
                     break;
                 }
-                left.min(CHILD_POLL)
+                left.min(CHILD_POLL).as_millis() as libc::c_int
             }
-            None => CHILD_POLL,
+            None if pidfd.is_some() => -1,
+            None => CHILD_POLL.as_millis() as libc::c_int,
         };
         let mut fds: Vec<libc::pollfd> = open
             .iter()
@@ -521,14 +539,17 @@ fn pump(child: &mut Child, writer: &mut Option<LogWriter>) -> ExitStatus {
                 revents: 0,
             })
             .collect();
+        if status.is_none()
+            && let Some(pidfd) = &pidfd
+        {
+            fds.push(libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         // SAFETY: fds is a valid array of fds.len() pollfd structures.
-        let ready = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                timeout.as_millis() as libc::c_int,
-            )
-        };
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if ready < 0 {
             let error = io::Error::last_os_error();
             if error.kind() != io::ErrorKind::Interrupted {
