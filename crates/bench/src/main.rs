@@ -6,9 +6,11 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod heartbeats;
 mod raft;
 mod report;
 mod store;
+mod taskstart;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,10 @@ enum Scenario {
     Store(store::Args),
     /// Raft-committed writes (S2): transactions/s and latency by writers, batches, failover.
     Raft(raft::Args),
+    /// Heartbeat and session load on one manager (S4): CPU and memory per agent, p99, DOWN marks.
+    Heartbeats(heartbeats::Args),
+    /// Task start on the agent (S8): process and docker executors against the runtime's floor.
+    Taskstart(taskstart::Args),
 }
 
 fn main() {
@@ -41,6 +47,8 @@ fn main() {
     let report = match cli.scenario {
         Scenario::Store(args) => store::run(args),
         Scenario::Raft(args) => raft::run(args),
+        Scenario::Heartbeats(args) => heartbeats::run(args),
+        Scenario::Taskstart(args) => taskstart::run(args),
     };
     if cli.json {
         println!("{}", report.to_json());
