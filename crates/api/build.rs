@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     let descriptors = protox::compile(&files, ["proto"])?;
     tonic_prost_build::configure()
+        // prost messages with small per-call buffers (src/codec.rs).
+        .codec_path("crate::codec::ShoalCodec")
         // BTreeMap keeps map fields in key order, so equal objects encode to equal bytes.
         .btree_map(".")
         // TaskSpec is shared between the tasks of a service (src/shared.rs).

@@ -14,6 +14,7 @@
 //! - [`shared`] makes `TaskSpec` a shared, copy-on-write handle: tasks of a service share one.
 
 pub mod clock;
+pub mod codec;
 pub mod defaults;
 pub mod id;
 pub mod labels;

@@ -60,9 +60,11 @@
 //! what the real agent (`shoal_node::agent`) does: a first heartbeat at once, then one each
 //! time the period the dispatcher's last answer named (jittered by the dispatcher) has
 //! passed, with a 5 s timeout per heartbeat (unlike the real agent, one that times out does
-//! not end the session: the agent beats again at once and lets the manager decide). Session
-//! messages (node updates) are read and counted. Agents run no tasks: they open no
-//! `Assignments` stream.
+//! not end the session: the agent beats again at once and lets the manager decide). Like the
+//! real agent, each sends its beats as messages on one `Dispatcher.HeartbeatStream`; with
+//! `--unary` each beat is a `Dispatcher.Heartbeat` call instead (SwarmKit's way), to compare
+//! the two. Session messages (node updates) are read and counted. Agents run no tasks: they
+//! open no `Assignments` stream.
 //!
 //! The period is changed between windows with `Control.UpdateCluster`
 //! (`spec.dispatcher.heartbeat_period`); a window starts once every agent has been told the
@@ -115,6 +117,10 @@ pub struct Args {
     /// window; polls cost the manager CPU that the window counts).
     #[arg(long, default_value_t = 0.0)]
     poll_interval: f64,
+    /// Send each heartbeat as a unary `Heartbeat` call, as SwarmKit's agents do, instead of
+    /// as a message on the `HeartbeatStream` the real agent keeps open (for comparing the two).
+    #[arg(long)]
+    unary: bool,
     /// The `shoal` binary (default: next to this one).
     #[arg(long)]
     shoal_bin: Option<PathBuf>,
@@ -412,6 +418,8 @@ impl Control {
 
 /// What the agents report, shared.
 struct Shared {
+    /// Heartbeats go as unary calls rather than on a stream.
+    unary: bool,
     /// Heartbeat latencies are recorded (in µs) only while this is set.
     recording: AtomicBool,
     latencies: Mutex<Vec<u32>>,
@@ -438,8 +446,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(n: usize) -> Self {
+    fn new(n: usize, unary: bool) -> Self {
         Shared {
+            unary,
             recording: AtomicBool::new(false),
             latencies: Mutex::new(Vec::new()),
             beats: AtomicU64::new(0),
@@ -512,6 +521,59 @@ async fn open(
     Ok((stream, first.session_id))
 }
 
+/// Sends an agent's heartbeats: on a `HeartbeatStream`, as the real agent does, or (with
+/// `--unary`) as one `Heartbeat` call each.
+struct Beater {
+    client: DispatcherClient<Channel>,
+    session_id: String,
+    stream: Option<(
+        tokio::sync::mpsc::Sender<HeartbeatRequest>,
+        tonic::Streaming<shoal_api::v1::HeartbeatResponse>,
+    )>,
+}
+
+impl Beater {
+    async fn open(
+        mut client: DispatcherClient<Channel>,
+        session_id: String,
+        unary: bool,
+    ) -> Result<Self, tonic::Status> {
+        let stream = if unary {
+            None
+        } else {
+            let (beats, requests) = tokio::sync::mpsc::channel(1);
+            let answers = client
+                .heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
+                .await?
+                .into_inner();
+            Some((beats, answers))
+        };
+        Ok(Self {
+            client,
+            session_id,
+            stream,
+        })
+    }
+
+    async fn beat(&mut self) -> Result<shoal_api::v1::HeartbeatResponse, tonic::Status> {
+        let request = HeartbeatRequest {
+            session_id: self.session_id.clone(),
+        };
+        match &mut self.stream {
+            None => self.client.heartbeat(request).await.map(|r| r.into_inner()),
+            Some((beats, answers)) => {
+                beats
+                    .send(request)
+                    .await
+                    .map_err(|_| tonic::Status::unavailable("the heartbeat stream closed"))?;
+                answers.message().await?.ok_or_else(|| {
+                    tonic::Status::unavailable("the manager closed the heartbeat stream")
+                })
+            }
+        }
+    }
+}
+
 /// One simulated agent: its connection; then, once `go`, a session and heartbeats at the
 /// period the dispatcher names, until `stop`. A connect permit is held while connecting, and
 /// again from opening the session until the first heartbeat is answered.
@@ -567,19 +629,16 @@ async fn agent(
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     };
-    let beat = async |client: &mut DispatcherClient<Channel>| {
-        tokio::time::timeout(
-            timeout,
-            client.heartbeat(HeartbeatRequest {
-                session_id: session_id.clone(),
-            }),
-        )
-        .await
+    let mut beater = match Beater::open(client.clone(), session_id.clone(), shared.unary).await {
+        Ok(b) => b,
+        Err(s) => return fail(format!("heartbeat stream: {}", s.message())),
+    };
+    let mut beat = async |_: &mut DispatcherClient<Channel>| {
+        tokio::time::timeout(timeout, beater.beat()).await
     };
     // The first heartbeat at once, as the real agent: its answer names the period.
     let mut period = match beat(&mut client).await {
         Ok(Ok(r)) => r
-            .into_inner()
             .period
             .map(|p| shoal_api::validation::to_std_duration(&p))
             .unwrap_or(shoal_api::defaults::HEARTBEAT_PERIOD),
@@ -624,7 +683,7 @@ async fn agent(
                                 .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
                         }
                         shared.beats.fetch_add(1, Ordering::Relaxed);
-                        if let Some(p) = r.into_inner().period {
+                        if let Some(p) = r.period {
                             period = shoal_api::validation::to_std_duration(&p)
                                 .max(Duration::from_millis(100));
                             shared.periods[i].store(period.as_millis() as u64, Ordering::Relaxed);
@@ -889,7 +948,7 @@ async fn level(
         "{n} connections (mutual TLS, HTTP/2), {} opened at a time",
         args.concurrency
     ));
-    let shared = Arc::new(Shared::new(n));
+    let shared = Arc::new(Shared::new(n, args.unary));
     let permits = Arc::new(Semaphore::new(args.concurrency));
     let (stop, stop_rx) = watch::channel(false);
     let (go, go_rx) = watch::channel(false);

@@ -11,8 +11,12 @@
 //! called from and the description it sent. The answer is a stream: first a `SessionMessage`
 //! with the session ID, the node, the managers (Raft members, weight 10) and the cluster's
 //! root certificate; then a new message (same session ID) whenever the Node object changes in
-//! the store or the list of managers changes. The agent then calls `Dispatcher.Heartbeat`
-//! with its session ID; each heartbeat moves the session's deadline to
+//! the store or the list of managers changes. The agent then sends heartbeats with its
+//! session ID — as messages on one `Dispatcher.HeartbeatStream` per session (a unary
+//! `Dispatcher.Heartbeat` call per beat, SwarmKit's way, is served too, and costs the manager
+//! a new HTTP/2 stream with headers and trailers each time: see docs/BENCHMARKS.md, S4). A
+//! heartbeat stream carries one session's beats and ends when that session does. Each
+//! heartbeat moves the session's deadline to
 //! now + period × [`GRACE_PERIOD_MULTIPLIER_NORMAL`] and tells the agent when to beat next:
 //! the period (the cluster spec's `dispatcher.heartbeat_period`, else [`HEARTBEAT_PERIOD`])
 //! moved at random by up to ± [`HEARTBEAT_EPSILON`], so that agents started together do not
@@ -272,7 +276,7 @@ use shoal_store::{
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::authorize::{Access, Authorizer};
 use crate::status::store_status;
@@ -553,6 +557,18 @@ impl Sessions {
         }
         entry.deadline = now + grace;
         Ok(())
+    }
+
+    /// A receiver that sees `session_id` end, if it is the node's current session.
+    fn watch_end(
+        &self,
+        node_id: &str,
+        session_id: &str,
+    ) -> Option<watch::Receiver<Option<EndReason>>> {
+        match self.nodes.get(node_id).and_then(|e| e.live.as_ref()) {
+            Some(live) if live.id == session_id => Some(live.signal.0.subscribe()),
+            _ => None,
+        }
     }
 
     /// The agent of `session_id` dropped its stream. If that is still the node's session, it
@@ -1408,7 +1424,103 @@ impl Dispatcher {
     }
 }
 
+/// One agent's heartbeat stream: answers each beat as [`Dispatcher::heartbeat`] would, and
+/// ends (with an error saying why) when the session its beats name ends — so a stream never
+/// outlives its session, and the dispatcher's stop ends it with the sessions.
+struct HeartbeatBeats {
+    inner: Arc<Inner>,
+    caller: NodeIdentity,
+    incoming: Streaming<HeartbeatRequest>,
+    /// The session the beats name, once the first was accepted, and its end.
+    session: Option<(String, watch::Receiver<Option<EndReason>>)>,
+    done: bool,
+}
+
+impl HeartbeatBeats {
+    async fn next(mut self) -> Option<(Result<HeartbeatResponse, Status>, Self)> {
+        if self.done {
+            return None;
+        }
+        let ended = match &mut self.session {
+            Some((id, ended)) => tokio::select! {
+                message = self.incoming.message() => Ok(message),
+                reason = ended.wait_for(Option::is_some) => {
+                    let reason = reason.map(|r| *r).ok().flatten().unwrap_or(EndReason::Abandoned);
+                    Err(format!(
+                        "session {id} of node {} ended ({reason:?}); open a new session",
+                        self.caller.node_id
+                    ))
+                }
+            },
+            None => Ok(self.incoming.message().await),
+        };
+        let message = match ended {
+            Ok(message) => message,
+            Err(why) => {
+                self.done = true;
+                return Some((Err(Status::not_found(why)), self));
+            }
+        };
+        // The agent closed its side, or the connection broke: nothing more to answer.
+        let request = message.ok().flatten()?;
+        let answer = self.answer(&request.session_id);
+        self.done = answer.is_err();
+        Some((answer, self))
+    }
+
+    fn answer(&mut self, session_id: &str) -> Result<HeartbeatResponse, Status> {
+        if let Some((id, _)) = &self.session
+            && id != session_id
+        {
+            return Err(Status::invalid_argument(format!(
+                "a heartbeat stream carries the beats of one session ({id}), not of {session_id}"
+            )));
+        }
+        // The certificate was checked when the stream opened; a stream can outlive its dates.
+        if self.caller.not_after < SystemTime::now() {
+            return Err(Status::unauthenticated(format!(
+                "the certificate of node {} has expired; renew it and reconnect",
+                self.caller.node_id
+            )));
+        }
+        self.inner.require_leader()?;
+        let response = self.inner.beat(&self.caller.node_id, session_id)?;
+        if self.session.is_none() {
+            let ended = self
+                .inner
+                .sessions()
+                .watch_end(&self.caller.node_id, session_id);
+            if let Some(ended) = ended {
+                self.session = Some((session_id.to_string(), ended));
+            }
+        }
+        Ok(response)
+    }
+}
+
 impl Inner {
+    /// Takes one heartbeat of `node_id`'s session `session_id`: moves its deadline, and
+    /// answers with the (jittered) period to beat at.
+    fn beat(&self, node_id: &str, session_id: &str) -> Result<HeartbeatResponse, Status> {
+        let period = self.period();
+        let now = self.clock.now();
+        let result = {
+            let mut sessions = self.sessions();
+            sessions.set_period(period);
+            sessions.heartbeat(node_id, session_id, now)
+        };
+        match result {
+            // The deadline above uses the exact period; only the answer is jittered.
+            Ok(()) => Ok(HeartbeatResponse {
+                period: Some(proto_duration(jittered(period, random_u64()))),
+            }),
+            Err(SessionError::Stopped) => Err(shutting_down()),
+            Err(e) => Err(Status::not_found(format!(
+                "session {session_id} of node {node_id} is not current: {e}; open a new session"
+            ))),
+        }
+    }
+
     fn sessions(&self) -> MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -2266,24 +2378,29 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         let caller = inner.caller(&request)?;
         let session_id = request.into_inner().session_id;
         inner.require_leader()?;
-        let period = inner.period();
-        let now = inner.clock.now();
-        let result = {
-            let mut sessions = inner.sessions();
-            sessions.set_period(period);
-            sessions.heartbeat(&caller.node_id, &session_id, now)
+        inner.beat(&caller.node_id, &session_id).map(Response::new)
+    }
+
+    type HeartbeatStreamStream = BoxStream<'static, Result<HeartbeatResponse, Status>>;
+
+    async fn heartbeat_stream(
+        &self,
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStreamStream>, Status> {
+        let inner = self.inner.clone();
+        let caller = inner.caller(&request)?;
+        inner.require_leader()?;
+        let beats = HeartbeatBeats {
+            inner,
+            caller,
+            incoming: request.into_inner(),
+            session: None,
+            done: false,
         };
-        match result {
-            // The deadline above uses the exact period; only the answer is jittered.
-            Ok(()) => Ok(Response::new(HeartbeatResponse {
-                period: Some(proto_duration(jittered(period, random_u64()))),
-            })),
-            Err(SessionError::Stopped) => Err(shutting_down()),
-            Err(e) => Err(Status::not_found(format!(
-                "session {session_id} of node {} is not current: {e}; open a new session",
-                caller.node_id
-            ))),
-        }
+        Ok(Response::new(Box::pin(stream::unfold(
+            beats,
+            HeartbeatBeats::next,
+        ))))
     }
 
     async fn update_task_status(
@@ -3483,6 +3600,127 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
+    }
+
+    /// Heartbeats as messages on one stream: each is answered with the period; a beat naming
+    /// another session is refused and ends the stream; the stream ends when its session does
+    /// (here: replaced by a newer one), and when the dispatcher stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heartbeats_on_a_stream_follow_their_session() {
+        let f = fixture().await;
+        let task = f.dispatcher.start_with_interval(NEVER);
+        f.swept(1).await;
+        let peer = f
+            .request((), &f.node_id)
+            .extensions()
+            .get::<shoal_tls::PeerInfo>()
+            .cloned()
+            .unwrap();
+        let service = dispatcher_server::DispatcherServer::with_interceptor(
+            f.dispatcher.clone(),
+            move |mut request: Request<()>| {
+                request.extensions_mut().insert(peer.clone());
+                Ok(request)
+            },
+        );
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        let mut client =
+            shoal_api::v1::dispatcher_client::DispatcherClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+        let open_session =
+            async |client: &mut shoal_api::v1::dispatcher_client::DispatcherClient<
+                tonic::transport::Channel,
+            >| {
+                let mut stream = client
+                    .session(SessionRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let first = timeout(Duration::from_secs(10), stream.message())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                (stream, first.session_id)
+            };
+        let open_beats = async |client: &mut shoal_api::v1::dispatcher_client::DispatcherClient<
+            tonic::transport::Channel,
+        >| {
+            let (beats, requests) = tokio::sync::mpsc::channel::<HeartbeatRequest>(4);
+            let answers = client
+                .heartbeat_stream(futures_util::stream::unfold(requests, |mut r| async {
+                    r.recv().await.map(|m| (m, r))
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            (beats, answers)
+        };
+        let beat = |id: &str| HeartbeatRequest {
+            session_id: id.into(),
+        };
+
+        let (_session, id) = open_session(&mut client).await;
+        let (beats, mut answers) = open_beats(&mut client).await;
+        for _ in 0..3 {
+            let before = f.dispatcher.inner.sessions().nodes[&f.node_id].deadline;
+            f.clock.advance(Duration::from_secs(1));
+            beats.send(beat(&id)).await.unwrap();
+            let answer = timeout(Duration::from_secs(10), answers.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert!(answer.period.is_some());
+            let after = f.dispatcher.inner.sessions().nodes[&f.node_id].deadline;
+            assert!(after > before, "the beat moved the deadline");
+        }
+        // Another session's beat on this stream: refused, and the stream ends.
+        beats.send(beat("someone-else")).await.unwrap();
+        let refused = timeout(Duration::from_secs(10), answers.message())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+        // A stream whose session is replaced ends, saying so, without a beat being sent.
+        let (beats, mut answers) = open_beats(&mut client).await;
+        beats.send(beat(&id)).await.unwrap();
+        timeout(Duration::from_secs(10), answers.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let (_newer, newer_id) = open_session(&mut client).await;
+        let ended = timeout(Duration::from_secs(10), answers.message())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::NotFound);
+        assert!(ended.message().contains("Replaced"), "{}", ended.message());
+
+        // The dispatcher stopping ends a stream too.
+        let (beats, mut answers) = open_beats(&mut client).await;
+        beats.send(beat(&newer_id)).await.unwrap();
+        timeout(Duration::from_secs(10), answers.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        task.stop().await;
+        let stopped = timeout(Duration::from_secs(10), answers.message())
+            .await
+            .unwrap();
+        assert!(stopped.is_err(), "{stopped:?}");
+        server.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! The agent's side of the dispatcher: a session with the leader, kept alive with
-//! heartbeats.
+//! heartbeats (messages on a `HeartbeatStream` next to the session; unary calls with a
+//! manager too old to have one).
 //!
 //! Every node — worker or manager — keeps one session open with the dispatcher of the Raft
 //! leader (a follower answers with the leader's address, which the agent follows). The
@@ -316,6 +317,21 @@ impl Agent {
                     .unwrap_or_else(|| SessionEnd::Retry(status.message().to_string()));
             }
         };
+        // Heartbeats go as messages on one stream (a managers of an older version without it
+        // gets unary calls).
+        let (beats, beat_requests) = tokio::sync::mpsc::channel::<HeartbeatRequest>(1);
+        let mut answers = match client
+            .heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(beat_requests))
+            .await
+        {
+            Ok(stream) => Some(stream.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unimplemented => None,
+            Err(status) => {
+                return removed(&status)
+                    .map(SessionEnd::Removed)
+                    .unwrap_or_else(|| SessionEnd::Retry(status.message().to_string()));
+            }
+        };
         self.session.set(Some((client.clone(), session_id.clone())));
         // Whatever ends this session, status reports wait for the next one.
         let _clear = ClearOnDrop(&self.session);
@@ -377,14 +393,29 @@ impl Agent {
                     }
                 }
                 () = tokio::time::sleep_until(next_beat) => {
+                    let request = HeartbeatRequest { session_id: session_id.clone() };
                     let beat = tokio::time::timeout(
                         shoal_api::defaults::DISPATCHER_RPC_TIMEOUT,
-                        client.heartbeat(HeartbeatRequest { session_id: session_id.clone() }),
+                        async {
+                            let Some(answers) = &mut answers else {
+                                return client.heartbeat(request).await.map(|r| r.into_inner());
+                            };
+                            if beats.send(request).await.is_err() {
+                                return Err(tonic::Status::unavailable("the heartbeat stream closed"));
+                            }
+                            match answers.message().await {
+                                Ok(Some(response)) => Ok(response),
+                                Ok(None) => Err(tonic::Status::unavailable(
+                                    "the manager closed the heartbeat stream",
+                                )),
+                                Err(status) => Err(status),
+                            }
+                        },
                     )
                     .await;
                     match beat {
                         Ok(Ok(response)) => {
-                            if let Some(p) = response.into_inner().period {
+                            if let Some(p) = response.period {
                                 period = shoal_api::validation::to_std_duration(&p)
                                     .max(Duration::from_millis(100));
                             }
