@@ -13,6 +13,8 @@ pub mod cluster;
 pub mod controlapi;
 pub mod dispatcher;
 pub mod logbroker;
+pub mod orchestrator;
+pub mod scheduler;
 mod status;
 
 pub use status::store_status;

@@ -1,0 +1,429 @@
+//! The orchestrator: the leader's loop that turns services into tasks on nodes, and keeps
+//! them there.
+//!
+//! While this manager leads, [`Orchestrator`] runs *rounds*. A round reads the whole store
+//! (services, tasks, nodes), asks the pure decision cores what should change, and writes the
+//! changes in one transaction:
+//!
+//! 1. **Replicated services** ([`replicated::reconcile`]): tasks created for empty slots,
+//!    stopped above the replica count, replaced when they ended (restart policy) or their
+//!    node was lost. A task created to restart another is held at desired state READY until
+//!    its restart delay has passed, then set to RUNNING.
+//! 2. **Deleted services**: their tasks are told to stop, and removed from the store once
+//!    they have stopped (or never reached a node).
+//! 3. **Scheduling** ([`crate::scheduler`]): tasks without a node get one (status ASSIGNED),
+//!    or stay PENDING with the reason no node fits — recorded only when it changes, so a
+//!    round that changes nothing writes nothing.
+//!
+//! Rounds are level-triggered: one runs when leadership is gained, after every change of a
+//! service, task or node in the store (changes that arrive together make one round), and
+//! when a restart delay ends. Whatever a round decides is computed from the state it read, so
+//! a new leader converges from whatever the old one left; a write that conflicts with a
+//! concurrent one is simply redone by the next round. Every decision is a function of the
+//! store, except the restart delays' start times, which a new leader takes as "now".
+//!
+//! Invariants: the orchestrator writes only on the leader (a write elsewhere fails and the
+//! loop waits for leadership again); a round that finds nothing to change writes nothing, so
+//! its own writes cannot make it spin.
+//!
+//! Not yet (later parts of the orchestration issue): global services and jobs, rolling
+//! updates, restart max attempts and windows, the task-history reaper, the constraint
+//! enforcer. Departure from SwarmKit: one loop and one transaction per round instead of an
+//! orchestrator, a restart supervisor, a task reaper and a scheduler each watching the store
+//! on its own; simpler to reason about, and incremental updates can come when the benchmarks
+//! ask for them.
+
+pub mod replicated;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api::task_state::is_terminal;
+use shoal_api::v1::{Meta, Node, ObjectKind, Service, Task, TaskState, TaskStatus};
+use shoal_raft::RaftHandle;
+
+use crate::dispatcher::Leadership;
+use shoal_store::{By, Filter, Reader, Store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::scheduler::{Decision, Scheduler};
+use replicated::Change;
+
+/// How long a round waits, at most, when nothing happens (a safety net: rounds are driven by
+/// store changes and timers).
+const IDLE_ROUND: Duration = Duration::from_secs(10);
+
+/// The leader's orchestrator. [`Orchestrator::start`] spawns its loop; the returned
+/// [`OrchestratorTask`] stops it.
+pub struct Orchestrator {
+    store: Store,
+    leadership: Arc<dyn Leadership>,
+    scheduler: Scheduler,
+    /// Tasks held at desired READY until their restart delay ends.
+    delayed: HashMap<String, Instant>,
+}
+
+/// The running orchestrator loop; [`OrchestratorTask::stop`] ends it and waits.
+pub struct OrchestratorTask {
+    stop: watch::Sender<bool>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl OrchestratorTask {
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(join) = self.join.take() {
+            let _ = join.await;
+        }
+    }
+}
+
+impl Drop for OrchestratorTask {
+    fn drop(&mut self) {
+        if let Some(join) = self.join.take() {
+            join.abort();
+        }
+    }
+}
+
+fn id_of<T: HasMeta>(object: &T) -> &str {
+    object.meta().map(|m| m.id.as_str()).unwrap_or("")
+}
+
+trait HasMeta {
+    fn meta(&self) -> Option<&Meta>;
+}
+
+impl HasMeta for Task {
+    fn meta(&self) -> Option<&Meta> {
+        self.meta.as_ref()
+    }
+}
+
+impl HasMeta for Service {
+    fn meta(&self) -> Option<&Meta> {
+        self.meta.as_ref()
+    }
+}
+
+fn state_of(task: &Task) -> TaskState {
+    task.status
+        .as_ref()
+        .and_then(|s| TaskState::try_from(s.state).ok())
+        .unwrap_or(TaskState::New)
+}
+
+fn now() -> prost_types::Timestamp {
+    use shoal_api::clock::Clock;
+    shoal_api::clock::SystemClock.timestamp()
+}
+
+/// A new task for `slot` of `service`, wanted RUNNING (or READY while a restart delay runs).
+fn new_task(service: &Service, slot: u64, desired: TaskState) -> Task {
+    let spec = service.spec.as_ref();
+    Task {
+        meta: Some(Meta {
+            id: shoal_api::id::new_id(),
+            ..Default::default()
+        }),
+        spec: spec.and_then(|s| s.task.clone()),
+        spec_version: service.spec_version,
+        service_id: id_of(service).to_string(),
+        slot,
+        service_annotations: spec.and_then(|s| s.annotations.clone()).map(Box::new),
+        status: Some(TaskStatus {
+            timestamp: Some(now()),
+            state: TaskState::New as i32,
+            message: "created".into(),
+            ..Default::default()
+        }),
+        desired_state: desired as i32,
+        ..Default::default()
+    }
+}
+
+/// What one round writes.
+#[derive(Default)]
+struct Writes {
+    create: Vec<Task>,
+    /// Task ID → (new desired state, status message if it changes, node to assign).
+    update: Vec<Task>,
+    delete: Vec<String>,
+}
+
+impl Writes {
+    fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+    }
+}
+
+impl Orchestrator {
+    pub fn new(store: Store, raft: RaftHandle) -> Self {
+        Self::with_leadership(store, Arc::new(raft))
+    }
+
+    pub(crate) fn with_leadership(store: Store, leadership: Arc<dyn Leadership>) -> Self {
+        Self {
+            store,
+            leadership,
+            scheduler: Scheduler::new(),
+            delayed: HashMap::new(),
+        }
+    }
+
+    /// Spawns the loop on the current runtime.
+    pub fn start(self) -> OrchestratorTask {
+        let (stop, stopped) = watch::channel(false);
+        let join = tokio::spawn(self.run(stopped));
+        OrchestratorTask {
+            stop,
+            join: Some(join),
+        }
+    }
+
+    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+        let mut status = self.leadership.watch();
+        loop {
+            // Wait to lead.
+            // (The `Ref`s `wait_for` returns are dropped inside the blocks: they are not Send.)
+            tokio::select! {
+                () = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+                led = async { status.wait_for(|s| s.is_leader).await.is_ok() } => if !led { return },
+            }
+            tracing::info!("orchestrator: leading; converging services");
+            self.delayed.clear();
+            self.lead(&mut stopped, &mut status).await;
+            if *stopped.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Runs rounds while this manager leads.
+    async fn lead(
+        &mut self,
+        stopped: &mut watch::Receiver<bool>,
+        status: &mut watch::Receiver<shoal_raft::RaftStatus>,
+    ) {
+        let filter = Filter::all()
+            .kind(ObjectKind::Service)
+            .kind(ObjectKind::Task)
+            .kind(ObjectKind::Node);
+        let mut changes = self.store.watch(filter.clone());
+        loop {
+            if !status.borrow().is_leader || *stopped.borrow() {
+                return;
+            }
+            if let Err(error) = self.round().await {
+                tracing::debug!("orchestrator: round failed ({error}); trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let wake = self
+                .delayed
+                .values()
+                .min()
+                .copied()
+                .unwrap_or_else(|| Instant::now() + IDLE_ROUND);
+            tokio::select! {
+                () = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+                () = async { let _ = status.wait_for(|s| !s.is_leader).await; } => return,
+                () = tokio::time::sleep_until(wake) => {}
+                event = changes.next() => {
+                    if event.is_err() {
+                        // Lagged or reset: read everything again (each round does).
+                        changes = self.store.watch(filter.clone());
+                    }
+                    // Take whatever else has arrived, so that a burst makes one round.
+                    while let Ok(Ok(_)) =
+                        tokio::time::timeout(Duration::ZERO, changes.next()).await
+                    {}
+                }
+            }
+        }
+    }
+
+    /// One round: decide from the store, write the decisions.
+    async fn round(&mut self) -> shoal_store::Result<()> {
+        let (services, tasks, nodes) = self.store.view(|tx| {
+            (
+                tx.find::<Service>(By::All),
+                tx.find::<Task>(By::All),
+                tx.find::<Node>(By::All),
+            )
+        });
+        let nodes_by_id: HashMap<String, Arc<Node>> = nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+                    n.clone(),
+                )
+            })
+            .collect();
+        let mut by_service: HashMap<&str, Vec<Arc<Task>>> = HashMap::new();
+        for task in &tasks {
+            by_service
+                .entry(task.service_id.as_str())
+                .or_default()
+                .push(task.clone());
+        }
+        let mut writes = Writes::default();
+        let now_instant = Instant::now();
+        let mut created_pending: Vec<Task> = Vec::new();
+
+        // 1. Services.
+        for service in &services {
+            let own = by_service
+                .get(id_of(&**service))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            for change in replicated::reconcile(service, own, &nodes_by_id) {
+                match change {
+                    Change::Create { slot, delay } => {
+                        let desired = if delay.is_zero() {
+                            TaskState::Running
+                        } else {
+                            TaskState::Ready
+                        };
+                        let task = new_task(service, slot, desired);
+                        if !delay.is_zero() {
+                            self.delayed
+                                .insert(id_of(&task).to_string(), now_instant + delay);
+                        }
+                        created_pending.push(task);
+                    }
+                    Change::Shutdown { task_id, reason } => {
+                        if let Some(task) = own.iter().find(|t| id_of(&***t) == task_id) {
+                            let mut task = (**task).clone();
+                            task.desired_state = TaskState::Shutdown as i32;
+                            tracing::debug!(task = %task_id, "orchestrator: stopping: {reason}");
+                            writes.update.push(task);
+                        }
+                    }
+                }
+            }
+        }
+
+        // 2. Tasks of deleted services: stop them, then remove them once stopped.
+        for task in &tasks {
+            if task.service_id.is_empty() || services.iter().any(|s| id_of(&**s) == task.service_id)
+            {
+                continue;
+            }
+            let stopped = is_terminal(state_of(task)) || task.node_id.is_empty();
+            if stopped {
+                writes.delete.push(id_of(&**task).to_string());
+            } else if task.desired_state < TaskState::Shutdown as i32 {
+                let mut task = (**task).clone();
+                task.desired_state = TaskState::Shutdown as i32;
+                writes.update.push(task);
+            }
+        }
+
+        // Restart delays: tasks held at READY start once their delay is over. A READY task
+        // this leader has no timer for (it was created by an earlier leader) gets one now.
+        for task in &tasks {
+            if task.desired_state != TaskState::Ready as i32 {
+                continue;
+            }
+            let id = id_of(&**task);
+            let due = *self
+                .delayed
+                .entry(id.to_string())
+                .or_insert_with(|| now_instant + replicated::DEFAULT_RESTART_DELAY);
+            if due <= now_instant && !writes.update.iter().any(|t| id_of(t) == id) {
+                let mut task = (**task).clone();
+                task.desired_state = TaskState::Running as i32;
+                writes.update.push(task);
+                self.delayed.remove(id);
+            }
+        }
+        self.delayed.retain(|id, _| {
+            tasks.iter().any(|t| id_of(&**t) == id)
+                || created_pending.iter().any(|t| id_of(t) == id)
+        });
+
+        // 3. Scheduling: the tasks without a node (existing and just created).
+        self.scheduler.reset(
+            nodes.iter().cloned(),
+            tasks.iter().filter(|t| !t.node_id.is_empty()).cloned(),
+        );
+        let mut pending: Vec<Arc<Task>> = tasks
+            .iter()
+            .filter(|t| {
+                t.node_id.is_empty()
+                    && t.desired_state <= TaskState::Running as i32
+                    && state_of(t) <= TaskState::Pending
+                    && !writes.update.iter().any(|u| id_of(u) == id_of(&***t))
+            })
+            .cloned()
+            .collect();
+        pending.extend(created_pending.drain(..).map(Arc::new));
+        let decisions = self.scheduler.schedule(&pending);
+        for (task, decision) in pending.iter().zip(decisions) {
+            let is_new = !tasks.iter().any(|t| id_of(&**t) == id_of(&**task));
+            let mut task = (**task).clone();
+            let changed = match decision {
+                Decision::Assign { node_id, .. } => {
+                    task.node_id = node_id;
+                    task.status = Some(TaskStatus {
+                        timestamp: Some(now()),
+                        state: TaskState::Assigned as i32,
+                        message: "scheduler assigned task to node".into(),
+                        ..Default::default()
+                    });
+                    true
+                }
+                Decision::NoSuitableNode { reason, .. } => {
+                    let current = task.status.clone().unwrap_or_default();
+                    let changed =
+                        current.state != TaskState::Pending as i32 || current.err != reason;
+                    if changed {
+                        task.status = Some(TaskStatus {
+                            timestamp: Some(now()),
+                            state: TaskState::Pending as i32,
+                            message: "pending task scheduling".into(),
+                            err: reason,
+                            ..Default::default()
+                        });
+                    }
+                    changed
+                }
+            };
+            if is_new {
+                writes.create.push(task);
+            } else if changed {
+                writes.update.push(task);
+            }
+        }
+
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let Writes {
+            create,
+            update,
+            delete,
+        } = writes;
+        self.store
+            .update(move |tx| {
+                for task in create {
+                    tx.create(task)?;
+                }
+                for task in update {
+                    tx.update(task)?;
+                }
+                for id in delete {
+                    tx.delete::<Task>(&id)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

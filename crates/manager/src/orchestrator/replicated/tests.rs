@@ -1,0 +1,222 @@
+use super::*;
+use shoal_api::v1::{
+    Meta, NodeSpec, NodeStatus, ReplicatedService, RestartPolicy, ServiceSpec, TaskStatus,
+};
+
+fn service(replicas: u64, restart: Option<RestartPolicy>) -> Service {
+    let task = shoal_api::shared::TaskSpecFields {
+        restart,
+        ..Default::default()
+    };
+    Service {
+        meta: Some(Meta {
+            id: "s1".into(),
+            ..Default::default()
+        }),
+        spec: Some(ServiceSpec {
+            task: Some(task.into()),
+            mode: Some(service_spec::Mode::Replicated(ReplicatedService {
+                replicas,
+            })),
+            ..Default::default()
+        }),
+        spec_version: 1,
+        ..Default::default()
+    }
+}
+
+fn task(id: &str, slot: u64, node: &str, state: TaskState, desired: TaskState) -> Arc<Task> {
+    Arc::new(Task {
+        meta: Some(Meta {
+            id: id.into(),
+            created_at: Some(prost_types::Timestamp {
+                seconds: id.len() as i64,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }),
+        service_id: "s1".into(),
+        slot,
+        node_id: node.into(),
+        desired_state: desired as i32,
+        status: Some(TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn node(id: &str, status: node_status::State, availability: node_spec::Availability) -> Arc<Node> {
+    Arc::new(Node {
+        meta: Some(Meta {
+            id: id.into(),
+            ..Default::default()
+        }),
+        spec: Some(NodeSpec {
+            availability: availability as i32,
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: status as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn nodes() -> HashMap<String, Arc<Node>> {
+    use node_spec::Availability::*;
+    use node_status::State::*;
+    [
+        node("up", Ready, Active),
+        node("down", Down, Active),
+        node("drained", Ready, Drain),
+        node("paused", Ready, Pause),
+    ]
+    .into_iter()
+    .map(|n| (n.meta.as_ref().unwrap().id.clone(), n))
+    .collect()
+}
+
+fn create(slot: u64) -> Change {
+    Change::Create {
+        slot,
+        delay: Duration::ZERO,
+    }
+}
+
+fn shutdowns(changes: &[Change]) -> Vec<&str> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Shutdown { task_id, .. } => Some(task_id.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn creates(changes: &[Change]) -> Vec<(u64, Duration)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Create { slot, delay } => Some((*slot, *delay)),
+            _ => None,
+        })
+        .collect()
+}
+
+use TaskState::{Assigned, Complete, Failed, Running, Shutdown};
+
+#[test]
+fn a_new_service_gets_one_task_per_slot() {
+    let changes = reconcile(&service(3, None), &[], &nodes());
+    assert_eq!(changes, vec![create(1), create(2), create(3)]);
+}
+
+#[test]
+fn running_tasks_hold_their_slots_and_missing_slots_are_filled() {
+    let tasks = [
+        task("a", 1, "up", Running, Running),
+        task("b", 3, "up", Assigned, Running),
+        // Told to stop already: it holds nothing.
+        task("c", 2, "up", Running, Shutdown),
+    ];
+    assert_eq!(
+        reconcile(&service(3, None), &tasks, &nodes()),
+        vec![create(2)]
+    );
+}
+
+#[test]
+fn scaling_down_stops_the_highest_slots() {
+    let tasks = [
+        task("a", 1, "up", Running, Running),
+        task("b", 2, "up", Running, Running),
+        task("c", 3, "up", Running, Running),
+        task("d", 4, "up", Failed, Running),
+    ];
+    let changes = reconcile(&service(2, None), &tasks, &nodes());
+    assert_eq!(shutdowns(&changes), ["d", "c"]);
+    assert!(creates(&changes).is_empty());
+}
+
+#[test]
+fn tasks_on_down_drained_or_removed_nodes_are_replaced_at_once() {
+    let tasks = [
+        task("a", 1, "down", Running, Running),
+        task("b", 2, "drained", Assigned, Running),
+        task("c", 3, "gone", Running, Running),
+        // Paused nodes keep their tasks.
+        task("d", 4, "paused", Running, Running),
+    ];
+    let changes = reconcile(&service(4, None), &tasks, &nodes());
+    assert_eq!(shutdowns(&changes), ["a", "b", "c"]);
+    // Moved off lost nodes: no restart delay.
+    assert_eq!(
+        creates(&changes),
+        [
+            (1, Duration::ZERO),
+            (2, Duration::ZERO),
+            (3, Duration::ZERO)
+        ]
+    );
+}
+
+#[test]
+fn ended_tasks_restart_as_the_policy_says() {
+    let ended = [
+        task("ok", 1, "up", Complete, Running),
+        task("bad", 2, "up", Failed, Running),
+    ];
+    // Default: any, 5 s.
+    let changes = reconcile(&service(2, None), &ended, &nodes());
+    assert_eq!(shutdowns(&changes), ["ok", "bad"]);
+    assert_eq!(
+        creates(&changes),
+        [(1, DEFAULT_RESTART_DELAY), (2, DEFAULT_RESTART_DELAY)]
+    );
+    let policy = |condition: restart_policy::Condition| {
+        Some(RestartPolicy {
+            condition: condition as i32,
+            delay: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+    };
+    // On failure: the completed task keeps its slot as it is.
+    let changes = reconcile(
+        &service(2, policy(restart_policy::Condition::OnFailure)),
+        &ended,
+        &nodes(),
+    );
+    assert_eq!(shutdowns(&changes), ["bad"]);
+    assert_eq!(creates(&changes), [(2, Duration::from_secs(1))]);
+    // None: nothing restarts, and nothing is created on later rounds either.
+    let changes = reconcile(
+        &service(2, policy(restart_policy::Condition::None)),
+        &ended,
+        &nodes(),
+    );
+    assert!(changes.is_empty(), "{changes:?}");
+}
+
+#[test]
+fn a_slot_with_two_holders_keeps_the_newest() {
+    let tasks = [
+        task("old", 1, "up", Running, Running),
+        task("newer", 1, "up", Assigned, Running),
+    ];
+    let changes = reconcile(&service(1, None), &tasks, &nodes());
+    assert_eq!(shutdowns(&changes), ["old"]);
+    assert!(creates(&changes).is_empty());
+}
+
+#[test]
+fn other_modes_are_left_alone() {
+    let mut global = service(1, None);
+    global.spec.as_mut().unwrap().mode = Some(service_spec::Mode::Global(Default::default()));
+    assert!(reconcile(&global, &[], &nodes()).is_empty());
+}

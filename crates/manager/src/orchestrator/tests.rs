@@ -1,0 +1,316 @@
+//! The orchestrator's loop on an in-memory store, with Raft's status stood in for: services
+//! become tasks on nodes, failures are restarted after their delay, scale-down and deletion
+//! stop tasks, deleted services' stopped tasks leave the store, and tasks no node can take
+//! stay PENDING saying why.
+
+use std::time::Duration;
+
+use shoal_api::shared::TaskSpecFields;
+use shoal_api::v1::{
+    ContainerSpec, NodeDescription, NodeSpec, NodeStatus, ProcessSpec, ReplicatedService,
+    RestartPolicy, ServiceSpec, node_spec, node_status, service_spec, task_spec,
+};
+use shoal_raft::RaftStatus;
+use tonic::Status;
+
+use super::*;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+struct FakeRaft(watch::Sender<RaftStatus>);
+
+impl Leadership for FakeRaft {
+    fn status(&self) -> RaftStatus {
+        self.0.borrow().clone()
+    }
+
+    fn watch(&self) -> watch::Receiver<RaftStatus> {
+        self.0.subscribe()
+    }
+
+    fn not_leader(&self) -> Status {
+        Status::failed_precondition("not the leader")
+    }
+}
+
+fn node(id: &str) -> Node {
+    Node {
+        meta: Some(Meta {
+            id: id.into(),
+            ..Default::default()
+        }),
+        spec: Some(NodeSpec {
+            availability: node_spec::Availability::Active as i32,
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: node_status::State::Ready as i32,
+            ..Default::default()
+        }),
+        description: Some(Box::new(NodeDescription {
+            hostname: id.into(),
+            runtimes: vec!["process".into()],
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn service(id: &str, replicas: u64, runtime: task_spec::Runtime) -> Service {
+    Service {
+        meta: Some(Meta {
+            id: id.into(),
+            ..Default::default()
+        }),
+        spec: Some(ServiceSpec {
+            annotations: Some(shoal_api::v1::Annotations {
+                name: id.into(),
+                ..Default::default()
+            }),
+            task: Some(
+                TaskSpecFields {
+                    runtime: Some(runtime),
+                    restart: Some(RestartPolicy {
+                        condition: shoal_api::v1::restart_policy::Condition::Any as i32,
+                        delay: Some(prost_types::Duration {
+                            seconds: 0,
+                            nanos: 200_000_000,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+                .into(),
+            ),
+            mode: Some(service_spec::Mode::Replicated(ReplicatedService {
+                replicas,
+            })),
+            ..Default::default()
+        }),
+        spec_version: 1,
+        ..Default::default()
+    }
+}
+
+fn process() -> task_spec::Runtime {
+    task_spec::Runtime::Process(Box::new(ProcessSpec {
+        command: "true".into(),
+        ..Default::default()
+    }))
+}
+
+async fn eventually<T>(what: &str, store: &Store, f: impl Fn(&[Arc<Task>]) -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        let tasks = store.view(|tx| tx.find::<Task>(By::All));
+        if let Some(v) = f(&tasks) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "timed out waiting for {what}; tasks: {:#?}",
+            tasks
+                .iter()
+                .map(|t| (
+                    id_of(&**t).to_string(),
+                    t.service_id.clone(),
+                    t.slot,
+                    t.node_id.clone(),
+                    t.desired_state,
+                    t.status.as_ref().map(|s| (s.state, s.err.clone()))
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn running(tasks: &[Arc<Task>], service: &str) -> Vec<Arc<Task>> {
+    tasks
+        .iter()
+        .filter(|t| t.service_id == service && t.desired_state == TaskState::Running as i32)
+        .cloned()
+        .collect()
+}
+
+async fn set_state(store: &Store, task: &Task, state: TaskState) {
+    let id = id_of(task).to_string();
+    store
+        .update(|tx| {
+            let mut task = (*tx.get::<Task>(&id).unwrap()).clone();
+            task.status = Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            });
+            tx.update(task)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_become_tasks_on_nodes_and_stay_so() {
+    let store = Store::new();
+    store
+        .update(|tx| {
+            tx.create(node("n1"))?;
+            tx.create(node("n2"))
+        })
+        .await
+        .unwrap();
+    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })));
+    let orchestrator = Orchestrator::with_leadership(store.clone(), raft.clone()).start();
+
+    // Two replicas: one task per slot, spread over both nodes, ASSIGNED.
+    store
+        .update(|tx| tx.create(service("web", 2, process())))
+        .await
+        .unwrap();
+    let tasks = eventually("two assigned tasks", &store, |tasks| {
+        let mine = running(tasks, "web");
+        (mine.len() == 2
+            && mine
+                .iter()
+                .all(|t| state_of(t) == TaskState::Assigned && !t.node_id.is_empty()))
+        .then_some(mine)
+    })
+    .await;
+    let mut slots: Vec<u64> = tasks.iter().map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, [1, 2]);
+    assert_ne!(tasks[0].node_id, tasks[1].node_id, "spread over the nodes");
+
+    // A task fails: it is stopped and replaced in its slot, after the restart delay.
+    let failed = tasks[0].clone();
+    set_state(&store, &failed, TaskState::Failed).await;
+    let replacement = eventually("a replacement held at READY", &store, |tasks| {
+        tasks
+            .iter()
+            .find(|t| {
+                t.slot == failed.slot
+                    && id_of(&***t) != id_of(&*failed)
+                    && t.desired_state == TaskState::Ready as i32
+            })
+            .cloned()
+    })
+    .await;
+    let stopped = store.view(|tx| tx.get::<Task>(id_of(&*failed))).unwrap();
+    assert_eq!(stopped.desired_state, TaskState::Shutdown as i32);
+    eventually("the replacement to be wanted RUNNING", &store, |tasks| {
+        tasks
+            .iter()
+            .any(|t| {
+                id_of(&**t) == id_of(&*replacement) && t.desired_state == TaskState::Running as i32
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Scale down to one: slot 2 stops.
+    store
+        .update(|tx| {
+            let mut s = (*tx.get::<Service>("web").unwrap()).clone();
+            s.spec.as_mut().unwrap().mode =
+                Some(service_spec::Mode::Replicated(ReplicatedService {
+                    replicas: 1,
+                }));
+            tx.update(s)
+        })
+        .await
+        .unwrap();
+    eventually("slot 2 to stop", &store, |tasks| {
+        let mine = running(tasks, "web");
+        (mine.len() == 1 && mine[0].slot == 1).then_some(())
+    })
+    .await;
+
+    // A service no node can run (containers on process-only nodes) stays PENDING, saying why.
+    store
+        .update(|tx| {
+            tx.create(service(
+                "db",
+                1,
+                task_spec::Runtime::Container(Box::new(ContainerSpec {
+                    image: "postgres".into(),
+                    ..Default::default()
+                })),
+            ))
+        })
+        .await
+        .unwrap();
+    let pending = eventually("a pending task", &store, |tasks| {
+        running(tasks, "db")
+            .into_iter()
+            .find(|t| state_of(t) == TaskState::Pending)
+    })
+    .await;
+    let err = pending.status.as_ref().unwrap().err.clone();
+    assert!(err.contains("no suitable node"), "{err}");
+    // A node that runs containers appears: the task is placed there.
+    store
+        .update(|tx| {
+            let mut n = node("n3");
+            n.description.as_mut().unwrap().runtimes = vec!["container".into()];
+            tx.create(n)
+        })
+        .await
+        .unwrap();
+    eventually("the pending task to be placed on n3", &store, |tasks| {
+        running(tasks, "db")
+            .iter()
+            .any(|t| t.node_id == "n3" && state_of(t) == TaskState::Assigned)
+            .then_some(())
+    })
+    .await;
+
+    // The service is deleted: its tasks stop, and leave the store once stopped.
+    store
+        .update(|tx| tx.delete::<Service>("web"))
+        .await
+        .unwrap();
+    let stopping = eventually("web's tasks to be told to stop", &store, |tasks| {
+        let mine: Vec<_> = tasks
+            .iter()
+            .filter(|t| t.service_id == "web")
+            .cloned()
+            .collect();
+        mine.iter()
+            .all(|t| t.desired_state >= TaskState::Shutdown as i32)
+            .then_some(mine)
+    })
+    .await;
+    for task in &stopping {
+        if !is_terminal(state_of(task)) && !task.node_id.is_empty() {
+            set_state(&store, task, TaskState::Shutdown).await;
+        }
+    }
+    eventually("web's tasks to be removed", &store, |tasks| {
+        (!tasks.iter().any(|t| t.service_id == "web")).then_some(())
+    })
+    .await;
+
+    // Losing leadership stops the rounds: nothing more is written.
+    raft.0.send_modify(|s| s.is_leader = false);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store
+        .update(|tx| tx.create(service("late", 1, process())))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        store
+            .view(|tx| tx.find::<Task>(By::Service("late")))
+            .is_empty(),
+        "a follower created tasks"
+    );
+    // Leading again: it converges.
+    raft.0.send_modify(|s| s.is_leader = true);
+    eventually("the late service's task", &store, |tasks| {
+        (running(tasks, "late").len() == 1).then_some(())
+    })
+    .await;
+    orchestrator.stop().await;
+}
