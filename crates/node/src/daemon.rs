@@ -22,6 +22,7 @@ use shoal_manager::ca_server::CaServer as CaServerImpl;
 use shoal_manager::controlapi::ControlApi;
 use shoal_manager::dispatcher::Dispatcher;
 use shoal_manager::logbroker::LogBroker;
+use shoal_manager::orchestrator::Orchestrator;
 use shoal_raft::service::LEADER_ADDR_METADATA;
 use shoal_raft::{
     DriverConfig, GrpcTransport, LogStore, NodeConfig, RaftDriver, RaftHandle, RaftNode,
@@ -917,6 +918,8 @@ impl Daemon {
                     Arc::new(SystemClock),
                 );
                 let dispatcher_task = dispatcher.start();
+                // Services into tasks on nodes, while this manager leads.
+                let orchestrator = Orchestrator::new(store.clone(), handle.clone()).start();
                 // Session streams stay open until the dispatcher ends them: stop it when the
                 // server is told to stop, so the graceful shutdown can finish.
                 let server_stopping = {
@@ -968,6 +971,7 @@ impl Daemon {
                     leave_raft(&handle, &identity, &credentials, &managers).await;
                 }
                 let _ = stopping_tx.send(true);
+                orchestrator.stop().await;
                 follow_members.abort();
                 let served = remote.await.map_err(|e| NodeError::Serve(e.to_string()))?;
                 let _ = local.await;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use shoal_api::shared::TaskSpecFields;
 use shoal_api::v1::{
-    Annotations, Cluster, ContainerSpec, Meta, Node, Service, ServiceSpec, Task, TaskState,
-    TaskStatus, task_spec,
+    Annotations, Cluster, ContainerSpec, Meta, Node, ReplicatedService, RestartPolicy, Service,
+    ServiceSpec, Task, TaskState, TaskStatus, restart_policy, service_spec, task_spec,
 };
 use shoal_node::{Daemon, DaemonConfig, ExecutorKind};
 use shoal_store::{By, Reader, Store};
@@ -184,6 +184,20 @@ async fn container_tasks_run_on_the_engine_and_their_logs_reach_the_cli() {
                 name: "shoal-docker-test".into(),
                 ..Default::default()
             }),
+            // Two slots, both filled below; a rejected task is not restarted.
+            mode: Some(service_spec::Mode::Replicated(ReplicatedService {
+                replicas: 2,
+            })),
+            task: Some(
+                TaskSpecFields {
+                    restart: Some(RestartPolicy {
+                        condition: restart_policy::Condition::None as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+                .into(),
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -256,19 +270,26 @@ async fn container_tasks_run_on_the_engine_and_their_logs_reach_the_cli() {
         "{out}"
     );
 
-    // Told to stop: SHUTDOWN, and the container is gone once the task is removed.
-    let mut stopping = (*store.view(|tx| tx.get::<Task>(&running_id)).unwrap()).clone();
-    stopping.desired_state = TaskState::Shutdown as i32;
-    store.update(|tx| tx.update(stopping)).await.unwrap();
+    // Scaled to 0: the orchestrator stops the task (SHUTDOWN); the service deleted, its
+    // stopped tasks leave the store and the container goes with them.
+    let service_id = service.meta.as_ref().unwrap().id.clone();
+    store
+        .update(|tx| {
+            let mut s = (*tx.get::<Service>(&service_id).unwrap()).clone();
+            s.spec.as_mut().unwrap().mode =
+                Some(service_spec::Mode::Replicated(ReplicatedService {
+                    replicas: 0,
+                }));
+            tx.update(s)
+        })
+        .await
+        .unwrap();
     eventually("the container task to stop", || {
         (status(&store, &running_id).state == TaskState::Shutdown as i32).then_some(())
     })
     .await;
     store
-        .update(|tx| {
-            tx.delete::<Task>(&running_id)?;
-            tx.delete::<Task>(&missing_id)
-        })
+        .update(|tx| tx.delete::<Service>(&service_id))
         .await
         .unwrap();
     eventually("the container to be removed", || {

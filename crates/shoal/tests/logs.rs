@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use shoal_api::shared::TaskSpecFields;
 use shoal_api::v1::{
-    Annotations, Cluster, Meta, ProcessSpec, Service, ServiceSpec, Task, TaskState, TaskStatus,
-    task_spec,
+    Annotations, Cluster, Meta, ProcessSpec, ReplicatedService, Service, ServiceSpec, Task,
+    TaskState, TaskStatus, service_spec, task_spec,
 };
 use shoal_executor::process::ShimCommand;
 use shoal_node::{Daemon, DaemonConfig};
@@ -162,6 +162,10 @@ async fn service_logs_come_from_the_workers_through_the_leader() {
                 name: "web".into(),
                 ..Default::default()
             }),
+            // Two slots, both filled below: the orchestrator has nothing to add.
+            mode: Some(service_spec::Mode::Replicated(ReplicatedService {
+                replicas: 2,
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -324,12 +328,22 @@ async fn service_logs_come_from_the_workers_through_the_leader() {
         "{err}"
     );
 
-    // The tasks stop (their logs stay until they are removed)...
-    for id in [&one_id, &two_id] {
-        let mut stopping = (*store.view(|tx| tx.get::<Task>(id)).unwrap()).clone();
-        stopping.desired_state = TaskState::Shutdown as i32;
-        store.update(|tx| tx.update(stopping)).await.unwrap();
-    }
+    // The service scales to 0: the orchestrator stops both tasks (their logs stay until
+    // they are removed)...
+    store
+        .update(|tx| {
+            let mut s = (*tx
+                .get::<Service>(service.meta.as_ref().unwrap().id.as_str())
+                .unwrap())
+            .clone();
+            s.spec.as_mut().unwrap().mode =
+                Some(service_spec::Mode::Replicated(ReplicatedService {
+                    replicas: 0,
+                }));
+            tx.update(s)
+        })
+        .await
+        .unwrap();
     eventually("both tasks shut down", || {
         [&one_id, &two_id]
             .iter()
