@@ -9,6 +9,9 @@
 //!    stopped above the replica count, replaced when they ended (restart policy) or their
 //!    node was lost. A task created to restart another is held at desired state READY until
 //!    its restart delay has passed, then set to RUNNING.
+//!    **Global services** ([`global::reconcile`]): a task on every READY, ACTIVE node where
+//!    the scheduler's filters say it fits, stopped on drained, down or removed nodes,
+//!    restarted on its node as the restart policy says.
 //! 2. **Deleted services**: their tasks are told to stop, and removed from the store once
 //!    they have stopped (or never reached a node).
 //! 3. **Scheduling** ([`crate::scheduler`]): tasks without a node get one (status ASSIGNED),
@@ -26,13 +29,14 @@
 //! loop waits for leadership again); a round that finds nothing to change writes nothing, so
 //! its own writes cannot make it spin.
 //!
-//! Not yet (later parts of the orchestration issue): global services and jobs, rolling
+//! Not yet (later parts of the orchestration issue): jobs, rolling
 //! updates, restart max attempts and windows, the task-history reaper, the constraint
 //! enforcer. Departure from SwarmKit: one loop and one transaction per round instead of an
 //! orchestrator, a restart supervisor, a task reaper and a scheduler each watching the store
 //! on its own; simpler to reason about, and incremental updates can come when the benchmarks
 //! ask for them.
 
+pub mod global;
 pub mod replicated;
 
 use std::collections::HashMap;
@@ -141,6 +145,15 @@ fn new_task(service: &Service, slot: u64, desired: TaskState) -> Task {
             ..Default::default()
         }),
         desired_state: desired as i32,
+        ..Default::default()
+    }
+}
+
+fn assigned_status() -> TaskStatus {
+    TaskStatus {
+        timestamp: Some(now()),
+        state: TaskState::Assigned as i32,
+        message: "scheduler assigned task to node".into(),
         ..Default::default()
     }
 }
@@ -273,6 +286,10 @@ impl Orchestrator {
         let mut writes = Writes::default();
         let now_instant = Instant::now();
         let mut created_pending: Vec<Task> = Vec::new();
+        self.scheduler.reset(
+            nodes.iter().cloned(),
+            tasks.iter().filter(|t| !t.node_id.is_empty()).cloned(),
+        );
 
         // 1. Services.
         for service in &services {
@@ -280,6 +297,36 @@ impl Orchestrator {
                 .get(id_of(&**service))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
+            for change in global::reconcile(service, own, &nodes_by_id) {
+                match change {
+                    global::Change::Create { node_id, delay } => {
+                        let desired = if delay.is_zero() {
+                            TaskState::Running
+                        } else {
+                            TaskState::Ready
+                        };
+                        let mut task = new_task(service, 0, desired);
+                        // Only where the task fits (constraints, resources, runtime).
+                        if let Decision::Assign { .. } = self.scheduler.place_on(&task, &node_id) {
+                            task.node_id = node_id;
+                            task.status = Some(assigned_status());
+                            if !delay.is_zero() {
+                                self.delayed
+                                    .insert(id_of(&task).to_string(), now_instant + delay);
+                            }
+                            writes.create.push(task);
+                        }
+                    }
+                    global::Change::Shutdown { task_id, reason } => {
+                        if let Some(task) = own.iter().find(|t| id_of(&***t) == task_id) {
+                            let mut task = (**task).clone();
+                            task.desired_state = TaskState::Shutdown as i32;
+                            tracing::debug!(task = %task_id, "orchestrator: stopping: {reason}");
+                            writes.update.push(task);
+                        }
+                    }
+                }
+            }
             for change in replicated::reconcile(service, own, &nodes_by_id) {
                 match change {
                     Change::Create { slot, delay } => {
@@ -347,10 +394,6 @@ impl Orchestrator {
         });
 
         // 3. Scheduling: the tasks without a node (existing and just created).
-        self.scheduler.reset(
-            nodes.iter().cloned(),
-            tasks.iter().filter(|t| !t.node_id.is_empty()).cloned(),
-        );
         let mut pending: Vec<Arc<Task>> = tasks
             .iter()
             .filter(|t| {
@@ -369,12 +412,7 @@ impl Orchestrator {
             let changed = match decision {
                 Decision::Assign { node_id, .. } => {
                     task.node_id = node_id;
-                    task.status = Some(TaskStatus {
-                        timestamp: Some(now()),
-                        state: TaskState::Assigned as i32,
-                        message: "scheduler assigned task to node".into(),
-                        ..Default::default()
-                    });
+                    task.status = Some(assigned_status());
                     true
                 }
                 Decision::NoSuitableNode { reason, .. } => {

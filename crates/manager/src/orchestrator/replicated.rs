@@ -47,23 +47,23 @@ pub enum Change {
     Shutdown { task_id: String, reason: String },
 }
 
-fn state(task: &Task) -> TaskState {
+pub(super) fn state(task: &Task) -> TaskState {
     task.status
         .as_ref()
         .and_then(|s| TaskState::try_from(s.state).ok())
         .unwrap_or(TaskState::New)
 }
 
-fn desired(task: &Task) -> TaskState {
+pub(super) fn desired(task: &Task) -> TaskState {
     TaskState::try_from(task.desired_state).unwrap_or(TaskState::New)
 }
 
-fn id(task: &Task) -> &str {
+pub(super) fn id(task: &Task) -> &str {
     task.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("")
 }
 
 /// Why a task on `node_id` cannot run there any more, if it cannot.
-fn node_unfit(node_id: &str, nodes: &HashMap<String, Arc<Node>>) -> Option<String> {
+pub(super) fn node_unfit(node_id: &str, nodes: &HashMap<String, Arc<Node>>) -> Option<String> {
     if node_id.is_empty() {
         return None;
     }
@@ -86,7 +86,7 @@ fn node_unfit(node_id: &str, nodes: &HashMap<String, Arc<Node>>) -> Option<Strin
 }
 
 /// The restart condition and delay of the service's tasks.
-fn restart_policy(service: &Service) -> (restart_policy::Condition, Duration) {
+pub(super) fn restart_policy(service: &Service) -> (restart_policy::Condition, Duration) {
     let policy = service
         .spec
         .as_ref()

@@ -314,3 +314,63 @@ async fn services_become_tasks_on_nodes_and_stay_so() {
     .await;
     orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_service_follows_the_nodes() {
+    let store = Store::new();
+    store
+        .update(|tx| {
+            tx.create(node("n1"))?;
+            tx.create(node("n2"))
+        })
+        .await
+        .unwrap();
+    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })));
+    let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
+    let mut agent = service("agent", 1, process());
+    agent.spec.as_mut().unwrap().mode = Some(service_spec::Mode::Global(Default::default()));
+    store.update(|tx| tx.create(agent)).await.unwrap();
+    let on = |tasks: &[Arc<Task>]| {
+        let mut nodes: Vec<String> = running(tasks, "agent")
+            .iter()
+            .filter(|t| state_of(t) == TaskState::Assigned)
+            .map(|t| t.node_id.clone())
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    eventually("a task on each node", &store, |tasks| {
+        (on(tasks) == ["n1", "n2"]).then_some(())
+    })
+    .await;
+    // A node joins: it gets one. A node is drained: its task stops, none replaces it.
+    store
+        .update(|tx| {
+            tx.create(node("n3"))?;
+            let mut n2 = (*tx.get::<Node>("n2").unwrap()).clone();
+            n2.spec.as_mut().unwrap().availability = node_spec::Availability::Drain as i32;
+            tx.update(n2)
+        })
+        .await
+        .unwrap();
+    eventually("tasks on n1 and n3 only", &store, |tasks| {
+        (on(tasks) == ["n1", "n3"]).then_some(())
+    })
+    .await;
+    // A node that cannot run the task's runtime gets none.
+    store
+        .update(|tx| {
+            let mut n = node("n4");
+            n.description.as_mut().unwrap().runtimes = vec!["container".into()];
+            tx.create(n)
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tasks = store.view(|tx| tx.find::<Task>(By::All));
+    assert_eq!(on(&tasks), ["n1", "n3"]);
+    orchestrator.stop().await;
+}

@@ -286,6 +286,49 @@ impl Scheduler {
         }
     }
 
+    /// Whether `task` may run on the node it names itself (a global service's task is made
+    /// for one node): the filter pipeline on that node alone, max replicas included, no
+    /// ranking. An assignment is counted in the view at once, as [`Scheduler::schedule`]'s.
+    pub fn place_on(&mut self, task: &Task, node_id: &str) -> Decision {
+        let id = task_id(task).to_string();
+        let refuse = |reason: String| Decision::NoSuitableNode {
+            task_id: id.clone(),
+            reason,
+        };
+        let requirement = match Requirement::of_task(task) {
+            Ok(r) => r,
+            Err(e) => return refuse(format!("invalid placement constraint: {e}")),
+        };
+        let Some(&slot) = self.by_id.get(node_id) else {
+            return refuse(format!("no suitable node (node {node_id} is not in the cluster)"));
+        };
+        let Some(node) = self.slots[slot].node.clone() else {
+            return refuse(format!("no suitable node (node {node_id} is not in the cluster)"));
+        };
+        let service = self.intern(&task.service_id);
+        let entry = &self.slots[slot];
+        let verdict = requirement.check(&node, entry).and_then(|()| {
+            if requirement.max_replicas_reached(entry.service_tasks(service)) {
+                Err(Filter::MaxReplicas)
+            } else {
+                Ok(())
+            }
+        });
+        match verdict {
+            Ok(()) => {
+                self.count(id.clone(), slot, service, requirement.reservation.clone());
+                Decision::Assign {
+                    task_id: id,
+                    node_id: node_id.to_string(),
+                }
+            }
+            Err(filter) => refuse(format!(
+                "no suitable node ({})",
+                filter.explain(1, &requirement)
+            )),
+        }
+    }
+
     /// Places the given unassigned tasks (desired state RUNNING or earlier, status NEW or
     /// PENDING): one decision per task, in the input's order. The assignments are counted in
     /// the view at once, so the tasks of one batch spread over the nodes.
