@@ -21,10 +21,15 @@
 //! - At most one holder per slot: extra holders (after a leader change raced a replacement)
 //!   stop, keeping the newest.
 //!
-//! Not here yet (later parts of the orchestration issue): rolling updates (tasks of an older
-//! spec version keep running), restart `max_attempts` / `window`, jobs and global services,
-//! the task reaper. A service whose tasks use a spec version older than the service's is
-//! left as it runs.
+//! - **Rolling update**: a slot whose task runs an older spec version (the service was
+//!   updated, or `--force`d) gets a new task; at most `parallelism` slots are in flight at
+//!   once (1 by default, 0 = all), a slot being in flight until its new task RUNS. Stop-first
+//!   (the default) stops the old task as the new one is created; start-first keeps it until
+//!   the new one runs.
+//!
+//! Not here yet (later parts of the orchestration issue): the update's delay, monitor period,
+//! failure action and UpdateStatus, rollback, restart `max_attempts` / `window`, jobs, the
+//! task reaper.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,6 +38,7 @@ use std::time::Duration;
 use shoal_api::task_state::is_terminal;
 use shoal_api::v1::{
     Node, Service, Task, TaskState, node_spec, node_status, restart_policy, service_spec,
+    update_config,
 };
 
 /// The restart delay when the service's policy gives none.
@@ -101,6 +107,22 @@ pub(super) fn restart_policy(service: &Service) -> (restart_policy::Condition, D
                 .as_ref()
                 .map(shoal_api::validation::to_std_duration)
                 .unwrap_or(DEFAULT_RESTART_DELAY),
+        ),
+    }
+}
+
+/// How many slots are updated at once (`usize::MAX` for all) and in which order: the
+/// service's update config, else docker's defaults (one at a time, stop first).
+fn update_policy(service: &Service) -> (usize, update_config::UpdateOrder) {
+    match service.spec.as_ref().and_then(|s| s.update.as_ref()) {
+        None => (1, update_config::UpdateOrder::StopFirst),
+        Some(config) => (
+            match config.parallelism {
+                0 => usize::MAX,
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
+            update_config::UpdateOrder::try_from(config.order)
+                .unwrap_or(update_config::UpdateOrder::StopFirst),
         ),
     }
 }
@@ -181,6 +203,12 @@ pub fn reconcile(
             .and_modify(|d| *d = (*d).max(wait))
             .or_insert(wait);
     }
+    // Rolling updates: a holder of an older spec version is replaced, at most `parallelism`
+    // slots at a time (counting the slots whose new task does not run yet).
+    let (parallelism, order) = update_policy(service);
+    let current = service.spec_version;
+    let mut in_flight = 0usize;
+    let mut outdated: Vec<(u64, &Arc<Task>)> = Vec::new();
     for (slot, mut held) in holders {
         if slot > replicas || slot == 0 {
             for task in held {
@@ -191,22 +219,65 @@ pub fn reconcile(
             }
             continue;
         }
-        // Keep the newest holder.
+        kept.insert(slot, true);
+        restarts.remove(&slot);
+        // Oldest first.
         held.sort_by_key(|t| {
             t.meta
                 .as_ref()
                 .and_then(|m| m.created_at.as_ref())
                 .map(|c| (c.seconds, c.nanos))
         });
-        let newest = held.pop().expect("a slot in the map has a holder");
-        for task in held {
+        let (up_to_date, old): (Vec<&Arc<Task>>, Vec<&Arc<Task>>) =
+            held.into_iter().partition(|t| t.spec_version >= current);
+        match up_to_date.split_last() {
+            Some((newest, extra)) => {
+                for task in extra {
+                    changes.push(Change::Shutdown {
+                        task_id: id(task).to_string(),
+                        reason: format!("slot {slot} has a newer task ({})", id(newest)),
+                    });
+                }
+                let runs = state(newest) == TaskState::Running;
+                if !runs {
+                    in_flight += 1;
+                }
+                // Start-first keeps the old task until the new one runs.
+                if runs || order == update_config::UpdateOrder::StopFirst {
+                    for task in old {
+                        changes.push(Change::Shutdown {
+                            task_id: id(task).to_string(),
+                            reason: format!("replaced by {} (spec version {current})", id(newest)),
+                        });
+                    }
+                }
+            }
+            None => {
+                let (newest, extra) = old.split_last().expect("a slot in the map has a holder");
+                for task in extra {
+                    changes.push(Change::Shutdown {
+                        task_id: id(task).to_string(),
+                        reason: format!("slot {slot} has a newer task ({})", id(newest)),
+                    });
+                }
+                outdated.push((slot, newest));
+            }
+        }
+    }
+    for (slot, task) in outdated
+        .into_iter()
+        .take(parallelism.saturating_sub(in_flight))
+    {
+        if order == update_config::UpdateOrder::StopFirst {
             changes.push(Change::Shutdown {
                 task_id: id(task).to_string(),
-                reason: format!("slot {slot} has a newer task ({})", id(newest)),
+                reason: format!("updating to spec version {current}"),
             });
         }
-        restarts.remove(&slot);
-        kept.insert(slot, true);
+        changes.push(Change::Create {
+            slot,
+            delay: Duration::ZERO,
+        });
     }
     for slot in 1..=replicas {
         if kept.get(&slot).copied().unwrap_or(false) {

@@ -36,6 +36,7 @@ fn task(id: &str, slot: u64, node: &str, state: TaskState, desired: TaskState) -
             ..Default::default()
         }),
         service_id: "s1".into(),
+        spec_version: 1,
         slot,
         node_id: node.into(),
         desired_state: desired as i32,
@@ -219,4 +220,86 @@ fn other_modes_are_left_alone() {
     let mut global = service(1, None);
     global.spec.as_mut().unwrap().mode = Some(service_spec::Mode::Global(Default::default()));
     assert!(reconcile(&global, &[], &nodes()).is_empty());
+}
+
+fn version(task: Arc<Task>, v: u64) -> Arc<Task> {
+    let mut t = (*task).clone();
+    t.spec_version = v;
+    Arc::new(t)
+}
+
+fn updated(replicas: u64, parallelism: Option<u64>, order: update_config::UpdateOrder) -> Service {
+    let mut s = service(replicas, None);
+    s.spec_version = 2;
+    if let Some(parallelism) = parallelism {
+        s.spec.as_mut().unwrap().update = Some(shoal_api::v1::UpdateConfig {
+            parallelism,
+            order: order as i32,
+            ..Default::default()
+        });
+    }
+    s
+}
+
+#[test]
+fn an_update_replaces_old_tasks_one_slot_at_a_time_by_default() {
+    let tasks = [
+        task("a", 1, "up", Running, Running),
+        task("b", 2, "up", Running, Running),
+        task("c", 3, "up", Running, Running),
+    ];
+    let service = updated(3, None, update_config::UpdateOrder::StopFirst);
+    let changes = reconcile(&service, &tasks, &nodes());
+    assert_eq!(shutdowns(&changes), ["a"]);
+    assert_eq!(creates(&changes), [(1, Duration::ZERO)]);
+    // Slot 1's new task does not run yet: nothing else starts.
+    let tasks = [
+        version(task("new1", 1, "up", Assigned, Running), 2),
+        task("b", 2, "up", Running, Running),
+        task("c", 3, "up", Running, Running),
+    ];
+    assert!(reconcile(&service, &tasks, &nodes()).is_empty());
+    // Once it runs, slot 2 goes.
+    let tasks = [
+        version(task("new1", 1, "up", Running, Running), 2),
+        task("b", 2, "up", Running, Running),
+        task("c", 3, "up", Running, Running),
+    ];
+    let changes = reconcile(&service, &tasks, &nodes());
+    assert_eq!(shutdowns(&changes), ["b"]);
+    assert_eq!(creates(&changes), [(2, Duration::ZERO)]);
+}
+
+#[test]
+fn parallelism_zero_updates_every_slot_at_once() {
+    let tasks = [
+        task("a", 1, "up", Running, Running),
+        task("b", 2, "up", Running, Running),
+    ];
+    let service = updated(2, Some(0), update_config::UpdateOrder::StopFirst);
+    let changes = reconcile(&service, &tasks, &nodes());
+    assert_eq!(shutdowns(&changes), ["a", "b"]);
+    assert_eq!(creates(&changes).len(), 2);
+}
+
+#[test]
+fn start_first_keeps_the_old_task_until_the_new_one_runs() {
+    let service = updated(1, Some(1), update_config::UpdateOrder::StartFirst);
+    let changes = reconcile(&service, &[task("a", 1, "up", Running, Running)], &nodes());
+    assert!(shutdowns(&changes).is_empty());
+    assert_eq!(creates(&changes), [(1, Duration::ZERO)]);
+    // Both hold the slot while the new one starts...
+    let both = [
+        task("a", 1, "up", Running, Running),
+        version(task("new", 1, "up", Assigned, Running), 2),
+    ];
+    assert!(reconcile(&service, &both, &nodes()).is_empty());
+    // ...and the old one stops once the new one runs.
+    let both = [
+        task("a", 1, "up", Running, Running),
+        version(task("new", 1, "up", Running, Running), 2),
+    ];
+    let changes = reconcile(&service, &both, &nodes());
+    assert_eq!(shutdowns(&changes), ["a"]);
+    assert!(creates(&changes).is_empty());
 }
