@@ -13,7 +13,9 @@
 //!    the scheduler's filters say it fits, stopped on drained, down or removed nodes,
 //!    restarted on its node as the restart policy says.
 //! 2. **Deleted services**: their tasks are told to stop, and removed from the store once
-//!    they have stopped (or never reached a node).
+//!    they have stopped (or never reached a node). **The reaper**: of a slot's stopped tasks
+//!    (a node's, for global services) only the newest `task_history_retention_limit` (5 by
+//!    default) stay in the store.
 //! 3. **Scheduling** ([`crate::scheduler`]): tasks without a node get one (status ASSIGNED),
 //!    or stay PENDING with the reason no node fits — recorded only when it changes, so a
 //!    round that changes nothing writes nothing.
@@ -29,9 +31,9 @@
 //! loop waits for leadership again); a round that finds nothing to change writes nothing, so
 //! its own writes cannot make it spin.
 //!
-//! Not yet (later parts of the orchestration issue): jobs, rolling
-//! updates, restart max attempts and windows, the task-history reaper, the constraint
-//! enforcer. Departure from SwarmKit: one loop and one transaction per round instead of an
+//! Not yet (later parts of the orchestration issue): jobs, the update's delay, monitor,
+//! failure action and rollback, restart max attempts and windows, the constraint enforcer.
+//! Departure from SwarmKit: one loop and one transaction per round instead of an
 //! orchestrator, a restart supervisor, a task reaper and a scheduler each watching the store
 //! on its own; simpler to reason about, and incremental updates can come when the benchmarks
 //! ask for them.
@@ -147,6 +149,25 @@ fn new_task(service: &Service, slot: u64, desired: TaskState) -> Task {
         desired_state: desired as i32,
         ..Default::default()
     }
+}
+
+/// Stopped tasks kept per slot: the cluster's `task_history_retention_limit` (negative: none),
+/// else the default.
+fn history_limit(store: &Store) -> usize {
+    let limit = store
+        .view(|tx| {
+            tx.find::<shoal_api::v1::Cluster>(By::All)
+                .into_iter()
+                .next()
+        })
+        .and_then(|c| {
+            c.spec
+                .as_ref()
+                .and_then(|s| s.orchestration.as_ref())
+                .map(|o| o.task_history_retention_limit)
+        })
+        .unwrap_or(shoal_api::defaults::TASK_HISTORY_RETENTION_LIMIT);
+    usize::try_from(limit).unwrap_or(0)
 }
 
 fn assigned_status() -> TaskStatus {
@@ -367,6 +388,45 @@ impl Orchestrator {
                 let mut task = (**task).clone();
                 task.desired_state = TaskState::Shutdown as i32;
                 writes.update.push(task);
+            }
+        }
+
+        // The reaper: of the tasks of a slot (of a node, for global services) that were told
+        // to stop and have stopped, only the newest `task_history_retention_limit` stay.
+        let keep = history_limit(&self.store);
+        let mut history: HashMap<(&str, u64, &str), Vec<&Arc<Task>>> = HashMap::new();
+        for task in &tasks {
+            let exists = services.iter().any(|s| id_of(&**s) == task.service_id);
+            let stopped = task.desired_state > TaskState::Running as i32
+                && (is_terminal(state_of(task)) || task.node_id.is_empty());
+            if exists && stopped {
+                let node = if task.slot == 0 {
+                    task.node_id.as_str()
+                } else {
+                    ""
+                };
+                history
+                    .entry((task.service_id.as_str(), task.slot, node))
+                    .or_default()
+                    .push(task);
+            }
+        }
+        for (_, mut old) in history {
+            if old.len() <= keep {
+                continue;
+            }
+            // Newest first: by creation time, then by ID for a stable order.
+            old.sort_by_key(|t| {
+                std::cmp::Reverse((
+                    t.meta
+                        .as_ref()
+                        .and_then(|m| m.created_at.as_ref())
+                        .map(|c| (c.seconds, c.nanos)),
+                    id_of(&***t).to_string(),
+                ))
+            });
+            for task in &old[keep..] {
+                writes.delete.push(id_of(&***task).to_string());
             }
         }
 

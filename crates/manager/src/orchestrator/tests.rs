@@ -374,3 +374,47 @@ async fn a_global_service_follows_the_nodes() {
     assert_eq!(on(&tasks), ["n1", "n3"]);
     orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_keeps_a_bounded_history_per_slot() {
+    let store = Store::new();
+    store.update(|tx| tx.create(node("n1"))).await.unwrap();
+    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })));
+    let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
+    let mut crashing = service("crash", 1, process());
+    // Restart at once, so that failures pile up quickly.
+    let task = crashing.spec.as_mut().unwrap().task.as_mut().unwrap();
+    task.restart.as_mut().unwrap().delay = Some(prost_types::Duration::default());
+    store.update(|tx| tx.create(crashing)).await.unwrap();
+    // Fail the current task of slot 1 eight times over.
+    for _ in 0..8 {
+        let current = eventually("a task to fail", &store, |tasks| {
+            running(tasks, "crash")
+                .into_iter()
+                .find(|t| state_of(t) == TaskState::Assigned)
+        })
+        .await;
+        set_state(&store, &current, TaskState::Failed).await;
+        eventually("its replacement", &store, |tasks| {
+            running(tasks, "crash")
+                .iter()
+                .any(|t| id_of(&**t) != id_of(&*current) && state_of(t) == TaskState::Assigned)
+                .then_some(())
+        })
+        .await;
+    }
+    // Stopped history: at most 5, plus the live task.
+    eventually("a history of at most five", &store, |tasks| {
+        let mine: Vec<_> = tasks.iter().filter(|t| t.service_id == "crash").collect();
+        let stopped = mine
+            .iter()
+            .filter(|t| t.desired_state > TaskState::Running as i32)
+            .count();
+        (stopped == 5 && mine.len() == 6).then_some(())
+    })
+    .await;
+    orchestrator.stop().await;
+}
