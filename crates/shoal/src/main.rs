@@ -36,7 +36,7 @@ enum Command {
     Swarm(commands::swarm::Args),
     /// Manage the swarm's nodes
     Node(commands::node::Args),
-    /// Manage services (this version: their logs)
+    /// Manage services: create, list, inspect, scale, update, roll back, remove; their tasks and logs
     Service(commands::service::Args),
     /// Show the version of Shoal
     Version(commands::version::Args),

@@ -182,30 +182,38 @@ impl shoal_api::v1::control_server::Control for ControlApi {
 
     async fn create_service(
         &self,
-        _request: tonic::Request<shoal_api::v1::CreateServiceRequest>,
+        request: tonic::Request<shoal_api::v1::CreateServiceRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::CreateServiceResponse>, Status> {
-        Err(unimplemented("create_service"))
+        self.create_service(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn update_service(
         &self,
-        _request: tonic::Request<shoal_api::v1::UpdateServiceRequest>,
+        request: tonic::Request<shoal_api::v1::UpdateServiceRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::UpdateServiceResponse>, Status> {
-        Err(unimplemented("update_service"))
+        self.update_service(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn remove_service(
         &self,
-        _request: tonic::Request<shoal_api::v1::RemoveServiceRequest>,
+        request: tonic::Request<shoal_api::v1::RemoveServiceRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveServiceResponse>, Status> {
-        Err(unimplemented("remove_service"))
+        self.remove_service(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn list_service_statuses(
         &self,
-        _request: tonic::Request<shoal_api::v1::ListServiceStatusesRequest>,
+        request: tonic::Request<shoal_api::v1::ListServiceStatusesRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::ListServiceStatusesResponse>, Status> {
-        Err(unimplemented("list_service_statuses"))
+        self.list_service_statuses(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn get_network(

@@ -1,0 +1,408 @@
+//! Waiting for a service to converge, with docker's progress display: `overall progress: k out
+//! of N tasks`, one line per slot (per node for global services) with the state of its task
+//! (or why it failed), then `verify: Service NAME converged`.
+//!
+//! The service and its tasks are polled every 500 ms. On a terminal the block is redrawn in
+//! place; otherwise each line is printed when it changes.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use shoal_api::v1::{GetServiceRequest, Service, Task, TaskState, service_spec, update_status};
+
+use super::{state_name, tasks_of};
+use crate::commands::client::Client;
+use crate::commands::output;
+
+const POLL: Duration = Duration::from_millis(500);
+
+/// Where the service stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Waiting,
+    Converged,
+    Failed(String),
+}
+
+/// The progress display of a service and its tasks: lines, and whether it is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub lines: Vec<String>,
+    pub outcome: Outcome,
+}
+
+/// States in order, for the progress bar (docker's numbering: running is the last).
+fn step(state: i32) -> u32 {
+    match TaskState::try_from(state) {
+        Ok(TaskState::New) => 1,
+        Ok(TaskState::Pending) => 3,
+        Ok(TaskState::Assigned) => 4,
+        Ok(TaskState::Accepted) => 5,
+        Ok(TaskState::Preparing) => 6,
+        Ok(TaskState::Ready) => 7,
+        Ok(TaskState::Starting) => 8,
+        Ok(TaskState::Running) | Ok(TaskState::Complete) => 9,
+        _ => 0,
+    }
+}
+
+const BAR_WIDTH: u32 = 50;
+
+fn bar(state: i32) -> String {
+    let filled = BAR_WIDTH * step(state) / 9;
+    if filled == 0 {
+        return String::new();
+    }
+    let mut s = String::from("[");
+    s.extend(std::iter::repeat_n('=', filled.saturating_sub(1) as usize));
+    s.push('>');
+    s.extend(std::iter::repeat_n(' ', (BAR_WIDTH - filled) as usize));
+    s.push(']');
+    s
+}
+
+fn created(task: &Task) -> (i64, i32, u64) {
+    let meta = task.meta.as_ref();
+    let at = meta.and_then(|m| m.created_at.as_ref());
+    (
+        at.map(|t| t.seconds).unwrap_or(0),
+        at.map(|t| t.nanos).unwrap_or(0),
+        meta.map(|m| m.version).unwrap_or(0),
+    )
+}
+
+fn status_state(task: &Task) -> i32 {
+    task.status.as_ref().map(|s| s.state).unwrap_or(0)
+}
+
+/// One task's line after its label: its error if it has one, else its state and a bar.
+fn task_line(task: Option<&Task>) -> String {
+    let Some(task) = task else {
+        return "waiting for a task".into();
+    };
+    let status = task.status.clone().unwrap_or_default();
+    if !status.err.is_empty() {
+        return format!("{}: {}", state_name(status.state), status.err);
+    }
+    format!("{:<9} {}", state_name(status.state), bar(status.state))
+        .trim_end()
+        .to_string()
+}
+
+/// The progress of `service` given its tasks. `rollback`: a rollback was asked for (so a
+/// completed rollback is success, not failure).
+pub fn progress(service: &Service, tasks: &[Task], rollback: bool) -> Progress {
+    let spec = service.spec.clone().unwrap_or_default();
+    // Up to date: the task runs the current spec version, or the same task spec (a change of
+    // the replica count, say, does not redeploy tasks).
+    let up_to_date = |t: &Task| {
+        t.spec_version >= service.spec_version || (t.spec.is_some() && t.spec == spec.task)
+    };
+    let running = TaskState::Running as i32;
+    let complete = TaskState::Complete as i32;
+    let iteration = service.job_status.as_ref().map(|j| j.job_iteration);
+    let current_iteration = |t: &Task| iteration.is_none_or(|i| t.job_iteration == i);
+    let mut lines = Vec::new();
+    let (done, total) = match spec.mode.as_ref() {
+        Some(service_spec::Mode::Replicated(_)) | Some(service_spec::Mode::ReplicatedJob(_)) => {
+            let job = matches!(spec.mode, Some(service_spec::Mode::ReplicatedJob(_)));
+            let total = match spec.mode.as_ref() {
+                Some(service_spec::Mode::Replicated(r)) => r.replicas,
+                Some(service_spec::Mode::ReplicatedJob(j)) if j.total_completions > 0 => {
+                    j.total_completions
+                }
+                Some(service_spec::Mode::ReplicatedJob(j)) => j.max_concurrent,
+                _ => 0,
+            };
+            // The newest task of each slot, preferring the one meant to run.
+            let mut by_slot: BTreeMap<u64, &Task> = BTreeMap::new();
+            for t in tasks.iter().filter(|t| !job || current_iteration(t)) {
+                let better = match by_slot.get(&t.slot) {
+                    None => true,
+                    Some(have) => {
+                        let wanted = |x: &Task| x.desired_state <= complete;
+                        (wanted(t), created(t)) > (wanted(have), created(have))
+                    }
+                };
+                if better {
+                    by_slot.insert(t.slot, t);
+                }
+            }
+            let mut done = 0;
+            for slot in 1..=total {
+                let task = by_slot.get(&slot).copied();
+                let ok = task.is_some_and(|t| {
+                    up_to_date(t)
+                        && if job {
+                            status_state(t) == complete
+                        } else {
+                            status_state(t) == running && t.desired_state == running
+                        }
+                });
+                if ok {
+                    done += 1;
+                }
+                lines.push(format!("{slot}/{total}: {}", task_line(task)));
+            }
+            // Tasks beyond the wanted slots (a scale-down) must stop first.
+            if !job
+                && tasks.iter().any(|t| {
+                    t.slot > total && status_state(t) <= running && t.desired_state <= running
+                })
+            {
+                done = done.min(total.saturating_sub(1));
+            }
+            (done, total)
+        }
+        Some(service_spec::Mode::Global(_)) | Some(service_spec::Mode::GlobalJob(_)) => {
+            let job = matches!(spec.mode, Some(service_spec::Mode::GlobalJob(_)));
+            let mut by_node: BTreeMap<&str, &Task> = BTreeMap::new();
+            for t in tasks.iter().filter(|t| {
+                if job {
+                    current_iteration(t) && t.desired_state <= complete
+                } else {
+                    t.desired_state == running
+                }
+            }) {
+                let newer = by_node
+                    .get(t.node_id.as_str())
+                    .is_none_or(|have| created(t) > created(have));
+                if newer {
+                    by_node.insert(&t.node_id, t);
+                }
+            }
+            let mut done = 0;
+            for (node, task) in &by_node {
+                let want = if job { complete } else { running };
+                if up_to_date(task) && status_state(task) == want {
+                    done += 1;
+                }
+                let label = if node.is_empty() {
+                    "unassigned".to_string()
+                } else {
+                    output::short_id(node).to_string()
+                };
+                lines.push(format!("{label}: {}", task_line(Some(task))));
+            }
+            (done, by_node.len() as u64)
+        }
+        None => (0, 0),
+    };
+    lines.insert(0, format!("overall progress: {done} out of {total} tasks"));
+    let mut outcome = if done == total {
+        Outcome::Converged
+    } else {
+        Outcome::Waiting
+    };
+    if let Some(u) = service.update_status.as_ref() {
+        use update_status::UpdateState as S;
+        let why = |what: &str| {
+            if u.message.is_empty() {
+                what.to_string()
+            } else {
+                format!("{what}: {}", u.message)
+            }
+        };
+        match S::try_from(u.state) {
+            Ok(S::Paused) => outcome = Outcome::Failed(why("update paused")),
+            Ok(S::RollbackPaused) => outcome = Outcome::Failed(why("rollback paused")),
+            Ok(S::RollbackCompleted) if !rollback => {
+                outcome = Outcome::Failed(why("update rolled back"))
+            }
+            Ok(S::Updating) | Ok(S::RollbackStarted) if outcome == Outcome::Converged => {
+                outcome = Outcome::Waiting
+            }
+            _ => {}
+        }
+    }
+    Progress { lines, outcome }
+}
+
+/// Redraws or appends the progress block.
+struct Display {
+    tty: bool,
+    shown: Vec<String>,
+}
+
+impl Display {
+    fn show(&mut self, lines: &[String]) -> Result<(), String> {
+        let mut out = String::new();
+        if self.tty {
+            if lines == self.shown.as_slice() {
+                return Ok(());
+            }
+            if !self.shown.is_empty() {
+                out.push_str(&format!("\x1b[{}A", self.shown.len()));
+            }
+            for line in lines {
+                out.push_str("\x1b[2K");
+                out.push_str(line);
+                out.push('\n');
+            }
+        } else {
+            for (i, line) in lines.iter().enumerate() {
+                if self.shown.get(i) != Some(line) {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        self.shown = lines.to_vec();
+        output::print(&out)
+    }
+}
+
+/// Waits until the service converges, showing progress; fails if its update pauses or rolls
+/// back, or if it is removed meanwhile.
+pub async fn wait(c: &mut Client, service_id: &str) -> Result<(), String> {
+    wait_for(c, service_id, false).await
+}
+
+/// [`wait`], after a rollback was asked for.
+pub async fn wait_for(c: &mut Client, service_id: &str, rollback: bool) -> Result<(), String> {
+    let mut display = Display {
+        tty: std::io::stdout().is_terminal(),
+        shown: Vec::new(),
+    };
+    loop {
+        let service = c
+            .control()
+            .get_service(GetServiceRequest {
+                service_id: service_id.to_string(),
+                insert_defaults: false,
+            })
+            .await
+            .map_err(|s| c.error("GetService", &s))?
+            .into_inner()
+            .service
+            .ok_or("the manager did not return the service")?;
+        let tasks = tasks_of(c, service_id).await?;
+        let p = progress(&service, &tasks, rollback);
+        display.show(&p.lines)?;
+        match p.outcome {
+            Outcome::Converged => {
+                let name = super::name(&service);
+                let is_job = shoal_api::validation::is_job(
+                    service.spec.as_ref().unwrap_or(&Default::default()),
+                );
+                return output::print(&if is_job {
+                    format!("verify: Job {name} complete\n")
+                } else {
+                    format!("verify: Service {name} converged\n")
+                });
+            }
+            Outcome::Failed(why) => return Err(why),
+            Outcome::Waiting => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::service::tests::service;
+    use shoal_api::v1::{Meta, TaskStatus, UpdateStatus};
+
+    fn task(id: &str, slot: u64, desired: TaskState, state: TaskState, at: i64) -> Task {
+        Task {
+            meta: Some(Meta {
+                id: id.into(),
+                version: 1,
+                created_at: Some(prost_types::Timestamp {
+                    seconds: at,
+                    nanos: 0,
+                }),
+                updated_at: None,
+            }),
+            slot,
+            spec_version: 2,
+            desired_state: desired as i32,
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replicated_progress_shows_one_line_per_slot() {
+        use TaskState::{Failed, Preparing, Running, Shutdown};
+        let s = service("svc", "web", 3);
+        let mut failed = task("t0", 2, Shutdown, Failed, 1);
+        failed.status.as_mut().unwrap().err = "exit status 1".into();
+        let tasks = vec![
+            task("t1", 1, Running, Running, 2),
+            failed,
+            task("t2", 2, Running, Preparing, 3),
+        ];
+        let p = progress(&s, &tasks, false);
+        assert_eq!(p.outcome, Outcome::Waiting);
+        assert_eq!(p.lines[0], "overall progress: 1 out of 3 tasks");
+        assert!(
+            p.lines[1].starts_with("1/3: running   [=========="),
+            "{p:?}"
+        );
+        assert!(p.lines[1].ends_with(">]"), "{p:?}");
+        assert!(p.lines[2].starts_with("2/3: preparing [="), "{p:?}");
+        assert!(p.lines[2].ends_with(' ') || p.lines[2].ends_with(']'));
+        assert_eq!(p.lines[3], "3/3: waiting for a task");
+
+        // The newest task of slot 2 failed: its error is on its line.
+        let mut failing = task("t3", 2, Running, Failed, 4);
+        failing.status.as_mut().unwrap().err = "no such file".into();
+        let p = progress(&s, &[tasks[0].clone(), failing], false);
+        assert_eq!(p.lines[2], "2/3: failed: no such file");
+
+        let all: Vec<Task> = (1..=3)
+            .map(|i| task(&format!("r{i}"), i, Running, Running, 5))
+            .collect();
+        let p = progress(&s, &all, false);
+        assert_eq!(p.outcome, Outcome::Converged);
+        assert_eq!(p.lines[0], "overall progress: 3 out of 3 tasks");
+        // Running tasks of an older spec do not count.
+        let mut old = all.clone();
+        old[0].spec_version = 1;
+        assert_eq!(progress(&s, &old, false).outcome, Outcome::Waiting);
+        // Unless they run the same task spec (a scale changes the version, not the tasks).
+        old[0].spec = s.spec.as_ref().unwrap().task.clone();
+        assert_eq!(progress(&s, &old, false).outcome, Outcome::Converged);
+    }
+
+    #[test]
+    fn paused_and_rolled_back_updates_fail() {
+        let mut s = service("svc", "web", 0);
+        assert_eq!(progress(&s, &[], false).outcome, Outcome::Converged);
+        s.update_status = Some(UpdateStatus {
+            state: update_status::UpdateState::Paused as i32,
+            message: "task t1 failed".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            progress(&s, &[], false).outcome,
+            Outcome::Failed("update paused: task t1 failed".into())
+        );
+        s.update_status.as_mut().unwrap().state =
+            update_status::UpdateState::RollbackCompleted as i32;
+        assert!(matches!(
+            progress(&s, &[], false).outcome,
+            Outcome::Failed(_)
+        ));
+        assert_eq!(progress(&s, &[], true).outcome, Outcome::Converged);
+    }
+
+    #[test]
+    fn global_progress_shows_one_line_per_node() {
+        let mut s = service("svc", "agent", 0);
+        s.spec.as_mut().unwrap().mode = Some(service_spec::Mode::Global(Default::default()));
+        let mut a = task("a", 0, TaskState::Running, TaskState::Running, 1);
+        a.node_id = "node0000000000001".into();
+        let mut b = task("b", 0, TaskState::Running, TaskState::Pending, 1);
+        b.node_id = "node0000000000002".into();
+        let p = progress(&s, &[a, b], false);
+        assert_eq!(p.lines[0], "overall progress: 1 out of 2 tasks");
+        assert!(p.lines[1].starts_with("node00000000: running"), "{p:?}");
+        assert_eq!(p.outcome, Outcome::Waiting);
+    }
+}
