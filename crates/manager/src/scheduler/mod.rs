@@ -300,10 +300,14 @@ impl Scheduler {
             Err(e) => return refuse(format!("invalid placement constraint: {e}")),
         };
         let Some(&slot) = self.by_id.get(node_id) else {
-            return refuse(format!("no suitable node (node {node_id} is not in the cluster)"));
+            return refuse(format!(
+                "no suitable node (node {node_id} is not in the cluster)"
+            ));
         };
         let Some(node) = self.slots[slot].node.clone() else {
-            return refuse(format!("no suitable node (node {node_id} is not in the cluster)"));
+            return refuse(format!(
+                "no suitable node (node {node_id} is not in the cluster)"
+            ));
         };
         let service = self.intern(&task.service_id);
         let entry = &self.slots[slot];
