@@ -5,42 +5,18 @@
 //! A manager and a worker daemon in this process (the manager's store stands in for the
 //! orchestrator); the tasks are real processes under `shoal process-shim`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_api::shared::TaskSpecFields;
 use shoal_api::v1::{Cluster, Meta, ProcessSpec, Task, TaskState, TaskStatus, task_spec};
-use shoal_executor::process::ShimCommand;
 use shoal_node::{Daemon, DaemonConfig};
 use shoal_store::{By, Reader, Store};
+use support::in_process::{free_addr, small_shim as shim, until};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn shim() -> Option<ShimCommand> {
-    // The small shim binary the `shoal` package ships (tasks.rs runs `shoal process-shim`).
-    Some(ShimCommand {
-        program: env!("CARGO_BIN_EXE_shoal-process-shim").into(),
-        args: Vec::new(),
-    })
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn status(store: &Store, id: &str) -> TaskStatus {
     store
@@ -114,6 +90,10 @@ impl Worker {
 
 fn read_pid(file: &PathBuf) -> Option<i32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+async fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    until(what, LIMIT, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

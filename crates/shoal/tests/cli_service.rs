@@ -5,65 +5,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use shoal_api::v1::{GetServiceRequest, UpdateServiceRequest, service_spec, task_spec};
+use support::cli::shoal;
 use tonic::Code;
-
-/// What one run of `shoal` printed, and how it ended.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> String {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "stdout: {}\nstderr: {}",
-            self.stdout,
-            self.stderr
-        );
-        self.stdout
-    }
-
-    /// Exit status 1 with `Error: ...` on stderr; returns the message.
-    fn failed(self) -> String {
-        assert_eq!(
-            self.code,
-            Some(1),
-            "stdout: {}\nstderr: {}",
-            self.stdout,
-            self.stderr
-        );
-        assert!(self.stderr.starts_with("Error: "), "{}", self.stderr);
-        self.stderr
-    }
-}
-
-fn finished(out: Output) -> Run {
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-/// `shoal -s SOCKET args...`, with SHOAL_SOCKET unset.
-fn shoal(socket: &Path, args: &[&str]) -> Run {
-    finished(
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .arg("-s")
-            .arg(socket)
-            .args(args)
-            .env_remove("SHOAL_SOCKET")
-            .output()
-            .expect("run shoal"),
-    )
-}
 
 /// A manager that created a cluster and runs tasks with the sim executor (so that nothing
 /// these tests declare starts real processes once an orchestrator makes tasks).

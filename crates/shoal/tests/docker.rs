@@ -7,9 +7,11 @@
 //! Without an engine the test skips, saying so — unless `SHOAL_REQUIRE_DOCKER=1` (CI), where
 //! it fails.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_api::shared::TaskSpecFields;
 use shoal_api::v1::{
@@ -18,6 +20,7 @@ use shoal_api::v1::{
 };
 use shoal_node::{Daemon, DaemonConfig, ExecutorKind};
 use shoal_store::{By, Reader, Store};
+use support::in_process::{free_addr, until};
 
 const IMAGE: &str = "shoal-test/busybox:latest";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -39,24 +42,6 @@ fn docker_ready() -> bool {
     let built = Command::new("sh").arg(&script).status().unwrap();
     assert!(built.success(), "{} failed", script.display());
     true
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn status(store: &Store, id: &str) -> TaskStatus {
@@ -119,6 +104,10 @@ fn containers_of(task_id: &str) -> Vec<String> {
         .split_whitespace()
         .map(str::to_string)
         .collect()
+}
+
+async fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    until(what, LIMIT, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

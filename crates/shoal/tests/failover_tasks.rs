@@ -3,43 +3,19 @@
 //! its session to the new leader, which sees the node READY and the task RUNNING — the same
 //! process, never restarted — through several heartbeat periods after the election.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use shoal_api::shared::TaskSpecFields;
 use shoal_api::v1::{
     Cluster, Meta, Node, ProcessSpec, Task, TaskState, TaskStatus, node_status, task_spec,
 };
-use shoal_executor::process::ShimCommand;
 use shoal_node::{Daemon, DaemonConfig, RunningDaemon};
 use shoal_store::{By, Reader, Store};
+use support::in_process::{free_addr, small_shim as shim, until};
 
 const LIMIT: Duration = Duration::from_secs(40);
-
-fn shim() -> Option<ShimCommand> {
-    // The small shim binary the `shoal` package ships (tasks.rs runs `shoal process-shim`).
-    Some(ShimCommand {
-        program: env!("CARGO_BIN_EXE_shoal-process-shim").into(),
-        args: Vec::new(),
-    })
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn tokens(store: &Store) -> shoal_api::v1::JoinTokens {
     store
@@ -80,6 +56,10 @@ fn task_status(store: &Store, id: &str) -> TaskStatus {
         .view(|tx| tx.get::<Task>(id))
         .and_then(|t| t.status.clone())
         .unwrap_or_default()
+}
+
+async fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    until(what, LIMIT, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,46 +3,23 @@
 //! executor; the real `shoal` binary asks the manager for their logs, which come from the
 //! worker's agent through the leader's log broker.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_api::shared::TaskSpecFields;
 use shoal_api::v1::{
     Annotations, Cluster, Meta, ProcessSpec, ReplicatedService, Service, ServiceSpec, Task,
     TaskState, TaskStatus, service_spec, task_spec,
 };
-use shoal_executor::process::ShimCommand;
 use shoal_node::{Daemon, DaemonConfig};
 use shoal_store::{By, Reader, Store};
+use support::in_process::{free_addr, shim, until};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn shim() -> Option<ShimCommand> {
-    Some(ShimCommand {
-        program: env!("CARGO_BIN_EXE_shoal").into(),
-        args: vec!["process-shim".into()],
-    })
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn running(store: &Store, id: &str) -> bool {
     store
@@ -114,6 +91,10 @@ async fn shoal_async(socket: PathBuf, args: Vec<String>) -> (i32, String, String
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
+}
+
+async fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    until(what, LIMIT, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,28 +7,15 @@
 //! process-shim`, and only here is the `shoal` binary built for the test
 //! (`CARGO_BIN_EXE_shoal`); the daemons in this test binary are told to use it.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use shoal_api::shared::TaskSpecFields;
 use shoal_api::v1::{Cluster, Meta, Node, ProcessSpec, Task, TaskState, TaskStatus, task_spec};
-use shoal_executor::process::ShimCommand;
 use shoal_node::{Daemon, DaemonConfig};
 use shoal_store::{By, Reader, Store};
-
-/// The `shoal` binary's shim, not this test binary's (which is no `shoal`).
-fn shim() -> Option<ShimCommand> {
-    Some(ShimCommand {
-        program: env!("CARGO_BIN_EXE_shoal").into(),
-        args: vec!["process-shim".into()],
-    })
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use support::in_process::{free_addr, shim};
 
 async fn wait_for_state(store: &Store, id: &str, state: TaskState) -> Task {
     let start = Instant::now();
