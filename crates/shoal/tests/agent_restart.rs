@@ -14,7 +14,7 @@ use shoal_api::shared::TaskSpecFields;
 use shoal_api::v1::{Cluster, Meta, ProcessSpec, Task, TaskState, TaskStatus, task_spec};
 use shoal_node::{Daemon, DaemonConfig};
 use shoal_store::{By, Reader, Store};
-use support::in_process::{free_addr, small_shim as shim, until};
+use support::in_process::{Served, free_addr, small_shim as shim, until};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -66,28 +66,6 @@ fn task(node: &str, pid_file: &Path, script: &str) -> Task {
     }
 }
 
-struct Worker {
-    stop: tokio::sync::oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<Result<shoal_node::Outcome, shoal_node::NodeError>>,
-}
-
-impl Worker {
-    async fn start(config: DaemonConfig) -> (Worker, String) {
-        let daemon = Daemon::start(config).await.unwrap();
-        let id = daemon.identity().node_id.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(daemon.serve(async move {
-            let _ = stopped.await;
-        }));
-        (Worker { stop, served }, id)
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.served.await.unwrap().unwrap();
-    }
-}
-
 fn read_pid(file: &PathBuf) -> Option<i32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
@@ -125,7 +103,7 @@ async fn a_restarted_agent_adopts_its_tasks_and_catches_up_with_what_happened_me
         config.process_shim = shim();
         config
     };
-    let (worker, node) = Worker::start(worker_config(true)).await;
+    let (worker, node) = Served::start(worker_config(true)).await;
 
     // Three tasks: one that runs on, one that will exit with 7 while the agent is down, one
     // that will be removed while the agent is down.
@@ -179,7 +157,7 @@ async fn a_restarted_agent_adopts_its_tasks_and_catches_up_with_what_happened_me
     assert!(alive(pids[0]) && alive(pids[2]));
 
     // The agent comes back.
-    let (worker, _) = Worker::start(worker_config(false)).await;
+    let (worker, _) = Served::start(worker_config(false)).await;
     // The removed task is stopped...
     eventually("the removed task's process to end", || {
         (!alive(pids[2])).then_some(())

@@ -13,17 +13,9 @@ use shoal_api::v1::{
 };
 use shoal_node::{Daemon, DaemonConfig, RunningDaemon};
 use shoal_store::{By, Reader, Store};
-use support::in_process::{free_addr, small_shim as shim, until};
+use support::in_process::{free_addr, join_tokens, small_shim as shim, until};
 
 const LIMIT: Duration = Duration::from_secs(40);
-
-fn tokens(store: &Store) -> shoal_api::v1::JoinTokens {
-    store
-        .view(|tx| tx.find::<Cluster>(By::All).pop())
-        .and_then(|c| c.root_ca.clone())
-        .and_then(|r| r.join_tokens)
-        .unwrap()
-}
 
 async fn manager(
     dir: &std::path::Path,
@@ -67,7 +59,7 @@ async fn a_leader_failover_keeps_tasks_running_and_their_node_ready() {
     let dir = tempfile::tempdir().unwrap();
     let m1 = manager(dir.path(), "m1", None).await;
     eventually("m1 to lead", || m1.handle.status().is_leader.then_some(())).await;
-    let joined = tokens(&m1.store);
+    let joined = join_tokens(&m1.store);
     let m2 = manager(
         dir.path(),
         "m2",
