@@ -8,7 +8,7 @@
 
 use shoal_api::labels::Labels;
 use shoal_api::v1::{
-    CreateServiceRequest, CreateServiceResponse, GetServiceRequest, GetServiceResponse,
+    CreateServiceRequest, CreateServiceResponse, GetServiceRequest, GetServiceResponse, JobStatus,
     ListFilters, ListServiceStatusesRequest, ListServiceStatusesResponse, ListServicesRequest,
     ListServicesResponse, Meta, RemoveServiceRequest, RemoveServiceResponse, ReplicatedService,
     Service, ServiceSpec, Task, TaskState, UpdateServiceRequest, UpdateServiceResponse,
@@ -112,6 +112,7 @@ fn updated_service(
         next.previous_spec = Some(Box::new(current_spec));
         next.previous_spec_version = current.spec_version;
         next.spec_version = current.spec_version + 1;
+        rerun_job(&mut next, now);
         next.update_status = Some(UpdateStatus {
             state: update_status::UpdateState::RollbackStarted as i32,
             started_at: Some(now),
@@ -139,7 +140,33 @@ fn updated_service(
     next.spec = Some(spec);
     next.spec_version = current.spec_version + 1;
     next.update_status = None;
+    rerun_job(&mut next, now);
     Ok(Some(next))
+}
+
+/// Whether the service is a job (replicated or global).
+fn is_job(service: &Service) -> bool {
+    matches!(
+        service.spec.as_ref().and_then(|s| s.mode.as_ref()),
+        Some(service_spec::Mode::ReplicatedJob(_) | service_spec::Mode::GlobalJob(_))
+    )
+}
+
+/// A job's spec changed: it runs again, as a new iteration (docker's rule: updating a job
+/// re-runs it). Services that are not jobs are left alone.
+fn rerun_job(service: &mut Service, now: prost_types::Timestamp) {
+    if !is_job(service) {
+        service.job_status = None;
+        return;
+    }
+    let iteration = service
+        .job_status
+        .as_ref()
+        .map_or(0, |j| j.job_iteration + 1);
+    service.job_status = Some(JobStatus {
+        job_iteration: iteration,
+        last_execution: Some(now),
+    });
 }
 
 /// Task counts of one service, as `service ls` shows them (SwarmKit's rules): desired is the
@@ -214,6 +241,16 @@ impl Services<'_> {
             spec_version: 1,
             ..Default::default()
         };
+        let mut service = service;
+        if is_job(&service) {
+            // The first run, iteration 0.
+            service.job_status = Some(JobStatus {
+                job_iteration: 0,
+                last_execution: Some(shoal_api::clock::Clock::timestamp(
+                    &shoal_api::clock::SystemClock,
+                )),
+            });
+        }
         let created_id = service_id(&service).to_string();
         self.store
             .update(|tx| {

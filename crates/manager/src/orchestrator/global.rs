@@ -42,7 +42,7 @@ pub fn is_global(service: &Service) -> bool {
     )
 }
 
-fn takes_new_tasks(node: &Node) -> bool {
+pub(super) fn takes_new_tasks(node: &Node) -> bool {
     node.status.as_ref().map(|s| s.state).unwrap_or_default() == node_status::State::Ready as i32
         && node
             .spec

@@ -9,6 +9,9 @@
 //!    stopped above the replica count, replaced when they ended (restart policy) or their
 //!    node was lost. A task created to restart another is held at desired state READY until
 //!    its restart delay has passed, then set to RUNNING.
+//!    **Jobs** ([`jobs`]): replicated jobs run up to `max_concurrent` tasks until
+//!    `total_completions` have completed, global jobs one task per node; a completed task is
+//!    never restarted; an update of the job's spec re-runs it as a new iteration.
 //!    **Global services** ([`global::reconcile`]): a task on every READY, ACTIVE node where
 //!    the scheduler's filters say it fits, stopped on drained, down or removed nodes,
 //!    restarted on its node as the restart policy says.
@@ -31,7 +34,7 @@
 //! loop waits for leadership again); a round that finds nothing to change writes nothing, so
 //! its own writes cannot make it spin.
 //!
-//! Not yet (later parts of the orchestration issue): jobs, the update's delay, monitor,
+//! Not yet (later parts of the orchestration issue): the update's delay, monitor,
 //! failure action and rollback, restart max attempts and windows, the constraint enforcer.
 //! Departure from SwarmKit: one loop and one transaction per round instead of an
 //! orchestrator, a restart supervisor, a task reaper and a scheduler each watching the store
@@ -39,6 +42,7 @@
 //! ask for them.
 
 pub mod global;
+pub mod jobs;
 pub mod replicated;
 
 use std::collections::HashMap;
@@ -147,6 +151,7 @@ fn new_task(service: &Service, slot: u64, desired: TaskState) -> Task {
             ..Default::default()
         }),
         desired_state: desired as i32,
+        job_iteration: jobs::iteration(service),
         ..Default::default()
     }
 }
@@ -318,7 +323,9 @@ impl Orchestrator {
                 .get(id_of(&**service))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
-            for change in global::reconcile(service, own, &nodes_by_id) {
+            let mut per_node = global::reconcile(service, own, &nodes_by_id);
+            per_node.extend(jobs::reconcile_global(service, own, &nodes_by_id));
+            for change in per_node {
                 match change {
                     global::Change::Create { node_id, delay } => {
                         let desired = if delay.is_zero() {
@@ -348,7 +355,9 @@ impl Orchestrator {
                     }
                 }
             }
-            for change in replicated::reconcile(service, own, &nodes_by_id) {
+            let mut per_slot = replicated::reconcile(service, own, &nodes_by_id);
+            per_slot.extend(jobs::reconcile_replicated(service, own, &nodes_by_id));
+            for change in per_slot {
                 match change {
                     Change::Create { slot, delay } => {
                         let desired = if delay.is_zero() {

@@ -418,3 +418,53 @@ async fn the_reaper_keeps_a_bounded_history_per_slot() {
     .await;
     orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_job_runs_to_its_completions_and_stops_there() {
+    let store = Store::new();
+    store.update(|tx| tx.create(node("n1"))).await.unwrap();
+    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })));
+    let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
+    let mut batch = service("batch", 1, process());
+    batch.spec.as_mut().unwrap().mode = Some(service_spec::Mode::ReplicatedJob(
+        shoal_api::v1::ReplicatedJob {
+            max_concurrent: 2,
+            total_completions: 3,
+        },
+    ));
+    batch.job_status = Some(shoal_api::v1::JobStatus::default());
+    store.update(|tx| tx.create(batch)).await.unwrap();
+    let assigned = |tasks: &[Arc<Task>]| -> Vec<Arc<Task>> {
+        running(tasks, "batch")
+            .into_iter()
+            .filter(|t| state_of(t) == TaskState::Assigned)
+            .collect()
+    };
+    // Two at a time.
+    let first = eventually("two tasks", &store, |tasks| {
+        let now = assigned(tasks);
+        (now.len() == 2).then_some(now)
+    })
+    .await;
+    for task in &first {
+        set_state(&store, task, TaskState::Complete).await;
+    }
+    // The third completion's task, and no more.
+    let last = eventually("the last task", &store, |tasks| {
+        let now = assigned(tasks);
+        (now.len() == 1).then_some(now)
+    })
+    .await;
+    set_state(&store, &last[0], TaskState::Complete).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tasks = store.view(|tx| tx.find::<Task>(By::Service("batch")));
+    assert_eq!(tasks.len(), 3, "no task beyond the total");
+    assert!(tasks.iter().all(|t| state_of(t) == TaskState::Complete));
+    let mut slots: Vec<u64> = tasks.iter().map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, [0, 1, 2]);
+    orchestrator.stop().await;
+}
