@@ -16,11 +16,12 @@
 //! for the next frame and for the receiver's closing at the same time, so a silent container
 //! does not keep it alive.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
 use futures_util::StreamExt;
+use shoal_executor::process::logs::parse_timestamp;
 use shoal_executor::{LogReader, LogRecord, LogStream, LogsOptions};
 
 use crate::error;
@@ -194,102 +195,39 @@ pub fn split_timestamp(line: &[u8]) -> (Option<SystemTime>, &[u8]) {
     };
     match std::str::from_utf8(&line[..space])
         .ok()
-        .and_then(parse_rfc3339)
+        .and_then(parse_timestamp)
     {
         Some(time) => (Some(time), &line[space + 1..]),
         None => (None, line),
     }
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, the engine's timestamps.
-pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let b = text.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let s = text.get(range)?;
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    if second > 60 {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut nanos: u32 = 0;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let kept = &fraction[..digits.min(9)];
-        nanos = kept.parse::<u32>().ok()? * 10u32.pow(9 - kept.len() as u32);
-        rest = &fraction[digits..];
-    }
-    let offset_secs = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            let h: i64 = rest.get(1..3)?.parse().ok()?;
-            let m: i64 = rest.get(4..6)?.parse().ok()?;
-            if rest.as_bytes()[3] != b':' {
-                return None;
-            }
-            sign * (h * 3600 + m * 60)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn engine_timestamps_parse() {
-        let t = parse_rfc3339("2026-11-27T16:03:05.123456789Z").unwrap();
+        let t = parse_timestamp("2026-11-27T16:03:05.123456789Z").unwrap();
         let d = t.duration_since(UNIX_EPOCH).unwrap();
         assert_eq!(d.as_secs(), 1_795_795_385);
         assert_eq!(d.subsec_nanos(), 123_456_789);
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), UNIX_EPOCH);
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z").unwrap(), UNIX_EPOCH);
         assert_eq!(
-            parse_rfc3339("1970-01-01T01:00:00.5+01:00").unwrap(),
+            parse_timestamp("1970-01-01T01:00:00.5+01:00").unwrap(),
             UNIX_EPOCH + Duration::from_millis(500)
         );
         assert_eq!(
-            parse_rfc3339("2000-03-01T00:00:00Z")
+            parse_timestamp("2000-03-01T00:00:00Z")
                 .unwrap()
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
                 .as_secs(),
             951_868_800
         );
-        assert!(parse_rfc3339("hello").is_none());
-        assert!(parse_rfc3339("2026-13-01T00:00:00Z").is_none());
+        assert!(parse_timestamp("hello").is_none());
+        assert!(parse_timestamp("2026-13-01T00:00:00Z").is_none());
     }
 
     #[test]

@@ -248,61 +248,10 @@ fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, String> {
         return Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds));
     }
     if s.contains('T') {
-        return parse_rfc3339(s).ok_or_else(bad);
+        return shoal_executor::process::logs::parse_timestamp(s).ok_or_else(bad);
     }
     let ago = super::super::duration::parse(s).map_err(|_| bad())?;
     Ok(now.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH))
-}
-
-fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let (date, rest) = s.split_once(['T', 't'])?;
-    let mut date = date.splitn(3, '-');
-    let year: i64 = date.next()?.parse().ok()?;
-    let month: i64 = date.next()?.parse().ok()?;
-    let day: i64 = date.next()?.parse().ok()?;
-    let (time, offset_seconds) = if let Some(time) = rest.strip_suffix(['Z', 'z']) {
-        (time, 0)
-    } else {
-        let at = rest.rfind(['+', '-'])?;
-        let (time, offset) = rest.split_at(at);
-        let sign = if offset.starts_with('-') { -1 } else { 1 };
-        let (hours, minutes) = offset[1..].split_once(':')?;
-        let offset = hours.parse::<i64>().ok()? * 3600 + minutes.parse::<i64>().ok()? * 60;
-        (time, sign * offset)
-    };
-    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let mut clock = clock.splitn(3, ':');
-    let hour: i64 = clock.next()?.parse().ok()?;
-    let minute: i64 = clock.next()?.parse().ok()?;
-    let second: i64 = clock.next()?.parse().ok()?;
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-        || !fraction.chars().all(|c| c.is_ascii_digit())
-    {
-        return None;
-    }
-    let nanos: u32 = if fraction.is_empty() {
-        0
-    } else {
-        format!("{:0<9}", &fraction[..fraction.len().min(9)])
-            .parse()
-            .ok()?
-    };
-    // Days since 1970-01-01 of a proleptic Gregorian date (the inverse of
-    // `output::civil_from_days`).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let month_index = (month + 9) % 12; // 0 = March
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
-    let seconds = u64::try_from(seconds).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos))
 }
 
 #[cfg(test)]
