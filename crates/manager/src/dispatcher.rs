@@ -3268,6 +3268,44 @@ mod tests {
             request
         }
 
+        /// Serves the dispatcher over gRPC on loopback, every call made as this fixture's node
+        /// (an interceptor stands in for the TLS listener, which tells the handlers who
+        /// calls). Returns the address, the sender that stops the server, and its task.
+        fn serve(
+            &self,
+        ) -> (
+            std::net::SocketAddr,
+            oneshot::Sender<()>,
+            JoinHandle<Result<(), tonic::transport::Error>>,
+        ) {
+            let peer = self
+                .request((), &self.node_id)
+                .extensions()
+                .get::<shoal_tls::PeerInfo>()
+                .cloned()
+                .unwrap();
+            let service = dispatcher_server::DispatcherServer::with_interceptor(
+                self.dispatcher.clone(),
+                move |mut request: Request<()>| {
+                    request.extensions_mut().insert(peer.clone());
+                    Ok(request)
+                },
+            );
+            let incoming =
+                tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+                    .unwrap();
+            let addr = incoming.local_addr().unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let server = tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    }),
+            );
+            (addr, stop, server)
+        }
+
         async fn open(&self) -> Result<SessionStream, Status> {
             let description = shoal_api::v1::NodeDescription {
                 hostname: "worker-1".into(),
@@ -3543,31 +3581,7 @@ mod tests {
         let f = fixture().await;
         let task = f.dispatcher.start_with_interval(NEVER);
         f.swept(1).await;
-        // Stands in for the TLS listener, which tells the handlers who calls.
-        let peer = f
-            .request((), &f.node_id)
-            .extensions()
-            .get::<shoal_tls::PeerInfo>()
-            .cloned()
-            .unwrap();
-        let service = dispatcher_server::DispatcherServer::with_interceptor(
-            f.dispatcher.clone(),
-            move |mut request: Request<()>| {
-                request.extensions_mut().insert(peer.clone());
-                Ok(request)
-            },
-        );
-        let incoming =
-            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = incoming.local_addr().unwrap();
-        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = server_stopped.await;
-                }),
-        );
+        let (addr, stop_server, server) = f.serve();
         let mut client =
             shoal_api::v1::dispatcher_client::DispatcherClient::connect(format!("http://{addr}"))
                 .await
@@ -3610,27 +3624,7 @@ mod tests {
         let f = fixture().await;
         let task = f.dispatcher.start_with_interval(NEVER);
         f.swept(1).await;
-        let peer = f
-            .request((), &f.node_id)
-            .extensions()
-            .get::<shoal_tls::PeerInfo>()
-            .cloned()
-            .unwrap();
-        let service = dispatcher_server::DispatcherServer::with_interceptor(
-            f.dispatcher.clone(),
-            move |mut request: Request<()>| {
-                request.extensions_mut().insert(peer.clone());
-                Ok(request)
-            },
-        );
-        let incoming =
-            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = incoming.local_addr().unwrap();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming),
-        );
+        let (addr, _stop_server, server) = f.serve();
         let mut client =
             shoal_api::v1::dispatcher_client::DispatcherClient::connect(format!("http://{addr}"))
                 .await
