@@ -27,16 +27,27 @@ pub fn label_filter_matches(
     })
 }
 
-fn config_matches(c: &Config, f: &ListFilters) -> bool {
-    let meta = c.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("");
-    let annotations = c.spec.as_ref().and_then(|s| s.annotations.as_ref());
-    let name = annotations.map(|a| a.name.as_str()).unwrap_or("");
-    let labels = annotations.map(|a| a.labels.as_slice()).unwrap_or(&[]);
+/// Whether an object with this ID, name and labels passes the common list filters that are
+/// set: exact names, name prefixes, ID prefixes, labels.
+pub fn filters_match(
+    id: &str,
+    name: &str,
+    labels: &[shoal_api::v1::Label],
+    f: &ListFilters,
+) -> bool {
     (f.names.is_empty() || f.names.iter().any(|n| n == name))
         && (f.name_prefixes.is_empty()
             || f.name_prefixes.iter().any(|p| name.starts_with(p.as_str())))
-        && (f.id_prefixes.is_empty() || f.id_prefixes.iter().any(|p| meta.starts_with(p.as_str())))
+        && (f.id_prefixes.is_empty() || f.id_prefixes.iter().any(|p| id.starts_with(p.as_str())))
         && label_filter_matches(labels, &f.labels)
+}
+
+fn config_matches(c: &Config, f: &ListFilters) -> bool {
+    let id = c.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("");
+    let annotations = c.spec.as_ref().and_then(|s| s.annotations.as_ref());
+    let name = annotations.map(|a| a.name.as_str()).unwrap_or("");
+    let labels = annotations.map(|a| a.labels.as_slice()).unwrap_or(&[]);
+    filters_match(id, name, labels, f)
 }
 
 /// The spec of a create or update request, validated, labels in canonical order.

@@ -52,7 +52,7 @@ fn unimplemented(call: &str) -> Status {
     ))
 }
 
-pub use config::label_filter_matches;
+pub use config::{filters_match, label_filter_matches};
 
 #[tonic::async_trait]
 impl shoal_api::v1::control_server::Control for ControlApi {

@@ -19,7 +19,7 @@ use shoal_api::{id, validation};
 use shoal_store::{By, Reader, Store, StoreError};
 use tonic::Status;
 
-use super::{ControlApi, label_filter_matches};
+use super::{ControlApi, filters_match};
 use crate::status::store_status;
 
 fn service_matches(service: &Service, filters: &ListFilters) -> bool {
@@ -27,18 +27,7 @@ fn service_matches(service: &Service, filters: &ListFilters) -> bool {
     let annotations = service.spec.as_ref().and_then(|s| s.annotations.as_ref());
     let name = annotations.map(|a| a.name.as_str()).unwrap_or("");
     let labels = annotations.map(|a| a.labels.as_slice()).unwrap_or(&[]);
-    (filters.names.is_empty() || filters.names.iter().any(|n| n == name))
-        && (filters.name_prefixes.is_empty()
-            || filters
-                .name_prefixes
-                .iter()
-                .any(|p| name.starts_with(p.as_str())))
-        && (filters.id_prefixes.is_empty()
-            || filters
-                .id_prefixes
-                .iter()
-                .any(|p| id.starts_with(p.as_str())))
-        && label_filter_matches(labels, &filters.labels)
+    filters_match(id, name, labels, filters)
 }
 
 fn invalid(e: validation::ValidationError) -> Status {

@@ -10,7 +10,7 @@ use tonic::Status;
 
 use shoal_api::naming::task_name;
 
-use super::{ControlApi, label_filter_matches};
+use super::{ControlApi, filters_match};
 use crate::status::store_status;
 
 fn task_matches(task: &Task, request: &ListTasksRequest, filters: &ListFilters) -> bool {
@@ -21,18 +21,7 @@ fn task_matches(task: &Task, request: &ListTasksRequest, filters: &ListFilters) 
         .as_ref()
         .map(|a| a.labels.as_slice())
         .unwrap_or(&[]);
-    (filters.names.is_empty() || filters.names.contains(&name))
-        && (filters.name_prefixes.is_empty()
-            || filters
-                .name_prefixes
-                .iter()
-                .any(|p| name.starts_with(p.as_str())))
-        && (filters.id_prefixes.is_empty()
-            || filters
-                .id_prefixes
-                .iter()
-                .any(|p| id.starts_with(p.as_str())))
-        && label_filter_matches(labels, &filters.labels)
+    filters_match(id, &name, labels, filters)
         && (request.service_ids.is_empty() || request.service_ids.contains(&task.service_id))
         && (request.node_ids.is_empty() || request.node_ids.contains(&task.node_id))
         && (request.desired_states.is_empty()
