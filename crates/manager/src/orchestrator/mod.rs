@@ -45,7 +45,7 @@ pub mod global;
 pub mod jobs;
 pub mod replicated;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -317,6 +317,8 @@ impl Orchestrator {
             tasks.iter().filter(|t| !t.node_id.is_empty()).cloned(),
         );
 
+        let tasks_by_id: HashMap<&str, &Arc<Task>> =
+            tasks.iter().map(|t| (id_of(&**t), t)).collect();
         // 1. Services.
         for service in &services {
             let own = by_service
@@ -346,8 +348,8 @@ impl Orchestrator {
                         }
                     }
                     global::Change::Shutdown { task_id, reason } => {
-                        if let Some(task) = own.iter().find(|t| id_of(&***t) == task_id) {
-                            let mut task = (**task).clone();
+                        if let Some(task) = tasks_by_id.get(task_id.as_str()) {
+                            let mut task = (***task).clone();
                             task.desired_state = TaskState::Shutdown as i32;
                             tracing::debug!(task = %task_id, "orchestrator: stopping: {reason}");
                             writes.update.push(task);
@@ -373,8 +375,8 @@ impl Orchestrator {
                         created_pending.push(task);
                     }
                     Change::Shutdown { task_id, reason } => {
-                        if let Some(task) = own.iter().find(|t| id_of(&***t) == task_id) {
-                            let mut task = (**task).clone();
+                        if let Some(task) = tasks_by_id.get(task_id.as_str()) {
+                            let mut task = (***task).clone();
                             task.desired_state = TaskState::Shutdown as i32;
                             tracing::debug!(task = %task_id, "orchestrator: stopping: {reason}");
                             writes.update.push(task);
@@ -385,9 +387,9 @@ impl Orchestrator {
         }
 
         // 2. Tasks of deleted services: stop them, then remove them once stopped.
+        let service_ids: HashSet<&str> = services.iter().map(|s| id_of(&**s)).collect();
         for task in &tasks {
-            if task.service_id.is_empty() || services.iter().any(|s| id_of(&**s) == task.service_id)
-            {
+            if task.service_id.is_empty() || service_ids.contains(task.service_id.as_str()) {
                 continue;
             }
             let stopped = is_terminal(state_of(task)) || task.node_id.is_empty();
@@ -405,7 +407,7 @@ impl Orchestrator {
         let keep = history_limit(&self.store);
         let mut history: HashMap<(&str, u64, &str), Vec<&Arc<Task>>> = HashMap::new();
         for task in &tasks {
-            let exists = services.iter().any(|s| id_of(&**s) == task.service_id);
+            let exists = service_ids.contains(task.service_id.as_str());
             let stopped = task.desired_state > TaskState::Running as i32
                 && (is_terminal(state_of(task)) || task.node_id.is_empty());
             if exists && stopped {
@@ -441,6 +443,8 @@ impl Orchestrator {
 
         // Restart delays: tasks held at READY start once their delay is over. A READY task
         // this leader has no timer for (it was created by an earlier leader) gets one now.
+        let mut updated: HashSet<String> =
+            writes.update.iter().map(|t| id_of(t).to_string()).collect();
         for task in &tasks {
             if task.desired_state != TaskState::Ready as i32 {
                 continue;
@@ -450,17 +454,20 @@ impl Orchestrator {
                 .delayed
                 .entry(id.to_string())
                 .or_insert_with(|| now_instant + replicated::DEFAULT_RESTART_DELAY);
-            if due <= now_instant && !writes.update.iter().any(|t| id_of(t) == id) {
+            if due <= now_instant && !updated.contains(id) {
                 let mut task = (**task).clone();
                 task.desired_state = TaskState::Running as i32;
+                updated.insert(id.to_string());
                 writes.update.push(task);
                 self.delayed.remove(id);
             }
         }
-        self.delayed.retain(|id, _| {
-            tasks.iter().any(|t| id_of(&**t) == id)
-                || created_pending.iter().any(|t| id_of(t) == id)
-        });
+        let known: HashSet<&str> = tasks
+            .iter()
+            .map(|t| id_of(&**t))
+            .chain(created_pending.iter().map(id_of))
+            .collect();
+        self.delayed.retain(|id, _| known.contains(id.as_str()));
 
         // 3. Scheduling: the tasks without a node (existing and just created).
         let mut pending: Vec<Arc<Task>> = tasks
@@ -469,14 +476,16 @@ impl Orchestrator {
                 t.node_id.is_empty()
                     && t.desired_state <= TaskState::Running as i32
                     && state_of(t) <= TaskState::Pending
-                    && !writes.update.iter().any(|u| id_of(u) == id_of(&***t))
+                    && !updated.contains(id_of(&***t))
             })
             .cloned()
             .collect();
+        // The tasks from `existing` on are the ones this round creates.
+        let existing = pending.len();
         pending.extend(created_pending.drain(..).map(Arc::new));
         let decisions = self.scheduler.schedule(&pending);
-        for (task, decision) in pending.iter().zip(decisions) {
-            let is_new = !tasks.iter().any(|t| id_of(&**t) == id_of(&**task));
+        for (index, (task, decision)) in pending.iter().zip(decisions).enumerate() {
+            let is_new = index >= existing;
             let mut task = (**task).clone();
             let changed = match decision {
                 Decision::Assign { node_id, .. } => {
