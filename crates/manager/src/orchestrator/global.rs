@@ -11,6 +11,8 @@
 //! - A task that ended is restarted on its node as the restart policy says (after the
 //!   restart delay), or keeps its place (policy `none`, or `on-failure` after COMPLETE).
 //! - Two live tasks on one node: the newest stays.
+//! - A task of an older task spec is replaced on its node at the update's pace
+//!   ([`super::update`]), on nodes that take new tasks (a paused node keeps what it runs).
 //!
 //! Departures from SwarmKit: a node that lacks the resources for the task gets none (rather
 //! than a task PENDING on it) until a round finds it fits; nodes that stop satisfying the
@@ -18,18 +20,24 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use shoal_api::task_state::is_terminal;
-use shoal_api::v1::{Node, Service, Task, TaskState, node_spec, node_status, restart_policy};
+use shoal_api::v1::{Node, Service, Task, TaskState, node_spec, node_status, update_config};
 
-use super::replicated::{desired, id, node_unfit, restart_policy, state};
+use super::replicated::{desired, id, node_unfit, restart, restart_policy, state};
+use super::update;
 
 /// What the runner must do for a global service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// Create a task for `node_id`; it may start after `delay`.
-    Create { node_id: String, delay: Duration },
+    /// Create a task for `node_id`; it may start after `delay`. It carries the node's
+    /// restart `attempts` (see [`super::replicated::restart`]).
+    Create {
+        node_id: String,
+        delay: Duration,
+        attempts: Vec<prost_types::Timestamp>,
+    },
     /// Tell this task to stop, saying why.
     Shutdown { task_id: String, reason: String },
 }
@@ -52,21 +60,39 @@ pub(super) fn takes_new_tasks(node: &Node) -> bool {
             == node_spec::Availability::Active as i32
 }
 
-/// The changes the global `service` needs.
+/// The changes the global `service` needs, as of now (see [`plan`]).
 pub fn reconcile(
     service: &Service,
     tasks: &[Arc<Task>],
     nodes: &HashMap<String, Arc<Node>>,
 ) -> Vec<Change> {
+    plan(service, tasks, nodes, SystemTime::now()).changes
+}
+
+/// What a global service needs: task changes, and its update's supervision.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    pub update: update::Supervision,
+}
+
+/// The changes the global `service` needs at `now`, and what its rolling update decided
+/// (a rollback comes alone, as for replicated services).
+pub fn plan(
+    service: &Service,
+    tasks: &[Arc<Task>],
+    nodes: &HashMap<String, Arc<Node>>,
+    now: SystemTime,
+) -> Plan {
     if !is_global(service) {
-        return Vec::new();
+        return Plan::default();
     }
-    let (condition, delay) = restart_policy(service);
+    let restart_policy = restart_policy(service);
     let mut changes = Vec::new();
     let mut holders: BTreeMap<&str, Vec<&Arc<Task>>> = BTreeMap::new();
     // Nodes whose place is taken by an ended task that is not restarted.
     let mut kept: Vec<&str> = Vec::new();
-    let mut restarts: BTreeMap<&str, Duration> = BTreeMap::new();
+    let mut restarts: BTreeMap<&str, (Duration, Vec<prost_types::Timestamp>)> = BTreeMap::new();
     for task in tasks {
         if desired(task) > TaskState::Running || task.node_id.is_empty() {
             continue;
@@ -87,15 +113,10 @@ pub fn reconcile(
             holders.entry(node).or_default().push(task);
             continue;
         }
-        let restart = match condition {
-            restart_policy::Condition::None => false,
-            restart_policy::Condition::OnFailure => observed != TaskState::Complete,
-            restart_policy::Condition::Any => true,
-        };
-        if !restart {
+        let Some(restart) = restart(&restart_policy, service, task, now) else {
             kept.push(node);
             continue;
-        }
+        };
         changes.push(Change::Shutdown {
             task_id: id(task).to_string(),
             reason: format!(
@@ -103,22 +124,89 @@ pub fn reconcile(
                 shoal_api::task_state::name(observed)
             ),
         });
-        restarts.insert(node, delay);
+        restarts.insert(node, restart);
     }
-    for (node, mut held) in holders.iter_mut().map(|(n, h)| (*n, std::mem::take(h))) {
+    // Per node: the newest task stays; an older spec version's task is replaced at the
+    // update's pace (on nodes that take new tasks: a paused node keeps what it runs).
+    let order = update::policy(service).order;
+    let current = service.spec_version;
+    let mut outdated: Vec<(&str, &Arc<Task>)> = Vec::new();
+    for (node, held) in holders.iter_mut() {
+        let node: &str = node;
+        let mut held = std::mem::take(held);
         held.sort_by_key(|t| {
             t.meta
                 .as_ref()
                 .and_then(|m| m.created_at.as_ref())
                 .map(|c| (c.seconds, c.nanos))
         });
-        let newest = held.pop().expect("a node in the map has a holder");
-        for task in held {
+        let (up_to_date, old): (Vec<&Arc<Task>>, Vec<&Arc<Task>>) = held
+            .into_iter()
+            .partition(|t| !update::is_outdated(t, service));
+        match up_to_date.split_last() {
+            Some((newest, extra)) => {
+                for task in extra {
+                    changes.push(Change::Shutdown {
+                        task_id: id(task).to_string(),
+                        reason: format!("node {node} has a newer task ({})", id(newest)),
+                    });
+                }
+                let runs = state(newest) == TaskState::Running;
+                if runs || order == update_config::UpdateOrder::StopFirst {
+                    for task in old {
+                        changes.push(Change::Shutdown {
+                            task_id: id(task).to_string(),
+                            reason: format!("replaced by {} (spec version {current})", id(newest)),
+                        });
+                    }
+                }
+            }
+            None => {
+                let (newest, extra) = old.split_last().expect("a node in the map has a holder");
+                for task in extra {
+                    changes.push(Change::Shutdown {
+                        task_id: id(task).to_string(),
+                        reason: format!("node {node} has a newer task ({})", id(newest)),
+                    });
+                }
+                if nodes.get(node).is_some_and(|n| takes_new_tasks(n)) {
+                    outdated.push((node, newest));
+                }
+            }
+        }
+    }
+    let missing = nodes
+        .iter()
+        .filter(|(id, node)| {
+            !holders.contains_key(id.as_str())
+                && !kept.contains(&id.as_str())
+                && takes_new_tasks(node)
+        })
+        .count();
+    let units = update::Units {
+        total: (holders.len() + missing).max(1),
+        outdated: outdated.len(),
+        missing,
+    };
+    let supervision = update::supervise(service, tasks, units, now);
+    if supervision.rollback {
+        return Plan {
+            changes: Vec::new(),
+            update: supervision,
+        };
+    }
+    for (node, task) in outdated.into_iter().take(supervision.allowed) {
+        if order == update_config::UpdateOrder::StopFirst {
             changes.push(Change::Shutdown {
                 task_id: id(task).to_string(),
-                reason: format!("node {node} has a newer task ({})", id(newest)),
+                reason: format!("updating to spec version {current}"),
             });
         }
+        changes.push(Change::Create {
+            node_id: node.to_string(),
+            delay: Duration::ZERO,
+            attempts: Vec::new(),
+        });
     }
     let mut eligible: Vec<(&String, &Arc<Node>)> = nodes.iter().collect();
     eligible.sort_by(|a, b| a.0.cmp(b.0));
@@ -127,12 +215,17 @@ pub fn reconcile(
         if holders.contains_key(node_id) || kept.contains(&node_id) || !takes_new_tasks(node) {
             continue;
         }
+        let (delay, attempts) = restarts.remove(node_id).unwrap_or_default();
         changes.push(Change::Create {
             node_id: node_id.to_string(),
-            delay: restarts.get(node_id).copied().unwrap_or(Duration::ZERO),
+            delay,
+            attempts,
         });
     }
-    changes
+    Plan {
+        changes,
+        update: supervision,
+    }
 }
 
 #[cfg(test)]
@@ -248,7 +341,8 @@ mod tests {
                 },
                 Change::Create {
                     node_id: "a".into(),
-                    delay: super::super::replicated::DEFAULT_RESTART_DELAY
+                    delay: super::super::replicated::DEFAULT_RESTART_DELAY,
+                    attempts: Vec::new(),
                 }
             ]
         );

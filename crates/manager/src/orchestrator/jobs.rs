@@ -150,6 +150,7 @@ pub fn reconcile_replicated(
         changes.push(replicated::Change::Create {
             slot,
             delay: survey.delays.get(&slot).copied().unwrap_or(Duration::ZERO),
+            attempts: Vec::new(),
         });
     }
     changes
@@ -195,6 +196,7 @@ pub fn reconcile_global(
                 .get(node_id)
                 .copied()
                 .unwrap_or(Duration::ZERO),
+            attempts: Vec::new(),
         });
     }
     changes

@@ -25,17 +25,21 @@
 //!
 //! Rounds are level-triggered: one runs when leadership is gained, after every change of a
 //! service, task or node in the store (changes that arrive together make one round), and
-//! when a restart delay ends. Whatever a round decides is computed from the state it read, so
-//! a new leader converges from whatever the old one left; a write that conflicts with a
-//! concurrent one is simply redone by the next round. Every decision is a function of the
-//! store, except the restart delays' start times, which a new leader takes as "now".
+//! when a restart delay or an update's delay or monitor period ends. Whatever a round decides
+//! is computed from the state it read, so a new leader converges from whatever the old one
+//! left; a write that conflicts with a concurrent one is simply redone by the next round.
+//! Every decision is a function of the store and the clock: a restart delay's end is its
+//! attempt's time when the policy limits attempts, else a new leader takes "now" as its
+//! start.
 //!
 //! Invariants: the orchestrator writes only on the leader (a write elsewhere fails and the
 //! loop waits for leadership again); a round that finds nothing to change writes nothing, so
 //! its own writes cannot make it spin.
 //!
-//! Not yet (later parts of the orchestration issue): the update's delay, monitor,
-//! failure action and rollback, restart max attempts and windows, the constraint enforcer.
+//! Rolling updates and rollbacks are paced and judged by [`update`]; their `UpdateStatus`
+//! and an automatic rollback's spec swap are written in the same transaction as the round's
+//! task changes.
+//!
 //! Departure from SwarmKit: one loop and one transaction per round instead of an
 //! orchestrator, a restart supervisor, a task reaper and a scheduler each watching the store
 //! on its own; simpler to reason about, and incremental updates can come when the benchmarks
@@ -44,10 +48,11 @@
 pub mod global;
 pub mod jobs;
 pub mod replicated;
+pub mod update;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use shoal_api::task_state::is_terminal;
 use shoal_api::v1::{Meta, Node, ObjectKind, Service, Task, TaskState, TaskStatus};
@@ -74,6 +79,8 @@ pub struct Orchestrator {
     scheduler: Scheduler,
     /// Tasks held at desired READY until their restart delay ends.
     delayed: HashMap<String, Instant>,
+    /// When a rolling update's delay or monitor period ends (the earliest).
+    update_wake: Option<Instant>,
 }
 
 /// The running orchestrator loop; [`OrchestratorTask::stop`] ends it and waits.
@@ -187,6 +194,8 @@ fn assigned_status() -> TaskStatus {
 /// What one round writes.
 #[derive(Default)]
 struct Writes {
+    /// Services whose update status changed, or which roll back.
+    services: Vec<Service>,
     create: Vec<Task>,
     /// Task ID → (new desired state, status message if it changes, node to assign).
     update: Vec<Task>,
@@ -195,7 +204,10 @@ struct Writes {
 
 impl Writes {
     fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+        self.services.is_empty()
+            && self.create.is_empty()
+            && self.update.is_empty()
+            && self.delete.is_empty()
     }
 }
 
@@ -210,6 +222,7 @@ impl Orchestrator {
             leadership,
             scheduler: Scheduler::new(),
             delayed: HashMap::new(),
+            update_wake: None,
         }
     }
 
@@ -263,8 +276,9 @@ impl Orchestrator {
             let wake = self
                 .delayed
                 .values()
-                .min()
                 .copied()
+                .chain(self.update_wake)
+                .min()
                 .unwrap_or_else(|| Instant::now() + IDLE_ROUND);
             tokio::select! {
                 () = async { let _ = stopped.wait_for(|s| *s).await; } => return,
@@ -311,6 +325,8 @@ impl Orchestrator {
         }
         let mut writes = Writes::default();
         let now_instant = Instant::now();
+        let now_system = SystemTime::now();
+        self.update_wake = None;
         let mut created_pending: Vec<Task> = Vec::new();
         self.scheduler.reset(
             nodes.iter().cloned(),
@@ -325,17 +341,50 @@ impl Orchestrator {
                 .get(id_of(&**service))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
-            let mut per_node = global::reconcile(service, own, &nodes_by_id);
+            let global = global::plan(service, own, &nodes_by_id, now_system);
+            let replicated = replicated::plan(service, own, &nodes_by_id, now_system);
+            let mut rolled_back = false;
+            for supervision in [&global.update, &replicated.update] {
+                if let Some(wake) = supervision.wake {
+                    let at = now_instant + wake;
+                    self.update_wake = Some(self.update_wake.map_or(at, |w| w.min(at)));
+                }
+                let Some(status) = supervision.status.clone() else {
+                    continue;
+                };
+                let next = if supervision.rollback {
+                    rolled_back = true;
+                    update::rolled_back(service, status.clone())
+                } else {
+                    None
+                };
+                let next = next.unwrap_or_else(|| {
+                    let mut next = (**service).clone();
+                    next.update_status = Some(status.clone());
+                    next
+                });
+                tracing::info!(service = %id_of(&**service), "orchestrator: {}", status.message);
+                writes.services.push(next);
+            }
+            if rolled_back {
+                continue;
+            }
+            let mut per_node = global.changes;
             per_node.extend(jobs::reconcile_global(service, own, &nodes_by_id));
             for change in per_node {
                 match change {
-                    global::Change::Create { node_id, delay } => {
+                    global::Change::Create {
+                        node_id,
+                        delay,
+                        attempts,
+                    } => {
                         let desired = if delay.is_zero() {
                             TaskState::Running
                         } else {
                             TaskState::Ready
                         };
                         let mut task = new_task(service, 0, desired);
+                        task.restart_attempts = attempts;
                         // Only where the task fits (constraints, resources, runtime).
                         if let Decision::Assign { .. } = self.scheduler.place_on(&task, &node_id) {
                             task.node_id = node_id;
@@ -357,17 +406,22 @@ impl Orchestrator {
                     }
                 }
             }
-            let mut per_slot = replicated::reconcile(service, own, &nodes_by_id);
+            let mut per_slot = replicated.changes;
             per_slot.extend(jobs::reconcile_replicated(service, own, &nodes_by_id));
             for change in per_slot {
                 match change {
-                    Change::Create { slot, delay } => {
+                    Change::Create {
+                        slot,
+                        delay,
+                        attempts,
+                    } => {
                         let desired = if delay.is_zero() {
                             TaskState::Running
                         } else {
                             TaskState::Ready
                         };
-                        let task = new_task(service, slot, desired);
+                        let mut task = new_task(service, slot, desired);
+                        task.restart_attempts = attempts;
                         if !delay.is_zero() {
                             self.delayed
                                 .insert(id_of(&task).to_string(), now_instant + delay);
@@ -442,7 +496,8 @@ impl Orchestrator {
         }
 
         // Restart delays: tasks held at READY start once their delay is over. A READY task
-        // this leader has no timer for (it was created by an earlier leader) gets one now.
+        // this leader has no timer for (it was created by an earlier leader) starts at its
+        // last restart attempt's time when it carries one, else after the default delay.
         let mut updated: HashSet<String> =
             writes.update.iter().map(|t| id_of(t).to_string()).collect();
         for task in &tasks {
@@ -450,10 +505,14 @@ impl Orchestrator {
                 continue;
             }
             let id = id_of(&**task);
-            let due = *self
-                .delayed
-                .entry(id.to_string())
-                .or_insert_with(|| now_instant + replicated::DEFAULT_RESTART_DELAY);
+            let due = *self.delayed.entry(id.to_string()).or_insert_with(|| {
+                task.restart_attempts
+                    .iter()
+                    .filter_map(|t| SystemTime::try_from(*t).ok())
+                    .max()
+                    .map(|at| now_instant + at.duration_since(now_system).unwrap_or(Duration::ZERO))
+                    .unwrap_or(now_instant + replicated::DEFAULT_RESTART_DELAY)
+            });
             if due <= now_instant && !updated.contains(id) {
                 let mut task = (**task).clone();
                 task.desired_state = TaskState::Running as i32;
@@ -520,12 +579,16 @@ impl Orchestrator {
             return Ok(());
         }
         let Writes {
+            services,
             create,
             update,
             delete,
         } = writes;
         self.store
             .update(move |tx| {
+                for service in services {
+                    tx.update(service)?;
+                }
                 for task in create {
                     tx.create(task)?;
                 }

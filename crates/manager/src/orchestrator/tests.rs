@@ -468,3 +468,232 @@ async fn a_replicated_job_runs_to_its_completions_and_stops_there() {
     assert_eq!(slots, [0, 1, 2]);
     orchestrator.stop().await;
 }
+
+/// Plays every node's agent once: tasks told to stop are SHUTDOWN, assigned tasks wanted
+/// RUNNING run — except those whose command is `fail`, which FAIL. Status times are now.
+async fn agents_step(store: &Store) {
+    store
+        .update(|tx| {
+            for task in tx.find::<Task>(By::All) {
+                let observed = state_of(&task);
+                let next = if task.desired_state >= TaskState::Shutdown as i32 {
+                    (!is_terminal(observed)).then_some(TaskState::Shutdown)
+                } else if task.desired_state == TaskState::Running as i32
+                    && observed == TaskState::Assigned
+                {
+                    let fails = matches!(
+                        task.spec.as_ref().and_then(|s| s.runtime.as_ref()),
+                        Some(task_spec::Runtime::Process(p)) if p.command == "fail"
+                    );
+                    Some(if fails {
+                        TaskState::Failed
+                    } else {
+                        TaskState::Running
+                    })
+                } else {
+                    None
+                };
+                if let Some(state) = next {
+                    let mut task = (*task).clone();
+                    task.status = Some(TaskStatus {
+                        state: state as i32,
+                        timestamp: Some(now()),
+                        ..Default::default()
+                    });
+                    tx.update(task)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+fn update_state_of(store: &Store, id: &str) -> (i32, String) {
+    let service = store.view(|tx| tx.get::<Service>(id)).unwrap();
+    service
+        .update_status
+        .as_ref()
+        .map(|s| (s.state, s.message.clone()))
+        .unwrap_or_default()
+}
+
+/// Updates `id`'s task command as the Control API does: the previous spec kept, the spec
+/// version raised, the update status cleared.
+async fn update_command(store: &Store, id: &str, command: &str) {
+    let id = id.to_string();
+    let command = command.to_string();
+    store
+        .update(move |tx| {
+            let mut s = (*tx.get::<Service>(&id).unwrap()).clone();
+            s.previous_spec = s.spec.clone().map(Box::new);
+            s.previous_spec_version = s.spec_version;
+            s.spec_version += 1;
+            s.update_status = None;
+            let task = s.spec.as_mut().unwrap().task.as_mut().unwrap();
+            task.runtime = Some(task_spec::Runtime::Process(Box::new(ProcessSpec {
+                command,
+                ..Default::default()
+            })));
+            tx.update(s)
+        })
+        .await
+        .unwrap();
+}
+
+fn update_config(
+    action: shoal_api::v1::update_config::FailureAction,
+) -> shoal_api::v1::UpdateConfig {
+    shoal_api::v1::UpdateConfig {
+        parallelism: 1,
+        monitor: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 300_000_000,
+        }),
+        failure_action: action as i32,
+        ..Default::default()
+    }
+}
+
+/// Runs the agents until `done` holds, bounded.
+async fn run_agents_until(store: &Store, what: &str, done: impl Fn(&Store) -> bool) {
+    let start = std::time::Instant::now();
+    while !done(store) {
+        assert!(
+            start.elapsed() < LIMIT,
+            "timed out waiting for {what}; services: {:#?}",
+            store.view(|tx| tx.find::<Service>(By::All))
+        );
+        agents_step(store).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_updates_complete_resume_after_a_leader_change_and_roll_back_on_failure() {
+    use shoal_api::v1::update_config::FailureAction;
+    use shoal_api::v1::update_status::UpdateState;
+    let store = Store::new();
+    store
+        .update(|tx| {
+            tx.create(node("n1"))?;
+            tx.create(node("n2"))
+        })
+        .await
+        .unwrap();
+    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })));
+    let orchestrator = Orchestrator::with_leadership(store.clone(), raft.clone()).start();
+    let mut web = service("web", 3, process());
+    web.spec.as_mut().unwrap().update = Some(update_config(FailureAction::Rollback));
+    web.spec.as_mut().unwrap().rollback = Some(update_config(FailureAction::Pause));
+    store.update(|tx| tx.create(web)).await.unwrap();
+    let command_of =
+        |spec: Option<&shoal_api::v1::TaskSpec>| match spec.and_then(|t| t.runtime.as_ref()) {
+            Some(task_spec::Runtime::Process(p)) => p.command.clone(),
+            _ => String::new(),
+        };
+    // Three tasks wanted running, all running `command`.
+    let converged = |store: &Store, command: &str| {
+        let tasks = store.view(|tx| tx.find::<Task>(By::Service("web")));
+        let live: Vec<_> = running(&tasks, "web");
+        live.len() == 3
+            && live.iter().all(|t| {
+                command_of(t.spec.as_ref()) == command && state_of(t) == TaskState::Running
+            })
+    };
+    run_agents_until(&store, "three running tasks", |s| converged(s, "true")).await;
+    assert_eq!(update_state_of(&store, "web").0, 0, "creation is no update");
+
+    // An update goes one slot at a time, never more than 3 tasks wanted running.
+    update_command(&store, "web", "sleep 1d").await;
+    eventually("the update to start", &store, |_| {
+        (update_state_of(&store, "web").0 == UpdateState::Updating as i32).then_some(())
+    })
+    .await;
+    let mut leader_changed = false;
+    let start = std::time::Instant::now();
+    loop {
+        let tasks = store.view(|tx| tx.find::<Task>(By::Service("web")));
+        let wanted = running(&tasks, "web");
+        assert!(
+            wanted.len() <= 3,
+            "stop-first: at most 3 tasks wanted running"
+        );
+        let new = wanted.iter().filter(|t| t.spec_version == 2).count();
+        if new == 1 && !leader_changed {
+            // The leader changes mid-update: a new orchestrator picks it up from the store.
+            raft.0.send_modify(|s| s.is_leader = false);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            raft.0.send_modify(|s| s.is_leader = true);
+            leader_changed = true;
+        }
+        if update_state_of(&store, "web").0 == UpdateState::Completed as i32 {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "the update did not complete");
+        agents_step(&store).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(leader_changed);
+    assert!(converged(&store, "sleep 1d"));
+    assert_eq!(update_state_of(&store, "web").1, "update completed");
+
+    // A failing update rolls back to the previous spec, which then completes.
+    update_command(&store, "web", "fail").await;
+    run_agents_until(&store, "the rollback to start", |s| {
+        update_state_of(s, "web").0 == UpdateState::RollbackStarted as i32
+    })
+    .await;
+    let service = store.view(|tx| tx.get::<Service>("web")).unwrap();
+    assert_eq!(
+        service.spec_version, 4,
+        "the rollback is a new spec version"
+    );
+    let (state, message) = update_state_of(&store, "web");
+    assert_eq!(state, UpdateState::RollbackStarted as i32);
+    assert!(
+        message.starts_with("update rolled back due to failure or early termination of task"),
+        "{message}"
+    );
+    run_agents_until(&store, "the rollback to complete", |s| {
+        update_state_of(s, "web").0 == UpdateState::RollbackCompleted as i32
+    })
+    .await;
+    assert!(converged(&store, "sleep 1d"));
+    let service = store.view(|tx| tx.get::<Service>("web")).unwrap();
+    let command = |spec: Option<&ServiceSpec>| command_of(spec.and_then(|s| s.task.as_ref()));
+    assert_eq!(command(service.spec.as_ref()), "sleep 1d");
+    assert_eq!(command(service.previous_spec.as_deref()), "fail");
+
+    // With failure action pause, a failing update stops where it failed.
+    store
+        .update(|tx| {
+            let mut s = (*tx.get::<Service>("web").unwrap()).clone();
+            s.spec.as_mut().unwrap().update = Some(update_config(FailureAction::Pause));
+            tx.update(s)
+        })
+        .await
+        .unwrap();
+    update_command(&store, "web", "fail").await;
+    run_agents_until(&store, "the update to pause", |s| {
+        update_state_of(s, "web").0 == UpdateState::Paused as i32
+    })
+    .await;
+    for _ in 0..10 {
+        agents_step(&store).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tasks = store.view(|tx| tx.find::<Task>(By::Service("web")));
+    let old_running = running(&tasks, "web")
+        .iter()
+        .filter(|t| command_of(t.spec.as_ref()) == "sleep 1d" && state_of(t) == TaskState::Running)
+        .count();
+    assert_eq!(
+        old_running, 2,
+        "paused after the first slot: two old tasks still run"
+    );
+    orchestrator.stop().await;
+}

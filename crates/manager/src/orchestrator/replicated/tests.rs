@@ -84,6 +84,7 @@ fn create(slot: u64) -> Change {
     Change::Create {
         slot,
         delay: Duration::ZERO,
+        attempts: Vec::new(),
     }
 }
 
@@ -101,7 +102,7 @@ fn creates(changes: &[Change]) -> Vec<(u64, Duration)> {
     changes
         .iter()
         .filter_map(|c| match c {
-            Change::Create { slot, delay } => Some((*slot, *delay)),
+            Change::Create { slot, delay, .. } => Some((*slot, *delay)),
             _ => None,
         })
         .collect()
@@ -302,4 +303,117 @@ fn start_first_keeps_the_old_task_until_the_new_one_runs() {
     let changes = reconcile(&service, &both, &nodes());
     assert_eq!(shutdowns(&changes), ["a"]);
     assert!(creates(&changes).is_empty());
+}
+
+#[test]
+fn a_new_spec_version_with_the_same_task_spec_redeploys_nothing() {
+    // Scaling raises the spec version but leaves the task spec as it was.
+    let mut scaled = service(3, None);
+    scaled.spec_version = 2;
+    let spec = scaled.spec.as_ref().unwrap().task.clone();
+    let same = |id: &str, slot: u64| {
+        let mut t = (*task(id, slot, "up", TaskState::Running, TaskState::Running)).clone();
+        t.spec = spec.clone();
+        Arc::new(t)
+    };
+    let tasks = [same("a", 1), same("b", 2)];
+    let changes = reconcile(&scaled, &tasks, &nodes());
+    assert_eq!(changes, [create(3)], "only the new slot");
+    // A forced update changes the task spec: both are replaced, one at a time.
+    scaled
+        .spec
+        .as_mut()
+        .unwrap()
+        .task
+        .as_mut()
+        .unwrap()
+        .force_update += 1;
+    let changes = reconcile(&scaled, &tasks, &nodes());
+    assert_eq!(shutdowns(&changes), ["a"]);
+}
+
+fn limited(max_attempts: u64, window: u64) -> Service {
+    service(
+        1,
+        Some(RestartPolicy {
+            condition: restart_policy::Condition::Any as i32,
+            delay: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            max_attempts,
+            window: Some(prost_types::Duration {
+                seconds: window as i64,
+                nanos: 0,
+            }),
+        }),
+    )
+}
+
+/// Fails the slot's task at `now` and returns what the plan creates: (delay, attempts).
+fn fail_once(
+    service: &Service,
+    attempts: &[prost_types::Timestamp],
+    now: SystemTime,
+) -> Option<(Duration, Vec<prost_types::Timestamp>)> {
+    let mut failed = (*task("t", 1, "up", TaskState::Failed, TaskState::Running)).clone();
+    failed.restart_attempts = attempts.to_vec();
+    plan(service, &[Arc::new(failed)], &nodes(), now)
+        .changes
+        .into_iter()
+        .find_map(|c| match c {
+            Change::Create {
+                delay, attempts, ..
+            } => Some((delay, attempts)),
+            _ => None,
+        })
+}
+
+#[test]
+fn max_attempts_without_a_window_stops_restarting_for_good() {
+    let svc = limited(2, 0);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let (delay, first) = fail_once(&svc, &[], t0).expect("first restart");
+    assert_eq!(delay, Duration::from_secs(1));
+    assert_eq!(first.len(), 1);
+    let (_, second) = fail_once(&svc, &first, t0 + Duration::from_secs(10)).expect("second");
+    assert_eq!(second.len(), 2);
+    assert_eq!(
+        fail_once(&svc, &second, t0 + Duration::from_secs(20)),
+        None,
+        "two restarts were allowed; the slot keeps its failed task"
+    );
+    // Attempts of an earlier spec version do not count.
+    let mut updated = svc.clone();
+    updated.spec_version = 2;
+    let mut old = (*task("t", 1, "up", TaskState::Failed, TaskState::Running)).clone();
+    old.restart_attempts = second;
+    let restart = super::restart(
+        &restart_policy(&updated),
+        &updated,
+        &old,
+        t0 + Duration::from_secs(20),
+    );
+    assert_eq!(restart.map(|(_, a)| a.len()), Some(1));
+}
+
+#[test]
+fn max_attempts_within_a_window_waits_for_the_window_to_pass() {
+    let svc = limited(2, 60);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let (_, first) = fail_once(&svc, &[], t0).unwrap();
+    let (_, second) = fail_once(&svc, &first, t0 + Duration::from_secs(5)).unwrap();
+    // The third failure within the window: the restart waits until the first attempt (at
+    // t0 + 1 s) is 60 s old.
+    let (delay, third) = fail_once(&svc, &second, t0 + Duration::from_secs(10)).unwrap();
+    assert_eq!(delay, Duration::from_secs(51));
+    assert_eq!(
+        third.len(),
+        2,
+        "only the attempts within the window are kept"
+    );
+    // Long after, attempts have left the window: the usual delay.
+    let (delay, later) = fail_once(&svc, &third, t0 + Duration::from_secs(1_000)).unwrap();
+    assert_eq!(delay, Duration::from_secs(1));
+    assert_eq!(later.len(), 1);
 }
