@@ -64,7 +64,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::scheduler::{Decision, Scheduler};
+use crate::scheduler::{Decision, Scheduler, enforcer};
 use replicated::Change;
 
 /// How long a round waits, at most, when nothing happens (a safety net: rounds are driven by
@@ -81,6 +81,8 @@ pub struct Orchestrator {
     delayed: HashMap<String, Instant>,
     /// When a rolling update's delay or monitor period ends (the earliest).
     update_wake: Option<Instant>,
+    /// The version of each node the constraint enforcer last checked.
+    enforced: HashMap<String, u64>,
 }
 
 /// The running orchestrator loop; [`OrchestratorTask::stop`] ends it and waits.
@@ -223,6 +225,7 @@ impl Orchestrator {
             scheduler: Scheduler::new(),
             delayed: HashMap::new(),
             update_wake: None,
+            enforced: HashMap::new(),
         }
     }
 
@@ -247,6 +250,7 @@ impl Orchestrator {
             }
             tracing::info!("orchestrator: leading; converging services");
             self.delayed.clear();
+            self.enforced.clear();
             self.lead(&mut stopped, &mut status).await;
             if *stopped.borrow() {
                 return;
@@ -456,6 +460,50 @@ impl Orchestrator {
             }
         }
 
+        // The constraint enforcer, on the nodes that changed since it last checked them.
+        let changed: HashMap<&str, (&Arc<Node>, u64)> = nodes
+            .iter()
+            .filter_map(|n| {
+                let meta = n.meta.as_ref()?;
+                (self.enforced.get(&meta.id) != Some(&meta.version))
+                    .then_some((meta.id.as_str(), (n, meta.version)))
+            })
+            .collect();
+        if !changed.is_empty() {
+            let mut live_on: HashMap<&str, Vec<&Arc<Task>>> = HashMap::new();
+            for task in &tasks {
+                if task.desired_state <= TaskState::Running as i32
+                    && !is_terminal(state_of(task))
+                    && changed.contains_key(task.node_id.as_str())
+                {
+                    live_on.entry(task.node_id.as_str()).or_default().push(task);
+                }
+            }
+            let stopping: HashSet<String> =
+                writes.update.iter().map(|t| id_of(t).to_string()).collect();
+            for (node_id, on_node) in &live_on {
+                let (node, _) = changed[node_id];
+                for eviction in enforcer::evictions(node, on_node) {
+                    if stopping.contains(&eviction.task_id) {
+                        continue;
+                    }
+                    if let Some(task) = tasks_by_id.get(eviction.task_id.as_str()) {
+                        tracing::info!(task = %eviction.task_id, "orchestrator: evicting: {}", eviction.reason);
+                        let mut task = (***task).clone();
+                        task.desired_state = TaskState::Shutdown as i32;
+                        if let Some(status) = task.status.as_mut() {
+                            status.message = eviction.reason;
+                        }
+                        writes.update.push(task);
+                    }
+                }
+            }
+        }
+        let checked: Vec<(String, u64)> = changed
+            .iter()
+            .map(|(id, (_, version))| (id.to_string(), *version))
+            .collect();
+
         // The reaper: of the tasks of a slot (of a node, for global services) that were told
         // to stop and have stopped, only the newest `task_history_retention_limit` stay.
         let keep = history_limit(&self.store);
@@ -575,7 +623,10 @@ impl Orchestrator {
             }
         }
 
+        let node_ids: HashSet<&str> = nodes_by_id.keys().map(String::as_str).collect();
+        self.enforced.retain(|id, _| node_ids.contains(id.as_str()));
         if writes.is_empty() {
+            self.enforced.extend(checked);
             return Ok(());
         }
         let Writes {
@@ -600,7 +651,9 @@ impl Orchestrator {
                 }
                 Ok(())
             })
-            .await
+            .await?;
+        self.enforced.extend(checked);
+        Ok(())
     }
 }
 

@@ -697,3 +697,83 @@ async fn rolling_updates_complete_resume_after_a_leader_change_and_roll_back_on_
     );
     orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_constraint_enforcer_moves_tasks_off_a_node_that_lost_its_label() {
+    let labelled = |id: &str, zone: Option<&str>| {
+        let mut n = node(id);
+        let annotations = n
+            .spec
+            .as_mut()
+            .unwrap()
+            .annotations
+            .get_or_insert_with(Default::default);
+        annotations.labels.clear();
+        if let Some(zone) = zone {
+            annotations.labels.push(shoal_api::v1::Label {
+                key: "zone".into(),
+                value: zone.into(),
+            });
+        }
+        n
+    };
+    let store = Store::new();
+    store
+        .update(|tx| {
+            tx.create(labelled("n1", Some("a")))?;
+            tx.create(labelled("n2", Some("a")))?;
+            tx.create(labelled("n3", None))
+        })
+        .await
+        .unwrap();
+    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })));
+    let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
+    let mut web = service("web", 2, process());
+    let task = web.spec.as_mut().unwrap().task.as_mut().unwrap();
+    let mut fields = (**task).clone();
+    fields.placement = Some(Box::new(shoal_api::v1::Placement {
+        constraints: vec!["node.labels.zone==a".into()],
+        ..Default::default()
+    }));
+    *task = fields.into();
+    store.update(|tx| tx.create(web)).await.unwrap();
+    run_agents_until(&store, "one task on n1 and one on n2", |s| {
+        let tasks = s.view(|tx| tx.find::<Task>(By::Service("web")));
+        let mut on: Vec<String> = running(&tasks, "web")
+            .iter()
+            .filter(|t| state_of(t) == TaskState::Running)
+            .map(|t| t.node_id.clone())
+            .collect();
+        on.sort();
+        on == ["n1", "n2"]
+    })
+    .await;
+    // n1 loses its label: its task is evicted and replaced on n2 (n3 never qualified).
+    store
+        .update(|tx| {
+            let mut n = (*tx.get::<Node>("n1").unwrap()).clone();
+            n.spec.as_mut().unwrap().annotations.as_mut().unwrap().labels.clear();
+            tx.update(n)
+        })
+        .await
+        .unwrap();
+    run_agents_until(&store, "both tasks on n2", |s| {
+        let tasks = s.view(|tx| tx.find::<Task>(By::Service("web")));
+        let live = running(&tasks, "web");
+        live.len() == 2
+            && live
+                .iter()
+                .all(|t| t.node_id == "n2" && state_of(t) == TaskState::Running)
+    })
+    .await;
+    let evicted = store
+        .view(|tx| tx.find::<Task>(By::Service("web")))
+        .into_iter()
+        .find(|t| t.node_id == "n1")
+        .unwrap();
+    assert_eq!(evicted.desired_state, TaskState::Shutdown as i32);
+    orchestrator.stop().await;
+}

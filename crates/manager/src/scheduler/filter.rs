@@ -269,6 +269,18 @@ impl Requirement {
     pub fn max_replicas_reached(&self, service_tasks: u32) -> bool {
         self.max_replicas > 0 && u64::from(service_tasks) >= self.max_replicas
     }
+
+    /// The placement filter (constraints, then platforms) `node` fails now, if any: what the
+    /// constraint enforcer checks of tasks already running there.
+    pub fn placement_violated(&self, node: &Node) -> Option<Filter> {
+        if !self.constraints.iter().all(|c| matches(c, node)) {
+            return Some(Filter::Constraints);
+        }
+        if !self.platforms.is_empty() && !self.platforms.iter().any(|p| platform_matches(p, node)) {
+            return Some(Filter::Platform);
+        }
+        None
+    }
 }
 
 /// Whether the node satisfies one constraint.

@@ -82,6 +82,7 @@
 //! service's tasks on the nodes that pass the filters only, and fill greedily one task at a
 //! time rather than through SwarmKit's decision tree; the result is the same evening-out.
 
+pub mod enforcer;
 mod filter;
 #[cfg(test)]
 mod golden;
