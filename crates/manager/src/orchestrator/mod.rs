@@ -193,6 +193,30 @@ fn assigned_status() -> TaskStatus {
     }
 }
 
+/// A task's unit: its service and slot, or its service and node for global services.
+type Unit = (String, u64, String);
+
+fn unit_of(task: &Task) -> Unit {
+    let node = if task.slot == 0 {
+        task.node_id.clone()
+    } else {
+        String::new()
+    };
+    (task.service_id.clone(), task.slot, node)
+}
+
+/// Whether `task` may still be running: it has not ended, and its node is there and not
+/// DOWN (a down node's tasks are given up on, as in SwarmKit).
+fn still_running(task: &Task, nodes: &HashMap<String, Arc<Node>>) -> bool {
+    if task.node_id.is_empty() || is_terminal(state_of(task)) {
+        return false;
+    }
+    nodes.get(&task.node_id).is_some_and(|n| {
+        n.status.as_ref().map(|s| s.state).unwrap_or_default()
+            != shoal_api::v1::node_status::State::Down as i32
+    })
+}
+
 /// What one round writes.
 #[derive(Default)]
 struct Writes {
@@ -226,6 +250,23 @@ impl Orchestrator {
             delayed: HashMap::new(),
             update_wake: None,
             enforced: HashMap::new(),
+        }
+    }
+
+    /// Sets a new task's desired state: RUNNING at once, or READY until its restart delay has
+    /// passed and its unit is no longer busy.
+    fn hold_or_start(
+        &mut self,
+        task: &mut Task,
+        delay: Duration,
+        busy: &HashSet<Unit>,
+        now: Instant,
+    ) {
+        if delay.is_zero() && !busy.contains(&unit_of(task)) {
+            task.desired_state = TaskState::Running as i32;
+        } else {
+            task.desired_state = TaskState::Ready as i32;
+            self.delayed.insert(id_of(task).to_string(), now + delay);
         }
     }
 
@@ -339,6 +380,17 @@ impl Orchestrator {
 
         let tasks_by_id: HashMap<&str, &Arc<Task>> =
             tasks.iter().map(|t| (id_of(&**t), t)).collect();
+        // Units (slots, or nodes of global services) where a task told to stop may still run:
+        // their new task waits (desired READY) until it has stopped, so that a unit never
+        // runs two tasks at once — except in a start-first update, whose new task is created
+        // before the old one is told to stop.
+        let mut busy: HashSet<Unit> = tasks
+            .iter()
+            .filter(|t| {
+                t.desired_state > TaskState::Running as i32 && still_running(t, &nodes_by_id)
+            })
+            .map(|t| unit_of(t))
+            .collect();
         // 1. Services.
         for service in &services {
             let own = by_service
@@ -373,74 +425,65 @@ impl Orchestrator {
             if rolled_back {
                 continue;
             }
+            // Stops first, so that a unit whose old task is still stopping is known to be
+            // busy before its new task is created.
             let mut per_node = global.changes;
             per_node.extend(jobs::reconcile_global(service, own, &nodes_by_id));
-            for change in per_node {
-                match change {
-                    global::Change::Create {
-                        node_id,
-                        delay,
-                        attempts,
-                    } => {
-                        let desired = if delay.is_zero() {
-                            TaskState::Running
-                        } else {
-                            TaskState::Ready
-                        };
-                        let mut task = new_task(service, 0, desired);
-                        task.restart_attempts = attempts;
-                        // Only where the task fits (constraints, resources, runtime).
-                        if let Decision::Assign { .. } = self.scheduler.place_on(&task, &node_id) {
-                            task.node_id = node_id;
-                            task.status = Some(assigned_status());
-                            if !delay.is_zero() {
-                                self.delayed
-                                    .insert(id_of(&task).to_string(), now_instant + delay);
-                            }
-                            writes.create.push(task);
-                        }
-                    }
-                    global::Change::Shutdown { task_id, reason } => {
-                        if let Some(task) = tasks_by_id.get(task_id.as_str()) {
-                            let mut task = (***task).clone();
-                            task.desired_state = TaskState::Shutdown as i32;
-                            tracing::debug!(task = %task_id, "orchestrator: stopping: {reason}");
-                            writes.update.push(task);
-                        }
-                    }
-                }
-            }
             let mut per_slot = replicated.changes;
             per_slot.extend(jobs::reconcile_replicated(service, own, &nodes_by_id));
-            for change in per_slot {
-                match change {
-                    Change::Create {
-                        slot,
-                        delay,
-                        attempts,
-                    } => {
-                        let desired = if delay.is_zero() {
-                            TaskState::Running
-                        } else {
-                            TaskState::Ready
-                        };
-                        let mut task = new_task(service, slot, desired);
-                        task.restart_attempts = attempts;
-                        if !delay.is_zero() {
-                            self.delayed
-                                .insert(id_of(&task).to_string(), now_instant + delay);
-                        }
-                        created_pending.push(task);
+            let stops = per_node
+                .iter()
+                .filter_map(|c| match c {
+                    global::Change::Shutdown { task_id, reason } => Some((task_id, reason)),
+                    global::Change::Create { .. } => None,
+                })
+                .chain(per_slot.iter().filter_map(|c| match c {
+                    Change::Shutdown { task_id, reason } => Some((task_id, reason)),
+                    Change::Create { .. } => None,
+                }));
+            for (task_id, reason) in stops {
+                if let Some(task) = tasks_by_id.get(task_id.as_str()) {
+                    let mut task = (***task).clone();
+                    task.desired_state = TaskState::Shutdown as i32;
+                    tracing::debug!(task = %task_id, "orchestrator: stopping: {reason}");
+                    if still_running(&task, &nodes_by_id) {
+                        busy.insert(unit_of(&task));
                     }
-                    Change::Shutdown { task_id, reason } => {
-                        if let Some(task) = tasks_by_id.get(task_id.as_str()) {
-                            let mut task = (***task).clone();
-                            task.desired_state = TaskState::Shutdown as i32;
-                            tracing::debug!(task = %task_id, "orchestrator: stopping: {reason}");
-                            writes.update.push(task);
-                        }
-                    }
+                    writes.update.push(task);
                 }
+            }
+            for change in per_node {
+                let global::Change::Create {
+                    node_id,
+                    delay,
+                    attempts,
+                } = change
+                else {
+                    continue;
+                };
+                let mut task = new_task(service, 0, TaskState::Ready);
+                task.restart_attempts = attempts;
+                // Only where the task fits (constraints, resources, runtime).
+                if let Decision::Assign { .. } = self.scheduler.place_on(&task, &node_id) {
+                    task.node_id = node_id;
+                    task.status = Some(assigned_status());
+                    self.hold_or_start(&mut task, delay, &busy, now_instant);
+                    writes.create.push(task);
+                }
+            }
+            for change in per_slot {
+                let Change::Create {
+                    slot,
+                    delay,
+                    attempts,
+                } = change
+                else {
+                    continue;
+                };
+                let mut task = new_task(service, slot, TaskState::Ready);
+                task.restart_attempts = attempts;
+                self.hold_or_start(&mut task, delay, &busy, now_instant);
+                created_pending.push(task);
             }
         }
 
@@ -552,6 +595,9 @@ impl Orchestrator {
             if task.desired_state != TaskState::Ready as i32 {
                 continue;
             }
+            if busy.contains(&unit_of(task)) {
+                continue;
+            }
             let id = id_of(&**task);
             let due = *self.delayed.entry(id.to_string()).or_insert_with(|| {
                 task.restart_attempts
@@ -573,6 +619,7 @@ impl Orchestrator {
             .iter()
             .map(|t| id_of(&**t))
             .chain(created_pending.iter().map(id_of))
+            .chain(writes.create.iter().map(id_of))
             .collect();
         self.delayed.retain(|id, _| known.contains(id.as_str()));
 
@@ -657,5 +704,7 @@ impl Orchestrator {
     }
 }
 
+#[cfg(test)]
+mod invariants;
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use super::*;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-struct FakeRaft(watch::Sender<RaftStatus>);
+pub(super) struct FakeRaft(pub(super) watch::Sender<RaftStatus>);
 
 impl Leadership for FakeRaft {
     fn status(&self) -> RaftStatus {
@@ -33,7 +33,7 @@ impl Leadership for FakeRaft {
     }
 }
 
-fn node(id: &str) -> Node {
+pub(super) fn node(id: &str) -> Node {
     Node {
         meta: Some(Meta {
             id: id.into(),
@@ -56,7 +56,7 @@ fn node(id: &str) -> Node {
     }
 }
 
-fn service(id: &str, replicas: u64, runtime: task_spec::Runtime) -> Service {
+pub(super) fn service(id: &str, replicas: u64, runtime: task_spec::Runtime) -> Service {
     Service {
         meta: Some(Meta {
             id: id.into(),
@@ -92,7 +92,7 @@ fn service(id: &str, replicas: u64, runtime: task_spec::Runtime) -> Service {
     }
 }
 
-fn process() -> task_spec::Runtime {
+pub(super) fn process() -> task_spec::Runtime {
     task_spec::Runtime::Process(Box::new(ProcessSpec {
         command: "true".into(),
         ..Default::default()
@@ -755,7 +755,14 @@ async fn the_constraint_enforcer_moves_tasks_off_a_node_that_lost_its_label() {
     store
         .update(|tx| {
             let mut n = (*tx.get::<Node>("n1").unwrap()).clone();
-            n.spec.as_mut().unwrap().annotations.as_mut().unwrap().labels.clear();
+            n.spec
+                .as_mut()
+                .unwrap()
+                .annotations
+                .as_mut()
+                .unwrap()
+                .labels
+                .clear();
             tx.update(n)
         })
         .await

@@ -9,8 +9,9 @@
 //!
 //! ## The rules
 //!
-//! The tasks of the current spec version are the update's tasks (every update raises the
-//! spec version, so no task of an earlier update or of the service's creation has it).
+//! The update's tasks are those of the current task spec created since the update started
+//! (a task of the same spec from before — the service was rolled back to a spec it ran
+//! before — is up to date, but its past failures are not the update's).
 //!
 //! - **Start**: when some unit is outdated and no update is in progress (no status, or the
 //!   last one completed), the status becomes UPDATING, "update in progress". A PAUSED
@@ -199,11 +200,19 @@ pub fn supervise(
         return out;
     }
     let policy = policy(service);
-    let current = service.spec_version;
-    let ours = || tasks.iter().filter(|t| t.spec_version == current);
+    // The tasks of the current spec, and those of them the update created.
+    let ours = || tasks.iter().filter(|t| !is_outdated(t, service));
+    let since_start = |t: &&Arc<Task>| {
+        let created = t.meta.as_ref().and_then(|m| m.created_at.as_ref());
+        match (created, started_at_now.as_ref()) {
+            (Some(c), Some(s)) => (c.seconds, c.nanos) >= (s.seconds, s.nanos),
+            _ => true,
+        }
+    };
 
     // Failures of the update's tasks.
     let failed: Vec<&Arc<Task>> = ours()
+        .filter(since_start)
         .filter(|t| {
             matches!(
                 state_of(t),

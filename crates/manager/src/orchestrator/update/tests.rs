@@ -14,6 +14,7 @@ fn service(config: Option<UpdateConfig>, state: Option<UpdateState>) -> Service 
             ..Default::default()
         }),
         spec: Some(ServiceSpec {
+            task: Some(spec_of(2)),
             update: config,
             rollback: config,
             ..Default::default()
@@ -30,6 +31,15 @@ fn service(config: Option<UpdateConfig>, state: Option<UpdateState>) -> Service 
     }
 }
 
+/// The task spec of spec version `version` (each version a different one).
+fn spec_of(version: u64) -> shoal_api::v1::TaskSpec {
+    shoal_api::shared::TaskSpecFields {
+        force_update: version,
+        ..Default::default()
+    }
+    .into()
+}
+
 /// A task of spec version `version` in `state` since `since` seconds before now.
 fn task(id: &str, version: u64, state: TaskState, since: u64) -> Arc<Task> {
     Arc::new(Task {
@@ -38,6 +48,7 @@ fn task(id: &str, version: u64, state: TaskState, since: u64) -> Arc<Task> {
             ..Default::default()
         }),
         spec_version: version,
+        spec: Some(spec_of(version)),
         desired_state: TaskState::Running as i32,
         status: Some(TaskStatus {
             state: state as i32,
