@@ -8,6 +8,7 @@
 //! `shoal-leader-addr` metadata, so clients follow it in one hop); reads are served by any
 //! manager after a ReadIndex barrier, so they are linearizable everywhere.
 
+pub mod allocator;
 pub mod authorize;
 pub mod ca_server;
 pub mod cluster;

@@ -36,6 +36,8 @@ enum Command {
     Swarm(commands::swarm::Args),
     /// Manage the swarm's nodes
     Node(commands::node::Args),
+    /// Manage overlay networks: create, list, inspect, remove
+    Network(commands::network::Args),
     /// Manage services: create, list, inspect, scale, update, roll back, remove; their tasks and logs
     Service(commands::service::Args),
     /// Show the version of Shoal
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => commands::daemon::run(*args),
         Command::Swarm(args) => commands::swarm::run(cli.socket, args),
         Command::Node(args) => commands::node::run(cli.socket, args),
+        Command::Network(args) => commands::network::run(cli.socket, args),
         Command::Service(args) => commands::service::run(cli.socket, args),
         Command::Version(args) => commands::version::run(args),
     };

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod config;
+mod network;
 mod node;
 mod service;
 mod task;
@@ -218,30 +219,38 @@ impl shoal_api::v1::control_server::Control for ControlApi {
 
     async fn get_network(
         &self,
-        _request: tonic::Request<shoal_api::v1::GetNetworkRequest>,
+        request: tonic::Request<shoal_api::v1::GetNetworkRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::GetNetworkResponse>, Status> {
-        Err(unimplemented("get_network"))
+        self.get_network(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn list_networks(
         &self,
-        _request: tonic::Request<shoal_api::v1::ListNetworksRequest>,
+        request: tonic::Request<shoal_api::v1::ListNetworksRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::ListNetworksResponse>, Status> {
-        Err(unimplemented("list_networks"))
+        self.list_networks(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn create_network(
         &self,
-        _request: tonic::Request<shoal_api::v1::CreateNetworkRequest>,
+        request: tonic::Request<shoal_api::v1::CreateNetworkRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::CreateNetworkResponse>, Status> {
-        Err(unimplemented("create_network"))
+        self.create_network(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn remove_network(
         &self,
-        _request: tonic::Request<shoal_api::v1::RemoveNetworkRequest>,
+        request: tonic::Request<shoal_api::v1::RemoveNetworkRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveNetworkResponse>, Status> {
-        Err(unimplemented("remove_network"))
+        self.remove_network(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn get_cluster(

@@ -10,16 +10,20 @@ use shoal_api::labels::Labels;
 use shoal_api::v1::{
     CreateServiceRequest, CreateServiceResponse, GetServiceRequest, GetServiceResponse, JobStatus,
     ListFilters, ListServiceStatusesRequest, ListServiceStatusesResponse, ListServicesRequest,
-    ListServicesResponse, Meta, RemoveServiceRequest, RemoveServiceResponse, ReplicatedService,
-    Service, ServiceSpec, Task, TaskState, UpdateServiceRequest, UpdateServiceResponse,
-    UpdateStatus, list_service_statuses_response::ServiceStatus, service_spec,
-    update_service_request, update_status,
+    ListServicesResponse, Meta, Network, RemoveServiceRequest, RemoveServiceResponse,
+    ReplicatedService, Service, ServiceSpec, Task, TaskState, UpdateServiceRequest,
+    UpdateServiceResponse, UpdateStatus, list_service_statuses_response::ServiceStatus,
+    service_spec, update_service_request, update_status,
 };
 use shoal_api::{id, validation};
-use shoal_store::{By, Reader, Store, StoreError};
+use shoal_store::{By, Reader, Store, StoreError, WriteTx};
 use tonic::Status;
 
+use super::network::alloc_status;
 use super::{ControlApi, filters_match};
+use crate::allocator::{
+    AllocError, Allocations, ensure_ingress, publishes_ingress, resolve_network_targets,
+};
 use crate::status::store_status;
 
 fn service_matches(service: &Service, filters: &ListFilters) -> bool {
@@ -241,21 +245,41 @@ impl Services<'_> {
             });
         }
         let created_id = service_id(&service).to_string();
-        self.store
-            .update(|tx| {
-                if !tx.find::<Service>(By::Name(&name)).is_empty() {
-                    return Err(StoreError::NameConflict {
-                        kind: "service",
-                        name: name.clone(),
-                    });
+        let _turn = subnet_turn(self.store, service.spec.as_ref()).await;
+        let mut attempt = 0;
+        loop {
+            // Ports and addresses are allocated in the transaction that writes the service.
+            let mut refusal = None;
+            let mut candidate = service.clone();
+            let result = self
+                .store
+                .update(|tx| {
+                    if !tx.find::<Service>(By::Name(&name)).is_empty() {
+                        return Err(StoreError::NameConflict {
+                            kind: "service",
+                            name: name.clone(),
+                        });
+                    }
+                    allocate_endpoint(tx, &mut candidate, &mut refusal)?;
+                    tx.create(candidate)
+                })
+                .await;
+            if let Some(status) = refusal {
+                return Err(status);
+            }
+            match result {
+                Err(e) if lost_allocation_race(&e) && attempt < ALLOCATION_ATTEMPTS => {
+                    attempt += 1;
                 }
-                tx.create(service)
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::NameConflict { .. } => name_in_use(&name),
-                e => store_status(e),
-            })?;
+                result => {
+                    result.map_err(|e| match e {
+                        StoreError::NameConflict { .. } => name_in_use(&name),
+                        e => store_status(e),
+                    })?;
+                    break;
+                }
+            }
+        }
         self.store
             .view(|tx| tx.get::<Service>(&created_id))
             .map(|s| (*s).clone())
@@ -270,34 +294,55 @@ impl Services<'_> {
     async fn update(&self, request: UpdateServiceRequest) -> Result<Service, Status> {
         let rollback = request.rollback == update_service_request::Rollback::Previous as i32;
         let reference = request.service_id.clone();
-        let mut refusal = None;
-        let result = self
-            .store
-            .update(|tx| {
-                let current = tx.lookup::<Service>(&reference)?;
-                let read = current.meta.as_ref().map(|m| m.version).unwrap_or(0);
-                let id = service_id(&current).to_string();
-                if read != request.service_version {
-                    return Err(StoreError::SequenceConflict {
-                        kind: "service",
-                        id,
-                        read: request.service_version,
-                        current: read,
-                    });
-                }
-                match updated_service(&current, request.spec, rollback, tx.now()) {
-                    Ok(Some(next)) => tx.update(next).map(|()| id),
-                    Ok(None) => Ok(id),
-                    Err(status) => {
-                        refusal = Some(status);
-                        Err(StoreError::InvalidTransaction("refused".into()))
+        let _turn = subnet_turn(self.store, request.spec.as_ref()).await;
+        let mut attempt = 0;
+        let result = loop {
+            let mut refusal = None;
+            let request = request.clone();
+            let result = self
+                .store
+                .update(|tx| {
+                    let current = tx.lookup::<Service>(&reference)?;
+                    let read = current.meta.as_ref().map(|m| m.version).unwrap_or(0);
+                    let id = service_id(&current).to_string();
+                    if read != request.service_version {
+                        return Err(StoreError::SequenceConflict {
+                            kind: "service",
+                            id,
+                            read: request.service_version,
+                            current: read,
+                        });
                     }
+                    let mut spec = request.spec;
+                    if let Some(spec) = spec.as_mut()
+                        && let Err(e) = resolve_network_targets(tx, spec)
+                    {
+                        refusal = Some(alloc_status(&e));
+                        return Err(StoreError::InvalidTransaction("refused".into()));
+                    }
+                    match updated_service(&current, spec, rollback, tx.now()) {
+                        Ok(Some(mut next)) => {
+                            allocate_endpoint(tx, &mut next, &mut refusal)?;
+                            tx.update(next).map(|()| id)
+                        }
+                        Ok(None) => Ok(id),
+                        Err(status) => {
+                            refusal = Some(status);
+                            Err(StoreError::InvalidTransaction("refused".into()))
+                        }
+                    }
+                })
+                .await;
+            if let Some(status) = refusal {
+                return Err(status);
+            }
+            match result {
+                Err(e) if lost_allocation_race(&e) && attempt < ALLOCATION_ATTEMPTS => {
+                    attempt += 1;
                 }
-            })
-            .await;
-        if let Some(status) = refusal {
-            return Err(status);
-        }
+                result => break result,
+            }
+        };
         let id = match result {
             Ok(id) => id,
             Err(StoreError::SequenceConflict {
@@ -415,6 +460,83 @@ impl ControlApi {
             statuses: self.services().statuses(&request.services),
         })
     }
+}
+
+// --- Allocation (ports, virtual IPs) ------------------------------------------------------
+
+/// How many times a create or update is tried when its allocation lost a race with another
+/// allocation from the same network (see `crate::allocator`, "Concurrency").
+const ALLOCATION_ATTEMPTS: u32 = 5;
+
+/// Whether a transaction failed because a network it allocated from (a guard) changed, or
+/// the ingress network it created was created meanwhile: it can be built again.
+fn lost_allocation_race(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::SequenceConflict {
+            kind: "network",
+            ..
+        } | StoreError::NameConflict {
+            kind: "network",
+            ..
+        }
+    )
+}
+
+/// The turn to choose a subnet, taken when the service's spec publishes an ingress port and
+/// there is no ingress network yet (this transaction creates it).
+async fn subnet_turn(
+    store: &Store,
+    spec: Option<&ServiceSpec>,
+) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    let publishes = spec.is_some_and(|s| publishes_ingress(s.endpoint.as_ref()));
+    let has_ingress = || {
+        store.view(|tx| {
+            tx.find::<Network>(By::All)
+                .iter()
+                .any(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+        })
+    };
+    if publishes && !has_ingress() {
+        Some(super::network::SUBNETS.lock().await)
+    } else {
+        None
+    }
+}
+
+/// Allocates, in `tx`, what the service holds: network targets resolved to IDs, its
+/// published ports and its virtual IPs, written into `service.endpoint`; the ingress network
+/// is created if the service is the first to publish an ingress port, and the networks
+/// allocated from are written back as guards. A refusal is left in `refusal` (and fails the
+/// transaction, so nothing changes). A service with no ports and no networks that holds
+/// nothing is left alone.
+fn allocate_endpoint(
+    tx: &mut WriteTx<'_>,
+    service: &mut Service,
+    refusal: &mut Option<Status>,
+) -> Result<(), StoreError> {
+    let mut refuse = |e: AllocError| {
+        *refusal = Some(alloc_status(&e));
+        StoreError::InvalidTransaction("refused".into())
+    };
+    let Some(spec) = service.spec.as_mut() else {
+        return Ok(());
+    };
+    let has_ports = spec.endpoint.as_ref().is_some_and(|e| !e.ports.is_empty());
+    let has_networks = spec.task.as_ref().is_some_and(|t| !t.networks.is_empty());
+    if !has_ports && !has_networks && service.endpoint.is_none() {
+        return Ok(());
+    }
+    resolve_network_targets(tx, spec).map_err(&mut refuse)?;
+    let mut allocations = Allocations::read_for_service(tx, spec);
+    if let Some(ingress) = ensure_ingress(&mut allocations, spec).map_err(&mut refuse)? {
+        tx.create(ingress)?;
+    }
+    allocations.allocate_service(service).map_err(&mut refuse)?;
+    for guard in allocations.guards() {
+        tx.update(guard)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -757,5 +879,133 @@ mod tests {
             counts(s.statuses(std::slice::from_ref(&j))[0].clone()),
             (4, 0, 0)
         );
+    }
+
+    fn with_ports(name: &str, ports: &[(u32, u32)]) -> ServiceSpec {
+        let mut s = spec(name, replicated(1));
+        s.endpoint = Some(shoal_api::v1::EndpointSpec {
+            mode: 0,
+            ports: ports
+                .iter()
+                .map(|&(published, target)| shoal_api::v1::PortConfig {
+                    published_port: published,
+                    target_port: target,
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        s
+    }
+
+    fn published(s: &Service) -> Vec<u32> {
+        s.endpoint
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .map(|p| p.published_port)
+            .collect()
+    }
+
+    #[test]
+    fn published_ports_are_allocated_with_the_service() {
+        let store = store();
+        let s = Services { store: &store };
+        let web = create(&s, with_ports("web", &[(8080, 80)])).unwrap();
+        assert_eq!(published(&web), [8080]);
+        // The ingress network was made for it, and the service has a VIP there.
+        let networks = store.view(|tx| tx.find::<Network>(By::All));
+        assert_eq!(networks.len(), 1);
+        assert!(networks[0].spec.as_ref().unwrap().ingress);
+        assert_eq!(web.endpoint.as_ref().unwrap().virtual_ips.len(), 1);
+
+        let e = create(&s, with_ports("api", &[(8080, 8080)])).unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().starts_with(&format!(
+                "port 8080/tcp is already published by service web (ID {})",
+                service_id(&web)
+            )),
+            "{e:?}"
+        );
+        assert_eq!(store.view(|tx| tx.count::<Service>()), 1);
+
+        let api = create(&s, with_ports("api", &[(0, 80)])).unwrap();
+        assert_eq!(published(&api), [30000]);
+        assert_eq!(
+            store.view(|tx| tx.count::<Network>()),
+            1,
+            "one ingress network"
+        );
+
+        // An update keeps the dynamic port; one that takes a held port changes nothing.
+        let mut next = with_ports("api", &[(0, 80)]);
+        next.mode = replicated(3);
+        let updated = block_on(s.update(update_request(&api, next))).unwrap();
+        assert_eq!(published(&updated), [30000]);
+        let e = block_on(s.update(update_request(&updated, with_ports("api", &[(8080, 80)]))))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        let now = store
+            .view(|tx| tx.get::<Service>(service_id(&api)))
+            .unwrap();
+        assert_eq!(*now, updated);
+
+        // Once web is gone, its port is free.
+        block_on(s.remove("web")).unwrap();
+        let updated =
+            block_on(s.update(update_request(&updated, with_ports("api", &[(8080, 80)])))).unwrap();
+        assert_eq!(published(&updated), [8080]);
+    }
+
+    #[test]
+    fn networks_are_resolved_and_give_virtual_ips() {
+        let store = store();
+        let s = Services { store: &store };
+        let net = shoal_api::v1::Network {
+            meta: Some(Meta {
+                id: "net1".into(),
+                ..Default::default()
+            }),
+            spec: Some(shoal_api::v1::NetworkSpec {
+                annotations: Some(Annotations {
+                    name: "front".into(),
+                    labels: Vec::new(),
+                }),
+                ..Default::default()
+            }),
+            ipam: Some(shoal_api::v1::IpamOptions {
+                driver: None,
+                configs: vec![shoal_api::v1::IpamConfig {
+                    subnet: "10.0.7.0/24".into(),
+                    gateway: "10.0.7.1".into(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        };
+        block_on(store.update(|tx| tx.create(net))).unwrap();
+        let attached = |name: &str, target: &str| {
+            let mut spec = spec(name, replicated(1));
+            spec.task.as_mut().unwrap().networks = vec![shoal_api::v1::NetworkAttachmentConfig {
+                target: target.into(),
+                ..Default::default()
+            }];
+            spec
+        };
+        let web = create(&s, attached("web", "front")).unwrap();
+        let task = web.spec.as_ref().unwrap().task.as_ref().unwrap();
+        assert_eq!(task.networks[0].target, "net1", "stored by ID");
+        let vips = &web.endpoint.as_ref().unwrap().virtual_ips;
+        assert_eq!(vips[0].network_id, "net1");
+        assert_eq!(vips[0].addr, "10.0.7.2/24");
+        let api = create(&s, attached("api", "net1")).unwrap();
+        assert_eq!(
+            api.endpoint.as_ref().unwrap().virtual_ips[0].addr,
+            "10.0.7.3/24"
+        );
+        let e = create(&s, attached("x", "nope")).unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert_eq!(e.message(), "network nope not found");
     }
 }

@@ -55,7 +55,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use shoal_api::task_state::is_terminal;
-use shoal_api::v1::{Meta, Node, ObjectKind, Service, Task, TaskState, TaskStatus};
+use shoal_api::v1::{Meta, Network, Node, ObjectKind, Service, Task, TaskState, TaskStatus};
 use shoal_raft::RaftHandle;
 
 use crate::dispatcher::Leadership;
@@ -64,6 +64,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::allocator::Allocations;
 use crate::scheduler::{Decision, Scheduler, enforcer};
 use replicated::Change;
 
@@ -345,13 +346,18 @@ impl Orchestrator {
 
     /// One round: decide from the store, write the decisions.
     async fn round(&mut self) -> shoal_store::Result<()> {
-        let (services, tasks, nodes) = self.store.view(|tx| {
+        let (services, tasks, nodes, networks) = self.store.view(|tx| {
             (
                 tx.find::<Service>(By::All),
                 tx.find::<Task>(By::All),
                 tx.find::<Node>(By::All),
+                tx.find::<Network>(By::All),
             )
         });
+        // Addresses on the services' networks and published ports, as the store holds them.
+        let mut allocations = Allocations::from_objects(&networks, &services, &tasks);
+        let services_by_id: HashMap<&str, &Arc<Service>> =
+            services.iter().map(|s| (id_of(&**s), s)).collect();
         let nodes_by_id: HashMap<String, Arc<Node>> = nodes
             .iter()
             .map(|n| {
@@ -463,7 +469,11 @@ impl Orchestrator {
                 };
                 let mut task = new_task(service, 0, TaskState::Ready);
                 task.restart_attempts = attempts;
-                // Only where the task fits (constraints, resources, runtime).
+                if let Err(error) = allocations.allocate_task(service, &mut task) {
+                    tracing::debug!(service = %id_of(&**service), "orchestrator: {error}");
+                    continue;
+                }
+                // Only where the task fits (constraints, resources, runtime, host ports).
                 if let Decision::Assign { .. } = self.scheduler.place_on(&task, &node_id) {
                     task.node_id = node_id;
                     task.status = Some(assigned_status());
@@ -637,7 +647,39 @@ impl Orchestrator {
         // The tasks from `existing` on are the ones this round creates.
         let existing = pending.len();
         pending.extend(created_pending.drain(..).map(Arc::new));
-        let decisions = self.scheduler.schedule(&pending);
+        // Each gets its addresses and its service's ports first (kept if it has them); one
+        // that cannot stays PENDING saying why, and is tried again in later rounds.
+        let mut unallocated: Vec<(usize, String)> = Vec::new();
+        for (index, task) in pending.iter_mut().enumerate() {
+            let Some(service) = services_by_id.get(task.service_id.as_str()) else {
+                continue;
+            };
+            if let Err(error) = allocations.allocate_task(service, Arc::make_mut(task)) {
+                unallocated.push((index, error.to_string()));
+            }
+        }
+        let mut decisions: Vec<Option<Decision>> = vec![None; pending.len()];
+        for (index, error) in unallocated {
+            decisions[index] = Some(Decision::NoSuitableNode {
+                task_id: id_of(&*pending[index]).to_string(),
+                reason: error,
+            });
+        }
+        let (schedulable, indexes): (Vec<Arc<Task>>, Vec<usize>) = pending
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| decisions[*i].is_none())
+            .map(|(i, t)| (t.clone(), i))
+            .unzip();
+        for (index, decision) in indexes
+            .into_iter()
+            .zip(self.scheduler.schedule(&schedulable))
+        {
+            decisions[index] = Some(decision);
+        }
+        let decisions = decisions
+            .into_iter()
+            .map(|d| d.expect("every pending task has a decision"));
         for (index, (task, decision)) in pending.iter().zip(decisions).enumerate() {
             let is_new = index >= existing;
             let mut task = (**task).clone();
@@ -682,8 +724,14 @@ impl Orchestrator {
             update,
             delete,
         } = writes;
+        // The networks allocated from, written back unchanged: a concurrent allocation from
+        // them conflicts rather than handing out an address twice.
+        let guards = allocations.guards();
         self.store
             .update(move |tx| {
+                for network in guards {
+                    tx.update(network)?;
+                }
                 for service in services {
                     tx.update(service)?;
                 }

@@ -784,3 +784,71 @@ async fn the_constraint_enforcer_moves_tasks_off_a_node_that_lost_its_label() {
     assert_eq!(evicted.desired_state, TaskState::Shutdown as i32);
     orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_get_an_address_on_their_service_networks() {
+    use shoal_api::v1::{Network, NetworkAttachmentConfig, NetworkSpec};
+    let store = Store::new();
+    let spec = NetworkSpec {
+        annotations: Some(shoal_api::v1::Annotations {
+            name: "backend".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ipam = crate::allocator::Allocations::new()
+        .allocate_network("net1", &spec)
+        .unwrap();
+    store
+        .update(move |tx| {
+            tx.create(node("n1"))?;
+            tx.create(Network {
+                meta: Some(Meta {
+                    id: "net1".into(),
+                    ..Default::default()
+                }),
+                spec: Some(spec),
+                ipam: Some(ipam),
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap();
+    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })));
+    let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
+    let mut web = service("web", 3, process());
+    let task = web.spec.as_mut().unwrap().task.as_mut().unwrap();
+    let mut fields = (**task).clone();
+    fields.networks = vec![NetworkAttachmentConfig {
+        target: "net1".into(),
+        ..Default::default()
+    }];
+    *task = fields.into();
+    store.update(|tx| tx.create(web)).await.unwrap();
+    let tasks = eventually("three assigned tasks", &store, |tasks| {
+        let mine = running(tasks, "web");
+        (mine.len() == 3 && mine.iter().all(|t| !t.node_id.is_empty())).then_some(mine)
+    })
+    .await;
+    let mut addresses: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            assert_eq!(t.networks.len(), 1, "one attachment");
+            assert_eq!(t.networks[0].network_id, "net1");
+            t.networks[0].addresses[0].clone()
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 3, "distinct addresses: {addresses:?}");
+    assert!(
+        addresses
+            .iter()
+            .all(|a| a.starts_with("10.") && a.ends_with("/24")),
+        "{addresses:?}"
+    );
+    orchestrator.stop().await;
+}

@@ -6,11 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use shoal_api::labels;
 use shoal_api::v1::{
     GenericResource, Node, NodeRole, Platform, Task, generic_resource, node_spec, node_status,
-    placement_preference, task_spec,
+    placement_preference, port_config, task_spec,
 };
 use shoal_api::validation::{Constraint, parse_cidr, parse_constraint};
 
 use super::Slot;
+use crate::allocator::port_name;
 
 /// The filters, in pipeline order. A node that fails is counted under the first it fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,17 +21,19 @@ pub(super) enum Filter {
     Runtime,
     Constraints,
     Platform,
+    HostPort,
     MaxReplicas,
 }
 
 impl Filter {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     pub const ALL: [Filter; Self::COUNT] = [
         Filter::Available,
         Filter::Resources,
         Filter::Runtime,
         Filter::Constraints,
         Filter::Platform,
+        Filter::HostPort,
         Filter::MaxReplicas,
     ];
 
@@ -46,6 +49,18 @@ impl Filter {
             ),
             Filter::Constraints => format!("scheduling constraints not satisfied on {n} {nodes}"),
             Filter::Platform => format!("unsupported platform on {n} {nodes}"),
+            Filter::HostPort => {
+                let ports = &requirement.reservation.host_ports;
+                let list: Vec<String> = ports
+                    .iter()
+                    .map(|&(protocol, port, _)| port_name(protocol, port))
+                    .collect();
+                let s = if ports.len() == 1 { "" } else { "s" };
+                format!(
+                    "host-mode port{s} {} in use on {n} {nodes}",
+                    list.join(", ")
+                )
+            }
             Filter::MaxReplicas => {
                 format!("max replicas per node limit exceeded on {n} {nodes}")
             }
@@ -60,27 +75,51 @@ pub(super) struct Reservation {
     pub memory_bytes: i64,
     /// Generic resources by kind (few: a list beats a map).
     pub generic: Vec<(String, i64)>,
+    /// Host-mode published ports (protocol, port) and how many tasks publish each: a node's
+    /// tasks may not publish the same one twice.
+    pub host_ports: Vec<(i32, u32, i64)>,
 }
 
 impl Reservation {
     pub fn of_task(task: &Task) -> Self {
+        let mut out = Reservation::default();
+        // The ports as allocated: the allocator copies the service's endpoint into the task.
+        for p in task.endpoint.iter().flat_map(|e| e.ports.iter()) {
+            if p.publish_mode == port_config::PublishMode::Host as i32 && p.published_port != 0 {
+                out.add_host_port(p.protocol, p.published_port, 1);
+            }
+        }
         let Some(r) = task
             .spec
             .as_ref()
             .and_then(|s| s.resources.as_ref())
             .and_then(|r| r.reservations.as_ref())
         else {
-            return Self::default();
+            return out;
         };
-        let mut out = Reservation {
-            nano_cpus: r.nano_cpus.max(0),
-            memory_bytes: r.memory_bytes.max(0),
-            generic: Vec::new(),
-        };
+        out.nano_cpus = r.nano_cpus.max(0);
+        out.memory_bytes = r.memory_bytes.max(0);
         for (kind, n) in generic_amounts(&r.generic) {
             out.add_generic(&kind, n);
         }
         out
+    }
+
+    fn add_host_port(&mut self, protocol: i32, port: u32, n: i64) {
+        match self
+            .host_ports
+            .iter_mut()
+            .find(|(p, q, _)| *p == protocol && *q == port)
+        {
+            Some((_, _, v)) => *v += n,
+            None => self.host_ports.push((protocol, port, n)),
+        }
+    }
+
+    fn host_port_used(&self, protocol: i32, port: u32) -> bool {
+        self.host_ports
+            .iter()
+            .any(|&(p, q, n)| p == protocol && q == port && n > 0)
     }
 
     fn add_generic(&mut self, kind: &str, n: i64) {
@@ -103,6 +142,9 @@ impl Reservation {
         for (kind, n) in &other.generic {
             self.add_generic(kind, *n);
         }
+        for &(protocol, port, n) in &other.host_ports {
+            self.add_host_port(protocol, port, n);
+        }
     }
 
     pub fn subtract(&mut self, other: &Reservation) {
@@ -112,6 +154,10 @@ impl Reservation {
             self.add_generic(kind, -n);
         }
         self.generic.retain(|(_, v)| *v != 0);
+        for &(protocol, port, n) in &other.host_ports {
+            self.add_host_port(protocol, port, -n);
+        }
+        self.host_ports.retain(|(_, _, v)| *v != 0);
     }
 }
 
@@ -241,7 +287,31 @@ impl Requirement {
         if !self.platforms.is_empty() && !self.platforms.iter().any(|p| platform_matches(p, node)) {
             return Err(Filter::Platform);
         }
+        if !self.host_ports_free(slot) {
+            return Err(Filter::HostPort);
+        }
         Ok(())
+    }
+
+    /// Whether none of the host-mode ports the task publishes is published by a task the
+    /// node runs.
+    pub fn host_ports_free(&self, slot: &Slot) -> bool {
+        self.reservation
+            .host_ports
+            .iter()
+            .all(|&(protocol, port, _)| !slot.reserved.host_port_used(protocol, port))
+    }
+
+    /// After a task of the batch was placed on the node: whether one more task still fits
+    /// (resources, host ports), else the filter it now fails.
+    pub fn still_fits(&self, slot: &Slot) -> Result<(), Filter> {
+        if !self.fits(slot) {
+            Err(Filter::Resources)
+        } else if !self.host_ports_free(slot) {
+            Err(Filter::HostPort)
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether tasks of `other` pass the same service-independent filters as these.

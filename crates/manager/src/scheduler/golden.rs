@@ -11,9 +11,11 @@
 //! - `node-remove N`
 //! - `task id=T [service=S] [version=V] [runtime=process|container|none] [cpus=1]
 //!   [memory=512M] [generic.KIND=N]... [constraint=EXPR]... [platform=OS/ARCH]...
-//!   [max-replicas=N] [spread=DESCRIPTOR]... [node=N] [state=STATE]`: creates or replaces a
-//!   task (defaults: service s1, version 1, process runtime, no node, state PENDING). Tasks
-//!   with the same service, version and options share one spec, as in the store.
+//!   [max-replicas=N] [spread=DESCRIPTOR]... [publish=PORT[/udp]]... [ingress=PORT[/udp]]...
+//!   [node=N] [state=STATE]`: creates or replaces a task (defaults: service s1, version 1,
+//!   process runtime, no node, state PENDING). Tasks with the same service, version and
+//!   options share one spec, as in the store. `publish` and `ingress` are published ports
+//!   (host and ingress mode) of the task's endpoint, as the allocator sets it.
 //! - `tasks prefix=P count=N [task options]`: tasks P1..PN.
 //! - `state T STATE`: sets a task's status state.
 //! - `task-remove T`
@@ -31,11 +33,11 @@ use std::sync::Arc;
 use goldenscript::{Argument, Command, Context};
 use shoal_api::task_state;
 use shoal_api::v1::{
-    Annotations, ContainerSpec, DiscreteGenericResource, EngineDescription, GenericResource, Label,
-    Meta, Node, NodeDescription, NodeRole, NodeSpec, NodeStatus, Placement, PlacementPreference,
-    Platform, ProcessSpec, ResourceRequirements, Resources, SpreadOver, Task, TaskSpec,
-    TaskSpecFields, TaskState, TaskStatus, generic_resource, node_spec, node_status,
-    placement_preference, task_spec,
+    Annotations, ContainerSpec, DiscreteGenericResource, Endpoint, EngineDescription,
+    GenericResource, Label, Meta, Node, NodeDescription, NodeRole, NodeSpec, NodeStatus, Placement,
+    PlacementPreference, Platform, PortConfig, ProcessSpec, ResourceRequirements, Resources,
+    SpreadOver, Task, TaskSpec, TaskSpecFields, TaskState, TaskStatus, generic_resource, node_spec,
+    node_status, placement_preference, port_config, task_spec,
 };
 
 use super::{Decision, Scheduler};
@@ -329,12 +331,45 @@ impl Runner {
                     ..Default::default()
                 }),
                 desired_state: TaskState::Running as i32,
+                endpoint: endpoint(command)?,
                 ..Default::default()
             };
             self.put_task(Arc::new(task));
         }
         Ok(())
     }
+}
+
+/// The task's endpoint: `publish=8080[/udp]` (host mode), `ingress=8080[/udp]`.
+fn endpoint(command: &Command) -> Result<Option<Box<Endpoint>>, Box<dyn Error>> {
+    let mut ports = Vec::new();
+    for (key_name, mode) in [
+        ("publish", port_config::PublishMode::Host),
+        ("ingress", port_config::PublishMode::Ingress),
+    ] {
+        for p in keys(command, key_name) {
+            let (port, protocol) = p.split_once('/').unwrap_or((p, "tcp"));
+            let protocol = match protocol {
+                "tcp" => port_config::Protocol::Tcp,
+                "udp" => port_config::Protocol::Udp,
+                "sctp" => port_config::Protocol::Sctp,
+                other => return Err(format!("unknown protocol {other}").into()),
+            };
+            ports.push(PortConfig {
+                protocol: protocol as i32,
+                target_port: 80,
+                published_port: port.parse()?,
+                publish_mode: mode as i32,
+                ..Default::default()
+            });
+        }
+    }
+    Ok((!ports.is_empty()).then(|| {
+        Box::new(Endpoint {
+            ports,
+            ..Default::default()
+        })
+    }))
 }
 
 impl goldenscript::Runner for Runner {

@@ -33,7 +33,10 @@
 //!    `!=` holds on a node without it;
 //! 5. platform: if `placement.platforms` is not empty, the node's OS and architecture match
 //!    one entry (an empty field matches anything; `x86_64` is `amd64`, `aarch64` is `arm64`);
-//! 6. max replicas: with `placement.max_replicas` > 0, the node runs fewer tasks of the
+//! 6. host ports: no task the node runs publishes one of the host-mode ports (port and
+//!    protocol) the task publishes (`task.endpoint.ports`, which the allocator copies from
+//!    the service; ingress ports are unique cluster-wide and need no filter);
+//! 7. max replicas: with `placement.max_replicas` > 0, the node runs fewer tasks of the
 //!    service than that.
 //!
 //! **Ranking** among the nodes that pass: fewest tasks of the same service, then fewest tasks
@@ -49,8 +52,8 @@
 //! reason: `no suitable node (2 nodes not available for new tasks; insufficient resources on
 //! 1 node)` — each node is counted once, under the first filter it fails, and the counts are
 //! those at the moment the task was given up on (nodes filled by earlier tasks of the batch
-//! count as insufficient resources or max replicas). With no nodes at all the reason is
-//! `no suitable node (no nodes in the cluster)`.
+//! count as insufficient resources, host ports or max replicas). With no nodes at all the
+//! reason is `no suitable node (no nodes in the cluster)`.
 //!
 //! **Speed.** `schedule` groups the pending tasks by (service, spec version) and identical
 //! spec (specs are shared, so the check is mostly a pointer comparison). Groups whose
@@ -75,12 +78,12 @@
 //! **Departures from SwarmKit.** A malformed constraint refuses the task (`NoSuitableNode`
 //! with `invalid placement constraint: …`) where SwarmKit ignores the constraint filter and
 //! places the task anywhere; the API validates constraints, so this only bites specs written
-//! around validation. There is no host-port filter (tasks publishing host-mode ports) yet, no
-//! plugin or volume filter (Shoal has neither), and no down-weighting of nodes where the
-//! service's tasks failed recently (that needs a clock; the runner may add it later). The
-//! runtime filter is Shoal's own: SwarmKit has one runtime. Spread groups count the
-//! service's tasks on the nodes that pass the filters only, and fill greedily one task at a
-//! time rather than through SwarmKit's decision tree; the result is the same evening-out.
+//! around validation. There is no plugin or volume filter (Shoal has neither), and no
+//! down-weighting of nodes where the service's tasks failed recently (that needs a clock; the
+//! runner may add it later). The runtime filter is Shoal's own: SwarmKit has one runtime.
+//! Spread groups count the service's tasks on the nodes that pass the filters only, and fill
+//! greedily one task at a time rather than through SwarmKit's decision tree; the result is
+//! the same evening-out.
 
 pub mod enforcer;
 mod filter;
@@ -199,11 +202,14 @@ impl Class {
             return;
         };
         self.order.remove(&(before, rank));
-        if self.requirement.fits(entry) {
-            self.order.insert((entry.tasks, rank));
-        } else {
-            self.rank_of[slot] = u32::MAX;
-            self.failed[Filter::Resources as usize] += 1;
+        match self.requirement.still_fits(entry) {
+            Ok(()) => {
+                self.order.insert((entry.tasks, rank));
+            }
+            Err(filter) => {
+                self.rank_of[slot] = u32::MAX;
+                self.failed[filter as usize] += 1;
+            }
         }
     }
 }

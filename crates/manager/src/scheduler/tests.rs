@@ -373,3 +373,96 @@ fn runtime_filter_and_its_reason() {
         }
     );
 }
+
+/// A task publishing `port` (0: none) in host mode, as the allocator leaves it.
+fn with_host_port(mut task: Task, port: u32) -> Task {
+    use shoal_api::v1::{Endpoint, PortConfig, port_config};
+    if port != 0 {
+        task.endpoint = Some(Box::new(Endpoint {
+            ports: vec![PortConfig {
+                target_port: 80,
+                published_port: port,
+                publish_mode: port_config::PublishMode::Host as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }));
+    }
+    task
+}
+
+proptest! {
+    /// Nodes never end up with two live tasks publishing the same host-mode port, whether the
+    /// tasks come in one batch, several, or one node at a time (global services); and a task
+    /// is refused only when every ready node has its port taken.
+    #[test]
+    fn host_ports_are_never_published_twice_on_a_node(
+        nodes in 1..5usize,
+        // Per service: host port (0 = none, few values so they clash) and pending tasks.
+        services in prop::collection::vec((prop_oneof![Just(0u32), 8080u32..8083], 0..6usize), 1..5),
+        batches in 1..3usize,
+        global in any::<bool>(),
+    ) {
+        let nodes: Vec<Arc<Node>> = (0..nodes)
+            .map(|i| {
+                Arc::new(node(
+                    &format!("n{i}"),
+                    node_status::State::Ready,
+                    node_spec::Availability::Active,
+                    100 * TENTH,
+                ))
+            })
+            .collect();
+        let spec = spec(0, 0);
+        let mut scheduler = Scheduler::new();
+        scheduler.reset(nodes.clone(), Vec::new());
+        let mut pending = Vec::new();
+        for (s, &(port, count)) in services.iter().enumerate() {
+            for i in 0..count {
+                let t = task(format!("s{s}.{i}"), &format!("s{s}"), &spec, "", TaskState::Pending);
+                pending.push(Arc::new(with_host_port(t, port)));
+            }
+        }
+        let mut placed: Vec<(String, u32)> = Vec::new();
+        let port_of = |t: &Task| {
+            t.endpoint.as_ref().map_or(0, |e| e.ports[0].published_port)
+        };
+        if global {
+            for (i, t) in pending.iter().enumerate() {
+                let target = format!("n{}", i % nodes.len());
+                let taken = placed.iter().any(|(n, p)| *n == target && *p != 0 && *p == port_of(t));
+                match scheduler.place_on(t, &target) {
+                    Decision::Assign { node_id, .. } => {
+                        prop_assert!(!taken, "{} placed on {node_id} where its port is taken", super::task_id(t));
+                        placed.push((node_id, port_of(t)));
+                    }
+                    Decision::NoSuitableNode { reason, .. } => {
+                        prop_assert!(taken, "refused: {reason}");
+                        prop_assert!(reason.contains("host-mode port"), "{reason}");
+                    }
+                }
+            }
+        } else {
+            let size = pending.len().div_ceil(batches).max(1);
+            for batch in pending.chunks(size) {
+                for (d, t) in scheduler.schedule(batch).into_iter().zip(batch) {
+                    match d {
+                        Decision::Assign { node_id, .. } => placed.push((node_id, port_of(t))),
+                        Decision::NoSuitableNode { reason, .. } => {
+                            let port = port_of(t);
+                            prop_assert!(port != 0, "a task without ports refused: {reason}");
+                            let holders = placed.iter().filter(|(_, p)| *p == port).count();
+                            prop_assert_eq!(holders, nodes.len(), "{}", reason);
+                        }
+                    }
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (node, port) in &placed {
+            if *port != 0 {
+                prop_assert!(seen.insert((node.clone(), *port)), "port {port} twice on {node}");
+            }
+        }
+    }
+}

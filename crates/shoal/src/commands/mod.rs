@@ -7,6 +7,7 @@
 pub mod client;
 pub mod daemon;
 pub mod duration;
+pub mod network;
 pub mod node;
 pub mod output;
 pub mod resolve;

@@ -39,6 +39,13 @@ pub struct Args {
     /// Placement constraint (node.labels.zone==east, node.role!=manager)
     #[arg(long = "constraint", value_name = "EXPR", value_parser = options::parse_constraint)]
     pub constraints: Vec<String>,
+    /// Publish a port: PUBLISHED:TARGET[/PROTOCOL], TARGET alone (a port is allocated from
+    /// 30000-32767), or mode=host,published=P,target=T
+    #[arg(short = 'p', long = "publish", value_name = "PORT", value_parser = super::publish::parse_publish)]
+    pub publish: Vec<shoal_api::v1::PortConfig>,
+    /// Attach the tasks to a network (name or ID)
+    #[arg(long = "network", value_name = "NETWORK")]
+    pub networks: Vec<String>,
     #[command(flatten)]
     pub spec: SpecOptions,
     /// Exit at once instead of waiting for the service to converge
@@ -127,6 +134,7 @@ pub fn build_spec(args: &Args) -> Result<ServiceSpec, String> {
         ..Default::default()
     };
     args.spec.apply(&mut spec)?;
+    super::publish::apply_create(&mut spec, &args.publish, &args.networks);
     Ok(spec)
 }
 

@@ -9,6 +9,7 @@ pub mod ls;
 pub mod options;
 pub mod progress;
 pub mod ps;
+pub mod publish;
 pub mod rm;
 pub mod rollback;
 pub mod scale;
@@ -310,6 +311,9 @@ pub fn spec_json(spec: &ServiceSpec) -> Json {
             ("MaxReplicas", Json::UInt(placement.max_replicas)),
         ]),
     ));
+    if let Some(networks) = publish::networks_json(spec) {
+        template.push(("Networks", networks));
+    }
     template.push(("ForceUpdate", Json::UInt(task.force_update)));
     template.push((
         "Runtime",
@@ -349,6 +353,9 @@ pub fn spec_json(spec: &ServiceSpec) -> Json {
     }
     if let Some(u) = spec.rollback.as_ref() {
         fields.push(("RollbackConfig", update_config_json(u)));
+    }
+    if let Some(e) = publish::endpoint_spec_json(spec) {
+        fields.push(("EndpointSpec", e));
     }
     Json::object(fields)
 }
@@ -393,6 +400,9 @@ pub fn to_json(service: &Service) -> Json {
                 ("Message", Json::str(&u.message)),
             ]),
         ));
+    }
+    if let Some(e) = publish::endpoint_json(service) {
+        fields.push(("Endpoint", e));
     }
     Json::object(fields)
 }

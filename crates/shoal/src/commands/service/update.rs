@@ -43,6 +43,19 @@ pub struct Args {
     /// Remove a placement constraint
     #[arg(long = "constraint-rm", value_name = "EXPR")]
     pub constraint_rm: Vec<String>,
+    /// Publish a port, or change the one with the same target (PUBLISHED:TARGET[/PROTOCOL] or
+    /// mode=host,published=P,target=T)
+    #[arg(long = "publish-add", visible_alias = "publish", short = 'p', value_name = "PORT", value_parser = super::publish::parse_publish)]
+    pub publish_add: Vec<shoal_api::v1::PortConfig>,
+    /// Stop publishing a port, by target port (80 or 80/udp)
+    #[arg(long = "publish-rm", value_name = "TARGET")]
+    pub publish_rm: Vec<String>,
+    /// Attach the tasks to a network (name or ID)
+    #[arg(long = "network-add", value_name = "NETWORK")]
+    pub network_add: Vec<String>,
+    /// Detach the tasks from a network (name or ID)
+    #[arg(long = "network-rm", value_name = "NETWORK")]
+    pub network_rm: Vec<String>,
     #[command(flatten)]
     pub spec: SpecOptions,
     /// Redeploy the tasks even if nothing changed
@@ -121,11 +134,20 @@ pub fn apply(args: &Args, spec: &mut ServiceSpec) -> Result<(), String> {
     if args.force {
         task.force_update += 1;
     }
-    args.spec.apply(spec)
+    args.spec.apply(spec)?;
+    super::publish::apply_update(
+        spec,
+        &args.publish_add,
+        &args.publish_rm,
+        &args.network_add,
+        &args.network_rm,
+    )
 }
 
-pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
+pub fn run(socket: Option<PathBuf>, mut args: Args) -> Result<(), String> {
     client::run(socket, async |c| {
+        // The spec names its networks by ID.
+        args.network_rm = super::publish::network_ids(c, &args.network_rm).await?;
         let all = services(c).await?;
         let service = RESOLVER.resolve(&all, &args.service)?;
         let mut spec = service.spec.clone().unwrap_or_default();
