@@ -133,10 +133,27 @@ async fn networks_are_created_listed_inspected_and_removed() {
     let e = shoal(&socket, &["network", "rm", "front"]).failed();
     assert!(e.contains("network front is in use by service web"), "{e}");
     shoal(&socket, &["service", "rm", &web]).ok();
-    assert_eq!(
-        shoal(&socket, &["network", "rm", "front", "back"]).ok(),
-        "front\nback\n"
-    );
+    // Its tasks hold addresses on the network until they have stopped: `rm` says so, and
+    // succeeds once they have.
+    let start = std::time::Instant::now();
+    let removed = loop {
+        let run = shoal(&socket, &["network", "rm", "front"]);
+        if run.code == Some(0) {
+            break run.stdout;
+        }
+        let e = run.failed();
+        assert!(
+            e.contains("in use by 1 task(s) that have not stopped yet"),
+            "{e}"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "web's task never stopped: {e}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(removed, "front\n");
+    assert_eq!(shoal(&socket, &["network", "rm", "back"]).ok(), "back\n");
     assert!(network_rows(&socket).is_empty());
     let e = shoal(&socket, &["network", "inspect", "front"]).failed();
     assert!(e.contains("no such network: front"), "{e}");
