@@ -218,6 +218,52 @@ fn still_running(task: &Task, nodes: &HashMap<String, Arc<Node>>) -> bool {
     })
 }
 
+/// Failures of a service's spec version on one node, within [`FAULTY_WINDOW`], that make the
+/// scheduler avoid the node for it (SwarmKit's figures).
+const FAULTY_FAILURES: usize = 5;
+const FAULTY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Per (service, spec version), the nodes where its tasks failed (or were rejected) at least
+/// [`FAULTY_FAILURES`] times in the last [`FAULTY_WINDOW`], as the tasks kept in the store
+/// tell (the reaper keeps `task_history_retention_limit` per slot).
+fn faulty_nodes(tasks: &[Arc<Task>], now: SystemTime) -> HashMap<(String, u64), Vec<String>> {
+    let mut failures: HashMap<(&str, u64, &str), usize> = HashMap::new();
+    for task in tasks {
+        if task.node_id.is_empty()
+            || !matches!(state_of(task), TaskState::Failed | TaskState::Rejected)
+        {
+            continue;
+        }
+        let recent = task
+            .status
+            .as_ref()
+            .and_then(|s| s.timestamp)
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .is_some_and(|at| now.duration_since(at).unwrap_or(Duration::ZERO) < FAULTY_WINDOW);
+        if recent {
+            *failures
+                .entry((
+                    task.service_id.as_str(),
+                    task.spec_version,
+                    task.node_id.as_str(),
+                ))
+                .or_default() += 1;
+        }
+    }
+    let mut out: HashMap<(String, u64), Vec<String>> = HashMap::new();
+    for ((service, version, node), n) in failures {
+        if n >= FAULTY_FAILURES {
+            out.entry((service.to_string(), version))
+                .or_default()
+                .push(node.to_string());
+        }
+    }
+    for nodes in out.values_mut() {
+        nodes.sort();
+    }
+    out
+}
+
 /// What one round writes.
 #[derive(Default)]
 struct Writes {
@@ -664,6 +710,43 @@ impl Orchestrator {
                 task_id: id_of(&*pending[index]).to_string(),
                 reason: error,
             });
+        }
+        // Nodes where a service's spec version recently failed repeatedly are avoided: its
+        // tasks are placed with those nodes paused first, and only what finds no other node
+        // goes on to the pass that includes them.
+        for ((service_id, version), avoided) in faulty_nodes(&tasks, now_system) {
+            let group: Vec<usize> = (0..pending.len())
+                .filter(|i| {
+                    decisions[*i].is_none()
+                        && pending[*i].service_id == service_id
+                        && pending[*i].spec_version == version
+                })
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let originals: Vec<&Arc<Node>> = avoided
+                .iter()
+                .filter_map(|id| nodes_by_id.get(id))
+                .collect();
+            for node in &originals {
+                let mut paused = (***node).clone();
+                paused
+                    .spec
+                    .get_or_insert_with(Default::default)
+                    .availability = shoal_api::v1::node_spec::Availability::Pause as i32;
+                self.scheduler.node_changed(Arc::new(paused));
+            }
+            let tasks: Vec<Arc<Task>> = group.iter().map(|i| pending[*i].clone()).collect();
+            for (index, decision) in group.into_iter().zip(self.scheduler.schedule(&tasks)) {
+                if let Decision::Assign { .. } = decision {
+                    decisions[index] = Some(decision);
+                }
+            }
+            for node in originals {
+                self.scheduler.node_changed(node.clone());
+            }
+            tracing::debug!(service = %service_id, "orchestrator: avoiding nodes where it failed repeatedly: {avoided:?}");
         }
         let (schedulable, indexes): (Vec<Arc<Task>>, Vec<usize>) = pending
             .iter()

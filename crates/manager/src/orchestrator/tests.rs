@@ -351,7 +351,7 @@ async fn a_global_service_follows_the_nodes() {
         .update(|tx| {
             tx.create(node("n3"))?;
             let mut n2 = (*tx.get::<Node>("n2").unwrap()).clone();
-            n2.spec.as_mut().unwrap().availability = node_spec::Availability::Drain as i32;
+            n2.status.as_mut().unwrap().state = node_status::State::Down as i32;
             tx.update(n2)
         })
         .await
@@ -851,4 +851,79 @@ async fn tasks_get_an_address_on_their_service_networks() {
         "{addresses:?}"
     );
     orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_where_a_service_failed_repeatedly_are_avoided() {
+    let store = Store::new();
+    let failed = |id: &str, node: &str| Task {
+        meta: Some(Meta {
+            id: id.into(),
+            ..Default::default()
+        }),
+        service_id: "web".into(),
+        spec_version: 1,
+        slot: 1,
+        node_id: node.into(),
+        desired_state: TaskState::Shutdown as i32,
+        status: Some(TaskStatus {
+            state: TaskState::Failed as i32,
+            timestamp: Some(now()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store
+        .update(move |tx| {
+            tx.create(node("n1"))?;
+            tx.create(node("n2"))?;
+            // n2 is busier (another service's task), so n1 would rank first...
+            tx.create(Task {
+                meta: Some(Meta {
+                    id: "other".into(),
+                    ..Default::default()
+                }),
+                service_id: "other".into(),
+                slot: 1,
+                node_id: "n2".into(),
+                desired_state: TaskState::Running as i32,
+                status: Some(TaskStatus {
+                    state: TaskState::Running as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })?;
+            // ...but web failed there five times in the last minutes.
+            for i in 0..5 {
+                tx.create(failed(&format!("failed{i}"), "n1"))?;
+            }
+            tx.create(service("web", 1, process()))
+        })
+        .await
+        .unwrap();
+    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })));
+    let mut orchestrator = Orchestrator::with_leadership(store.clone(), raft);
+    orchestrator.round().await.unwrap();
+    let placed = running(&store.view(|tx| tx.find::<Task>(By::Service("web"))), "web");
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed[0].node_id, "n2", "n1 is avoided");
+
+    // Where no other node fits, the avoided node is still used.
+    store
+        .update(|tx| {
+            let mut n2 = (*tx.get::<Node>("n2").unwrap()).clone();
+            n2.status.as_mut().unwrap().state = node_status::State::Down as i32;
+            tx.update(n2)
+        })
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        orchestrator.round().await.unwrap();
+    }
+    let placed = running(&store.view(|tx| tx.find::<Task>(By::Service("web"))), "web");
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed[0].node_id, "n1", "better an avoided node than none");
 }

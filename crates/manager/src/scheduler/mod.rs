@@ -78,9 +78,9 @@
 //! **Departures from SwarmKit.** A malformed constraint refuses the task (`NoSuitableNode`
 //! with `invalid placement constraint: …`) where SwarmKit ignores the constraint filter and
 //! places the task anywhere; the API validates constraints, so this only bites specs written
-//! around validation. There is no plugin or volume filter (Shoal has neither), and no
-//! down-weighting of nodes where the service's tasks failed recently (that needs a clock; the
-//! runner may add it later). The runtime filter is Shoal's own: SwarmKit has one runtime.
+//! around validation. There is no plugin or volume filter (Shoal has neither); nodes
+//! where the service's tasks failed recently are avoided by the orchestrator, which places
+//! those tasks with such nodes paused first (SwarmKit ranks them last inside the scheduler). The runtime filter is Shoal's own: SwarmKit has one runtime.
 //! Spread groups count the service's tasks on the nodes that pass the filters only, and fill
 //! greedily one task at a time rather than through SwarmKit's decision tree; the result is
 //! the same evening-out.
