@@ -95,23 +95,20 @@ fn updated_service(
     let current_spec = current.spec.clone().unwrap_or_default();
     let mut next = current.clone();
     if rollback {
-        let previous = current.previous_spec.as_deref().cloned().ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "service {id} does not have a previous spec to roll back to (it was never \
-                 updated)"
-            ))
-        })?;
-        next.spec = Some(previous);
-        next.previous_spec = Some(Box::new(current_spec));
-        next.previous_spec_version = current.spec_version;
-        next.spec_version = current.spec_version + 1;
-        rerun_job(&mut next, now);
-        next.update_status = Some(UpdateStatus {
+        let status = UpdateStatus {
             state: update_status::UpdateState::RollbackStarted as i32,
             started_at: Some(now),
             completed_at: None,
             message: "manually requested rollback".into(),
-        });
+        };
+        let mut next =
+            crate::orchestrator::update::rolled_back(current, status).ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "service {id} does not have a previous spec to roll back to (it was never \
+                 updated)"
+                ))
+            })?;
+        rerun_job(&mut next, now);
         return Ok(Some(next));
     }
     let mut spec = spec.ok_or_else(|| {

@@ -133,46 +133,15 @@ pub fn plan(
     let mut outdated: Vec<(&str, &Arc<Task>)> = Vec::new();
     for (node, held) in holders.iter_mut() {
         let node: &str = node;
-        let mut held = std::mem::take(held);
-        held.sort_by_key(|t| {
-            t.meta
-                .as_ref()
-                .and_then(|m| m.created_at.as_ref())
-                .map(|c| (c.seconds, c.nanos))
-        });
-        let (up_to_date, old): (Vec<&Arc<Task>>, Vec<&Arc<Task>>) = held
-            .into_iter()
-            .partition(|t| !update::is_outdated(t, service));
-        match up_to_date.split_last() {
-            Some((newest, extra)) => {
-                for task in extra {
-                    changes.push(Change::Shutdown {
-                        task_id: id(task).to_string(),
-                        reason: format!("node {node} has a newer task ({})", id(newest)),
-                    });
-                }
-                let runs = state(newest) == TaskState::Running;
-                if runs || order == update_config::UpdateOrder::StopFirst {
-                    for task in old {
-                        changes.push(Change::Shutdown {
-                            task_id: id(task).to_string(),
-                            reason: format!("replaced by {} (spec version {current})", id(newest)),
-                        });
-                    }
-                }
-            }
-            None => {
-                let (newest, extra) = old.split_last().expect("a node in the map has a holder");
-                for task in extra {
-                    changes.push(Change::Shutdown {
-                        task_id: id(task).to_string(),
-                        reason: format!("node {node} has a newer task ({})", id(newest)),
-                    });
-                }
-                if nodes.get(node).is_some_and(|n| takes_new_tasks(n)) {
-                    outdated.push((node, newest));
-                }
-            }
+        let held = std::mem::take(held);
+        let (stops, old) = update::sort_unit(service, held, &format!("node {node}"), order);
+        for (task_id, reason) in stops {
+            changes.push(Change::Shutdown { task_id, reason });
+        }
+        if let Some(task) = old
+            && nodes.get(node).is_some_and(|n| takes_new_tasks(n))
+        {
+            outdated.push((node, task));
         }
     }
     let missing = nodes

@@ -290,7 +290,7 @@ pub fn plan(
     let order = update::policy(service).order;
     let current = service.spec_version;
     let mut outdated: Vec<(u64, &Arc<Task>)> = Vec::new();
-    for (slot, mut held) in holders {
+    for (slot, held) in holders {
         if slot > replicas || slot == 0 {
             for task in held {
                 changes.push(Change::Shutdown {
@@ -302,45 +302,12 @@ pub fn plan(
         }
         kept.insert(slot, true);
         restarts.remove(&slot);
-        // Oldest first.
-        held.sort_by_key(|t| {
-            t.meta
-                .as_ref()
-                .and_then(|m| m.created_at.as_ref())
-                .map(|c| (c.seconds, c.nanos))
-        });
-        let (up_to_date, old): (Vec<&Arc<Task>>, Vec<&Arc<Task>>) = held
-            .into_iter()
-            .partition(|t| !update::is_outdated(t, service));
-        match up_to_date.split_last() {
-            Some((newest, extra)) => {
-                for task in extra {
-                    changes.push(Change::Shutdown {
-                        task_id: id(task).to_string(),
-                        reason: format!("slot {slot} has a newer task ({})", id(newest)),
-                    });
-                }
-                let runs = state(newest) == TaskState::Running;
-                // Start-first keeps the old task until the new one runs.
-                if runs || order == update_config::UpdateOrder::StopFirst {
-                    for task in old {
-                        changes.push(Change::Shutdown {
-                            task_id: id(task).to_string(),
-                            reason: format!("replaced by {} (spec version {current})", id(newest)),
-                        });
-                    }
-                }
-            }
-            None => {
-                let (newest, extra) = old.split_last().expect("a slot in the map has a holder");
-                for task in extra {
-                    changes.push(Change::Shutdown {
-                        task_id: id(task).to_string(),
-                        reason: format!("slot {slot} has a newer task ({})", id(newest)),
-                    });
-                }
-                outdated.push((slot, newest));
-            }
+        let (stops, old) = update::sort_unit(service, held, &format!("slot {slot}"), order);
+        for (task_id, reason) in stops {
+            changes.push(Change::Shutdown { task_id, reason });
+        }
+        if let Some(task) = old {
+            outdated.push((slot, task));
         }
     }
     let units = update::Units {

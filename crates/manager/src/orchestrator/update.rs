@@ -315,6 +315,57 @@ pub fn is_outdated(task: &Task, service: &Service) -> bool {
         && task.spec.as_ref() != service.spec.as_ref().and_then(|s| s.task.as_ref())
 }
 
+/// Sorts out the live tasks of one unit (`unit` names it in messages: "slot 3", "node
+/// abc"): the tasks to stop, with why — all but the newest up-to-date task, and the old
+/// tasks once that one runs (at once under stop-first) — and, when the unit has no
+/// up-to-date task, its outdated task for the update to replace.
+pub fn sort_unit<'a>(
+    service: &Service,
+    mut held: Vec<&'a Arc<Task>>,
+    unit: &str,
+    order: UpdateOrder,
+) -> (Vec<(String, String)>, Option<&'a Arc<Task>>) {
+    // Oldest first.
+    held.sort_by_key(|t| {
+        t.meta
+            .as_ref()
+            .and_then(|m| m.created_at.as_ref())
+            .map(|c| (c.seconds, c.nanos))
+    });
+    let (up_to_date, old): (Vec<&Arc<Task>>, Vec<&Arc<Task>>) =
+        held.into_iter().partition(|t| !is_outdated(t, service));
+    let mut stops = Vec::new();
+    let (newest, extra, outdated) = match up_to_date.split_last() {
+        Some((newest, extra)) => {
+            // Start-first keeps the old task until the new one runs.
+            if state(newest) == TaskState::Running || order == UpdateOrder::StopFirst {
+                for task in &old {
+                    stops.push((
+                        id(task).to_string(),
+                        format!(
+                            "replaced by {} (spec version {})",
+                            id(newest),
+                            service.spec_version
+                        ),
+                    ));
+                }
+            }
+            (*newest, extra, None)
+        }
+        None => match old.split_last() {
+            Some((newest, extra)) => (*newest, extra, Some(*newest)),
+            None => return (stops, None),
+        },
+    };
+    for task in extra {
+        stops.push((
+            id(task).to_string(),
+            format!("{unit} has a newer task ({})", id(newest)),
+        ));
+    }
+    (stops, outdated)
+}
+
 /// `service` rolled back to its previous spec, with `status`: the spec and the previous spec
 /// swapped and a new spec version, so that every task is replaced by the rollback's pace.
 /// `None` when there is no previous spec.
