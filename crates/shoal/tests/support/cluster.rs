@@ -204,6 +204,17 @@ impl Cluster {
     /// The arguments of `shoal service create` for a service `name` of long-running process
     /// tasks (`sleep 1000`) this cluster can find, with `flags` before the command.
     pub fn service_args(&self, name: &str, flags: &[&str]) -> Vec<String> {
+        self.command_service_args(name, flags, &["sleep", "1000"])
+    }
+
+    /// The arguments of `shoal service create` for a service `name` of process tasks that run
+    /// `command`, which this cluster can find, with `flags` before the command.
+    pub fn command_service_args(
+        &self,
+        name: &str,
+        flags: &[&str],
+        command: &[&str],
+    ) -> Vec<String> {
         let mut args: Vec<String> = ["service", "create", "--name", name]
             .iter()
             .map(|s| s.to_string())
@@ -211,8 +222,25 @@ impl Cluster {
         args.push("--env".into());
         args.push(format!("SHOAL_TEST_CLUSTER={}", self.dir.path().display()));
         args.extend(flags.iter().map(|s| s.to_string()));
-        args.extend(["--", "sleep", "1000"].iter().map(|s| s.to_string()));
+        args.push("--".into());
+        args.extend(command.iter().map(|s| s.to_string()));
         args
+    }
+
+    /// `shoal service create` with [`Cluster::command_service_args`], as it ended (it may be
+    /// given `-d`, or fail).
+    pub fn create_command_service(&self, name: &str, flags: &[&str], command: &[&str]) -> Run {
+        let args = self.command_service_args(name, flags, command);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.shoal(&args)
+    }
+
+    /// `shoal service inspect service`: the service as JSON.
+    pub fn inspect(&self, service: &str) -> serde_json::Value {
+        let out = self.shoal(&["service", "inspect", service]).ok();
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v[0].clone()
     }
 
     /// Creates a service with [`Cluster::service_args`], waiting (as `service create` does)
@@ -466,6 +494,16 @@ fn marked_pids(marker: &str) -> Vec<i32> {
         })
         .filter(|pid| alive(*pid))
         .collect()
+}
+
+/// The value of the environment variable `key` of process `pid` (as it started), if it is set
+/// and the process still lives.
+pub fn env_of(pid: i32, key: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{key}=");
+    env.split(|b| *b == 0)
+        .find_map(|e| e.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 fn alive(pid: i32) -> bool {

@@ -4,10 +4,18 @@
 //!
 //! The service and its tasks are polled every 500 ms. On a terminal the block is redrawn in
 //! place; otherwise each line is printed when it changes.
+//!
+//! Between polls, [`Tracker`] remembers what one poll cannot tell: why an update was rolled
+//! back (the reason is in the `UpdateStatus` while the rollback runs, and replaced by
+//! "rollback completed" when it ends), and how long a global service has had no task at all.
+//! "0 out of 0 tasks" is converged only once it has lasted [`EMPTY_GRACE`]: right after the
+//! service is created or updated, the orchestrator may not have created its tasks yet, and
+//! nothing the Control API returns says whether it has (a global service's desired count in
+//! `ListServiceStatuses` is its number of tasks meant to run: 0 too).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_api::v1::{GetServiceRequest, Service, Task, TaskState, service_spec, update_status};
 
@@ -16,6 +24,14 @@ use crate::commands::client::Client;
 use crate::commands::output;
 
 const POLL: Duration = Duration::from_millis(500);
+
+/// How long a global service must be seen with no task before that counts as converged (it
+/// has no node to run on), over at least [`EMPTY_POLLS`] polls.
+pub const EMPTY_GRACE: Duration = Duration::from_secs(2);
+
+/// How many consecutive polls must see a global service with no task before that counts as
+/// converged.
+pub const EMPTY_POLLS: u32 = 4;
 
 /// Where the service stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +235,68 @@ pub fn progress(service: &Service, tasks: &[Task], rollback: bool) -> Progress {
     Progress { lines, outcome }
 }
 
+/// What the wait remembers from one poll to the next (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    /// A rollback was asked for.
+    rollback: bool,
+    /// Since when, and over how many consecutive polls, a global service had no task.
+    empty: Option<(Instant, u32)>,
+    /// The message of an automatic rollback, once seen.
+    rollback_cause: Option<String>,
+}
+
+impl Tracker {
+    /// A tracker for a wait; `rollback`: a rollback was asked for (see [`progress`]).
+    pub fn new(rollback: bool) -> Tracker {
+        Tracker {
+            rollback,
+            empty: None,
+            rollback_cause: None,
+        }
+    }
+
+    /// The progress of `service` and its tasks as polled at `now`.
+    pub fn poll(&mut self, service: &Service, tasks: &[Task], now: Instant) -> Progress {
+        use update_status::UpdateState as S;
+        let mut p = progress(service, tasks, self.rollback);
+        let update = service
+            .update_status
+            .as_ref()
+            .map(|u| (S::try_from(u.state).ok(), u.message.as_str()));
+        if !self.rollback {
+            if let Some((Some(S::RollbackStarted), message)) = update
+                && !message.is_empty()
+            {
+                self.rollback_cause = Some(message.to_string());
+            }
+            if let Some(cause) = &self.rollback_cause {
+                p.lines.push(format!("rollback: {cause}"));
+                if let Some((Some(S::RollbackCompleted), _)) = update {
+                    p.outcome = Outcome::Failed(format!("update rolled back: {cause}"));
+                }
+            }
+        }
+        let global = matches!(
+            service.spec.as_ref().and_then(|s| s.mode.as_ref()),
+            Some(service_spec::Mode::Global(_))
+        );
+        let no_task = !tasks
+            .iter()
+            .any(|t| t.desired_state == TaskState::Running as i32);
+        if global && no_task && p.outcome == Outcome::Converged {
+            let (since, polls) = self.empty.get_or_insert((now, 0));
+            *polls += 1;
+            if *polls < EMPTY_POLLS || now.saturating_duration_since(*since) < EMPTY_GRACE {
+                p.outcome = Outcome::Waiting;
+            }
+        } else {
+            self.empty = None;
+        }
+        p
+    }
+}
+
 /// Redraws or appends the progress block.
 struct Display {
     tty: bool,
@@ -265,6 +343,7 @@ pub async fn wait_for(c: &mut Client, service_id: &str, rollback: bool) -> Resul
         tty: std::io::stdout().is_terminal(),
         shown: Vec::new(),
     };
+    let mut tracker = Tracker::new(rollback);
     loop {
         let service = c
             .control()
@@ -278,7 +357,7 @@ pub async fn wait_for(c: &mut Client, service_id: &str, rollback: bool) -> Resul
             .service
             .ok_or("the manager did not return the service")?;
         let tasks = tasks_of(c, service_id).await?;
-        let p = progress(&service, &tasks, rollback);
+        let p = tracker.poll(&service, &tasks, Instant::now());
         display.show(&p.lines)?;
         match p.outcome {
             Outcome::Converged => {
@@ -390,6 +469,85 @@ mod tests {
             Outcome::Failed(_)
         ));
         assert_eq!(progress(&s, &[], true).outcome, Outcome::Converged);
+    }
+
+    #[test]
+    fn a_global_service_without_tasks_converges_only_once_that_lasts() {
+        let mut s = service("svc", "agent", 0);
+        s.spec.as_mut().unwrap().mode = Some(service_spec::Mode::Global(Default::default()));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // Just created: no task yet, which may only mean the orchestrator has not made them.
+        let mut t = Tracker::new(false);
+        for ms in [0, 500, 1000, 1500] {
+            let p = t.poll(&s, &[], at(ms));
+            assert_eq!(p.outcome, Outcome::Waiting, "at {ms} ms");
+            assert_eq!(p.lines[0], "overall progress: 0 out of 0 tasks");
+        }
+        // Tasks appear: they are waited for, and the count of empty polls starts again.
+        let mut a = task("a", 0, TaskState::Running, TaskState::Pending, 1);
+        a.node_id = "node0000000000001".into();
+        assert_eq!(t.poll(&s, &[a], at(2000)).outcome, Outcome::Waiting);
+        // (Their node was drained, say: none is meant to run any more.)
+        for ms in [2500, 3000, 3500, 4000] {
+            assert_eq!(t.poll(&s, &[], at(ms)).outcome, Outcome::Waiting, "{ms}");
+        }
+        assert_eq!(t.poll(&s, &[], at(4500)).outcome, Outcome::Converged);
+
+        // Many quick polls are not enough, nor a long time over too few polls.
+        let mut t = Tracker::new(false);
+        for ms in 0..10 {
+            assert_eq!(t.poll(&s, &[], at(ms)).outcome, Outcome::Waiting);
+        }
+        let mut t = Tracker::new(false);
+        for ms in [0, 5000, 10_000] {
+            assert_eq!(t.poll(&s, &[], at(ms)).outcome, Outcome::Waiting);
+        }
+        assert_eq!(t.poll(&s, &[], at(15_000)).outcome, Outcome::Converged);
+
+        // A replicated service of 0 replicas has converged at once: its count is its spec's.
+        let zero = service("svc", "web", 0);
+        let mut t = Tracker::new(false);
+        assert_eq!(t.poll(&zero, &[], start).outcome, Outcome::Converged);
+    }
+
+    #[test]
+    fn an_automatic_rollback_fails_with_its_cause() {
+        use update_status::UpdateState;
+        let mut s = service("svc", "web", 1);
+        let start = Instant::now();
+        let running = [task("t1", 1, TaskState::Running, TaskState::Running, 1)];
+        let cause = "update rolled back due to failure or early termination of task t9";
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::RollbackStarted as i32,
+            message: cause.into(),
+            ..Default::default()
+        });
+        let mut t = Tracker::new(false);
+        let p = t.poll(&s, &running, start);
+        assert_eq!(p.outcome, Outcome::Waiting);
+        assert_eq!(p.lines.last().unwrap(), &format!("rollback: {cause}"));
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::RollbackCompleted as i32,
+            message: "rollback completed".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            t.poll(&s, &running, start).outcome,
+            Outcome::Failed(format!("update rolled back: {cause}"))
+        );
+        // Seen only once completed, it says what the status says.
+        assert_eq!(
+            Tracker::new(false).poll(&s, &running, start).outcome,
+            Outcome::Failed("update rolled back: rollback completed".into())
+        );
+        // A rollback the user asked for succeeds.
+        let mut t = Tracker::new(true);
+        s.update_status.as_mut().unwrap().state = UpdateState::RollbackStarted as i32;
+        s.update_status.as_mut().unwrap().message = "manually requested rollback".into();
+        assert_eq!(t.poll(&s, &running, start).outcome, Outcome::Waiting);
+        s.update_status.as_mut().unwrap().state = UpdateState::RollbackCompleted as i32;
+        assert_eq!(t.poll(&s, &running, start).outcome, Outcome::Converged);
     }
 
     #[test]
