@@ -3,10 +3,9 @@
 //! The Control API (`controlapi`), the CA server (`ca_server`), the dispatcher's sessions,
 //! heartbeats, assignments and task statuses (`dispatcher`), the log broker (`logbroker`),
 //! the leader's orchestrator (`orchestrator`) with its scheduler (`scheduler`), and the
-//! authorizer every network call goes through (`authorize`). Control API writes go to the leader
-//! (a follower answers FailedPrecondition naming the leader, with its address in the
-//! `shoal-leader-addr` metadata, so clients follow it in one hop); reads are served by any
-//! manager after a ReadIndex barrier, so they are linearizable everywhere.
+//! authorizer every network call goes through (`authorize`), the allocator of ports and
+//! addresses (`allocator`). Control API calls reaching a follower are forwarded to the leader
+//! in one hop (`forward`), so any manager answers any call.
 
 pub mod allocator;
 pub mod authorize;
@@ -14,6 +13,7 @@ pub mod ca_server;
 pub mod cluster;
 pub mod controlapi;
 pub mod dispatcher;
+pub mod forward;
 pub mod logbroker;
 pub mod orchestrator;
 pub mod scheduler;

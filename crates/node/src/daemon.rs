@@ -21,6 +21,7 @@ use shoal_manager::authorize::{Access, Authorizer};
 use shoal_manager::ca_server::CaServer as CaServerImpl;
 use shoal_manager::controlapi::ControlApi;
 use shoal_manager::dispatcher::Dispatcher;
+use shoal_manager::forward::ForwardToLeader;
 use shoal_manager::logbroker::LogBroker;
 use shoal_manager::orchestrator::Orchestrator;
 use shoal_raft::service::LEADER_ADDR_METADATA;
@@ -896,12 +897,18 @@ impl Daemon {
                 let authorizer = Authorizer::new(store.clone(), credentials.identity().cluster_id);
                 let managers_only = || authorizer.interceptor(Access::Managers);
                 let log_broker = LogBroker::new(store.clone(), handle.clone(), authorizer.clone());
+                // Control calls reaching this manager while it follows go to the leader.
+                let forwarding = |api: ControlApi| {
+                    ForwardToLeader::new(
+                        ControlServer::new(api),
+                        handle.clone(),
+                        shoal_tls::Dialer::mutual(credentials.clone()),
+                        &credentials.identity().node_id,
+                    )
+                };
                 let local = tokio::spawn(
                     tonic::transport::Server::builder()
-                        .add_service(ControlServer::new(ControlApi::new(
-                            store.clone(),
-                            handle.clone(),
-                        )))
+                        .add_service(forwarding(ControlApi::new(store.clone(), handle.clone())))
                         .add_service(LogsServer::new(log_broker.clone()))
                         .add_service(local_swarm)
                         .serve_with_incoming_shutdown(
@@ -949,8 +956,8 @@ impl Daemon {
                         // Agents: the broker checks their node certificates itself.
                         .add_service(LogBrokerServer::new(log_broker.clone()))
                         .add_service(LogsServer::with_interceptor(log_broker, managers_only()))
-                        .add_service(ControlServer::with_interceptor(
-                            ControlApi::new(store, handle.clone()),
+                        .add_service(InterceptedService::new(
+                            forwarding(ControlApi::new(store, handle.clone())),
                             managers_only(),
                         ))
                         .serve_with_incoming_shutdown(

@@ -52,19 +52,9 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
         }
     }
 
-    // Find and kill the leader: the manager that accepts a write.
-    let mut leader = None;
-    for (i, a) in addrs.iter().enumerate() {
-        if create_config(std::slice::from_ref(a), &format!("probe-{i}"))
-            .await
-            .is_ok()
-        {
-            acknowledged.insert(format!("probe-{i}"));
-            attempted.insert(format!("probe-{i}"));
-            leader = Some(i);
-            break;
-        }
-    }
+    // Find and kill the leader (any manager accepts writes: followers forward them).
+    let leader_addr = support::leader_addr(&addrs[0]).await.unwrap();
+    let leader = addrs.iter().position(|a| *a == leader_addr);
     let leader = leader.expect("one manager leads");
     managers[leader].kill();
     let survivors: Vec<String> = addrs

@@ -275,6 +275,27 @@ pub async fn config_names(addr: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// The address of the leader, as the manager at `addr` sees it (`ListNodes`' manager
+/// status). Control calls reach the leader from any manager, so a write accepted says
+/// nothing about who leads.
+pub async fn leader_addr(addr: &str) -> Result<String, String> {
+    let mut c = client(addr)
+        .await
+        .ok_or_else(|| format!("{addr} unreachable"))?;
+    let nodes = c
+        .list_nodes(shoal_api::v1::ListNodesRequest::default())
+        .await
+        .map_err(|s| format!("{addr}: {}", s.message()))?
+        .into_inner()
+        .nodes;
+    nodes
+        .iter()
+        .filter_map(|n| n.manager_status.as_ref())
+        .find(|m| m.leader)
+        .map(|m| m.addr.clone())
+        .ok_or_else(|| format!("{addr} knows no leader"))
+}
+
 /// Polls `f` until it returns Some, for at most `limit`.
 pub async fn eventually<T>(
     what: &str,
