@@ -286,6 +286,9 @@ pub struct PendingChanges {
     len: usize,
     /// Versions of the objects read by ID, one map per kind.
     reads: RefCell<[HashMap<String, u64>; 8]>,
+    /// The same reads in the order they were first made, so that a batch can check the
+    /// reads made since a mark without going through all of them.
+    read_order: RefCell<Vec<(ObjectKind, String)>>,
     bytes: usize,
     /// Undo records: the key and its previous entry, for rolling back to a mark. Kept only
     /// when `journaling` (in batches), since a plain transaction is dropped whole on error.
@@ -298,6 +301,7 @@ pub struct PendingChanges {
 pub struct Mark {
     journal: usize,
     order: usize,
+    reads: usize,
 }
 
 impl PendingChanges {
@@ -389,18 +393,20 @@ impl PendingChanges {
         if new.iter().any(|key| objects.contains(key)) {
             return true;
         }
-        // Reads are few: look each one up rather than every written object.
-        let reads = self.reads.borrow();
-        reads.iter().enumerate().any(|(kind, map)| {
-            let kind = ObjectKind::try_from(kind as i32).unwrap_or(ObjectKind::Unknown);
-            map.keys().any(|id| objects.contains(&(kind, id.clone())))
-        })
+        // Only the reads made since the mark: earlier ones were checked when they were made.
+        // (Reads undone by a rollback stay recorded; every rollback of a batch is followed by
+        // waiting for the transactions in flight, so none is left to check them against.)
+        let reads = self.read_order.borrow();
+        reads[mark.reads.min(reads.len())..]
+            .iter()
+            .any(|key| objects.contains(key))
     }
 
     pub fn mark(&self) -> Mark {
         Mark {
             journal: self.journal.len(),
             order: self.order.len(),
+            reads: self.read_order.borrow().len(),
         }
     }
 
@@ -460,6 +466,7 @@ impl PendingChanges {
         // Objects the transaction writes are checked through their own version; the other
         // reads are carried as guards.
         let mut reads: Vec<ObjectVersion> = Vec::new();
+        self.read_order.get_mut().clear();
         for (kind, map) in std::mem::take(self.reads.get_mut()).into_iter().enumerate() {
             let start = reads.len();
             reads.extend(
@@ -681,6 +688,10 @@ impl Reader for WriteTx<'_> {
         let reads = &mut reads[T::KIND as usize];
         if !reads.contains_key(id) {
             reads.insert(id.to_string(), version);
+            self.pending
+                .read_order
+                .borrow_mut()
+                .push((T::KIND, id.to_string()));
         }
         found
     }
