@@ -2,8 +2,9 @@
 //! them there.
 //!
 //! While this manager leads, [`Orchestrator`] runs *rounds*. A round reads the whole store
-//! (services, tasks, nodes), asks the pure decision cores what should change, and writes the
-//! changes in one transaction:
+//! (services, tasks, nodes, networks), asks the pure decision cores what should change, and
+//! writes the changes in as few transactions as the store's size limits allow (a store
+//! batch: a round may create a hundred thousand tasks):
 //!
 //! 1. **Replicated services** ([`replicated::reconcile`]): tasks created for empty slots,
 //!    stopped above the replica count, replaced when they ended (restart policy) or their
@@ -40,7 +41,7 @@
 //! and an automatic rollback's spec swap are written in the same transaction as the round's
 //! task changes.
 //!
-//! Departure from SwarmKit: one loop and one transaction per round instead of an
+//! Departure from SwarmKit: one loop and one batch of writes per round instead of an
 //! orchestrator, a restart supervisor, a task reaper and a scheduler each watching the store
 //! on its own; simpler to reason about, and incremental updates can come when the benchmarks
 //! ask for them.
@@ -264,6 +265,10 @@ fn faulty_nodes(tasks: &[Arc<Task>], now: SystemTime) -> HashMap<(String, u64), 
     out
 }
 
+/// Tasks with network addresses written in a round, at most: they share one transaction
+/// with the networks they were allocated from (see the end of [`Orchestrator::round`]).
+const MAX_ATTACHED_PER_ROUND: usize = 500;
+
 /// What one round writes.
 #[derive(Default)]
 struct Writes {
@@ -362,7 +367,13 @@ impl Orchestrator {
                 return;
             }
             if let Err(error) = self.round().await {
-                tracing::debug!("orchestrator: round failed ({error}); trying again");
+                // A conflict with a concurrent write is routine; anything else is worth a
+                // word in the log.
+                if matches!(error, shoal_store::StoreError::SequenceConflict { .. }) {
+                    tracing::debug!("orchestrator: round failed ({error}); trying again");
+                } else {
+                    tracing::warn!("orchestrator: round failed ({error}); trying again");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let wake = self
@@ -807,29 +818,51 @@ impl Orchestrator {
             update,
             delete,
         } = writes;
-        // The networks allocated from, written back unchanged: a concurrent allocation from
-        // them conflicts rather than handing out an address twice.
+        // The networks allocated from are written back unchanged in the transaction that
+        // holds the tasks given addresses on them: a concurrent allocation from the same
+        // networks then conflicts rather than handing out an address twice. That transaction
+        // must fit the store's limit, so it takes at most MAX_ATTACHED_PER_ROUND tasks; the
+        // next round creates the rest.
         let guards = allocations.guards();
-        self.store
-            .update(move |tx| {
-                for network in guards {
-                    tx.update(network)?;
-                }
-                for service in services {
-                    tx.update(service)?;
-                }
-                for task in create {
-                    tx.create(task)?;
-                }
-                for task in update {
-                    tx.update(task)?;
-                }
-                for id in delete {
-                    tx.delete::<Task>(&id)?;
-                }
-                Ok(())
-            })
-            .await?;
+        let attached = |t: &Task| !guards.is_empty() && !t.networks.is_empty();
+        let (mut attached_create, create): (Vec<Task>, Vec<Task>) =
+            create.into_iter().partition(|t| attached(t));
+        let (mut attached_update, update): (Vec<Task>, Vec<Task>) =
+            update.into_iter().partition(|t| attached(t));
+        attached_create.truncate(MAX_ATTACHED_PER_ROUND);
+        attached_update.truncate(MAX_ATTACHED_PER_ROUND - attached_create.len());
+        // Everything else in as few transactions as the store's limits allow: a round may
+        // create or replace many thousands of tasks.
+        let mut batch = self.store.batch();
+        for service in services {
+            batch.update(|tx| tx.update(service.clone())).await?;
+        }
+        if !attached_create.is_empty() || !attached_update.is_empty() {
+            batch
+                .update(|tx| {
+                    for network in &guards {
+                        tx.update(network.clone())?;
+                    }
+                    for task in &attached_create {
+                        tx.create(task.clone())?;
+                    }
+                    for task in &attached_update {
+                        tx.update(task.clone())?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        for task in create {
+            batch.update(|tx| tx.create(task.clone())).await?;
+        }
+        for task in update {
+            batch.update(|tx| tx.update(task.clone())).await?;
+        }
+        for id in delete {
+            batch.update(|tx| tx.delete::<Task>(&id)).await?;
+        }
+        batch.commit().await?;
         self.enforced.extend(checked);
         Ok(())
     }

@@ -927,3 +927,42 @@ async fn nodes_where_a_service_failed_repeatedly_are_avoided() {
     assert_eq!(placed.len(), 1);
     assert_eq!(placed[0].node_id, "n1", "better an avoided node than none");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_larger_than_a_transaction_is_written_in_several() {
+    // 12,000 new tasks are well over the store's transaction limit (~8,000 such tasks).
+    let store = Store::new();
+    store
+        .update(|tx| {
+            tx.create(node("n1"))?;
+            tx.create(node("n2"))
+        })
+        .await
+        .unwrap();
+    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })));
+    let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
+    store
+        .update(|tx| tx.create(service("big", 12_000, process())))
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let tasks = store.view(|tx| tx.find::<Task>(By::Service("big")));
+        if tasks.len() == 12_000 && tasks.iter().all(|t| !t.node_id.is_empty()) {
+            let mut slots: Vec<u64> = tasks.iter().map(|t| t.slot).collect();
+            slots.sort();
+            assert_eq!(slots, (1..=12_000).collect::<Vec<_>>());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of 12,000 tasks created and assigned",
+            tasks.iter().filter(|t| !t.node_id.is_empty()).count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    orchestrator.stop().await;
+}
