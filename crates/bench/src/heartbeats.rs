@@ -78,19 +78,13 @@
 //! dropped (also when the benchmark panics) and gets `PR_SET_PDEATHSIG` so that it dies with
 //! this process; the temporary directory is removed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal_api::v1::control_client::ControlClient;
 use shoal_api::v1::dispatcher_client::DispatcherClient;
-use shoal_api::v1::{
-    Cluster, HeartbeatRequest, ListClustersRequest, ListNodesRequest, NodeDescription, Platform,
-    Resources, SessionRequest, UpdateClusterRequest, node_status,
-};
 use shoal_node::certificates::Issued;
 use shoal_tls::{Credentials, Dialer};
 use tokio::sync::{Semaphore, watch};
@@ -98,6 +92,11 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::report::Report;
+use crate::simagent::{
+    AgentsGuard, Beater, Control, Manager, certificates, cpu_between, free_addr, open,
+    parse_duration, percentile, progress, raise_nofile, rss_kib, shoal_bin, show, thread_cpu,
+    wait_for,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -127,291 +126,6 @@ pub struct Args {
     /// Directory for the manager's state (default: the system's temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration such as 5s or 500ms");
-    let (number, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map(|i| s.split_at(i))
-        .ok_or_else(bad)?;
-    let n: f64 = number.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(bad()),
-    };
-    if !(secs > 0.0 && secs < 3600.0) {
-        return Err(format!(
-            "{s:?}: a period must be positive and under an hour"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn show(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
-fn progress(msg: impl AsRef<str>) {
-    eprintln!("  … {}", msg.as_ref());
-}
-
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[i.min(sorted.len() - 1)])
-}
-
-// --- The manager process -------------------------------------------------------------------
-
-/// A `shoal daemon --init` this benchmark started; killed and reaped on drop.
-struct Manager {
-    child: Option<Child>,
-    pid: u32,
-}
-
-impl Manager {
-    fn start(bin: &Path, state: &Path, addr: &str) -> Result<Manager, String> {
-        let mut command = Command::new(bin);
-        command
-            .args(["daemon", "--init", "--log-level", "warn"])
-            .args(["--hostname", "bench-manager", "--state-dir"])
-            .arg(state)
-            .args(["--listen-remote-api", addr])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec. It
-        // makes the manager die with the thread that started it (the main thread, which
-        // lives as long as this process), so that an interrupted benchmark leaves no daemon.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        Ok(Manager {
-            pid: child.id(),
-            child: Some(child),
-        })
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-// --- /proc ---------------------------------------------------------------------------------
-
-/// Nanoseconds each thread of `pid` has run, by thread ID.
-fn thread_cpu(pid: u32) -> BTreeMap<u32, u64> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if let Some(ns) = std::fs::read_to_string(entry.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        {
-            out.insert(tid, ns);
-        }
-    }
-    out
-}
-
-/// CPU time between two [`thread_cpu`] readings (threads gone by the second are lost).
-fn cpu_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> Duration {
-    let ns: u64 = after
-        .iter()
-        .map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
-        .sum();
-    Duration::from_nanos(ns)
-}
-
-/// VmRSS of `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Raises the soft limit of open files to the hard limit; returns the new soft limit.
-fn raise_nofile() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    limit.rlim_cur
-}
-
-// --- The Control API -----------------------------------------------------------------------
-
-/// A Control API client with the manager's own certificate.
-struct Control {
-    client: ControlClient<Channel>,
-}
-
-impl Control {
-    /// Waits (bounded) until the manager wrote its certificates and answers ListClusters.
-    async fn connect(state: &Path, addr: &str, manager: &mut Manager) -> Result<Self, String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = String::from("no certificates yet");
-        loop {
-            if !manager.alive() {
-                return Err("the manager exited at start".into());
-            }
-            if let Ok(Some(certificates)) = shoal_node::certificates::load(state) {
-                let credentials = Credentials::new(certificates).map_err(|e| e.to_string())?;
-                let dialer =
-                    Dialer::mutual(credentials).with_request_timeout(Duration::from_secs(30));
-                match dialer.connect(addr).await {
-                    Ok(channel) => {
-                        let mut control = Control {
-                            client: ControlClient::new(channel).max_decoding_message_size(1 << 30),
-                        };
-                        match control.cluster().await {
-                            Ok(_) => return Ok(control),
-                            Err(e) => last = e,
-                        }
-                    }
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("the manager did not come up in 60 s: {last}"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn cluster(&mut self) -> Result<Cluster, String> {
-        self.client
-            .list_clusters(ListClustersRequest::default())
-            .await
-            .map_err(|s| format!("ListClusters: {}", s.message()))?
-            .into_inner()
-            .clusters
-            .pop()
-            .ok_or_else(|| "no cluster yet".to_string())
-    }
-
-    async fn set_period(&mut self, period: Duration) -> Result<(), String> {
-        for _ in 0..10 {
-            let cluster = self.cluster().await?;
-            let meta = cluster.meta.unwrap_or_default();
-            let mut spec = cluster.spec.unwrap_or_default();
-            spec.dispatcher
-                .get_or_insert_with(Default::default)
-                .heartbeat_period = Some(prost_types::Duration {
-                seconds: period.as_secs() as i64,
-                nanos: period.subsec_nanos() as i32,
-            });
-            match self
-                .client
-                .update_cluster(UpdateClusterRequest {
-                    cluster_id: meta.id,
-                    cluster_version: meta.version,
-                    spec: Some(spec),
-                    rotation: None,
-                })
-                .await
-            {
-                Ok(_) => return Ok(()),
-                // Out of sequence: the cluster changed since the read; read again.
-                Err(s) if s.message().contains("out of sequence") => {}
-                Err(s) => return Err(format!("UpdateCluster: {}", s.message())),
-            }
-        }
-        Err("UpdateCluster kept failing as out of sequence".into())
-    }
-
-    /// The IDs among `ours` whose node is DOWN, and how many are neither DOWN nor READY.
-    async fn down(&mut self, ours: &HashSet<String>) -> Result<(HashSet<String>, usize), String> {
-        let nodes = self
-            .client
-            .list_nodes(ListNodesRequest::default())
-            .await
-            .map_err(|s| format!("ListNodes: {}", s.message()))?
-            .into_inner()
-            .nodes;
-        let mut down = HashSet::new();
-        let mut other = 0;
-        for n in nodes {
-            let id = n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
-            if !ours.contains(&id) {
-                continue;
-            }
-            let state = n.status.map(|s| s.state).unwrap_or_default();
-            if state == node_status::State::Down as i32 {
-                down.insert(id);
-            } else if state != node_status::State::Ready as i32 {
-                other += 1;
-            }
-        }
-        Ok((down, other))
-    }
 }
 
 // --- Simulated agents ----------------------------------------------------------------------
@@ -480,97 +194,6 @@ impl Shared {
             .map(|a| a.load(Ordering::Relaxed))
             .filter(|&ms| ms * 2 >= p && ms * 2 <= p * 3)
             .count()
-    }
-}
-
-fn description(i: usize) -> NodeDescription {
-    NodeDescription {
-        hostname: format!("sim-{i:05}"),
-        platform: Some(Platform {
-            architecture: std::env::consts::ARCH.to_string(),
-            os: std::env::consts::OS.to_string(),
-        }),
-        resources: Some(Resources {
-            nano_cpus: 2_000_000_000,
-            memory_bytes: 4 << 30,
-            ..Default::default()
-        }),
-        runtimes: vec!["process".into()],
-        ..Default::default()
-    }
-}
-
-/// Opens a session for agent `i` on `client`; returns the stream and the session ID.
-async fn open(
-    i: usize,
-    client: &mut DispatcherClient<Channel>,
-) -> Result<(tonic::Streaming<shoal_api::v1::SessionMessage>, String), String> {
-    let mut stream = client
-        .session(SessionRequest {
-            description: Some(description(i)),
-            session_id: String::new(),
-        })
-        .await
-        .map_err(|s| format!("Session: {}", s.message()))?
-        .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .map_err(|_| "no first session message in 10 s".to_string())?
-        .map_err(|s| format!("Session: {}", s.message()))?
-        .ok_or_else(|| "the session closed at once".to_string())?;
-    Ok((stream, first.session_id))
-}
-
-/// Sends an agent's heartbeats: on a `HeartbeatStream`, as the real agent does, or (with
-/// `--unary`) as one `Heartbeat` call each.
-struct Beater {
-    client: DispatcherClient<Channel>,
-    session_id: String,
-    stream: Option<(
-        tokio::sync::mpsc::Sender<HeartbeatRequest>,
-        tonic::Streaming<shoal_api::v1::HeartbeatResponse>,
-    )>,
-}
-
-impl Beater {
-    async fn open(
-        mut client: DispatcherClient<Channel>,
-        session_id: String,
-        unary: bool,
-    ) -> Result<Self, tonic::Status> {
-        let stream = if unary {
-            None
-        } else {
-            let (beats, requests) = tokio::sync::mpsc::channel(1);
-            let answers = client
-                .heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
-                .await?
-                .into_inner();
-            Some((beats, answers))
-        };
-        Ok(Self {
-            client,
-            session_id,
-            stream,
-        })
-    }
-
-    async fn beat(&mut self) -> Result<shoal_api::v1::HeartbeatResponse, tonic::Status> {
-        let request = HeartbeatRequest {
-            session_id: self.session_id.clone(),
-        };
-        match &mut self.stream {
-            None => self.client.heartbeat(request).await.map(|r| r.into_inner()),
-            Some((beats, answers)) => {
-                beats
-                    .send(request)
-                    .await
-                    .map_err(|_| tonic::Status::unavailable("the heartbeat stream closed"))?;
-                answers.message().await?.ok_or_else(|| {
-                    tonic::Status::unavailable("the manager closed the heartbeat stream")
-                })
-            }
-        }
     }
 }
 
@@ -710,30 +333,13 @@ async fn agent(
 
 // --- The scenario --------------------------------------------------------------------------
 
-fn shoal_bin(args: &Args) -> Result<PathBuf, String> {
-    let bin = match &args.shoal_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("shoal"),
-    };
-    if !bin.exists() {
-        return Err(format!(
-            "the shoal binary was not found at {}; build it first (cargo build --release -p shoal) \
-             or pass --shoal-bin",
-            bin.display()
-        ));
-    }
-    Ok(bin)
-}
-
 pub fn run(args: Args) -> Report {
     let mut report = Report::new("heartbeats");
     let fail = |e: String| -> ! {
         eprintln!("Error: {e}");
         std::process::exit(1);
     };
-    let bin = shoal_bin(&args).unwrap_or_else(|e| fail(e));
+    let bin = shoal_bin(&args.shoal_bin).unwrap_or_else(|e| fail(e));
     if args.periods.is_empty() || args.agents.is_empty() || args.concurrency == 0 {
         fail("--agents, --periods and --concurrency must not be empty or zero".into());
     }
@@ -789,110 +395,6 @@ pub fn run(args: Args) -> Report {
 }
 
 /// Waits until `done()` or `deadline`, printing `what` every 2 s.
-async fn wait_for(
-    what: &str,
-    deadline: Duration,
-    mut done: impl FnMut() -> bool,
-    mut status: impl FnMut() -> String,
-) -> Result<(), String> {
-    let start = Instant::now();
-    let mut shown = Instant::now();
-    while !done() {
-        if start.elapsed() > deadline {
-            return Err(format!(
-                "{what}: not done in {:.0} s ({})",
-                deadline.as_secs_f64(),
-                status()
-            ));
-        }
-        if shown.elapsed() >= Duration::from_secs(2) {
-            progress(format!("{what}: {}", status()));
-            shown = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-/// N certificates with the worker join token, `concurrency` at a time.
-async fn certificates(
-    addr: &str,
-    token: &str,
-    n: usize,
-    concurrency: usize,
-) -> Result<Vec<Issued>, String> {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut set = JoinSet::new();
-    for i in 0..n {
-        let permits = permits.clone();
-        let addr = addr.to_string();
-        let token = token.to_string();
-        set.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("semaphore");
-            let mut last = String::new();
-            for _ in 0..3 {
-                match shoal_node::certificates::obtain(&addr, &token).await {
-                    Ok(issued) => return Ok((i, issued)),
-                    Err(e) => last = e.to_string(),
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(format!("certificate {i}: {last}"))
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(50) * n as u32;
-    let mut out: Vec<Option<Issued>> = (0..n).map(|_| None).collect();
-    let mut got = 0;
-    let started = Instant::now();
-    let mut shown = Instant::now();
-    while got < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, set.join_next()).await {
-            Err(_) => return Err(format!("certificates: {got} of {n} before the deadline")),
-            Ok(None) => break,
-            Ok(Some(joined)) => {
-                let (i, issued) = joined.map_err(|e| e.to_string())??;
-                out[i] = Some(issued);
-                got += 1;
-            }
-        }
-        if shown.elapsed() >= Duration::from_secs(2) {
-            progress(format!(
-                "certificates: {got}/{n} ({:.0}/s)",
-                got as f64 / started.elapsed().as_secs_f64()
-            ));
-            shown = Instant::now();
-        }
-    }
-    out.into_iter()
-        .map(|o| o.ok_or_else(|| "a certificate task vanished".to_string()))
-        .collect()
-}
-
-/// Stops the agents when dropped (also on an early return), so that none outlives its level.
-struct AgentsGuard {
-    stop: watch::Sender<bool>,
-    set: JoinSet<()>,
-}
-
-impl AgentsGuard {
-    async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.set.is_empty() && Instant::now() < deadline {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.set.join_next()).await;
-        }
-        self.set.abort_all();
-    }
-}
-
-impl Drop for AgentsGuard {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        self.set.abort_all();
-    }
-}
-
 async fn level(
     args: &Args,
     bin: &Path,
@@ -903,7 +405,7 @@ async fn level(
     progress(format!("{n} agents: starting a manager"));
     let state = dir.join(format!("manager-{n}"));
     let addr = free_addr();
-    let mut manager = Manager::start(bin, &state, &addr)?;
+    let mut manager = Manager::start(bin, &state, &addr, &[])?;
     let pid = manager.pid;
     let mut control = Control::connect(&state, &addr, &mut manager).await?;
     let token = control

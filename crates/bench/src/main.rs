@@ -6,9 +6,13 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod converge;
 mod heartbeats;
 mod raft;
 mod report;
+mod reschedule;
+mod scheduler;
+mod simagent;
 mod store;
 mod taskstart;
 
@@ -34,6 +38,12 @@ enum Scenario {
     Heartbeats(heartbeats::Args),
     /// Task start on the agent (S8): process and docker executors against the runtime's floor.
     Taskstart(taskstart::Args),
+    /// Scheduler placement throughput (S1): the decision core in memory, nodes × tasks.
+    Scheduler(scheduler::Args),
+    /// Service create → all tasks RUNNING (S3): one manager, simulated agents that run tasks.
+    Converge(converge::Args),
+    /// Node loss → reschedule (S7): 10 % of the agents go silent; detection, then replacement.
+    Reschedule(reschedule::Args),
 }
 
 fn main() {
@@ -49,6 +59,9 @@ fn main() {
         Scenario::Raft(args) => raft::run(args),
         Scenario::Heartbeats(args) => heartbeats::run(args),
         Scenario::Taskstart(args) => taskstart::run(args),
+        Scenario::Scheduler(args) => scheduler::run(args),
+        Scenario::Converge(args) => converge::run(args),
+        Scenario::Reschedule(args) => reschedule::run(args),
     };
     if cli.json {
         println!("{}", report.to_json());
