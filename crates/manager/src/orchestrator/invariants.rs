@@ -468,11 +468,14 @@ async fn run(seed: u64) -> Result<(), String> {
         ..Default::default()
     })));
     let mut orchestrator = Orchestrator::with_leadership(store.clone(), raft);
+    // The scheduler's view follows the store's changes between rounds, as in the loop.
+    let mut changes = store.watch(shoal_store::Filter::all());
     let mut generation = 0;
     for step in 0..FAULT_STEPS {
         if rng.chance(30) {
             fault(&store, &mut rng, &mut generation).await;
         }
+        orchestrator.catch_up(&mut changes);
         orchestrator
             .round()
             .await
@@ -503,6 +506,7 @@ async fn run(seed: u64) -> Result<(), String> {
     }
     let mut last = String::new();
     for step in 0..SETTLE_STEPS {
+        orchestrator.catch_up(&mut changes);
         orchestrator
             .round()
             .await

@@ -85,6 +85,8 @@ pub struct Orchestrator {
     update_wake: Option<Instant>,
     /// The version of each node the constraint enforcer last checked.
     enforced: HashMap<String, u64>,
+    /// Whether the scheduler's view matches the store (up to the changes not observed yet).
+    scheduler_fresh: bool,
 }
 
 /// The running orchestrator loop; [`OrchestratorTask::stop`] ends it and waits.
@@ -302,6 +304,37 @@ impl Orchestrator {
             delayed: HashMap::new(),
             update_wake: None,
             enforced: HashMap::new(),
+            scheduler_fresh: false,
+        }
+    }
+
+    /// Feeds the changes already queued on `changes` to the scheduler's view, as the loop
+    /// does between rounds (for tests that run rounds themselves).
+    #[cfg(test)]
+    fn catch_up(&mut self, changes: &mut shoal_store::Subscription) {
+        loop {
+            match changes.try_next() {
+                Ok(Some((_, event))) => self.observe(&event),
+                Ok(None) => return,
+                Err(_) => {
+                    self.scheduler_fresh = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Feeds one committed change to the scheduler's view.
+    fn observe(&mut self, event: &shoal_store::Event) {
+        use shoal_store::{Action, Object};
+        match (&event.object, event.action) {
+            (Object::Task(task), Action::Remove) => self.scheduler.task_removed(id_of(&**task)),
+            (Object::Task(task), _) => self.scheduler.task_changed(task.clone()),
+            (Object::Node(node), Action::Remove) => self
+                .scheduler
+                .node_removed(node.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("")),
+            (Object::Node(node), _) => self.scheduler.node_changed(node.clone()),
+            _ => {}
         }
     }
 
@@ -344,6 +377,7 @@ impl Orchestrator {
             tracing::info!("orchestrator: leading; converging services");
             self.delayed.clear();
             self.enforced.clear();
+            self.scheduler_fresh = false;
             self.lead(&mut stopped, &mut status).await;
             if *stopped.borrow() {
                 return;
@@ -367,6 +401,8 @@ impl Orchestrator {
                 return;
             }
             if let Err(error) = self.round().await {
+                // Placements the round counted may not have been written.
+                self.scheduler_fresh = false;
                 // A conflict with a concurrent write is routine; anything else is worth a
                 // word in the log.
                 if matches!(error, shoal_store::StoreError::SequenceConflict { .. }) {
@@ -388,14 +424,23 @@ impl Orchestrator {
                 () = async { let _ = status.wait_for(|s| !s.is_leader).await; } => return,
                 () = tokio::time::sleep_until(wake) => {}
                 event = changes.next() => {
-                    if event.is_err() {
-                        // Lagged or reset: read everything again (each round does).
-                        changes = self.store.watch(filter.clone());
+                    // The scheduler's view follows the changes; take whatever else has
+                    // arrived too, so that a burst makes one round.
+                    let mut event = event.map(Some);
+                    loop {
+                        match event {
+                            Ok(Some((_, event))) => self.observe(&event),
+                            Ok(None) => break,
+                            Err(_) => {
+                                // Lagged or reset: subscribe again, and rebuild the
+                                // scheduler's view from the store in the next round.
+                                self.scheduler_fresh = false;
+                                changes = self.store.watch(filter.clone());
+                                break;
+                            }
+                        }
+                        event = changes.try_next();
                     }
-                    // Take whatever else has arrived, so that a burst makes one round.
-                    while let Ok(Ok(_)) =
-                        tokio::time::timeout(Duration::ZERO, changes.next()).await
-                    {}
                 }
             }
         }
@@ -436,10 +481,16 @@ impl Orchestrator {
         let now_system = SystemTime::now();
         self.update_wake = None;
         let mut created_pending: Vec<Task> = Vec::new();
-        self.scheduler.reset(
-            nodes.iter().cloned(),
-            tasks.iter().filter(|t| !t.node_id.is_empty()).cloned(),
-        );
+        // The scheduler's view is built once per leadership (or after the watch lagged, or a
+        // round failed with placements it had counted), then kept up to date by the store's
+        // changes (`observe`): rebuilding it costs a pass over every task.
+        if !self.scheduler_fresh {
+            self.scheduler.reset(
+                nodes.iter().cloned(),
+                tasks.iter().filter(|t| !t.node_id.is_empty()).cloned(),
+            );
+            self.scheduler_fresh = true;
+        }
 
         let tasks_by_id: HashMap<&str, &Arc<Task>> =
             tasks.iter().map(|t| (id_of(&**t), t)).collect();

@@ -906,6 +906,7 @@ async fn nodes_where_a_service_failed_repeatedly_are_avoided() {
         ..Default::default()
     })));
     let mut orchestrator = Orchestrator::with_leadership(store.clone(), raft);
+    let mut changes = store.watch(Filter::all());
     orchestrator.round().await.unwrap();
     let placed = running(&store.view(|tx| tx.find::<Task>(By::Service("web"))), "web");
     assert_eq!(placed.len(), 1);
@@ -921,6 +922,7 @@ async fn nodes_where_a_service_failed_repeatedly_are_avoided() {
         .await
         .unwrap();
     for _ in 0..3 {
+        orchestrator.catch_up(&mut changes);
         orchestrator.round().await.unwrap();
     }
     let placed = running(&store.view(|tx| tx.find::<Task>(By::Service("web"))), "web");
