@@ -40,6 +40,12 @@ enum Command {
     Network(commands::network::Args),
     /// Manage services: create, list, inspect, scale, update, roll back, remove; their tasks and logs
     Service(commands::service::Args),
+    /// List and inspect tasks
+    Task(commands::task::Args),
+    /// Manage secrets: create, list, inspect, remove
+    Secret(commands::secret::Args),
+    /// Manage configs: create, list, inspect, remove
+    Config(commands::config::Args),
     /// Show the version of Shoal
     Version(commands::version::Args),
     /// Supervise one process task: started by the daemon, not by hand (see
@@ -74,6 +80,9 @@ fn main() -> ExitCode {
         Command::Node(args) => commands::node::run(cli.socket, args),
         Command::Network(args) => commands::network::run(cli.socket, args),
         Command::Service(args) => commands::service::run(cli.socket, args),
+        Command::Task(args) => commands::task::run(cli.socket, args),
+        Command::Secret(args) => commands::secret::run(cli.socket, args),
+        Command::Config(args) => commands::config::run(cli.socket, args),
         Command::Version(args) => commands::version::run(args),
     };
     match result {

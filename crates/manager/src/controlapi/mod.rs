@@ -2,13 +2,13 @@
 //!
 //! One file per kind of object; each handler parses and validates the request (bad input is
 //! refused with InvalidArgument naming the field, before anything is written), applies it
-//! through a store transaction on the leader, and renders the answer. Calls not yet served
-//! answer Unimplemented, saying so.
+//! through a store transaction on the leader, and renders the answer.
 
 mod cluster;
 mod config;
 mod network;
 mod node;
+mod secret;
 mod service;
 mod task;
 
@@ -45,12 +45,6 @@ impl ControlApi {
             .await
             .map_err(|e| to_status(&self.raft, e))
     }
-}
-
-fn unimplemented(call: &str) -> Status {
-    Status::unimplemented(format!(
-        "{call} is not available yet in this version of Shoal (it comes with the full Control API)"
-    ))
 }
 
 pub use config::{filters_match, label_filter_matches};
@@ -158,9 +152,17 @@ impl shoal_api::v1::control_server::Control for ControlApi {
 
     async fn remove_task(
         &self,
-        _request: tonic::Request<shoal_api::v1::RemoveTaskRequest>,
+        request: tonic::Request<shoal_api::v1::RemoveTaskRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveTaskResponse>, Status> {
-        Err(unimplemented("remove_task"))
+        // As in SwarmKit: the task goes; its orchestrator makes a replacement if the service
+        // still wants one, and its node stops it.
+        self.require_leader()?;
+        let task_id = request.into_inner().task_id;
+        self.store
+            .update(|tx| tx.delete::<shoal_api::v1::Task>(&task_id))
+            .await
+            .map_err(crate::status::store_status)?;
+        Ok(tonic::Response::new(shoal_api::v1::RemoveTaskResponse {}))
     }
 
     async fn get_service(
@@ -282,36 +284,46 @@ impl shoal_api::v1::control_server::Control for ControlApi {
 
     async fn get_secret(
         &self,
-        _request: tonic::Request<shoal_api::v1::GetSecretRequest>,
+        request: tonic::Request<shoal_api::v1::GetSecretRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::GetSecretResponse>, Status> {
-        Err(unimplemented("get_secret"))
+        self.get_secret(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn list_secrets(
         &self,
-        _request: tonic::Request<shoal_api::v1::ListSecretsRequest>,
+        request: tonic::Request<shoal_api::v1::ListSecretsRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::ListSecretsResponse>, Status> {
-        Err(unimplemented("list_secrets"))
+        self.list_secrets(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn create_secret(
         &self,
-        _request: tonic::Request<shoal_api::v1::CreateSecretRequest>,
+        request: tonic::Request<shoal_api::v1::CreateSecretRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::CreateSecretResponse>, Status> {
-        Err(unimplemented("create_secret"))
+        self.create_secret(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn update_secret(
         &self,
-        _request: tonic::Request<shoal_api::v1::UpdateSecretRequest>,
+        request: tonic::Request<shoal_api::v1::UpdateSecretRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::UpdateSecretResponse>, Status> {
-        Err(unimplemented("update_secret"))
+        self.update_secret(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn remove_secret(
         &self,
-        _request: tonic::Request<shoal_api::v1::RemoveSecretRequest>,
+        request: tonic::Request<shoal_api::v1::RemoveSecretRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveSecretResponse>, Status> {
-        Err(unimplemented("remove_secret"))
+        self.remove_secret(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 }

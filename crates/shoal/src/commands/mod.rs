@@ -5,12 +5,16 @@
 //! name, ID or ID prefix).
 
 pub mod client;
+pub mod config;
 pub mod daemon;
 pub mod duration;
+pub mod file_object;
 pub mod network;
 pub mod node;
 pub mod output;
 pub mod resolve;
+pub mod secret;
 pub mod service;
 pub mod swarm;
+pub mod task;
 pub mod version;

@@ -5,6 +5,7 @@ pub mod demote;
 pub mod inspect;
 pub mod ls;
 pub mod promote;
+pub mod ps;
 pub mod rm;
 pub mod update;
 
@@ -30,6 +31,8 @@ pub enum Command {
     Ls(ls::Args),
     /// Show nodes in detail, as JSON
     Inspect(inspect::Args),
+    /// List the tasks on nodes (the local node by default)
+    Ps(ps::Args),
     /// Remove nodes from the swarm
     #[command(visible_alias = "remove")]
     Rm(rm::Args),
@@ -45,6 +48,7 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
     match args.command {
         Command::Ls(a) => ls::run(socket, a),
         Command::Inspect(a) => inspect::run(socket, a),
+        Command::Ps(a) => ps::run(socket, a),
         Command::Rm(a) => rm::run(socket, a),
         Command::Promote(a) => promote::run(socket, a),
         Command::Demote(a) => demote::run(socket, a),
