@@ -6,6 +6,7 @@
 //! authorizer every network call goes through (`authorize`), the allocator of ports and
 //! addresses (`allocator`). Control API calls reaching a follower are forwarded to the leader
 //! in one hop (`forward`), so any manager answers any call.
+//! The Watch API (`watchapi`) streams committed changes from any manager's own store.
 
 pub mod allocator;
 pub mod authorize;
@@ -18,5 +19,6 @@ pub mod logbroker;
 pub mod orchestrator;
 pub mod scheduler;
 mod status;
+pub mod watchapi;
 
 pub use status::store_status;

@@ -16,6 +16,7 @@ use shoal_api::v1::raft_membership_client::RaftMembershipClient;
 use shoal_api::v1::raft_membership_server::RaftMembershipServer;
 use shoal_api::v1::raft_server::RaftServer;
 use shoal_api::v1::swarm_server::SwarmServer;
+use shoal_api::v1::watch_server::WatchServer;
 use shoal_api::v1::{JoinRequest, JoinResponse, NodeRole, RaftMember};
 use shoal_manager::authorize::{Access, Authorizer};
 use shoal_manager::ca_server::CaServer as CaServerImpl;
@@ -24,6 +25,7 @@ use shoal_manager::dispatcher::Dispatcher;
 use shoal_manager::forward::ForwardToLeader;
 use shoal_manager::logbroker::LogBroker;
 use shoal_manager::orchestrator::Orchestrator;
+use shoal_manager::watchapi::WatchApi;
 use shoal_raft::service::LEADER_ADDR_METADATA;
 use shoal_raft::{
     DriverConfig, GrpcTransport, LogStore, NodeConfig, RaftDriver, RaftHandle, RaftNode,
@@ -910,6 +912,9 @@ impl Daemon {
                     tonic::transport::Server::builder()
                         .add_service(forwarding(ControlApi::new(store.clone(), handle.clone())))
                         .add_service(LogsServer::new(log_broker.clone()))
+                        .add_service(WatchServer::new(
+                            WatchApi::new(store.clone()).stop_on(stopping.clone()),
+                        ))
                         .add_service(local_swarm)
                         .serve_with_incoming_shutdown(
                             tokio_stream::wrappers::UnixListenerStream::new(control),
@@ -956,6 +961,10 @@ impl Daemon {
                         // Agents: the broker checks their node certificates itself.
                         .add_service(LogBrokerServer::new(log_broker.clone()))
                         .add_service(LogsServer::with_interceptor(log_broker, managers_only()))
+                        .add_service(WatchServer::with_interceptor(
+                            WatchApi::new(store.clone()).stop_on(stopping.clone()),
+                            managers_only(),
+                        ))
                         .add_service(InterceptedService::new(
                             forwarding(ControlApi::new(store, handle.clone())),
                             managers_only(),

@@ -23,6 +23,9 @@
 //! - A transaction applies all of its changes or none.
 //! - Watchers see committed changes in commit order. A watcher that falls behind the bounded
 //!   queue is told it lagged, never silently skipped, and writers never wait for watchers.
+//! - A watcher can resume after any version still in the bounded history of recent commits
+//!   (`Store::watch_from`): it gets every commit after it, then the live ones, with no gap and
+//!   no duplicate; a version older than the history, or from before a restore, is refused.
 //! - A snapshot is the whole content at one version, objects sorted by ID: equal content
 //!   encodes to equal bytes, and restoring it gives back equal content and indexes.
 //!
@@ -51,7 +54,10 @@ pub use table::Table;
 pub use tables::Tables;
 pub use transaction::{Change, ChangeSet};
 pub use tx::{By, Mark, PendingChanges, ReadTx, Reader, WriteTx};
-pub use watch::{Action, Commit, Event, Filter, Subscription, WatchError};
+pub use watch::{
+    Action, Commit, DEFAULT_HISTORY, Event, Filter, HistoryLimits, ResumeError, Subscription,
+    WatchError,
+};
 #[cfg(test)]
 mod golden;
 #[cfg(test)]

@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use shoal_api::clock::{Clock, SystemClock};
 use shoal_api::defaults::{MAX_CHANGES_PER_TRANSACTION, MAX_TRANSACTION_BYTES};
@@ -26,7 +26,7 @@ use crate::error::{Result, StoreError};
 use crate::tables::Tables;
 use crate::transaction::ChangeSet;
 use crate::tx::{PendingChanges, ReadTx, WriteTx};
-use crate::watch::{Commit, Filter, Subscription};
+use crate::watch::{Commit, Filter, History, HistoryLimits, ResumeError, Subscription};
 
 /// Commits the watch queue holds before a slow subscriber is told it lagged.
 pub const DEFAULT_WATCH_CAPACITY: usize = 4096;
@@ -35,15 +35,37 @@ pub const DEFAULT_WATCH_CAPACITY: usize = 4096;
 pub struct StateMachine {
     tables: RwLock<Tables>,
     events: broadcast::Sender<Arc<Commit>>,
+    /// Recent commits, for watches that resume. Changed only under the tables' write lock
+    /// (lock order: tables, then history).
+    history: Mutex<History>,
 }
 
 impl StateMachine {
+    /// A state machine with the default watch history ([`crate::watch::DEFAULT_HISTORY`]).
     pub fn new(watch_capacity: usize) -> Self {
+        Self::with_history(watch_capacity, HistoryLimits::default())
+    }
+
+    /// A state machine keeping `history` of recent commits for watches that resume.
+    pub fn with_history(watch_capacity: usize, history: HistoryLimits) -> Self {
         let (events, _) = broadcast::channel(watch_capacity.max(1));
         Self {
             tables: RwLock::new(Tables::default()),
             events,
+            history: Mutex::new(History::new(history)),
         }
+    }
+
+    fn history(&self) -> MutexGuard<'_, History> {
+        self.history
+            .lock()
+            .expect("watch history lock poisoned: a panic happened while applying")
+    }
+
+    /// The oldest version a watch can resume from.
+    pub fn history_floor(&self) -> u64 {
+        let _tables = self.read();
+        self.history().floor()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Tables> {
@@ -62,11 +84,13 @@ impl StateMachine {
         let (version, events) = tables.apply(changes)?;
         // Published under the write lock, so subscribers see commits in version order and a
         // subscription taken under a read lock starts exactly after the version it viewed.
-        let _ = self.events.send(Arc::new(Commit {
+        let commit = Arc::new(Commit {
             version,
             events,
             reset: false,
-        }));
+        });
+        self.history().push(commit.clone());
+        let _ = self.events.send(commit);
         Ok(version)
     }
 
@@ -78,6 +102,7 @@ impl StateMachine {
             .write()
             .expect("store lock poisoned: a panic happened while applying");
         *tables = restored;
+        self.history().reset(tables.version());
         let _ = self.events.send(Arc::new(Commit {
             version: tables.version(),
             events: Vec::new(),
@@ -191,6 +216,27 @@ impl Store {
     /// Subscribes to the changes committed from now on.
     pub fn watch(&self, filter: Filter) -> Subscription {
         Subscription::new(self.state.events.subscribe(), filter)
+    }
+
+    /// Subscribes to every change committed after store version `version`: first the ones
+    /// already committed (from the history), then the live ones, with no gap and no
+    /// duplicate. Refused if the history no longer holds the commits right after `version`
+    /// (or the store was restored from a snapshot since), or if the store has not reached
+    /// `version`.
+    pub fn watch_from(
+        &self,
+        version: u64,
+        filter: Filter,
+    ) -> std::result::Result<Subscription, ResumeError> {
+        // Under the read lock no commit is applied or published: the replay ends exactly
+        // where the live subscription starts.
+        let tables = self.state.read();
+        let replay = self.state.history().since(version, tables.version())?;
+        Ok(Subscription::resumed(
+            self.state.events.subscribe(),
+            filter,
+            replay,
+        ))
     }
 
     /// Runs `f` on a view and subscribes to the changes after that view, atomically: no change
