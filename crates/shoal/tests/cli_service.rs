@@ -403,3 +403,81 @@ async fn containers_globals_jobs_and_rollback() {
     assert_eq!(out, "api\nagent\nbatch\n");
     assert!(ls_rows(&socket).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_leaves_the_operation_running_in_the_background() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let (_m, socket) = manager(dir.path()).await;
+    // A service no node can take: `create` would wait for ever.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("-s")
+        .arg(&socket)
+        .args([
+            "service",
+            "create",
+            "--name",
+            "stuck",
+            "--constraint",
+            "node.labels.nowhere==true",
+            "--",
+            "sleep",
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the service exists (the CLI is waiting), interrupt it.
+    support::eventually(
+        "the service to be created",
+        Duration::from_secs(20),
+        async || {
+            ls_rows(&socket)
+                .iter()
+                .any(|r| r.contains("stuck"))
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "create did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("overall progress: 0 out of 1 tasks"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("Operation continuing in the background"),
+        "{stderr}"
+    );
+    // The service is still there, its task still waiting for a node.
+    assert!(ls_rows(&socket).iter().any(|r| r.contains("stuck")));
+}

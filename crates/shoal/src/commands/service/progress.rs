@@ -337,8 +337,22 @@ pub async fn wait(c: &mut Client, service_id: &str) -> Result<(), String> {
     wait_for(c, service_id, false).await
 }
 
-/// [`wait`], after a rollback was asked for.
+/// [`wait`], after a rollback was asked for. Ctrl-C stops the waiting, not the operation:
+/// it goes on in the background, as the message says.
 pub async fn wait_for(c: &mut Client, service_id: &str, rollback: bool) -> Result<(), String> {
+    tokio::select! {
+        waited = follow(c, service_id, rollback) => waited,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!(
+                "\nOperation continuing in the background. Follow it with `shoal service ps \
+                 {service_id}`."
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn follow(c: &mut Client, service_id: &str, rollback: bool) -> Result<(), String> {
     let mut display = Display {
         tty: std::io::stdout().is_terminal(),
         shown: Vec::new(),
