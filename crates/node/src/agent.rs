@@ -66,6 +66,8 @@ pub struct Agent {
     session: SessionSlot,
     /// Publishes the logs the leader's subscriptions ask for.
     logs: LogPublisher,
+    /// The daemon's `--label`s, added to the engine labels the executor reports.
+    labels: Vec<shoal_api::v1::Label>,
 }
 
 /// Empties the slot when the session it holds ends.
@@ -151,7 +153,14 @@ impl Agent {
             worker: tokio::sync::Mutex::new(worker),
             session,
             logs,
+            labels: Vec::new(),
         }
+    }
+
+    /// Describes the node with `labels` too (`engine.labels.*` constraints match them).
+    pub fn with_labels(mut self, labels: Vec<shoal_api::v1::Label>) -> Self {
+        self.labels = labels;
+        self
     }
 
     /// The node as the executor describes it (platform, resources, runtimes), under the
@@ -160,6 +169,14 @@ impl Agent {
         let mut description = self.worker.lock().await.describe();
         if !self.hostname.is_empty() {
             description.hostname = self.hostname.clone();
+        }
+        if !self.labels.is_empty() {
+            let engine = description.engine.get_or_insert_with(Default::default);
+            for label in &self.labels {
+                engine.labels.retain(|l| l.key != label.key);
+                engine.labels.push(label.clone());
+            }
+            shoal_api::labels::Labels::normalize_labels(&mut engine.labels);
         }
         if description.platform.is_none() {
             description.platform = Some(Platform {

@@ -49,6 +49,15 @@ fn refused(e: tonic::Status) -> NodeError {
 
 /// Gets a certificate from the CA at `addr` with `token`.
 pub async fn obtain(addr: &str, token: &str) -> Result<Issued, NodeError> {
+    obtain_with(addr, token, shoal_api::v1::node_spec::Availability::Active).await
+}
+
+/// [`obtain`], asking the cluster to record the node with `availability`.
+pub async fn obtain_with(
+    addr: &str,
+    token: &str,
+    availability: shoal_api::v1::node_spec::Availability,
+) -> Result<Issued, NodeError> {
     let token_parsed = JoinToken::parse(token).map_err(|e| NodeError::Join(e.to_string()))?;
     let mut last = String::new();
     let mut channel = None;
@@ -104,7 +113,7 @@ pub async fn obtain(addr: &str, token: &str) -> Result<Issued, NodeError> {
             .issue_node_certificate(IssueNodeCertificateRequest {
                 csr: csr_pem.clone().into_bytes(),
                 token: token.to_string(),
-                availability: 0,
+                availability: availability as i32,
             })
             .await
         {

@@ -73,6 +73,12 @@ pub struct DaemonConfig {
     /// right for the `shoal` binary (tests that run a daemon inside a test binary name
     /// `shoal` here).
     pub process_shim: Option<shoal_executor::process::ShimCommand>,
+    /// The node's availability when it joins or creates a cluster (`--availability`); later
+    /// changes go through `shoal node update`.
+    pub availability: shoal_api::v1::node_spec::Availability,
+    /// Labels the node describes itself with (`--label`), matched by `engine.labels.*`
+    /// constraints.
+    pub labels: Vec<shoal_api::v1::Label>,
 }
 
 /// What runs a node's tasks (`--executor`).
@@ -120,6 +126,8 @@ impl DaemonConfig {
             renewal_check: Duration::from_secs(10),
             executor: ExecutorKind::default(),
             process_shim: None,
+            availability: shoal_api::v1::node_spec::Availability::Active,
+            labels: Vec::new(),
         }
     }
 
@@ -373,8 +381,9 @@ pub(crate) async fn join_cluster(
     state_dir: &StateDir,
     addr: &str,
     token: &str,
+    availability: shoal_api::v1::node_spec::Availability,
 ) -> Result<(NodeIdentity, crate::certificates::Issued), NodeError> {
-    let issued = crate::certificates::obtain(addr, token).await?;
+    let issued = crate::certificates::obtain_with(addr, token, availability).await?;
     crate::certificates::save(state_dir.path(), &issued)?;
     let identity = NodeIdentity {
         node_id: issued.identity.node_id.clone(),
@@ -454,7 +463,8 @@ impl Daemon {
                         config.state_dir.display()
                     )));
                 };
-                let (identity, issued) = join_cluster(&state_dir, join_addr, token).await?;
+                let (identity, issued) =
+                    join_cluster(&state_dir, join_addr, token, config.availability).await?;
                 let credentials = credentials_from(issued.certificates())?;
                 let managers = Managers::new(identity.managers.clone());
                 match issued.identity.role {
@@ -528,13 +538,17 @@ impl Daemon {
             .and_then(|r| r.join_tokens.clone())
             .unwrap_or_default();
         // The first manager's certificate, from the new root, and its Node object.
-        let (node_object, cert_pem, key_pem) = shoal_manager::cluster::first_manager(
+        let (mut node_object, cert_pem, key_pem) = shoal_manager::cluster::first_manager(
             &cluster,
             &identity.node_id,
             &config.hostname,
             now,
         )
         .map_err(|e| NodeError::Config(format!("issuing this manager's certificate: {e}")))?;
+        node_object
+            .spec
+            .get_or_insert_with(Default::default)
+            .availability = config.availability as i32;
         let root_pem = cluster
             .root_ca
             .as_ref()
@@ -854,7 +868,8 @@ impl Daemon {
             config.hostname.clone(),
             worker,
             session,
-        );
+        )
+        .with_labels(config.labels.clone());
         let renewer = tokio::spawn(renewer.run(stopping.clone(), role_tx));
         let mut agent = tokio::spawn(agent.run(stopping.clone()));
         let local_swarm = SwarmServer::new(LocalSwarm::new(

@@ -102,7 +102,13 @@ async fn inactive(
                     break Activation::Init;
                 }
                 InactiveRequest::Join { remote_addr, join_token, reply } => {
-                    match crate::daemon::join_cluster(&state_dir, &remote_addr, &join_token).await {
+                    match crate::daemon::join_cluster(
+                        &state_dir,
+                        &remote_addr,
+                        &join_token,
+                        config.availability,
+                    )
+                    .await {
                         Ok((identity, issued)) => {
                             let _ = reply.send(Ok(JoinSwarmResponse {
                                 node_id: identity.node_id,

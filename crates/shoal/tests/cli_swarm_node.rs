@@ -421,3 +421,58 @@ fn bad_arguments_fail_before_connecting() {
     let err = shoal(&missing, &["daemon"]).failed();
     assert!(err.contains("--listen-control-api"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_availability_and_labels_describe_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = support::Manager::start(
+        dir.path(),
+        "m1",
+        &[
+            "--init",
+            "--executor",
+            "sim",
+            "--availability",
+            "drain",
+            "--label",
+            "zone=east",
+            "--label",
+            "rack=r1",
+        ],
+    );
+    let socket = socket_of(&m1);
+    let node = support::eventually(
+        "the node to describe itself",
+        Duration::from_secs(20),
+        async || {
+            let ls = shoal(&socket, &["node", "ls", "-q"]);
+            let id = ls.stdout.lines().next()?.to_string();
+            let out = shoal(&socket, &["node", "inspect", &id]);
+            if out.code != Some(0) {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+            let node = v[0].clone();
+            (node["Description"]["Engine"]["Labels"]["zone"] == "east").then_some(node)
+        },
+    )
+    .await;
+    assert_eq!(node["Spec"]["Availability"], "drain", "{node}");
+    assert_eq!(
+        node["Description"]["Engine"]["Labels"]["rack"], "r1",
+        "{node}"
+    );
+    // A bad value is refused before anything starts.
+    let out = finished(
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["daemon", "--availability", "sometimes"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("Error: ") && out.stderr.contains("sometimes"),
+        "{}",
+        out.stderr
+    );
+}

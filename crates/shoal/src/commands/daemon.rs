@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shoal_api::v1::node_spec;
 use shoal_node::{DaemonConfig, ExecutorKind, default_state_dir};
 
 /// Arguments of `shoal daemon`.
@@ -50,6 +51,19 @@ pub struct Args {
     /// Engine) or sim (nothing runs; for tests and benchmarks)
     #[arg(long, value_name = "EXECUTOR", default_value = "process", value_parser = parse_executor)]
     pub executor: ExecutorKind,
+    /// The node's availability when it creates or joins a cluster: active, pause or drain
+    /// (later: `shoal node update --availability`)
+    #[arg(
+        long,
+        value_enum,
+        value_name = "AVAILABILITY",
+        default_value = "active"
+    )]
+    pub availability: super::node::update::Availability,
+    /// A label describing this node (KEY=VALUE, repeatable), matched by `engine.labels.KEY`
+    /// constraints
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::node::update::parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Log level: error, warn, info, debug, trace (or a tracing filter)
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -110,6 +124,16 @@ pub fn run(args: Args) -> Result<(), String> {
     config.election_tick = args.election_tick;
     config.heartbeat_tick = args.heartbeat_tick;
     config.executor = args.executor;
+    config.availability = match args.availability {
+        super::node::update::Availability::Active => node_spec::Availability::Active,
+        super::node::update::Availability::Pause => node_spec::Availability::Pause,
+        super::node::update::Availability::Drain => node_spec::Availability::Drain,
+    };
+    config.labels = args
+        .labels
+        .into_iter()
+        .map(|(key, value)| shoal_api::v1::Label { key, value })
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
