@@ -24,6 +24,20 @@ struct Cli {
     /// <default state dir>/control.sock]
     #[arg(short = 's', long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// A manager's remote API to talk to instead of a local socket (HOST:PORT), over mutual
+    /// TLS with the manager certificate in --tls-dir
+    #[arg(
+        short = 'H',
+        long,
+        global = true,
+        value_name = "ADDR",
+        conflicts_with = "socket"
+    )]
+    host: Option<String>,
+    /// State directory holding the manager certificate used with -H/--host [default: the
+    /// default state dir]
+    #[arg(long, global = true, value_name = "DIR", requires = "host")]
+    tls_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +80,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if let Some(host) = cli.host.clone() {
+        commands::client::use_remote(
+            host,
+            cli.tls_dir
+                .clone()
+                .unwrap_or_else(shoal_node::default_state_dir),
+        );
+    }
     let result = match cli.command {
         // No logging set up: the shim's stderr is its own log, and its stdout the daemon's
         // status channel.

@@ -106,6 +106,36 @@ async fn followers_forward_control_calls_to_the_leader_once() {
         "the update made on the follower reached the leader"
     );
 
+    // The command line on a follower's remote API (-H), as a manager of the cluster.
+    let remote = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["-H", &follower.addr, "--tls-dir"])
+            .arg(&managers[0].state_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = remote(&["node", "ls", "-q"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let (code, out, err) = remote(&["config", "ls", "-q"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    // Without certificates, a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["-H", &follower.addr, "--tls-dir"])
+        .arg(dir.path().join("nowhere"))
+        .args(["node", "ls"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds no node certificates"), "{err}");
+
     // A call marked as forwarded already is not forwarded a second time.
     let mut follower_client = support::client(&follower.addr).await.unwrap();
     let mut request = tonic::Request::new(CreateConfigRequest {

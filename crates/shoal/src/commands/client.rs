@@ -20,6 +20,34 @@ pub const SOCKET_ENV: &str = "SHOAL_SOCKET";
 /// How long to wait for the socket to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A manager's remote API to use instead of the control socket (`-H/--host`), with the
+/// state directory holding the manager certificate to speak as.
+static REMOTE: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
+
+/// Makes client commands talk to the manager at `addr` over mutual TLS, as the manager whose
+/// certificates are in `tls_dir` (only managers may call the remote Control API).
+pub fn use_remote(addr: String, tls_dir: PathBuf) {
+    let _ = REMOTE.set((addr, tls_dir));
+}
+
+/// A mutual-TLS channel to `addr` with the certificates in `dir`.
+async fn remote_channel(addr: &str, dir: &Path) -> Result<Channel, String> {
+    let certificates = shoal_node::certificates::load(dir)
+        .map_err(|e| format!("reading the certificates in {}: {e}", dir.display()))?
+        .ok_or_else(|| {
+            format!(
+                "{} holds no node certificates: point --tls-dir at the state directory of a                  manager of the cluster",
+                dir.display()
+            )
+        })?;
+    let credentials = shoal_tls::Credentials::new(certificates)
+        .map_err(|e| format!("the certificates in {}: {e}", dir.display()))?;
+    shoal_tls::Dialer::mutual(credentials)
+        .connect(addr)
+        .await
+        .map_err(|e| format!("cannot reach the manager at {addr}: {e}"))
+}
+
 /// The control socket to use: `-s/--socket`, else `$SHOAL_SOCKET`, else the default state
 /// directory's `control.sock`.
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
@@ -68,6 +96,15 @@ pub struct Client {
 impl Client {
     /// Connects to the control socket at `socket`.
     pub async fn connect(socket: &Path) -> Result<Client, String> {
+        if let Some((addr, dir)) = REMOTE.get() {
+            let channel = remote_channel(addr, dir).await?;
+            return Ok(Client {
+                socket: PathBuf::from(addr),
+                control: ControlClient::new(channel.clone()),
+                logs: LogsClient::new(channel.clone()),
+                swarm: SwarmClient::new(channel),
+            });
+        }
         let path = socket.to_path_buf();
         let channel = Endpoint::from_static("http://localhost")
             .connect_timeout(CONNECT_TIMEOUT)
