@@ -22,8 +22,13 @@
 //! moved at random by up to ± [`HEARTBEAT_EPSILON`], so that agents started together do not
 //! beat in lockstep. The jitter is only in the answer: the deadline uses the exact period. A
 //! sweep drops the sessions past their deadline and writes their nodes DOWN ("heartbeat
-//! failure"). When a manager becomes leader, every node READY in the store without a session
-//! here gets period × [`GRACE_PERIOD_MULTIPLIER_UNKNOWN`] to reconnect before it goes DOWN.
+//! failure"): it wakes just after the earliest deadline (the deadlines are kept in order, so
+//! finding it and the expired nodes visits nothing else) and writes every node expired by
+//! then in one store batch — one transaction, one Raft commit, unless the store's size limits
+//! need more — so nodes that go silent together go DOWN together, at their deadline, rather
+//! than one commit each. When a manager becomes leader, every node READY in the store
+//! without a session here gets period × [`GRACE_PERIOD_MULTIPLIER_UNKNOWN`] to reconnect
+//! before it goes DOWN.
 //!
 //! **Registration rate limit.** A node that already opened [`REGISTRATION_RATE_LIMIT_COUNT`]
 //! sessions within the last [`REGISTRATION_RATE_LIMIT_PERIOD`] is refused with UNAVAILABLE
@@ -52,22 +57,42 @@
 //! must see desired SHUTDOWN to stop a task — and also once terminal, until they leave the
 //! store. The secrets and configs sent are exactly those the container or process spec of a
 //! non-terminal task of the set references (`secrets[].secret_id`, `configs[].config_id`),
-//! and that exist. Then come INCREMENTAL messages, from a store watch on tasks that are or
-//! were on the node: UPDATE when a task enters the set or changes in anything but its store
-//! metadata and observed status (the agent's own reports are not echoed back, except for
-//! states up to ASSIGNED, which are the manager's), REMOVE when it leaves the set (removed,
-//! moved to another node); the secrets and configs follow (UPDATE before the first task that
-//! needs them, REMOVE after the last one stops needing them). Changes are batched: a message
+//! and that exist. Then come INCREMENTAL messages, from the task events that concern the node
+//! (the task is on it after the change, or was before): UPDATE when a task enters the set or
+//! changes in anything but its store metadata and observed status (the agent's own reports
+//! are not echoed back, except for states up to ASSIGNED, which are the manager's), REMOVE
+//! when it leaves the set (removed, moved to another node); the secrets and configs follow
+//! (UPDATE before the first task that needs them, REMOVE after the last one stops needing
+//! them). Changes are batched: a message
 //! goes out when it holds [`ASSIGNMENT_BATCH_MAX_CHANGES`] changes, or
 //! [`ASSIGNMENT_BATCH_MAX_DELAY`] after the first change it holds; a later change to an item
 //! replaces an earlier one in the same message. Every message carries `results_in`, a version
 //! counted per stream ("1" for the COMPLETE message, then "2", ...), and INCREMENTAL ones
 //! `applies_to`, the version before: a gap tells the agent it missed one and should call
 //! again. A COMPLETE message has an empty `applies_to`: it replaces whatever the agent had;
-//! one is sent again if the watch fell behind or the store was restored. The stream ends when
+//! one is sent again if events were lost (the dispatcher's watch fell behind, the stream's
+//! inbox overflowed, or the store was restored). The stream ends when
 //! the session ends, with the status the session's stream ends with (replaced, expired,
 //! leadership lost, node removed, shutting down, or CANCELLED if the agent closed its
 //! session stream).
+//!
+//! **Routing.** The task events come from *one* store watch per dispatcher (kind Task), read
+//! by the router task, not from a watch per stream: with a watch per stream every event was
+//! filtered once per connected node (1,000 node-ID comparisons per event with 1,000 agents).
+//! The router looks each event up by the task's `node_id` — and, if it changed, by the old
+//! one, so a task moved or unassigned leaves the old node's set — in a map from node ID to
+//! the *inboxes* of that node's open streams, and queues it there with the store version of
+//! its commit. An inbox is a small queue with a `Notify`; the router never waits on one: an
+//! inbox holding `INBOX_CAPACITY` events is emptied and marked *lagged*, and so is every
+//! inbox when the router's own watch lags or the store is restored (the router first renews
+//! its watch). A stream that finds its inbox lagged reads its set again and sends it
+//! COMPLETE. A stream registers its inbox before it reads its set (COMPLETE) and skips the
+//! events of commits up to the version that read saw, so it misses no change and sees none
+//! twice; each stream applies its node's events in commit order. Secrets and configs are not
+//! watched: they are read from the store when a task event calls for them. The dependencies
+//! of a set are
+//! kept incrementally (reference counts per secret and config): a task change looks at what
+//! that task references, never at the node's other tasks.
 //!
 //! **Task status reports.** `Dispatcher.UpdateTaskStatus(session_id, updates)` is refused as
 //! `Assignments` is. Then the whole call is checked before anything is written: if any
@@ -89,9 +114,10 @@
 //! something new; a backward report is ignored, not an error (as SwarmKit), as is a task that
 //! moved to another node between the check and the write.
 //!
-//! The decisions live in private, synchronous parts: `Sessions`, fed with the time and
-//! unit-tested with a driven clock; `AssignmentSet` (what to send on each task change),
-//! `PendingAssignments` (batching), `AssignmentVersions`, `check_status_updates`,
+//! The decisions live in private, synchronous parts: `Sessions` (with its deadline index),
+//! fed with the time and unit-tested with a driven clock; `AssignmentSet` (what to send on
+//! each task change), `PendingAssignments` (batching), `AssignmentVersions`, `Inbox` and
+//! `Router::route` (where each task event goes), `check_status_updates`,
 //! `accepts_status` and `StatusQueue` (status batching), unit-tested on plain values. The
 //! gRPC handlers, the sweep and the status batcher are a thin shell that reads the store and
 //! Raft status, feeds these parts, and writes what they decide.
@@ -101,12 +127,24 @@
 //! The shell runs on the daemon's tokio runtime:
 //!
 //! - **The sweep** is one tokio task, spawned by [`Dispatcher::start`] and owned by the
-//!   [`DispatcherTask`] it returns. It waits on four things at once: the stop signal, Raft's
+//!   [`DispatcherTask`] it returns. It waits on five things at once: the stop signal, Raft's
 //!   status (`RaftHandle::watch_status`, so a change of leadership or of the manager list is
 //!   acted on at once), the time of its next round (`tokio::time::sleep_until`), in which
-//!   it also looks at the status again, in case the watch ended with the Raft node, and a
+//!   it also looks at the status again, in case the watch ended with the Raft node, a
 //!   `tokio::sync::Notify` poked by dropped session streams (hang-ups), upon which it writes
-//!   the queued nodes DISCONNECTED. Its store writes are plain `.await`s.
+//!   the queued nodes DISCONNECTED, and a second `Notify` poked when the earliest deadline
+//!   moves earlier than the one it sleeps until (a first session, a shorter period), upon
+//!   which it recomputes its next round. The next round is due `EXPIRY_SLACK` after the
+//!   earliest deadline (the deadline read on the injected clock, the sleep on tokio's), but
+//!   at most `MAX_SWEEP_INTERVAL` (or the test's interval) away, and at least
+//!   `MIN_SWEEP_INTERVAL` after the last, so a failing write cannot spin. Its store writes
+//!   are plain `.await`s.
+//! - **The router** is a tokio task started by the first Assignments call (which subscribes
+//!   its watch first, under the router's lock), so that a dispatcher serves assignments
+//!   whether or not it was started. It holds the router weakly and is aborted when the
+//!   dispatcher's last handle goes or the [`DispatcherTask`] stops; it never waits on a
+//!   stream. Routes are registered and removed under the router's `std::sync::Mutex`; a
+//!   route is removed when its stream is dropped.
 //! - **Each session** has a `tokio::sync::watch` channel: the state machine holds the sender
 //!   and sends on it, without awaiting, when the session ends (the value: why) or when the
 //!   managers changed (a send that leaves the value as it is). The session's stream holds the
@@ -116,8 +154,10 @@
 //!   (synchronously: it takes the sessions lock, queues the node and pokes the sweep).
 //! - **Each Assignments stream** is also an `unfold`, run by whoever polls it: it waits on
 //!   its own receiver of the session's channel (taken with the session check, under the
-//!   sessions lock, so it cannot miss the end), the store subscription, and the batch's
-//!   deadline (`tokio::time::sleep_until`). Dropping it changes nothing.
+//!   sessions lock, so it cannot miss the end), its inbox's `Notify`, and the batch's
+//!   deadline (`tokio::time::sleep_until`). It takes its inbox's events all at once into a
+//!   backlog and applies them, in one store view, until a batch is full. Dropping it
+//!   removes its route and changes nothing else.
 //! - **The status batcher** is a second tokio task spawned by [`Dispatcher::start`] and owned
 //!   by the [`DispatcherTask`]. Handlers queue their checked calls (a `std::sync::Mutex`
 //!   around the queue, never held across an `.await`), poke it with a `Notify`, and wait on
@@ -128,7 +168,7 @@
 //!   seeded hasher keys; this crate has no random number crate), outside the state machine,
 //!   which stays deterministic.
 //! - The state machine's lock is a `std::sync::Mutex`, taken briefly and never across an
-//!   `.await`.
+//!   `.await`; so are the router's and each inbox's.
 //!
 //! ## Using it (the daemon's part)
 //!
@@ -170,17 +210,23 @@
 //! 3. A node is written DOWN only by the leader, only after its deadline passed (strictly),
 //!    and only if it has no session at the moment the write is built. A reconnect racing the
 //!    DOWN write is settled by the store's version check: the loser is refused as out of
-//!    sequence, re-reads, and retries (the sweep then sees the new session and skips it).
+//!    sequence, re-reads, and retries (a refused DOWN batch is redone node by node; the sweep
+//!    then sees the new session and skips it). Every node expired at a round is written in
+//!    that round's one batch.
 //! 4. A heartbeat that arrives after its session's deadline is refused, even if the sweep has
 //!    not run yet: a session never outlives period × 3 without a heartbeat in time.
-//! 5. Time comes from the injected [`Clock`]; the sweep's own pacing uses real time.
+//! 5. Time comes from the injected [`Clock`]; the sweep's own pacing uses real time (it
+//!    sleeps for the time the clock says is left until the earliest deadline).
 //! 6. Lock order: the store's lock may be held when the sessions lock is taken (the DOWN and
 //!    DISCONNECTED writes check for a session inside their transaction), never the reverse.
 //!    A session stream's `Drop` takes the sessions lock: no stream is dropped with it held.
-//!    The status queue's lock is taken alone, never with another lock held.
+//!    The status queue's lock is taken alone, never with another lock held. The router's
+//!    lock may be held when an inbox's lock is taken (routing), never the reverse, and
+//!    neither is held with the store's or the sessions' lock.
 //! 7. Nothing runs detached: the sweep and the status batcher are tokio tasks owned by the
-//!    [`DispatcherTask`], and session and assignment streams run on the tasks that poll them.
-//!    A hang-up's write is the sweep's.
+//!    [`DispatcherTask`], the router a tokio task owned by the dispatcher (aborted with it or
+//!    at stop), and session and assignment streams run on the tasks that poll them. A
+//!    hang-up's write is the sweep's.
 //! 8. A node is written DISCONNECTED only by the leader's sweep, only after its agent dropped
 //!    its current session's stream, and only if at the moment the write is built it is READY
 //!    and has no session again. The hung-up node keeps its deadline (invariant 3 applies).
@@ -190,6 +236,12 @@
 //!     if it is assigned to it and ASSIGNED or later, and a secret or config only if one of
 //!     its non-terminal tasks references it. A node writes only its own tasks' statuses, and
 //!     only forward.
+//! 11. The deadline index holds exactly one entry per node expected here, with its current
+//!     deadline; every change of `Sessions::nodes` goes through the methods that keep it.
+//! 12. An Assignments stream gets every task event concerning its node committed after the
+//!     version its last COMPLETE set was read at, once, in commit order — or it is told it
+//!     lagged and sends COMPLETE again. The router never waits on a stream, and an inbox
+//!     never holds more than `INBOX_CAPACITY` events.
 //!
 //! ## Testing
 //!
@@ -198,23 +250,33 @@
 //! channel behind the private `Leadership` trait (a single-node Raft cannot be started from
 //! this crate: its transport trait names types of the `raft` crate, which is not a dependency
 //! here). The assignment and status handlers are tested on the same fixture, creating,
-//! updating and removing tasks in the store. One test serves the dispatcher over a real (plain TCP) HTTP/2 connection to check
-//! that a client dropping its stream reaches the stream's `Drop`. Tests wait for events (a
-//! stream item, a completed sweep round, a store write), not for time.
+//! updating and removing tasks in the store, with many nodes connected at once for the
+//! routing (each gets exactly its own tasks' changes; a moved task leaves one set and joins
+//! the other; a lost event brings COMPLETE). The sweep's batching is tested with a driven
+//! clock (nodes expired by one round go DOWN in one commit), its timing with the real clock
+//! and no periodic rounds (each node goes DOWN just after its own deadline). One test serves
+//! the dispatcher over a real (plain TCP) HTTP/2 connection to check that a client dropping
+//! its stream reaches the stream's `Drop`. Tests wait for events (a stream item, a completed
+//! sweep round, a store write), not for time.
 //!
 //! [`ManualClock`]: shoal_api::clock::ManualClock
 //!
 //! ## Where this departs from SwarmKit, and why
 //!
-//! - **Expiry by sweep**, every min(period / 2, 1 s) (configurable for tests), instead of one
-//!   timer per node: a node may be written DOWN up to one round late; invariant 4 keeps late
-//!   heartbeats from reviving it meanwhile.
+//! - **Expiry by one sweep** woken at the earliest deadline (a deadline-ordered index), instead
+//!   of one timer per node; the nodes expired by then are written DOWN in one store batch.
+//!   Invariant 4 keeps late heartbeats from reviving a node between its deadline and the
+//!   write.
 //! - **On a leader change** SwarmKit writes every node UNKNOWN and gives them all the longer
 //!   grace. We write nothing: nodes READY in the store keep their status and get the longer
 //!   grace; nodes in any other state are left alone (they are not up as far as the store
 //!   knows). This saves one write per node per election.
-//! - **Node status writes are single transactions** (retried on conflict), not SwarmKit's
-//!   batched node updates; batching can come when thousands of agents reconnect at once matter.
+//! - **READY and DISCONNECTED writes are single transactions** (retried on conflict), not
+//!   SwarmKit's batched node updates; batching them can come when thousands of agents
+//!   reconnecting at once matter. DOWN writes are batched (see above).
+//! - **One task watch per dispatcher, routed by node**, where SwarmKit (and we, before) gave
+//!   each Assignments stream its own watch filtered by node: the cost per event no longer
+//!   grows with the number of agents.
 //! - **The heartbeat jitter is at most half the period** (± [`HEARTBEAT_EPSILON`] otherwise,
 //!   as SwarmKit), so that a very short period (tests) never comes out as zero.
 //! - **The registration rate limit is a sliding window** over the sessions the node opened
@@ -243,7 +305,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -283,11 +345,15 @@ use crate::status::store_status;
 
 /// Weight of every manager in the list sent to agents (SwarmKit's default weight).
 const MANAGER_WEIGHT: i64 = 10;
-/// The longest pause between two sweeps, whatever the heartbeat period: the sweep also
-/// looks at leadership and the manager list (should the watch on Raft's status have ended).
+/// The longest pause between two sweeps, whatever the deadlines: the sweep also looks at
+/// leadership and the manager list (should the watch on Raft's status have ended). Also how
+/// long a node whose DOWN write failed waits before the sweep tries again.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// The shortest pause between two sweeps.
+/// The shortest pause between two sweeps (at most the configured interval).
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+/// How long after the earliest deadline the sweep wakes: a node expires once its deadline
+/// has passed, strictly.
+const EXPIRY_SLACK: Duration = Duration::from_millis(1);
 /// Attempts at a node write that keeps being refused as out of sequence.
 const WRITE_ATTEMPTS: usize = 5;
 /// The message of a node written DOWN because its heartbeats stopped.
@@ -430,6 +496,14 @@ struct Sessions {
     term: Option<u64>,
     stopped: bool,
     nodes: BTreeMap<String, Entry>,
+    /// The deadline of every entry of `nodes`, earliest first: kept exactly in step with
+    /// `nodes` (every deadline change goes through [`Sessions::insert`], [`Sessions::remove`]
+    /// or [`Sessions::set_deadline`]), so the sweep finds the expired nodes and the time of the
+    /// next expiry without scanning every node.
+    deadlines: BTreeSet<(SystemTime, String)>,
+    /// The earliest deadline moved earlier since [`Sessions::take_earlier`] last looked: the
+    /// sweep, which sleeps until the earliest deadline it knew of, must look again.
+    earlier: bool,
     /// When each node opened its sessions within the last [`REGISTRATION_RATE_LIMIT_PERIOD`]
     /// (oldest first): the registration rate limit.
     registrations: BTreeMap<String, VecDeque<SystemTime>>,
@@ -444,9 +518,63 @@ impl Sessions {
             term: None,
             stopped: false,
             nodes: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            earlier: false,
             registrations: BTreeMap::new(),
             hung_up: Vec::new(),
         }
+    }
+
+    /// Notes that `deadline` enters the index, and whether it is now the earliest.
+    fn index_deadline(&mut self, node_id: &str, deadline: SystemTime) {
+        if self
+            .deadlines
+            .first()
+            .is_none_or(|(first, _)| deadline < *first)
+        {
+            self.earlier = true;
+        }
+        self.deadlines.insert((deadline, node_id.to_string()));
+    }
+
+    /// Adds or replaces the entry of `node_id`; the one it had, if any.
+    fn insert(&mut self, node_id: &str, entry: Entry) -> Option<Entry> {
+        let deadline = entry.deadline;
+        let old = self.nodes.insert(node_id.to_string(), entry);
+        if let Some(old) = &old {
+            self.deadlines.remove(&(old.deadline, node_id.to_string()));
+        }
+        self.index_deadline(node_id, deadline);
+        old
+    }
+
+    /// Removes the entry of `node_id`, if any.
+    fn remove(&mut self, node_id: &str) -> Option<Entry> {
+        let old = self.nodes.remove(node_id)?;
+        self.deadlines.remove(&(old.deadline, node_id.to_string()));
+        Some(old)
+    }
+
+    /// Moves the deadline of `node_id`'s entry, if it has one.
+    fn set_deadline(&mut self, node_id: &str, deadline: SystemTime) {
+        let Some(entry) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.deadline, deadline);
+        if old != deadline {
+            self.deadlines.remove(&(old, node_id.to_string()));
+            self.index_deadline(node_id, deadline);
+        }
+    }
+
+    /// The earliest deadline of all nodes expected here: the sweep's next expiry.
+    fn next_deadline(&self) -> Option<SystemTime> {
+        self.deadlines.first().map(|(deadline, _)| *deadline)
+    }
+
+    /// Whether the earliest deadline moved earlier since the last call (see `earlier`).
+    fn take_earlier(&mut self) -> bool {
+        std::mem::take(&mut self.earlier)
     }
 
     /// The heartbeat period deadlines are computed from from now on.
@@ -460,6 +588,7 @@ impl Sessions {
 
     fn end_all(&mut self, reason: EndReason) {
         self.hung_up.clear();
+        self.deadlines.clear();
         for entry in std::mem::take(&mut self.nodes).into_values() {
             if let Some(live) = entry.live {
                 live.signal.end(reason);
@@ -496,10 +625,15 @@ impl Sessions {
     fn adopt_unknown(&mut self, node_ids: impl IntoIterator<Item = String>, now: SystemTime) {
         let deadline = now + self.period * GRACE_PERIOD_MULTIPLIER_UNKNOWN;
         for id in node_ids {
-            self.nodes.entry(id).or_insert(Entry {
-                live: None,
-                deadline,
-            });
+            if !self.nodes.contains_key(&id) {
+                self.insert(
+                    &id,
+                    Entry {
+                        live: None,
+                        deadline,
+                    },
+                );
+            }
         }
     }
 
@@ -526,7 +660,7 @@ impl Sessions {
             }),
             deadline: now + self.period * GRACE_PERIOD_MULTIPLIER_NORMAL,
         };
-        if let Some(old) = self.nodes.insert(node_id.to_string(), entry)
+        if let Some(old) = self.insert(node_id, entry)
             && let Some(live) = old.live
         {
             live.signal.end(EndReason::Replaced);
@@ -555,7 +689,7 @@ impl Sessions {
             // Left for the sweep, which writes the node DOWN.
             return Err(SessionError::Expired);
         }
-        entry.deadline = now + grace;
+        self.set_deadline(node_id, now + grace);
         Ok(())
     }
 
@@ -601,23 +735,23 @@ impl Sessions {
         self.nodes.get(node_id).is_some_and(|e| e.live.is_some())
     }
 
-    /// Drops every node past its deadline and returns their IDs, in order. Also forgets
+    /// Drops every node past its deadline and returns their IDs, earliest deadline first. Only
+    /// the expired nodes are visited (the deadline index is ordered). Also forgets
     /// registrations older than the rate limit's period.
     fn expired(&mut self, now: SystemTime) -> Vec<String> {
         self.registrations.retain(|_, opened| {
             forget_registrations_before(opened, now);
             !opened.is_empty()
         });
-        let ids: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, e)| now > e.deadline)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &ids {
-            if let Some(live) = self.nodes.remove(id).and_then(|e| e.live) {
+        let mut ids = Vec::new();
+        while let Some((deadline, _)) = self.deadlines.first()
+            && now > *deadline
+        {
+            let (_, id) = self.deadlines.pop_first().expect("looked at just before");
+            if let Some(live) = self.nodes.remove(&id).and_then(|e| e.live) {
                 live.signal.end(EndReason::Expired);
             }
+            ids.push(id);
         }
         ids
     }
@@ -625,18 +759,24 @@ impl Sessions {
     /// Ends `session_id` if it is still the node's session.
     fn close(&mut self, node_id: &str, session_id: &str, reason: EndReason) {
         if self.is_current(node_id, session_id)
-            && let Some(live) = self.nodes.remove(node_id).and_then(|e| e.live)
+            && let Some(live) = self.remove(node_id).and_then(|e| e.live)
         {
             live.signal.end(reason);
         }
     }
 
-    /// A node whose DOWN write failed for a passing reason: the next sweep tries again.
-    fn expire_again(&mut self, node_id: &str, now: SystemTime) {
-        self.nodes.entry(node_id.to_string()).or_insert(Entry {
-            live: None,
-            deadline: now,
-        });
+    /// A node whose DOWN write failed for a passing reason: it expires again once `at` has
+    /// passed, and the sweep then tries again (unless the node opened a session meanwhile).
+    fn expire_again(&mut self, node_id: &str, at: SystemTime) {
+        if !self.nodes.contains_key(node_id) {
+            self.insert(
+                node_id,
+                Entry {
+                    live: None,
+                    deadline: at,
+                },
+            );
+        }
     }
 
     fn is_current(&self, node_id: &str, session_id: &str) -> bool {
@@ -769,13 +909,44 @@ fn change(item: assignment::Item, action: AssignmentAction) -> AssignmentChange 
 /// What one node's agent has been sent: the tasks of its assignment set and the secrets and
 /// configs they need. Synchronous; secrets and configs are looked up through the given
 /// functions (the store, in the shell).
+///
+/// The dependencies are kept incrementally: a change of one task looks only at the secrets
+/// and configs that task references (before and after) and at the ones still missing, never
+/// at the node's other tasks.
 #[derive(Default)]
 struct AssignmentSet {
     node_id: String,
     /// The tasks as last sent.
     tasks: BTreeMap<String, Arc<Task>>,
+    /// How many references the tasks of the set that need their dependencies hold to each
+    /// secret / config (a secret is needed while its count is above zero).
+    secret_refs: HashMap<String, usize>,
+    config_refs: HashMap<String, usize>,
+    /// The secrets and configs sent (and not removed since).
     secrets: BTreeSet<String>,
     configs: BTreeSet<String>,
+    /// Needed ones that did not exist when last looked at: looked at again at every change.
+    missing_secrets: BTreeSet<String>,
+    missing_configs: BTreeSet<String>,
+}
+
+/// The secrets and configs whose need may have changed.
+#[derive(Default)]
+struct Touched {
+    secrets: BTreeSet<String>,
+    configs: BTreeSet<String>,
+}
+
+/// Counts one reference to `id` more (`add`) or less.
+fn count_reference(refs: &mut HashMap<String, usize>, id: &str, add: bool) {
+    if add {
+        *refs.entry(id.to_string()).or_default() += 1;
+    } else if let Some(n) = refs.get_mut(id) {
+        *n -= 1;
+        if *n == 0 {
+            refs.remove(id);
+        }
+    }
 }
 
 /// Reads secrets and configs by ID.
@@ -804,9 +975,18 @@ impl AssignmentSet {
             .filter(|t| in_assignment_set(t, &self.node_id))
             .map(|t| (task_id(&t).to_string(), t))
             .collect();
+        self.secret_refs.clear();
+        self.config_refs.clear();
         self.secrets.clear();
         self.configs.clear();
-        let mut changes = self.sync_dependencies(deps);
+        self.missing_secrets.clear();
+        self.missing_configs.clear();
+        let mut touched = Touched::default();
+        let tasks: Vec<Arc<Task>> = self.tasks.values().cloned().collect();
+        for task in &tasks {
+            self.count(task, true, &mut touched);
+        }
+        let mut changes = self.sync_dependencies(touched, deps);
         changes.extend(self.tasks.values().map(|t| {
             change(
                 assignment::Item::Task((**t).clone()),
@@ -830,7 +1010,9 @@ impl AssignmentSet {
                 let Some(old) = self.tasks.remove(id) else {
                     return changes;
                 };
-                changes.extend(self.sync_dependencies(deps));
+                let mut touched = Touched::default();
+                self.count(&old, false, &mut touched);
+                changes.extend(self.sync_dependencies(touched, deps));
                 changes.push(change(
                     assignment::Item::Task((*old).clone()),
                     AssignmentAction::Remove,
@@ -843,8 +1025,13 @@ impl AssignmentSet {
                 // later ones came from the agent and are not echoed back.
                 let echo = old.as_ref().is_some_and(|old| same_for_agent(old, &task))
                     && state > TaskState::Assigned as i32;
+                let mut touched = Touched::default();
+                if let Some(old) = &old {
+                    self.count(old, false, &mut touched);
+                }
+                self.count(&task, true, &mut touched);
                 // Dependencies first, so the agent has them when it sees the task.
-                changes.extend(self.sync_dependencies(deps));
+                changes.extend(self.sync_dependencies(touched, deps));
                 if !echo {
                     changes.push(change(
                         assignment::Item::Task((*task).clone()),
@@ -856,67 +1043,103 @@ impl AssignmentSet {
         changes
     }
 
-    /// Brings the secrets and configs sent to what the tasks need: UPDATE for newly needed
-    /// ones that exist, REMOVE for the ones no task needs any more.
-    fn sync_dependencies(&mut self, deps: &dyn Dependencies) -> Vec<AssignmentChange> {
-        let mut secrets = BTreeSet::new();
-        let mut configs = BTreeSet::new();
-        for task in self.tasks.values().filter(|t| needs_dependencies(t)) {
-            let (s, c) = task_references(task);
-            secrets.extend(s);
-            configs.extend(c);
+    /// Counts the references of `task` (a task of the set) in (`add`) or out, if it needs its
+    /// dependencies, noting them in `touched`.
+    fn count(&mut self, task: &Task, add: bool, touched: &mut Touched) {
+        if !needs_dependencies(task) {
+            return;
         }
-        let mut changes = Vec::new();
-        for id in secrets.difference(&self.secrets) {
-            if let Some(secret) = deps.secret(id) {
-                changes.push(change(
-                    assignment::Item::Secret((*secret).clone()),
-                    AssignmentAction::Update,
+        let (secrets, configs) = task_references(task);
+        for id in secrets {
+            count_reference(&mut self.secret_refs, &id, add);
+            touched.secrets.insert(id);
+        }
+        for id in configs {
+            count_reference(&mut self.config_refs, &id, add);
+            touched.configs.insert(id);
+        }
+    }
+
+    /// Brings the secrets and configs sent to what the tasks need, looking at the `touched`
+    /// ones and the missing ones only: UPDATE for newly needed ones that exist, REMOVE for the
+    /// ones no task needs any more (secrets before configs, updates before removals, each in
+    /// ID order).
+    fn sync_dependencies(
+        &mut self,
+        touched: Touched,
+        deps: &dyn Dependencies,
+    ) -> Vec<AssignmentChange> {
+        let mut secrets = touched.secrets;
+        secrets.append(&mut self.missing_secrets);
+        let mut configs = touched.configs;
+        configs.append(&mut self.missing_configs);
+        let mut updates = Vec::new();
+        let mut removals = Vec::new();
+        for id in secrets {
+            let needed = self.secret_refs.contains_key(&id);
+            let sent = self.secrets.contains(&id);
+            if needed && !sent {
+                match deps.secret(&id) {
+                    Some(secret) => {
+                        updates.push(change(
+                            assignment::Item::Secret((*secret).clone()),
+                            AssignmentAction::Update,
+                        ));
+                        self.secrets.insert(id);
+                    }
+                    // Not recorded as sent: it is tried again at the next change.
+                    None => {
+                        self.missing_secrets.insert(id);
+                    }
+                }
+            } else if !needed && sent {
+                self.secrets.remove(&id);
+                removals.push(change(
+                    assignment::Item::Secret(Secret {
+                        meta: Some(Meta {
+                            id,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    AssignmentAction::Remove,
                 ));
             }
         }
-        for id in configs.difference(&self.configs) {
-            if let Some(config) = deps.config(id) {
-                changes.push(change(
-                    assignment::Item::Config((*config).clone()),
-                    AssignmentAction::Update,
+        let mut config_removals = Vec::new();
+        for id in configs {
+            let needed = self.config_refs.contains_key(&id);
+            let sent = self.configs.contains(&id);
+            if needed && !sent {
+                match deps.config(&id) {
+                    Some(config) => {
+                        updates.push(change(
+                            assignment::Item::Config((*config).clone()),
+                            AssignmentAction::Update,
+                        ));
+                        self.configs.insert(id);
+                    }
+                    None => {
+                        self.missing_configs.insert(id);
+                    }
+                }
+            } else if !needed && sent {
+                self.configs.remove(&id);
+                config_removals.push(change(
+                    assignment::Item::Config(Config {
+                        meta: Some(Meta {
+                            id,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    AssignmentAction::Remove,
                 ));
             }
         }
-        for id in self.secrets.difference(&secrets) {
-            changes.push(change(
-                assignment::Item::Secret(Secret {
-                    meta: Some(Meta {
-                        id: id.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                AssignmentAction::Remove,
-            ));
-        }
-        for id in self.configs.difference(&configs) {
-            changes.push(change(
-                assignment::Item::Config(Config {
-                    meta: Some(Meta {
-                        id: id.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                AssignmentAction::Remove,
-            ));
-        }
-        // A secret that did not exist (yet) is not recorded as sent: it is tried again.
-        self.secrets = secrets
-            .into_iter()
-            .filter(|id| self.secrets.contains(id) || deps.secret(id).is_some())
-            .collect();
-        self.configs = configs
-            .into_iter()
-            .filter(|id| self.configs.contains(id) || deps.config(id).is_some())
-            .collect();
-        changes
+        updates.extend(removals);
+        updates.extend(config_removals);
+        updates
     }
 }
 
@@ -1336,9 +1559,14 @@ struct Inner {
     rounds: watch::Sender<u64>,
     /// Wakes the sweep task when an agent hung up (see [`Sessions::hang_up`]).
     hangups: Notify,
+    /// Wakes the sweep task when the earliest deadline moved earlier than the one it sleeps
+    /// until (see [`Sessions::take_earlier`]).
+    deadlines_moved: Notify,
     /// Status reports waiting for the batcher, and its wake-up.
     status_queue: Mutex<StatusQueue>,
     status_wake: Notify,
+    /// Routes task events to the Assignments streams.
+    router: Arc<Router>,
 }
 
 /// The Dispatcher service of one manager: agent sessions, heartbeats, assignments and task
@@ -1378,15 +1606,18 @@ impl Dispatcher {
                 started: AtomicBool::new(false),
                 rounds: watch::Sender::new(0),
                 hangups: Notify::new(),
+                deadlines_moved: Notify::new(),
                 status_queue: Mutex::new(StatusQueue::default()),
                 status_wake: Notify::new(),
+                router: Arc::new(Router::default()),
             }),
         }
     }
 
     /// Starts the sweep, a tokio task: it follows leadership and the manager list as Raft
-    /// reports changes, and every min(heartbeat period / 2, 1 s) drops expired sessions and
-    /// writes their nodes DOWN. Stop it with [`DispatcherTask::stop`].
+    /// reports changes and, just after the earliest heartbeat deadline (looking at least
+    /// every second), drops expired sessions and writes their nodes DOWN, all in one batch.
+    /// Stop it with [`DispatcherTask::stop`].
     ///
     /// Must be called from within a tokio runtime with its time driver enabled (as the
     /// daemon's multi-threaded runtime, built with `enable_all`); the sweep runs on it.
@@ -1398,7 +1629,8 @@ impl Dispatcher {
         self.spawn(None)
     }
 
-    /// [`start`](Self::start), sweeping every `interval` (tests use a few milliseconds).
+    /// [`start`](Self::start), sweeping at least every `interval` instead of every second
+    /// (tests use a few milliseconds, or an hour to see the deadlines alone wake it).
     pub fn start_with_interval(&self, interval: Duration) -> DispatcherTask {
         self.spawn(Some(interval))
     }
@@ -1507,7 +1739,9 @@ impl Inner {
         let result = {
             let mut sessions = self.sessions();
             sessions.set_period(period);
-            sessions.heartbeat(node_id, session_id, now)
+            let result = sessions.heartbeat(node_id, session_id, now);
+            self.wake_sweep_if_earlier(&mut sessions);
+            result
         };
         match result {
             // The deadline above uses the exact period; only the answer is jittered.
@@ -1523,6 +1757,15 @@ impl Inner {
 
     fn sessions(&self) -> MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Pokes the sweep if the earliest deadline moved earlier than the one it sleeps until
+    /// (a shorter period, a first session): it then sleeps until the new one.
+    fn wake_sweep_if_earlier(&self, sessions: &mut Sessions) {
+        if sessions.take_earlier() {
+            // Stores a permit if the sweep is busy: it looks as soon as it waits again.
+            self.deadlines_moved.notify_one();
+        }
     }
 
     fn cluster(&self) -> Option<Arc<Cluster>> {
@@ -1599,6 +1842,7 @@ impl Inner {
         let count = ready.len();
         sessions.set_period(period);
         sessions.lead(status.term, ready, now);
+        self.wake_sweep_if_earlier(&mut sessions);
         tracing::info!(
             term = status.term,
             "dispatcher: leading term {}; {count} READY node(s) have {:?} to open a session",
@@ -1694,6 +1938,58 @@ impl Inner {
         }
     }
 
+    /// Writes DOWN every node of `node_ids` that has no session again and is not DOWN yet,
+    /// through one store batch (one transaction unless the store's limits need more); the
+    /// nodes written. Should a node change meanwhile (a reconnect racing the write: the batch
+    /// is refused as out of sequence), the nodes are written one at a time, each re-read and
+    /// retried as [`mark_down`](Self::mark_down) does.
+    async fn mark_all_down(&self, node_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut written = BTreeSet::new();
+        let batched = async {
+            let mut batch = self.store.batch();
+            for node_id in node_ids {
+                batch
+                    .update(|tx| {
+                        // The batch may build an update twice: only the last build counts.
+                        written.remove(node_id);
+                        let Some(node) = tx.get::<Node>(node_id) else {
+                            return Ok(());
+                        };
+                        // Store lock held here, then the sessions lock: the allowed order.
+                        if self.sessions().has(node_id) {
+                            return Ok(());
+                        }
+                        let mut node = (*node).clone();
+                        let status = node.status.get_or_insert_with(NodeStatus::default);
+                        if status.state == node_status::State::Down as i32 {
+                            return Ok(());
+                        }
+                        status.state = node_status::State::Down as i32;
+                        status.message = HEARTBEAT_FAILURE.to_string();
+                        tx.update(node)?;
+                        written.insert(node_id.clone());
+                        Ok(())
+                    })
+                    .await?;
+            }
+            batch.commit().await
+        }
+        .await;
+        match batched {
+            Ok(_) => Ok(written.into_iter().collect()),
+            Err(e) if e.is_conflict() => {
+                let mut written = Vec::new();
+                for node_id in node_ids {
+                    if self.mark_down(node_id).await? {
+                        written.push(node_id.clone());
+                    }
+                }
+                Ok(written)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes DISCONNECTED the nodes whose agents hung up, unless they have a session again
     /// (or are not READY any more).
     async fn write_hung_up(&self, stop: &watch::Receiver<bool>) {
@@ -1738,6 +2034,8 @@ impl Inner {
         let mut raft = self.leadership.watch();
         let mut watching = true;
         let mut members = None;
+        // The longest pause between rounds; the earliest deadline may make it shorter.
+        let cap = interval.unwrap_or(MAX_SWEEP_INTERVAL);
         let mut next_round = Instant::now();
         loop {
             // The stop first; then the round when due, so that a busy Raft (every commit
@@ -1747,12 +2045,12 @@ impl Inner {
                 // The only value ever sent is `true`; an error: the owner is gone.
                 _ = stop.changed() => break,
                 () = tokio::time::sleep_until(next_round) => {
-                    self.sweep(&mut members, &stop).await;
+                    self.sweep(&mut members, &stop, cap).await;
                     self.rounds.send_modify(|n| *n += 1);
-                    let pause = interval.unwrap_or_else(|| {
-                        (self.period() / 2).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL)
-                    });
-                    next_round = Instant::now() + pause;
+                    next_round = self.next_round(cap);
+                }
+                () = self.deadlines_moved.notified() => {
+                    next_round = next_round.min(self.next_round(cap));
                 }
                 changed = raft.changed(), if watching => match changed {
                     Ok(()) => {
@@ -1765,6 +2063,22 @@ impl Inner {
                 () = self.hangups.notified() => self.write_hung_up(&stop).await,
             }
         }
+    }
+
+    /// When the next round is due: just after the earliest deadline passes, but at most `cap`
+    /// from now (and at least [`MIN_SWEEP_INTERVAL`], or `cap` if shorter).
+    fn next_round(&self, cap: Duration) -> Instant {
+        let earliest = self.sessions().next_deadline();
+        let until_expiry = earliest.map(|deadline| {
+            deadline
+                .duration_since(self.clock.now())
+                .unwrap_or(Duration::ZERO)
+                + EXPIRY_SLACK
+        });
+        let pause = until_expiry
+            .map_or(cap, |d| d.min(cap))
+            .max(MIN_SWEEP_INTERVAL.min(cap));
+        Instant::now() + pause
     }
 
     /// Brings the sessions to Raft's `status`, and tells the streams when the manager list
@@ -1783,12 +2097,15 @@ impl Inner {
         }
     }
 
-    /// One round of the sweep: follows Raft's status, then writes the expired nodes DOWN, one
-    /// store write at a time, until `stop` says so.
+    /// One round of the sweep: follows Raft's status, then writes every node expired by now
+    /// DOWN, all in one store batch (one transaction, unless there are more than the store's
+    /// limits allow in one), unless `stop` says so. A node whose write failed expires again
+    /// `retry` later.
     async fn sweep(
         &self,
         members: &mut Option<BTreeMap<u64, RaftMember>>,
         stop: &watch::Receiver<bool>,
+        retry: Duration,
     ) {
         let status = self.leadership.status();
         self.follow(&status, members);
@@ -1802,35 +2119,38 @@ impl Inner {
             sessions.set_period(period);
             sessions.expired(now)
         };
-        for node_id in expired {
-            if *stop.borrow() {
-                // Stopping: the sessions end; the next leader gives these nodes its grace.
-                return;
-            }
-            match self.mark_down(&node_id).await {
-                Ok(true) => tracing::warn!(
-                    node_id = %node_id,
-                    "node {node_id} is DOWN: no heartbeat within {:?}",
-                    period * GRACE_PERIOD_MULTIPLIER_NORMAL
-                ),
-                Ok(false) => {}
-                Err(e)
-                    if e.class() == ErrorClass::Unavailable
-                        || !self.leadership.status().is_leader =>
-                {
-                    tracing::info!(
-                        "dispatcher: could not write node {node_id} DOWN ({e}); leadership was \
-                         lost, every agent session ended"
-                    );
-                    self.sessions().step_down();
-                    return;
-                }
-                Err(e) => {
+        if expired.is_empty() || *stop.borrow() {
+            // Stopping: the sessions end; the next leader gives these nodes its grace.
+            return;
+        }
+        match self.mark_all_down(&expired).await {
+            Ok(written) => {
+                for node_id in written {
                     tracing::warn!(
                         node_id = %node_id,
-                        "could not write node {node_id} DOWN: {e}; trying again next round"
+                        "node {node_id} is DOWN: no heartbeat within {:?}",
+                        period * GRACE_PERIOD_MULTIPLIER_NORMAL
                     );
-                    self.sessions().expire_again(&node_id, now);
+                }
+            }
+            Err(e)
+                if e.class() == ErrorClass::Unavailable || !self.leadership.status().is_leader =>
+            {
+                tracing::info!(
+                    "dispatcher: could not write {} node(s) DOWN ({e}); leadership was lost, \
+                     every agent session ended",
+                    expired.len()
+                );
+                self.sessions().step_down();
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "could not write {} node(s) DOWN: {e}; trying again in {retry:?}",
+                    expired.len()
+                );
+                let mut sessions = self.sessions();
+                for node_id in &expired {
+                    sessions.expire_again(node_id, now + retry);
                 }
             }
         }
@@ -2051,20 +2371,292 @@ impl Dependencies for StoreDependencies<'_, '_> {
     }
 }
 
-/// Task events that may concern `node_id`'s assignment set: the task is, or was, on the node.
-fn node_tasks_filter(node_id: &str) -> Filter {
-    let id = node_id.to_string();
-    let on_node = move |o: &Object, id: &str| matches!(o, Object::Task(t) if t.node_id == id);
-    Filter::all()
-        .kind(ObjectKind::Task)
-        .predicate(move |e: &Event| {
-            on_node(&e.object, &id) || e.old.as_ref().is_some_and(|o| on_node(o, &id))
-        })
+// --- Assignments: routing task events to the streams -------------------------------------
+
+/// Task events an Assignments stream's inbox holds before the stream is told it lagged (and
+/// reads its set again, sending it COMPLETE).
+const INBOX_CAPACITY: usize = 16_384;
+/// Events the router takes from the store's watch before routing them under one lock.
+const ROUTE_CHUNK: usize = 1_024;
+/// Events an Assignments stream applies in one store view, at most.
+const APPLY_CHUNK: usize = 256;
+
+/// What the router left for one Assignments stream.
+#[derive(Default)]
+struct InboxState {
+    /// The task events of the stream's node (on it before or after), with the store version
+    /// of their commit, in commit order.
+    events: VecDeque<(u64, Event)>,
+    /// Events were lost (the inbox overflowed, the router's watch lagged or the store was
+    /// restored): the stream must read its set again. Nothing is queued while it is set.
+    lagged: bool,
+    /// No more events will come (the store closed, or the dispatcher stopped).
+    closed: bool,
+}
+
+/// One Assignments stream's channel from the router: a queue and its wake-up. The router
+/// never waits on it: a full inbox is emptied and marked lagged.
+#[derive(Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    wake: Notify,
+}
+
+/// What a stream finds in its inbox.
+enum Delivery {
+    Events(VecDeque<(u64, Event)>),
+    Lagged,
+    Closed,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The router's side: queues one event.
+    fn push(&self, version: u64, event: Event) {
+        {
+            let mut state = self.lock();
+            if state.lagged || state.closed {
+                return;
+            }
+            if state.events.len() >= INBOX_CAPACITY {
+                state.events.clear();
+                state.lagged = true;
+            } else {
+                state.events.push_back((version, event));
+            }
+        }
+        // Stores a permit if the stream is busy: it looks as soon as it waits again.
+        self.wake.notify_one();
+    }
+
+    /// Events were lost: the stream reads its set again.
+    fn lag(&self) {
+        {
+            let mut state = self.lock();
+            state.events.clear();
+            state.lagged = true;
+        }
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        {
+            let mut state = self.lock();
+            state.events.clear();
+            state.closed = true;
+        }
+        self.wake.notify_one();
+    }
+
+    /// The stream's side: everything queued, or that it lagged (which it then no longer is:
+    /// events queued from now on follow the set it reads next).
+    fn take(&self) -> Delivery {
+        let mut state = self.lock();
+        if state.closed {
+            Delivery::Closed
+        } else if std::mem::take(&mut state.lagged) {
+            state.events.clear();
+            Delivery::Lagged
+        } else {
+            Delivery::Events(std::mem::take(&mut state.events))
+        }
+    }
+}
+
+/// The dispatcher's one watch on task events, and where each goes: the routes (inboxes) of
+/// the Assignments streams open on this manager, by node. A task event goes to the streams
+/// of the node the task is on after the change and, if it moved, of the node it was on: one
+/// map lookup per event and node, whatever the number of streams.
+#[derive(Default)]
+struct Router {
+    state: Mutex<RouterState>,
+}
+
+#[derive(Default)]
+struct RouterState {
+    routes: HashMap<String, Vec<(u64, Arc<Inbox>)>>,
+    next_id: u64,
+    /// The routing task, once the first stream registered.
+    task: Option<JoinHandle<()>>,
+    /// No more routing (the store closed, or the dispatcher stopped): new routes are closed.
+    stopped: bool,
+}
+
+impl Router {
+    fn lock(&self) -> MutexGuard<'_, RouterState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a route for a stream of `node_id`, starting the routing task if it does not
+    /// run yet. Every task event committed after this call reaches the route (some before it
+    /// may too: the stream skips what its set already holds, by store version).
+    ///
+    /// Must be called from within a tokio runtime.
+    fn register(self: &Arc<Self>, store: &Store, node_id: &str) -> Route {
+        let inbox = Arc::new(Inbox::default());
+        let mut state = self.lock();
+        if state.stopped {
+            inbox.close();
+        } else if state.task.is_none() {
+            // Subscribed here, before the stream reads its set: nothing committed after this
+            // registration is missed.
+            let subscription = store.watch(router_filter());
+            state.task = Some(tokio::spawn(run_router(
+                Arc::downgrade(self),
+                store.clone(),
+                subscription,
+            )));
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state
+            .routes
+            .entry(node_id.to_string())
+            .or_default()
+            .push((id, inbox.clone()));
+        Route {
+            router: self.clone(),
+            node_id: node_id.to_string(),
+            id,
+            inbox,
+        }
+    }
+
+    /// Routes task events, in commit order, to the inboxes of the nodes concerned.
+    fn route(&self, events: Vec<(u64, Event)>) {
+        let state = self.lock();
+        if state.routes.is_empty() {
+            return;
+        }
+        fn node_of(o: &Object) -> Option<&str> {
+            match o {
+                Object::Task(t) if !t.node_id.is_empty() => Some(t.node_id.as_str()),
+                _ => None,
+            }
+        }
+        for (version, event) in &events {
+            let now_on = node_of(&event.object);
+            let was_on = event.old.as_ref().and_then(node_of);
+            let deliver = |node_id: Option<&str>| {
+                if let Some(routes) = node_id.and_then(|n| state.routes.get(n)) {
+                    for (_, inbox) in routes {
+                        inbox.push(*version, event.clone());
+                    }
+                }
+            };
+            deliver(now_on);
+            if was_on != now_on {
+                deliver(was_on);
+            }
+        }
+    }
+
+    /// The router's watch missed events: every stream reads its set again.
+    fn lag_all(&self) {
+        for (_, inbox) in self.lock().routes.values().flatten() {
+            inbox.lag();
+        }
+    }
+
+    /// Stops routing: every stream's inbox is closed (the stream ends, saying the manager is
+    /// shutting down), new ones are closed at once, and the routing task is aborted.
+    fn stop(&self) {
+        let mut state = self.lock();
+        state.stopped = true;
+        if let Some(task) = state.task.take() {
+            task.abort();
+        }
+        for (_, inbox) in state.routes.values().flatten() {
+            inbox.close();
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(task) = self.lock().task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Task events: what the router watches.
+fn router_filter() -> Filter {
+    Filter::all().kind(ObjectKind::Task)
+}
+
+/// The routing task: takes task events from its watch and routes them, until the router is
+/// gone (it holds it weakly) or the store closes. A watch that lagged or saw the store
+/// restored is renewed first, then every stream is told to read its set again.
+async fn run_router(router: Weak<Router>, store: Store, mut subscription: Subscription) {
+    loop {
+        let first = subscription.next().await;
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        let mut failed = None;
+        match first {
+            Ok(event) => {
+                let mut events = vec![event];
+                while events.len() < ROUTE_CHUNK {
+                    match subscription.try_next() {
+                        Ok(Some(event)) => events.push(event),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                router.route(events);
+            }
+            Err(e) => failed = Some(e),
+        }
+        match failed {
+            None => {}
+            Some(WatchError::Lagged | WatchError::Reset) => {
+                // Renewed before the streams look: each reads its set after this.
+                subscription = store.watch(router_filter());
+                tracing::info!(
+                    "dispatcher: the assignments watch fell behind or the store was restored; \
+                     every agent is sent its complete set again"
+                );
+                router.lag_all();
+            }
+            Some(WatchError::Closed) => {
+                router.stop();
+                return;
+            }
+        }
+    }
+}
+
+/// One Assignments stream's registration with the router; unregisters when dropped.
+struct Route {
+    router: Arc<Router>,
+    node_id: String,
+    id: u64,
+    inbox: Arc<Inbox>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        let mut state = self.router.lock();
+        if let Some(routes) = state.routes.get_mut(&self.node_id) {
+            routes.retain(|(id, _)| *id != self.id);
+            if routes.is_empty() {
+                state.routes.remove(&self.node_id);
+            }
+        }
+    }
 }
 
 enum AssignmentWoken {
     News(News),
-    Event(Result<(u64, Event), WatchError>),
+    Routed,
     Due,
 }
 
@@ -2076,7 +2668,11 @@ struct AssignmentWatcher {
     node_id: String,
     session_id: String,
     news: Listener,
-    subscription: Subscription,
+    route: Route,
+    /// Events routed here and not applied yet, oldest first.
+    backlog: VecDeque<(u64, Event)>,
+    /// The store version the set was last read at: events of commits up to it are in it.
+    floor: u64,
     set: AssignmentSet,
     versions: AssignmentVersions,
     /// The COMPLETE message, until sent.
@@ -2085,18 +2681,14 @@ struct AssignmentWatcher {
 }
 
 impl AssignmentWatcher {
-    /// Reads the node's tasks and subscribes to their changes in one view: the COMPLETE
-    /// message, and the subscription that follows it without a gap.
-    fn read(
-        inner: &Inner,
-        node_id: &str,
-        set: &mut AssignmentSet,
-    ) -> (Vec<AssignmentChange>, Subscription) {
-        inner
-            .store
-            .view_and_watch(node_tasks_filter(node_id), |tx| {
-                set.complete(tx.find::<Task>(By::Node(node_id)), &StoreDependencies(tx))
-            })
+    /// Reads the node's tasks in one view: the COMPLETE message's changes, and the store
+    /// version they are as of. The stream's route must be registered before, so that every
+    /// event after that version reaches it.
+    fn read(inner: &Inner, node_id: &str, set: &mut AssignmentSet) -> (Vec<AssignmentChange>, u64) {
+        inner.store.view(|tx| {
+            let changes = set.complete(tx.find::<Task>(By::Node(node_id)), &StoreDependencies(tx));
+            (changes, tx.version())
+        })
     }
 
     fn end(&mut self, reason: EndReason) -> AssignmentItem {
@@ -2106,21 +2698,32 @@ impl AssignmentWatcher {
             .ended_status(reason, &self.node_id, &self.session_id))
     }
 
-    fn apply(&mut self, pending: &mut PendingAssignments, event: Event) {
-        let id = event.object.id().to_string();
-        let task = match (event.action, event.object) {
-            (Action::Remove, _) => None,
-            (_, Object::Task(task)) => Some(task),
-            _ => return,
-        };
-        let set = &mut self.set;
-        let changes = self
-            .inner
-            .store
-            .view(|tx| set.apply(&id, task, &StoreDependencies(tx)));
-        for c in changes {
-            pending.push(c);
-        }
+    /// Applies backlog events, in one store view, until the batch is full, the backlog is
+    /// empty or `APPLY_CHUNK` events were applied.
+    fn apply_backlog(&mut self, pending: &mut PendingAssignments) {
+        let (set, backlog) = (&mut self.set, &mut self.backlog);
+        self.inner.store.view(|tx| {
+            let deps = StoreDependencies(tx);
+            // Bounded, so that a long backlog of echoes does not hold the store's read lock
+            // (and so its writers) for long: the caller comes back for the rest.
+            for _ in 0..APPLY_CHUNK {
+                if pending.is_full() {
+                    break;
+                }
+                let Some((_, event)) = backlog.pop_front() else {
+                    break;
+                };
+                let id = event.object.id().to_string();
+                let task = match (event.action, event.object) {
+                    (Action::Remove, _) => None,
+                    (_, Object::Task(task)) => Some(task),
+                    _ => continue,
+                };
+                for c in set.apply(&id, task, &deps) {
+                    pending.push(c);
+                }
+            }
+        });
     }
 
     /// The next message, and the watcher to get the one after from.
@@ -2135,20 +2738,24 @@ impl AssignmentWatcher {
         // When the batch begun must be sent at the latest.
         let mut due: Option<Instant> = None;
         let item = loop {
-            if pending.is_full() || (due.is_some() && pending.is_empty()) {
-                if !pending.is_empty() {
-                    let changes = pending.take();
-                    break Ok(self
-                        .versions
-                        .message(assignments_message::Type::Incremental, changes));
+            if pending.is_full() {
+                let changes = pending.take();
+                break Ok(self
+                    .versions
+                    .message(assignments_message::Type::Incremental, changes));
+            }
+            if !self.backlog.is_empty() {
+                self.apply_backlog(&mut pending);
+                if !pending.is_empty() && due.is_none() {
+                    due = Some(Instant::now() + ASSIGNMENT_BATCH_MAX_DELAY);
                 }
-                due = None;
+                continue;
             }
             let woken = tokio::select! {
                 biased;
                 news = self.news.next() => AssignmentWoken::News(news),
                 () = sleep_until_some(due) => AssignmentWoken::Due,
-                event = self.subscription.next() => AssignmentWoken::Event(event),
+                () = self.route.inbox.wake.notified() => AssignmentWoken::Routed,
             };
             match woken {
                 AssignmentWoken::News(News::Ended(reason)) => break self.end(reason),
@@ -2162,25 +2769,27 @@ impl AssignmentWatcher {
                     }
                     due = None;
                 }
-                AssignmentWoken::Event(Ok((_, event))) => {
-                    self.apply(&mut pending, event);
-                    if !pending.is_empty() && due.is_none() {
-                        due = Some(Instant::now() + ASSIGNMENT_BATCH_MAX_DELAY);
+                AssignmentWoken::Routed => match self.route.inbox.take() {
+                    Delivery::Events(events) => {
+                        let floor = self.floor;
+                        self.backlog
+                            .extend(events.into_iter().filter(|(v, _)| *v > floor));
                     }
-                }
-                AssignmentWoken::Event(Err(WatchError::Lagged | WatchError::Reset)) => {
-                    // Missed changes: read the tasks again and send a new COMPLETE set.
-                    let (changes, subscription) =
-                        Self::read(&self.inner, &self.node_id, &mut self.set);
-                    self.subscription = subscription;
-                    break Ok(self
-                        .versions
-                        .message(assignments_message::Type::Complete, changes));
-                }
-                AssignmentWoken::Event(Err(WatchError::Closed)) => {
-                    self.done = true;
-                    break Err(shutting_down());
-                }
+                    Delivery::Lagged => {
+                        // Missed changes: read the tasks again and send a new COMPLETE set.
+                        self.backlog.clear();
+                        let (changes, floor) =
+                            Self::read(&self.inner, &self.node_id, &mut self.set);
+                        self.floor = floor;
+                        break Ok(self
+                            .versions
+                            .message(assignments_message::Type::Complete, changes));
+                    }
+                    Delivery::Closed => {
+                        self.done = true;
+                        break Err(shutting_down());
+                    }
+                },
             }
         };
         Some((item, self))
@@ -2254,11 +2863,12 @@ impl DispatcherTask {
     /// Stops the sweep and the status batcher and waits for them: every session and
     /// assignments stream ends (UNAVAILABLE, "shutting down"), new sessions, heartbeats and
     /// status reports are refused, queued reports are answered so, unwritten. Final: the dispatcher cannot be
-    /// started again. The streams end at once; the sweep ends after at most one store write
+    /// started again. The streams end at once; the sweep ends after at most one store batch
     /// in flight.
     pub async fn stop(mut self) {
         self.stop.send_replace(true);
         self.inner.sessions().stop();
+        self.inner.router.stop();
         if let Some(task) = self.task.take()
             && let Err(e) = task.await
             && e.is_panic()
@@ -2279,6 +2889,7 @@ impl Drop for DispatcherTask {
         if let Some(task) = self.task.take() {
             // At once, not when the runtime gets to the aborted task.
             self.inner.sessions().stop();
+            self.inner.router.stop();
             task.abort();
         }
         if let Some(task) = self.statuses.take() {
@@ -2312,7 +2923,13 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             return Err(not_member(&node_id));
         }
         let now = inner.clock.now();
-        let opened = inner.sessions().open(&node_id, now).map_err(|e| match e {
+        let opened = {
+            let mut sessions = inner.sessions();
+            let opened = sessions.open(&node_id, now);
+            inner.wake_sweep_if_earlier(&mut sessions);
+            opened
+        }
+        .map_err(|e| match e {
             SessionError::TooOften => too_often(&node_id),
             _ => shutting_down(),
         })?;
@@ -2433,8 +3050,10 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         inner.require_leader()?;
         let node_id = caller.node_id;
         let news = inner.current_session(&node_id, &session_id)?;
+        // Registered before the set is read: every change after the read reaches the route.
+        let route = inner.router.register(&inner.store, &node_id);
         let mut set = AssignmentSet::new(&node_id);
-        let (changes, subscription) = AssignmentWatcher::read(inner, &node_id, &mut set);
+        let (changes, floor) = AssignmentWatcher::read(inner, &node_id, &mut set);
         let mut versions = AssignmentVersions::default();
         let first = versions.message(assignments_message::Type::Complete, changes);
         let watcher = AssignmentWatcher {
@@ -2442,7 +3061,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             node_id,
             session_id,
             news,
-            subscription,
+            route,
+            backlog: VecDeque::new(),
+            floor,
             set,
             versions,
             first: Some(first),
@@ -2638,6 +3259,70 @@ mod tests {
         s.expire_again("n1", t(&clock));
         clock.advance(MS);
         assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+    }
+
+    /// The deadline index holds exactly one entry per node, with the node's deadline.
+    fn assert_index_in_step(s: &Sessions) {
+        let expected: BTreeSet<(SystemTime, String)> = s
+            .nodes
+            .iter()
+            .map(|(id, e)| (e.deadline, id.clone()))
+            .collect();
+        assert_eq!(s.deadlines, expected);
+    }
+
+    #[test]
+    fn the_deadline_index_follows_every_change_and_gives_the_next_expiry() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let start = t(&clock);
+        let mut s = Sessions::new(PERIOD);
+        assert_eq!(s.next_deadline(), None);
+        assert!(!s.take_earlier());
+        let a = s.open("a", t(&clock)).unwrap();
+        assert!(s.take_earlier(), "the first deadline is the earliest");
+        assert_eq!(s.next_deadline(), Some(start + PERIOD * 3));
+        clock.advance(PERIOD);
+        let b = s.open("b", t(&clock)).unwrap();
+        assert!(
+            !s.take_earlier(),
+            "a later deadline changes nothing for the sweep"
+        );
+        s.heartbeat("a", &a.id, t(&clock)).unwrap();
+        assert_index_in_step(&s);
+        // a beat last at start + PERIOD, as b opened: both expire at start + 4 periods.
+        assert_eq!(s.next_deadline(), Some(start + PERIOD * 4));
+        clock.advance(PERIOD);
+        s.heartbeat("b", &b.id, t(&clock)).unwrap();
+        assert_eq!(s.next_deadline(), Some(start + PERIOD * 4), "a's, now");
+        // A shorter period brings a deadline earlier: the sweep is told.
+        s.set_period(Duration::from_secs(1));
+        s.heartbeat("b", &b.id, t(&clock)).unwrap();
+        assert!(s.take_earlier());
+        assert_eq!(s.next_deadline(), Some(t(&clock) + Duration::from_secs(3)));
+        s.set_period(PERIOD);
+        s.adopt_unknown(["c".to_string(), "a".to_string()], t(&clock));
+        assert!(s.hang_up("b", &b.id), "a hang-up keeps the deadline");
+        assert_index_in_step(&s);
+        s.close("a", &a.id, EndReason::NodeRemoved);
+        assert_index_in_step(&s);
+        assert!(!s.has("a"));
+        // Expiry visits the expired nodes only, earliest deadline first.
+        clock.advance(Duration::from_secs(3) + MS);
+        assert_eq!(s.expired(t(&clock)), vec!["b".to_string()]);
+        assert_index_in_step(&s);
+        s.expire_again("b", t(&clock) + MS);
+        s.expire_again("d", t(&clock));
+        assert_eq!(s.next_deadline(), Some(t(&clock)));
+        clock.advance(MS);
+        assert_eq!(s.expired(t(&clock)), vec!["d".to_string()]);
+        clock.advance(PERIOD * 6);
+        assert_eq!(s.expired(t(&clock)), vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(s.next_deadline(), None);
+        assert_index_in_step(&s);
+        s.open("e", t(&clock)).unwrap();
+        s.step_down();
+        assert_eq!(s.next_deadline(), None);
+        assert_index_in_step(&s);
     }
 
     #[test]
@@ -2982,6 +3667,97 @@ mod tests {
             summary(&set.apply("b", None, &AllButMissing)),
             vec![s("secret", "s", "remove"), s("task", "b", "remove")]
         );
+    }
+
+    /// Secrets and configs that exist: those named in the set.
+    struct Existing(std::cell::RefCell<BTreeSet<String>>);
+
+    impl Dependencies for Existing {
+        fn secret(&self, id: &str) -> Option<Arc<Secret>> {
+            AllButMissing
+                .secret(id)
+                .filter(|_| self.0.borrow().contains(id))
+        }
+
+        fn config(&self, id: &str) -> Option<Arc<Config>> {
+            AllButMissing
+                .config(id)
+                .filter(|_| self.0.borrow().contains(id))
+        }
+    }
+
+    #[test]
+    fn dependencies_are_kept_incrementally_and_missing_ones_tried_again() {
+        let deps = Existing(Default::default());
+        let mut set = AssignmentSet::new("n1");
+        set.complete(Vec::new(), &deps);
+        let a = task_with("a", "n1", TaskState::Running, &["late"], &["c1"]);
+        deps.0.borrow_mut().insert("c1".into());
+        assert_eq!(
+            summary(&set.apply("a", Some(Arc::new(a.clone())), &deps)),
+            vec![s("config", "c1", "update"), s("task", "a", "update")],
+            "a secret that does not exist is not sent"
+        );
+        // Once it exists, the next change of any task of the node brings it.
+        deps.0.borrow_mut().insert("late".into());
+        let b = task_with("b", "n1", TaskState::Assigned, &[], &["c1"]);
+        assert_eq!(
+            summary(&set.apply("b", Some(Arc::new(b.clone())), &deps)),
+            vec![s("secret", "late", "update"), s("task", "b", "update")]
+        );
+        // A config two tasks need stays until neither does; a task that changes its
+        // references swaps them.
+        let mut a2 = a.clone();
+        a2.spec = task_with("a", "n1", TaskState::Running, &["late"], &["c2"]).spec;
+        a2.status.as_mut().unwrap().state = TaskState::Running as i32;
+        deps.0.borrow_mut().insert("c2".into());
+        assert_eq!(
+            summary(&set.apply("a", Some(Arc::new(a2)), &deps)),
+            vec![s("config", "c2", "update"), s("task", "a", "update")]
+        );
+        assert_eq!(
+            summary(&set.apply("b", None, &deps)),
+            vec![s("config", "c1", "remove"), s("task", "b", "remove")]
+        );
+        assert_eq!(
+            summary(&set.apply("a", None, &deps)),
+            vec![
+                s("secret", "late", "remove"),
+                s("config", "c2", "remove"),
+                s("task", "a", "remove")
+            ]
+        );
+        assert!(set.secret_refs.is_empty() && set.config_refs.is_empty());
+        assert!(set.secrets.is_empty() && set.configs.is_empty());
+    }
+
+    #[test]
+    fn an_inbox_that_overflows_lags_and_then_takes_events_again() {
+        let inbox = Inbox::default();
+        let event = |id: &str| Event {
+            action: Action::Create,
+            object: Object::Task(Arc::new(task_with(id, "n1", TaskState::Assigned, &[], &[]))),
+            old: None,
+        };
+        inbox.push(1, event("a"));
+        assert!(matches!(inbox.take(), Delivery::Events(e) if e.len() == 1));
+        for v in 0..=INBOX_CAPACITY as u64 {
+            inbox.push(v, event("a"));
+        }
+        assert!(matches!(inbox.take(), Delivery::Lagged));
+        assert!(matches!(inbox.take(), Delivery::Events(e) if e.is_empty()));
+        inbox.push(2, event("b"));
+        assert!(matches!(inbox.take(), Delivery::Events(e) if e.len() == 1));
+        inbox.lag();
+        inbox.push(3, event("c"));
+        assert!(
+            matches!(inbox.take(), Delivery::Lagged),
+            "nothing queued while lagged"
+        );
+        assert!(matches!(inbox.take(), Delivery::Events(e) if e.is_empty()));
+        inbox.close();
+        inbox.push(4, event("d"));
+        assert!(matches!(inbox.take(), Delivery::Closed));
     }
 
     #[test]
@@ -4265,5 +5041,352 @@ mod tests {
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(f.task_state("a"), TaskState::Running as i32);
+    }
+
+    // --- Routing assignments, and expiry at the deadline ---
+
+    impl Fixture {
+        /// Creates nodes in the store.
+        async fn nodes(&self, count: usize) -> Vec<String> {
+            let ids: Vec<String> = (0..count).map(|_| shoal_api::id::new_id()).collect();
+            self.update(|tx| {
+                for id in &ids {
+                    tx.create(new_node(id, node_status::State::Unknown))?;
+                }
+                Ok(())
+            })
+            .await;
+            ids
+        }
+
+        /// Opens a session as `node_id` on `dispatcher`.
+        async fn session_on(
+            &self,
+            dispatcher: &Dispatcher,
+            node_id: &str,
+        ) -> (SessionStream, String) {
+            let request = self.request(
+                SessionRequest {
+                    description: None,
+                    session_id: String::new(),
+                },
+                node_id,
+            );
+            let mut stream = dispatcher_server::Dispatcher::session(dispatcher, request)
+                .await
+                .unwrap()
+                .into_inner();
+            let session_id = next(&mut stream).await.unwrap().unwrap().session_id;
+            (stream, session_id)
+        }
+
+        /// Opens a session and the Assignments stream as `node_id`; the COMPLETE message.
+        async fn agent(
+            &self,
+            node_id: &str,
+        ) -> (SessionStream, AssignmentsStream, AssignmentsMessage) {
+            let (session, session_id) = self.session_on(&self.dispatcher, node_id).await;
+            let request = self.request(AssignmentsRequest { session_id }, node_id);
+            let mut stream = dispatcher_server::Dispatcher::assignments(&self.dispatcher, request)
+                .await
+                .unwrap()
+                .into_inner();
+            let complete = next_assignments(&mut stream).await.unwrap().unwrap();
+            assert_eq!(complete.r#type, assignments_message::Type::Complete as i32);
+            (session, stream, complete)
+        }
+    }
+
+    /// Reads INCREMENTAL messages until `count` changes came; the changes.
+    async fn changes(
+        stream: &mut AssignmentsStream,
+        count: usize,
+    ) -> Vec<(&'static str, String, &'static str)> {
+        let mut got = Vec::new();
+        while got.len() < count {
+            let m = next_assignments(stream).await.unwrap().unwrap();
+            assert_eq!(m.r#type, assignments_message::Type::Incremental as i32);
+            got.extend(summary(&m.changes));
+        }
+        got
+    }
+
+    /// Nothing comes on the assignments stream for longer than a batch's delay.
+    async fn no_assignments(stream: &mut AssignmentsStream) {
+        let got = timeout(ASSIGNMENT_BATCH_MAX_DELAY * 3, stream.next()).await;
+        assert!(got.is_err(), "unexpected assignments: {got:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_agent_receives_exactly_its_own_tasks_changes() {
+        let f = fixture().await;
+        let nodes = f.nodes(12).await;
+        let mut agents = Vec::new();
+        for node in &nodes {
+            agents.push(f.agent(node).await);
+        }
+        assert_eq!(
+            f.dispatcher.inner.router.lock().routes.len(),
+            nodes.len(),
+            "one route per stream"
+        );
+        // Tasks of every node, created together, plus tasks of no connected node.
+        f.update(|tx| {
+            for j in 0..3 {
+                for (i, node) in nodes.iter().enumerate() {
+                    tx.create(task_with(
+                        &format!("t{i}-{j}"),
+                        node,
+                        TaskState::Assigned,
+                        &[],
+                        &[],
+                    ))?;
+                }
+                tx.create(task_with(
+                    &format!("elsewhere-{j}"),
+                    "gone",
+                    TaskState::Assigned,
+                    &[],
+                    &[],
+                ))?;
+                tx.create(task_with(
+                    &format!("unassigned-{j}"),
+                    "",
+                    TaskState::Pending,
+                    &[],
+                    &[],
+                ))?;
+            }
+            Ok(())
+        })
+        .await;
+        for (i, (_, stream, _)) in agents.iter_mut().enumerate() {
+            let got = changes(stream, 3).await;
+            assert_eq!(got.len(), 3);
+            let ids: BTreeSet<String> = got.iter().map(|(_, id, _)| id.clone()).collect();
+            let expected: BTreeSet<String> = (0..3).map(|j| format!("t{i}-{j}")).collect();
+            assert_eq!(ids, expected, "node {i} gets its own tasks, each once");
+        }
+        // Then a change to one node's task only.
+        f.update(|tx| {
+            let mut t = (*tx.get::<Task>("t0-0").unwrap()).clone();
+            t.desired_state = TaskState::Shutdown as i32;
+            tx.update(t)
+        })
+        .await;
+        assert_eq!(
+            changes(&mut agents[0].1, 1).await,
+            vec![s("task", "t0-0", "update")]
+        );
+        for (_, stream, _) in agents.iter_mut() {
+            no_assignments(stream).await;
+        }
+        // Streams that end unregister.
+        drop(agents);
+        wait_until("the routes are dropped", || {
+            f.dispatcher.inner.router.lock().routes.is_empty()
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_moved_between_nodes_leaves_one_set_and_joins_the_other() {
+        let f = fixture().await;
+        let nodes = f.nodes(3).await;
+        let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        f.update(|tx| {
+            tx.create(secret("s1"))?;
+            tx.create(task_with("t", a, TaskState::Assigned, &["s1"], &[]))
+        })
+        .await;
+        let (_sa, mut on_a, complete) = f.agent(a).await;
+        assert_eq!(
+            summary(&complete.changes),
+            vec![s("secret", "s1", "update"), s("task", "t", "update")]
+        );
+        let (_sb, mut on_b, complete) = f.agent(b).await;
+        assert!(complete.changes.is_empty());
+        let (_sc, mut on_c, _) = f.agent(c).await;
+        f.update(|tx| {
+            let mut t = (*tx.get::<Task>("t").unwrap()).clone();
+            t.node_id = b.clone();
+            tx.update(t)
+        })
+        .await;
+        assert_eq!(
+            changes(&mut on_a, 2).await,
+            vec![s("secret", "s1", "remove"), s("task", "t", "remove")]
+        );
+        assert_eq!(
+            changes(&mut on_b, 2).await,
+            vec![s("secret", "s1", "update"), s("task", "t", "update")]
+        );
+        no_assignments(&mut on_c).await;
+        // Unassigned: it leaves b's set.
+        f.update(|tx| {
+            let mut t = (*tx.get::<Task>("t").unwrap()).clone();
+            t.node_id = String::new();
+            tx.update(t)
+        })
+        .await;
+        assert_eq!(
+            changes(&mut on_b, 2).await,
+            vec![s("secret", "s1", "remove"), s("task", "t", "remove")]
+        );
+        no_assignments(&mut on_a).await;
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_events_were_lost_is_sent_its_complete_set_again() {
+        let f = fixture().await;
+        let node = f.node_id.clone();
+        f.update(|tx| tx.create(task_with("t1", &node, TaskState::Assigned, &[], &[])))
+            .await;
+        let (_session, mut stream, complete) = f.agent(&node).await;
+        assert_eq!(complete.results_in, "1");
+        // As when the router's watch lags or the store is restored.
+        f.dispatcher.inner.router.lag_all();
+        f.update(|tx| tx.create(task_with("t2", &node, TaskState::Assigned, &[], &[])))
+            .await;
+        let m = next_assignments(&mut stream).await.unwrap().unwrap();
+        assert_eq!(m.r#type, assignments_message::Type::Complete as i32);
+        assert_eq!((m.applies_to.as_str(), m.results_in.as_str()), ("", "2"));
+        // The complete set is read after the loss: it holds t2 if it was committed by then;
+        // either way t2 comes exactly once.
+        let mut t2 = summary(&m.changes).iter().filter(|c| c.1 == "t2").count();
+        assert!(summary(&m.changes).contains(&s("task", "t1", "update")));
+        if t2 == 0 {
+            let m = next_assignments(&mut stream).await.unwrap().unwrap();
+            assert_eq!(m.applies_to, "2");
+            assert_eq!(summary(&m.changes), vec![s("task", "t2", "update")]);
+            t2 += 1;
+        }
+        assert_eq!(t2, 1);
+        no_assignments(&mut stream).await;
+    }
+
+    /// Waits until every node of `nodes` was written DOWN; the store version of each write.
+    async fn downs(watch: &mut Subscription, nodes: &[String]) -> BTreeMap<String, u64> {
+        let mut down = BTreeMap::new();
+        while down.len() < nodes.len() {
+            let (version, event) = timeout(Duration::from_secs(10), watch.next())
+                .await
+                .expect("the nodes go DOWN")
+                .unwrap();
+            if let Object::Node(node) = &event.object
+                && node.status.as_ref().is_some_and(|s| s.state == DOWN)
+            {
+                down.insert(node.meta.as_ref().unwrap().id.clone(), version);
+            }
+        }
+        down
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_expired_by_the_same_round_go_down_in_one_write() {
+        let f = fixture().await;
+        let period = Duration::from_millis(100);
+        f.set_period(period).await;
+        // No periodic rounds: only the earliest deadline wakes the sweep.
+        let task = f.dispatcher.start_with_interval(NEVER);
+        f.swept(1).await;
+        let nodes = f.nodes(6).await;
+        let mut sessions = Vec::new();
+        for node in &nodes {
+            sessions.push(f.session_on(&f.dispatcher, node).await);
+        }
+        let mut watch = f.store.watch(Filter::all().kind(ObjectKind::Node));
+        // Every deadline (the same one: the clock stood still) has passed.
+        f.clock.advance(period * 3 + MS);
+        let down = downs(&mut watch, &nodes).await;
+        let versions: BTreeSet<u64> = down.values().copied().collect();
+        assert_eq!(versions.len(), 1, "one write for all of them: {down:?}");
+        for node in &nodes {
+            assert_eq!(f.state(node), (DOWN, HEARTBEAT_FAILURE.to_string()));
+        }
+        for (mut stream, _) in sessions {
+            let ended = next(&mut stream).await.unwrap().unwrap_err();
+            assert!(ended.message().contains("expired"), "{}", ended.message());
+        }
+        task.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_down_batch_writes_only_nodes_without_a_session_and_not_down_yet() {
+        let f = fixture().await;
+        let nodes = f.nodes(3).await;
+        let (connected, silent, down) = (&nodes[0], &nodes[1], &nodes[2]);
+        let _session = f.session_on(&f.dispatcher, connected).await;
+        let id = down.clone();
+        f.update(|tx| {
+            let mut node = (*tx.get::<Node>(&id).unwrap()).clone();
+            node.status.as_mut().unwrap().state = DOWN;
+            tx.update(node)
+        })
+        .await;
+        let mut watch = f.store.watch(Filter::all().kind(ObjectKind::Node));
+        let ids = [
+            connected.clone(),
+            silent.clone(),
+            down.clone(),
+            "gone".into(),
+        ];
+        let written = f.dispatcher.inner.mark_all_down(&ids).await.unwrap();
+        assert_eq!(written, vec![silent.clone()]);
+        assert_eq!(f.state(silent), (DOWN, HEARTBEAT_FAILURE.to_string()));
+        assert_eq!(f.state(connected).0, READY);
+        let (_, event) = watch.next().await.unwrap();
+        assert_eq!(event.object.id(), silent.as_str());
+        assert!(watch.try_next().unwrap().is_none(), "nothing else written");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_nodes_go_down_at_their_deadline_not_a_round_later() {
+        let f = fixture().await;
+        let period = Duration::from_millis(200);
+        f.set_period(period).await;
+        // On the real clock, with no periodic rounds: only the deadlines wake the sweep.
+        let dispatcher = Dispatcher::with_leadership(
+            f.store.clone(),
+            f.raft.clone(),
+            Authorizer::new(f.store.clone(), f.cluster.meta.as_ref().unwrap().id.clone()),
+            Arc::new(shoal_api::clock::SystemClock),
+        );
+        let task = dispatcher.start_with_interval(NEVER);
+        let mut rounds = dispatcher.inner.rounds.subscribe();
+        timeout(Duration::from_secs(10), rounds.wait_for(|n| *n >= 1))
+            .await
+            .unwrap()
+            .unwrap();
+        let nodes = f.nodes(4).await;
+        let mut watch = f.store.watch(Filter::all().kind(ObjectKind::Node));
+        let mut opened = BTreeMap::new();
+        let mut sessions = Vec::new();
+        for node in &nodes {
+            opened.insert(node.clone(), std::time::Instant::now());
+            sessions.push(f.session_on(&dispatcher, node).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut seen = 0;
+        while seen < nodes.len() {
+            let (_, event) = timeout(Duration::from_secs(10), watch.next())
+                .await
+                .expect("the nodes go DOWN")
+                .unwrap();
+            let Object::Node(node) = &event.object else {
+                continue;
+            };
+            if node.status.as_ref().is_some_and(|s| s.state == DOWN) {
+                let id = node.meta.as_ref().unwrap().id.clone();
+                let after = opened[&id].elapsed();
+                assert!(after > period * 3, "not before its deadline: {after:?}");
+                assert!(
+                    after < period * 3 + Duration::from_millis(500),
+                    "at its deadline, not {after:?} after the session opened"
+                );
+                seen += 1;
+            }
+        }
+        task.stop().await;
     }
 }

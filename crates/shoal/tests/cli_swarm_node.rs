@@ -458,6 +458,10 @@ async fn daemon_availability_and_labels_describe_the_node() {
     )
     .await;
     assert_eq!(node["Spec"]["Availability"], "drain", "{node}");
+    // `self` names the node whose daemon answers.
+    let me: serde_json::Value =
+        serde_json::from_str(&shoal(&socket, &["node", "inspect", "self"]).ok()).unwrap();
+    assert_eq!(me[0]["ID"], node["ID"], "{me}");
     assert_eq!(
         node["Description"]["Engine"]["Labels"]["rack"], "r1",
         "{node}"

@@ -9,7 +9,7 @@ use crate::commands::output;
 /// Arguments of `shoal node inspect`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Nodes, by ID, name, hostname or unique ID prefix
+    /// Nodes, by ID, name, hostname or unique ID prefix (`self`: this node)
     #[arg(value_name = "NODE", required = true)]
     pub nodes: Vec<String>,
 }
@@ -20,7 +20,13 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
         let mut found = Vec::new();
         let mut errors = Vec::new();
         for name in &args.nodes {
-            match RESOLVER.resolve(&nodes, name) {
+            // `self`: the node whose daemon answers, as in docker.
+            let name = if name == "self" {
+                super::ps::local_node_id(c).await?
+            } else {
+                name.clone()
+            };
+            match RESOLVER.resolve(&nodes, &name) {
                 Ok(node) => found.push(to_json(node)),
                 Err(e) => errors.push(e),
             }

@@ -44,7 +44,7 @@ pub async fn node_ids(c: &mut Client, wanted: &[String]) -> Result<Vec<String>, 
     Ok(ids)
 }
 
-async fn local_node_id(c: &mut Client) -> Result<String, String> {
+pub(super) async fn local_node_id(c: &mut Client) -> Result<String, String> {
     c.info()
         .await
         .map(|i| i.node_id)
