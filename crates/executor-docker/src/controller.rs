@@ -36,6 +36,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use shoal_api::v1::{ContainerStatus, task_status};
+use shoal_executor::files::TaskFile;
 use shoal_executor::{Controller, ExecutorError, Exit, LogReader, LogsOptions, Result};
 
 use crate::spec::{ContainerPlan, LABEL_TASK_ID, ceil_seconds, pull_reference};
@@ -59,6 +60,9 @@ struct Inner {
     plan: ContainerPlan,
     observed: Mutex<Observed>,
     warnings: Mutex<Vec<String>>,
+    /// The task's secret and config files (with their data: never logged), or why they
+    /// cannot be had (refused at `prepare`).
+    files: std::result::Result<Vec<TaskFile>, String>,
 }
 
 /// What was last seen of the container.
@@ -92,7 +96,12 @@ impl Seen {
 }
 
 impl DockerController {
-    pub(crate) fn new(docker: Docker, config: Arc<DockerConfig>, plan: ContainerPlan) -> Self {
+    pub(crate) fn new(
+        docker: Docker,
+        config: Arc<DockerConfig>,
+        plan: ContainerPlan,
+        files: std::result::Result<Vec<TaskFile>, String>,
+    ) -> Self {
         for warning in &plan.warnings {
             tracing::warn!(task = %plan.task_id, "{warning}");
         }
@@ -104,8 +113,22 @@ impl DockerController {
                 plan,
                 observed: Mutex::new(Observed::default()),
                 warnings: Mutex::new(warnings),
+                files,
             }),
         }
+    }
+
+    /// The task's secrets and configs directory on the host (there from `prepare` to
+    /// `remove`, for a task that has any).
+    pub fn secrets_dir(&self) -> std::path::PathBuf {
+        self.inner.config.secrets_dir.join(&self.inner.plan.task_id)
+    }
+
+    fn remove_files(&self) -> Result<()> {
+        shoal_executor::files::remove_task_dir(
+            &self.inner.config.secrets_dir,
+            &self.inner.plan.task_id,
+        )
     }
 
     /// The container's name.
@@ -382,6 +405,20 @@ impl DockerController {
 #[tonic::async_trait]
 impl Controller for DockerController {
     async fn prepare(&self) -> Result<()> {
+        // The files first: the container's bind mounts need them (again after a reboot).
+        match &self.inner.files {
+            Err(message) => return Err(ExecutorError::InvalidSpec(message.clone())),
+            Ok(task_files) if !task_files.is_empty() => {
+                shoal_executor::files::write_task_dir(
+                    &self.inner.config.secrets_dir,
+                    &self.inner.plan.task_id,
+                    task_files,
+                    None,
+                    |i, _| crate::spec::host_file_name(i),
+                )?;
+            }
+            Ok(_) => {}
+        }
         if self.locate().await?.is_some() {
             return Ok(());
         }
@@ -527,7 +564,7 @@ impl Controller for DockerController {
             .unwrap_or_else(|| self.inner.plan.name.clone());
         // Make sure a container found by name is ours before removing it.
         if self.locate().await?.is_none() {
-            return Ok(());
+            return self.remove_files();
         }
         let options = RemoveContainerOptions {
             force: true,
@@ -549,7 +586,7 @@ impl Controller for DockerController {
             }
         }
         tracing::debug!(task = %self.inner.plan.task_id, "container removed");
-        Ok(())
+        self.remove_files()
     }
 
     async fn logs(&self, options: LogsOptions) -> Result<LogReader> {

@@ -36,9 +36,13 @@
 //! Replies are decoded leniently: unknown fields are ignored and missing ones are `None`.
 //!
 //! Departures from SwarmKit's `dockerapi` adapter:
-//! - No network attachment, published ports, secrets or configs yet. Secrets and configs
-//!   are refused (a program must not start without its secret); networks and ports are
-//!   accepted with a warning (the container joins the engine's default bridge).
+//! - No network attachment or published ports yet: they are accepted with a warning (the
+//!   container joins the engine's default bridge).
+//! - Secrets and configs are files on the host's memory-backed filesystem
+//!   ([`DockerConfig::secrets_dir`], `/dev/shm/shoal-…`: never on disk), written by `prepare`
+//!   and bind-mounted read-only (see [`spec::file_mounts`]), where SwarmKit hands them to the
+//!   engine's own secret store. A task whose secrets did not come with it is refused at
+//!   `prepare`, as is a node without a memory-backed `/dev/shm`. They go with `remove`.
 //! - SwarmKit waits for the container through the engine's event stream and treats a
 //!   container found exited after a restart as a fresh exit; here `wait` is the engine's own
 //!   wait call, which answers at once for a stopped container with its stored exit code.
@@ -67,7 +71,7 @@ use shoal_api::labels::labels;
 use shoal_api::v1::{
     EngineDescription, NodeDescription, Platform, PluginDescription, Resources, Task,
 };
-use shoal_executor::{Controller, Executor, ExecutorError, Result};
+use shoal_executor::{Controller, Executor, ExecutorError, Result, TaskDependencies};
 
 pub use bollard;
 pub use controller::DockerController;
@@ -96,14 +100,24 @@ pub struct DockerConfig {
     pub poll_interval: Duration,
     /// How long one engine request may take to answer (default 60 s).
     pub request_timeout: Duration,
+    /// Where each task's secret and config files are written, to be bind-mounted into its
+    /// container: a directory of this node on a memory-backed filesystem (default
+    /// `/dev/shm/shoal-<hash of "docker/<node id>">`). The engine must see the host's
+    /// filesystem (a local engine).
+    pub secrets_dir: PathBuf,
 }
 
 impl DockerConfig {
     /// Defaults for node `node_id`, with the socket of [`default_socket`].
     pub fn new(node_id: impl Into<String>) -> Self {
+        let node_id: String = node_id.into();
         Self {
+            secrets_dir: shoal_executor::files::node_root(
+                Path::new(shoal_executor::files::SHM_BASE),
+                Path::new(&format!("docker/{node_id}")),
+            ),
             socket: default_socket(),
-            node_id: node_id.into(),
+            node_id,
             pull_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(60),
@@ -220,11 +234,38 @@ impl DockerExecutor {
 
     /// A controller for `task`, typed.
     pub fn docker_controller(&self, task: &Task) -> Result<DockerController> {
-        let plan = spec::plan(task, &self.config.node_id)?;
+        self.docker_controller_with(task, &TaskDependencies::default())
+    }
+
+    /// A controller for `task`, typed, with the secrets and configs it references (bind
+    /// mounts of files its `prepare` writes; a missing one refuses `prepare`).
+    pub fn docker_controller_with(
+        &self,
+        task: &Task,
+        dependencies: &TaskDependencies,
+    ) -> Result<DockerController> {
+        let mut plan = spec::plan(task, &self.config.node_id)?;
+        let files = match shoal_executor::files::task_files(task, dependencies) {
+            Ok(files) => {
+                let mounts = spec::file_mounts(&plan, &files, &self.config.secrets_dir)?;
+                if !mounts.is_empty() {
+                    plan.body
+                        .host_config
+                        .get_or_insert_with(Default::default)
+                        .mounts
+                        .get_or_insert_with(Vec::new)
+                        .extend(mounts);
+                }
+                Ok(files)
+            }
+            Err(ExecutorError::InvalidSpec(message)) => Err(message),
+            Err(e) => Err(e.to_string()),
+        };
         Ok(DockerController::new(
             self.docker.clone(),
             self.config.clone(),
             plan,
+            files,
         ))
     }
 }
@@ -257,6 +298,14 @@ impl Executor for DockerExecutor {
 
     fn controller(&self, task: &Task) -> Result<Box<dyn Controller>> {
         Ok(Box::new(self.docker_controller(task)?))
+    }
+
+    fn controller_with(
+        &self,
+        task: &Task,
+        dependencies: &TaskDependencies,
+    ) -> Result<Box<dyn Controller>> {
+        Ok(Box::new(self.docker_controller_with(task, dependencies)?))
     }
 }
 

@@ -22,8 +22,12 @@
 //!   has its own `pids_limit`). A CPU reservation is the scheduler's business and has no
 //!   engine counterpart.
 //!
-//! What cannot be honoured is said, never dropped silently: secrets and configs are refused
-//! ("not implemented yet": a program missing its secret must not start), npipe mounts are
+//! - Secrets and configs ([`file_mounts`]): each is a file on the host's memory-backed
+//!   filesystem (`<secrets_dir>/<task id>/{secrets,configs}/<n>`, written by the controller's
+//!   `prepare`), bind-mounted read-only at `/run/secrets/<target>` (secrets) or `/<target>`
+//!   (configs), or at the target itself when it is an absolute path, as Docker does.
+//!
+//! What cannot be honoured is said, never dropped silently: npipe mounts are
 //! refused (Windows only); networks, published ports, generic resources and health-check
 //! `start_interval` (engine API 1.44, we speak 1.41) are accepted with a warning.
 
@@ -36,6 +40,7 @@ use bollard::models::{
 };
 use shoal_api::defaults;
 use shoal_api::v1::{ContainerSpec, Task, mount, task_spec};
+use shoal_executor::files::{FileKind, TaskFile};
 use shoal_executor::{ExecutorError, Result};
 
 /// Label: the ID of the task's service.
@@ -184,6 +189,72 @@ pub fn ceil_seconds(d: Duration) -> i64 {
     if d.subsec_nanos() > 0 { secs + 1 } else { secs }
 }
 
+/// Where a secret or config file appears in the container: an absolute target as is, else
+/// `/run/secrets/<target>` for a secret and `/<target>` for a config (Docker's places).
+pub fn container_target(file: &TaskFile) -> Result<String> {
+    let t = file.target.as_str();
+    if t.is_empty() || t.contains('\0') || t.split('/').any(|c| c == "..") {
+        return Err(ExecutorError::InvalidSpec(format!(
+            "{} {}: target {t:?} must be a file name or an absolute path without \"..\"",
+            match file.kind {
+                FileKind::Secret => "secret",
+                FileKind::Config => "config",
+            },
+            file.name
+        )));
+    }
+    Ok(if t.starts_with('/') {
+        t.to_string()
+    } else {
+        match file.kind {
+            FileKind::Secret => format!("/run/secrets/{t}"),
+            FileKind::Config => format!("/{t}"),
+        }
+    })
+}
+
+/// The host file of the `index`th of a task's files, under the task's directory.
+pub fn host_file_name(index: usize) -> String {
+    index.to_string()
+}
+
+/// Read-only bind mounts of the task's secret and config files (written under
+/// `<secrets_dir>/<task id>/`), refusing a target that another mount of the spec uses.
+pub fn file_mounts(
+    plan: &ContainerPlan,
+    files: &[TaskFile],
+    secrets_dir: &std::path::Path,
+) -> Result<Vec<Mount>> {
+    let taken: Vec<String> = plan
+        .body
+        .host_config
+        .as_ref()
+        .and_then(|h| h.mounts.as_ref())
+        .map(|m| m.iter().filter_map(|m| m.target.clone()).collect())
+        .unwrap_or_default();
+    let mut mounts: Vec<Mount> = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let target = container_target(file)?;
+        if taken.contains(&target) || mounts.iter().any(|m| m.target.as_ref() == Some(&target)) {
+            return Err(ExecutorError::InvalidSpec(format!(
+                "{target} is the target of more than one mount, secret or config"
+            )));
+        }
+        let source = secrets_dir
+            .join(&plan.task_id)
+            .join(file.kind.dir())
+            .join(host_file_name(i));
+        mounts.push(Mount {
+            target: Some(target),
+            source: Some(source.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    Ok(mounts)
+}
+
 /// Plans the task's container: the whole mapping, refusing what cannot be run.
 pub fn plan(task: &Task, node_id: &str) -> Result<ContainerPlan> {
     let spec = container_spec(task)?;
@@ -192,16 +263,6 @@ pub fn plan(task: &Task, node_id: &str) -> Result<ContainerPlan> {
     if spec.image.trim().is_empty() {
         return Err(ExecutorError::InvalidSpec(
             "container.image is empty".into(),
-        ));
-    }
-    if !spec.secrets.is_empty() {
-        return Err(ExecutorError::NotImplemented(
-            "container.secrets (the Docker executor does not deliver secrets yet)",
-        ));
-    }
-    if !spec.configs.is_empty() {
-        return Err(ExecutorError::NotImplemented(
-            "container.configs (the Docker executor does not deliver configs yet)",
         ));
     }
     let mut warnings = Vec::new();
@@ -715,10 +776,10 @@ mod tests {
     fn what_cannot_be_honoured_is_refused_or_warned_about() {
         let mut spec = image("busybox");
         spec.secrets = vec![SecretReference::default()];
-        assert!(matches!(
-            plan(&task(spec), "n"),
-            Err(ExecutorError::NotImplemented(_))
-        ));
+        assert!(
+            plan(&task(spec), "n").is_ok(),
+            "secrets are the controller's"
+        );
         let mut spec = image("busybox");
         spec.mounts = vec![shoal_api::v1::Mount {
             r#type: mount::Type::Npipe as i32,
@@ -759,5 +820,71 @@ mod tests {
         assert_eq!(pull_reference("127.0.0.1:1/x"), "127.0.0.1:1/x:latest");
         assert_eq!(pull_reference("127.0.0.1:1/x:none"), "127.0.0.1:1/x:none");
         assert_eq!(pull_reference("x@sha256:abc"), "x@sha256:abc");
+    }
+
+    fn file(kind: FileKind, target: &str) -> TaskFile {
+        TaskFile {
+            kind,
+            id: "x1".into(),
+            name: "db".into(),
+            target: target.into(),
+            mode: 0o400,
+            uid: None,
+            gid: None,
+            data: b"hunter2".to_vec(),
+        }
+    }
+
+    #[test]
+    fn secrets_and_configs_are_read_only_bind_mounts_at_dockers_places() {
+        let mut spec = image("busybox");
+        spec.mounts = vec![shoal_api::v1::Mount {
+            r#type: mount::Type::Tmpfs as i32,
+            target: "/run/secrets/taken".into(),
+            ..Default::default()
+        }];
+        let p = plan(&task(spec), "n").unwrap();
+        let files = [
+            file(FileKind::Secret, "db"),
+            file(FileKind::Config, "app.conf"),
+            file(FileKind::Config, "/etc/app/other.conf"),
+        ];
+        let mounts = file_mounts(&p, &files, std::path::Path::new("/dev/shm/shoal-x")).unwrap();
+        let targets: Vec<&str> = mounts
+            .iter()
+            .map(|m| m.target.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            targets,
+            ["/run/secrets/db", "/app.conf", "/etc/app/other.conf"]
+        );
+        assert_eq!(
+            mounts[0].source.as_deref(),
+            Some(format!("/dev/shm/shoal-x/{}/secrets/0", p.task_id).as_str())
+        );
+        assert_eq!(
+            mounts[1].source.as_deref(),
+            Some(format!("/dev/shm/shoal-x/{}/configs/1", p.task_id).as_str())
+        );
+        assert!(
+            mounts
+                .iter()
+                .all(|m| m.read_only == Some(true) && m.typ == Some(MountType::BIND))
+        );
+        let e = file_mounts(
+            &p,
+            &[file(FileKind::Secret, "taken")],
+            std::path::Path::new("/x"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("more than one mount"), "{e}");
+        let e = file_mounts(
+            &p,
+            &[file(FileKind::Secret, "../etc/passwd")],
+            std::path::Path::new("/x"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("without"), "{e}");
+        assert!(!format!("{mounts:?}").contains("hunter2"));
     }
 }

@@ -785,3 +785,114 @@ async fn a_fresh_executor_adopts_a_running_container() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test]
+async fn secrets_and_configs_are_read_only_files_in_the_container() {
+    use shoal_api::v1::{
+        Config, ConfigReference, ConfigSpec, FileTarget, Secret, SecretReference, SecretSpec,
+    };
+    let Some(executor) = engine().await else {
+        return;
+    };
+    let _cleanup = Cleanup::new(&executor, "secrets").await;
+    let annotations = |name: &str| {
+        Some(Annotations {
+            name: name.into(),
+            labels: Vec::new(),
+        })
+    };
+    let dependencies = shoal_executor::TaskDependencies {
+        secrets: vec![Secret {
+            meta: Some(Meta {
+                id: "sec1".into(),
+                ..Default::default()
+            }),
+            spec: Some(SecretSpec {
+                annotations: annotations("db"),
+                data: b"hunter2-canary".to_vec(),
+                ..Default::default()
+            }),
+            internal: false,
+        }],
+        configs: vec![Config {
+            meta: Some(Meta {
+                id: "cfg1".into(),
+                ..Default::default()
+            }),
+            spec: Some(ConfigSpec {
+                annotations: annotations("app.conf"),
+                data: b"x=1".to_vec(),
+                ..Default::default()
+            }),
+        }],
+    };
+    let mut spec = shell(
+        "test \"$(cat /run/secrets/db)\" = hunter2-canary \
+         && test \"$(stat -c %a /run/secrets/db)\" = 400 \
+         && test \"$(cat /app.conf)\" = x=1 \
+         && test \"$(stat -c %a /app.conf)\" = 444 \
+         && test \"$(cat /etc/app/other.conf)\" = x=1 \
+         && ! (echo x > /run/secrets/db) 2>/dev/null \
+         && echo ok",
+    );
+    spec.secrets = vec![SecretReference {
+        secret_id: "sec1".into(),
+        secret_name: "db".into(),
+        file: None,
+    }];
+    spec.configs = vec![
+        ConfigReference {
+            config_id: "cfg1".into(),
+            config_name: "app.conf".into(),
+            file: None,
+        },
+        ConfigReference {
+            config_id: "cfg1".into(),
+            config_name: "app.conf".into(),
+            file: Some(FileTarget {
+                name: "/etc/app/other.conf".into(),
+                mode: 0o444,
+                ..Default::default()
+            }),
+        },
+    ];
+    let t = task("secrets", "secrets", spec);
+    let controller = executor
+        .docker_controller_with(&t, &dependencies)
+        .expect("controller");
+    let machine = run(&controller).await;
+    let out = output(&controller, LogsOptions::default()).await;
+    assert_eq!(machine.state(), TaskState::Complete, "{out}");
+    assert!(out.contains("ok"), "{out}");
+    let dir = controller.secrets_dir();
+    assert!(dir.starts_with("/dev/shm"), "{}", dir.display());
+    assert_eq!(
+        std::fs::read(dir.join("secrets/0")).unwrap(),
+        b"hunter2-canary"
+    );
+    controller.remove().await.expect("remove");
+    assert!(!dir.exists(), "the files go with the task");
+    let _ = std::fs::remove_dir(dir.parent().unwrap());
+
+    // Without its secret's data, the task is refused before anything is created.
+    let mut t = task("secrets", "nosecret", shell("true"));
+    if let Some(task_spec::Runtime::Container(c)) = t.spec.as_mut().and_then(|s| s.runtime.as_mut())
+    {
+        c.secrets = vec![SecretReference {
+            secret_id: "sec9".into(),
+            secret_name: "gone".into(),
+            file: None,
+        }];
+    }
+    let controller = executor
+        .controller_with(&t, &shoal_executor::TaskDependencies::default())
+        .expect("controller");
+    let error = controller.prepare().await.unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Fatal);
+    assert!(
+        error
+            .to_string()
+            .contains("secret gone (sec9) was not sent"),
+        "{error}"
+    );
+}

@@ -17,6 +17,8 @@
 //!   runtime (processes and containers on one node).
 //! - [`sim`]: runs nothing; tasks become RUNNING after a delay and stop when told.
 //! - [`error`]: [`ExecutorError`], which classifies itself as temporary or fatal.
+//! - [`files`]: a task's secrets and configs ([`TaskDependencies`]) as files in a private
+//!   directory on a memory-backed filesystem.
 //!
 //! Departures from SwarmKit: the controller reports a task's [`Exit`] (code, signal, or
 //! "unknown" when nothing recorded how the program ended) instead of an error wrapping an
@@ -24,9 +26,10 @@
 
 use std::time::SystemTime;
 
-use shoal_api::v1::{NodeDescription, Task, task_status};
+use shoal_api::v1::{Config, NodeDescription, Secret, Task, task_status};
 
 pub mod error;
+pub mod files;
 pub mod process;
 pub mod runtimes;
 pub mod sim;
@@ -119,6 +122,51 @@ pub async fn read_all(mut reader: LogReader) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The secrets and configs a task references, with their data, as the node received them in
+/// its assignments (only those its tasks reference). Its `Debug` shows IDs only, never data.
+#[derive(Clone, Default)]
+pub struct TaskDependencies {
+    pub secrets: Vec<Secret>,
+    pub configs: Vec<Config>,
+}
+
+impl TaskDependencies {
+    /// The secret with this ID.
+    pub fn secret(&self, id: &str) -> Option<&Secret> {
+        self.secrets
+            .iter()
+            .find(|s| s.meta.as_ref().is_some_and(|m| m.id == id))
+    }
+
+    /// The config with this ID.
+    pub fn config(&self, id: &str) -> Option<&Config> {
+        self.configs
+            .iter()
+            .find(|c| c.meta.as_ref().is_some_and(|m| m.id == id))
+    }
+}
+
+impl std::fmt::Debug for TaskDependencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids = |metas: Vec<Option<&shoal_api::v1::Meta>>| -> Vec<String> {
+            metas
+                .into_iter()
+                .map(|m| m.map(|m| m.id.clone()).unwrap_or_default())
+                .collect()
+        };
+        f.debug_struct("TaskDependencies")
+            .field(
+                "secrets",
+                &ids(self.secrets.iter().map(|s| s.meta.as_ref()).collect()),
+            )
+            .field(
+                "configs",
+                &ids(self.configs.iter().map(|c| c.meta.as_ref()).collect()),
+            )
+            .finish()
+    }
+}
+
 /// Runs the tasks of one node.
 pub trait Executor: Send + Sync {
     /// What this executor offers the scheduler: the runtimes it runs (and whatever else it
@@ -128,6 +176,20 @@ pub trait Executor: Send + Sync {
     /// A controller for `task`. Fails (fatally) when the task's runtime is not one this
     /// executor runs or its spec cannot be run.
     fn controller(&self, task: &Task) -> Result<Box<dyn Controller>>;
+
+    /// A controller for `task`, given the secrets and configs it references (the worker
+    /// calls this one). Executors that deliver them override it; by default (the sim
+    /// executor) they are ignored. Through [`Executor::controller`], a task that references
+    /// secrets or configs gets none, and an executor that delivers them refuses to prepare
+    /// it.
+    fn controller_with(
+        &self,
+        task: &Task,
+        dependencies: &TaskDependencies,
+    ) -> Result<Box<dyn Controller>> {
+        let _ = dependencies;
+        self.controller(task)
+    }
 }
 
 /// Controls one task's program. Every operation is idempotent where that makes sense

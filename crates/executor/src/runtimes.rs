@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use shoal_api::v1::{NodeDescription, Task, task_spec};
 
-use crate::{Controller, Executor, ExecutorError, Result};
+use crate::{Controller, Executor, ExecutorError, Result, TaskDependencies};
 
 /// The runtime a task asks for: `process`, `container`, or `""` without one.
 pub fn runtime_of(task: &Task) -> &'static str {
@@ -84,9 +84,17 @@ impl Executor for Runtimes {
     }
 
     fn controller(&self, task: &Task) -> Result<Box<dyn Controller>> {
+        self.controller_with(task, &TaskDependencies::default())
+    }
+
+    fn controller_with(
+        &self,
+        task: &Task,
+        dependencies: &TaskDependencies,
+    ) -> Result<Box<dyn Controller>> {
         let runtime = runtime_of(task);
         match self.executors.iter().find(|(r, _)| r == runtime) {
-            Some((_, executor)) => executor.controller(task),
+            Some((_, executor)) => executor.controller_with(task, dependencies),
             None => Err(ExecutorError::Unsupported(format!(
                 "this node does not run {} tasks (it runs: {})",
                 if runtime.is_empty() {

@@ -47,9 +47,22 @@
 //! hierarchy or its controllers are missing, the task runs without them and the controller
 //! returns a warning ([`Controller::warnings`]) saying so, and logs it.
 //!
+//! Secrets and configs ([`crate::files`]): `prepare` writes the task's secrets and configs
+//! into a directory of its own on a memory-backed filesystem,
+//! `<secrets_dir>/<task id>/{secrets,configs}/<target>` (by default `secrets_dir` is
+//! `/dev/shm/shoal-<hash of the log directory>`; the task's directory is 0700 and belongs to
+//! the task's user when the daemon is root; secrets are 0400 and configs 0444 unless the
+//! reference gives a mode, owned by the reference's uid/gid when given). The program finds
+//! them through `SHOAL_SECRETS_DIR` and `SHOAL_CONFIGS_DIR` in its environment (set only for
+//! tasks that reference any). Nothing of them is ever written under the state directory: a
+//! node without a memory-backed `/dev/shm` refuses such tasks. The directory goes when the
+//! program has ended (the watcher sees its exit) and in `remove`. Targets must be plain file
+//! names. A task whose secrets did not come with it (not in the [`TaskDependencies`]) is
+//! refused at `prepare`.
+//!
 //! Not done yet, and said so rather than ignored: user *group names* ("user:group" with a
-//! non-numeric group) are refused with a "not implemented yet" error; secrets, configs and
-//! health checks of a `ProcessSpec` are ignored (another part of the issue).
+//! non-numeric group) are refused with a "not implemented yet" error; health checks of a
+//! `ProcessSpec` are ignored (another part of the issue).
 //!
 //! Departures from SwarmKit: SwarmKit only runs containers, through the Docker Engine, which
 //! owns their lifetime (its containerd-shim is their parent); here the agent's host is the
@@ -79,9 +92,16 @@ use shoal_api::v1::{
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
-use crate::{Controller, Executor, ExecutorError, Exit, LogReader, LogsOptions, Result};
+use crate::files::{self, TaskFile};
+use crate::{
+    Controller, Executor, ExecutorError, Exit, LogReader, LogsOptions, Result, TaskDependencies,
+};
 pub use logs::LogRotation;
 pub use procfs::{parse_signal, signal_to_name};
+
+/// The environment variables that tell a task where its secrets and configs are.
+pub const SECRETS_DIR_ENV: &str = "SHOAL_SECRETS_DIR";
+pub const CONFIGS_DIR_ENV: &str = "SHOAL_CONFIGS_DIR";
 
 /// `PATH` of a task whose spec does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -148,12 +168,18 @@ pub struct ProcessConfig {
     pub cgroup_parent: String,
     /// What runs each task's shim (default [`ShimCommand::beside_current_exe`]).
     pub shim: ShimCommand,
+    /// Where each task's secrets and configs directory is created: a directory of this node
+    /// on a memory-backed filesystem (default `/dev/shm/shoal-<hash of log_dir>`, see
+    /// [`files::node_root`]). Its parent must be tmpfs (or ramfs).
+    pub secrets_dir: PathBuf,
 }
 
 impl ProcessConfig {
     pub fn new(log_dir: impl Into<PathBuf>) -> Self {
+        let log_dir: PathBuf = log_dir.into();
         Self {
-            log_dir: log_dir.into(),
+            secrets_dir: files::node_root(Path::new(files::SHM_BASE), &log_dir),
+            log_dir,
             rotation: LogRotation::default(),
             poll_interval: Duration::from_millis(100),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -178,7 +204,17 @@ impl ProcessExecutor {
 
     /// A controller for a task that has not started yet.
     pub fn process_controller(&self, task: &Task) -> Result<ProcessController> {
-        ProcessController::new(task, self.config.clone(), None)
+        self.process_controller_with(task, &TaskDependencies::default())
+    }
+
+    /// A controller for a task that has not started yet, with the secrets and configs it
+    /// references.
+    pub fn process_controller_with(
+        &self,
+        task: &Task,
+        dependencies: &TaskDependencies,
+    ) -> Result<ProcessController> {
+        ProcessController::new(task, self.config.clone(), None, dependencies)
     }
 
     /// A controller for a task whose process runs already, started by an earlier controller
@@ -190,8 +226,12 @@ impl ProcessExecutor {
         // The task ended while no daemon watched: its shim recorded how. The controller's
         // `wait` reports that exit at once, and nothing is signalled (the checks by PID and
         // start time find no process).
-        let controller =
-            ProcessController::new(task, self.config.clone(), Some((pid, start_time)))?;
+        let controller = ProcessController::new(
+            task,
+            self.config.clone(),
+            Some((pid, start_time)),
+            &TaskDependencies::default(),
+        )?;
         if matches!(shim::read_exit(&controller.log_dir()), Ok(Some(_))) {
             return Ok(controller);
         }
@@ -241,6 +281,16 @@ impl Executor for ProcessExecutor {
     /// Adopts the process when the task's status carries a PID and start time (the task was
     /// started before), otherwise makes a controller that will start one.
     fn controller(&self, task: &Task) -> Result<Box<dyn Controller>> {
+        self.controller_with(task, &TaskDependencies::default())
+    }
+
+    /// As [`Executor::controller`]; a task that has not started gets its secrets and configs
+    /// from `dependencies` (an adopted one has them already).
+    fn controller_with(
+        &self,
+        task: &Task,
+        dependencies: &TaskDependencies,
+    ) -> Result<Box<dyn Controller>> {
         let recorded = task.status.as_ref().and_then(|s| match &s.runtime_status {
             Some(task_status::RuntimeStatus::Process(p)) if p.pid > 0 => {
                 Some((p.pid, p.start_time))
@@ -249,7 +299,7 @@ impl Executor for ProcessExecutor {
         });
         Ok(Box::new(match recorded {
             Some((pid, start_time)) => self.adopt(task, pid, start_time)?,
-            None => self.process_controller(task)?,
+            None => self.process_controller_with(task, dependencies)?,
         }))
     }
 }
@@ -284,10 +334,18 @@ struct Inner {
     warnings: Mutex<Vec<String>>,
     /// The task's cgroup, once prepared with limits it could apply.
     cgroup: Mutex<Option<PathBuf>>,
+    /// The task's secret and config files (with their data: never logged), or why they
+    /// cannot be had (refused at `prepare`).
+    files: std::result::Result<Vec<TaskFile>, String>,
 }
 
 impl ProcessController {
-    fn new(task: &Task, config: Arc<ProcessConfig>, adopted: Option<(i32, u64)>) -> Result<Self> {
+    fn new(
+        task: &Task,
+        config: Arc<ProcessConfig>,
+        adopted: Option<(i32, u64)>,
+        dependencies: &TaskDependencies,
+    ) -> Result<Self> {
         let task_id = task.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
         if task_id.is_empty() || !task_id.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(ExecutorError::InvalidSpec(format!(
@@ -328,6 +386,15 @@ impl ProcessController {
             .spec
             .as_ref()
             .and_then(|s| s.resources.as_deref().cloned());
+        let files = files::task_files(task, dependencies)
+            .and_then(|files| {
+                files.iter().try_for_each(files::check_plain_name)?;
+                Ok(files)
+            })
+            .map_err(|e| match e {
+                ExecutorError::InvalidSpec(message) => message,
+                e => e.to_string(),
+            });
         let (exit, _) = watch::channel(None);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -343,8 +410,25 @@ impl ProcessController {
                 exit,
                 warnings: Mutex::new(Vec::new()),
                 cgroup: Mutex::new(None),
+                files,
             }),
         })
+    }
+
+    /// The task's secrets and configs directory (there only while the task has any and has
+    /// not ended).
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.inner.config.secrets_dir.join(&self.inner.task_id)
+    }
+
+    /// Whether the task references secrets or configs.
+    fn has_files(&self) -> bool {
+        self.inner.files.as_ref().is_ok_and(|f| !f.is_empty())
+    }
+
+    /// Removes the task's secrets and configs directory, saying so when that fails.
+    fn remove_secrets(&self) -> Result<()> {
+        files::remove_task_dir(&self.inner.config.secrets_dir, &self.inner.task_id)
     }
 
     /// The process's PID and start time, once started or adopted.
@@ -378,6 +462,10 @@ impl ProcessController {
         let this = self.clone();
         tokio::spawn(async move {
             let exit = this.watch(pid, start_time, shim).await;
+            // The program has ended and a task never starts again: its secrets go now.
+            if let Err(error) = this.remove_secrets() {
+                tracing::warn!(task = %this.inner.task_id, %error, "removing the task's secrets failed");
+            }
             this.inner.exit.send_replace(Some(exit));
         });
     }
@@ -512,6 +600,11 @@ impl ProcessController {
                 })?;
             command.env(key, value);
         }
+        if self.has_files() {
+            let dir = self.secrets_dir();
+            command.env(SECRETS_DIR_ENV, dir.join(files::SECRETS));
+            command.env(CONFIGS_DIR_ENV, dir.join(files::CONFIGS));
+        }
         let shim_log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -640,13 +733,26 @@ impl Controller for ProcessController {
         let dir = self.log_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| ExecutorError::io(format!("creating {}", dir.display()), e))?;
-        self.user()?;
+        let user = self.user()?;
         let spec = &self.inner.spec;
         if !spec.dir.is_empty() && !Path::new(&spec.dir).is_dir() {
             return Err(ExecutorError::InvalidSpec(format!(
                 "process.dir: {} is not a directory",
                 spec.dir
             )));
+        }
+        match &self.inner.files {
+            Err(message) => return Err(ExecutorError::InvalidSpec(message.clone())),
+            Ok(task_files) if !task_files.is_empty() => {
+                files::write_task_dir(
+                    &self.inner.config.secrets_dir,
+                    &self.inner.task_id,
+                    task_files,
+                    user,
+                    |_, f| f.target.clone(),
+                )?;
+            }
+            Ok(_) => {}
         }
         let files = cgroup::limit_files(self.inner.resources.as_ref());
         if !files.is_empty() && self.inner.cgroup.lock().expect("cgroup lock").is_none() {
@@ -772,6 +878,7 @@ impl Controller for ProcessController {
 
     async fn remove(&self) -> Result<()> {
         self.terminate().await?;
+        self.remove_secrets()?;
         let config = &self.inner.config;
         let cgroup_dir = config
             .cgroup_root

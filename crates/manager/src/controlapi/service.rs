@@ -8,6 +8,9 @@
 
 use shoal_api::labels::Labels;
 use shoal_api::v1::{
+    Config, ConfigReference, FileTarget, Secret, SecretReference, TaskSpecFields, task_spec,
+};
+use shoal_api::v1::{
     CreateServiceRequest, CreateServiceResponse, GetServiceRequest, GetServiceResponse, JobStatus,
     ListFilters, ListServiceStatusesRequest, ListServiceStatusesResponse, ListServicesRequest,
     ListServicesResponse, Meta, Network, RemoveServiceRequest, RemoveServiceResponse,
@@ -257,6 +260,12 @@ impl Services<'_> {
                             name: name.clone(),
                         });
                     }
+                    if let Some(spec) = candidate.spec.as_mut()
+                        && let Err(status) = resolve_file_references(tx, spec)
+                    {
+                        refusal = Some(status);
+                        return Err(StoreError::InvalidTransaction("refused".into()));
+                    }
                     allocate_endpoint(tx, &mut candidate, &mut refusal)?;
                     tx.create(candidate)
                 })
@@ -317,8 +326,22 @@ impl Services<'_> {
                         refusal = Some(alloc_status(&e));
                         return Err(StoreError::InvalidTransaction("refused".into()));
                     }
+                    if let Some(spec) = spec.as_mut()
+                        && let Err(status) = resolve_file_references(tx, spec)
+                    {
+                        refusal = Some(status);
+                        return Err(StoreError::InvalidTransaction("refused".into()));
+                    }
                     match updated_service(&current, spec, rollback, tx.now()) {
                         Ok(Some(mut next)) => {
+                            // A rollback's spec must still find its secrets and configs.
+                            if rollback
+                                && let Some(spec) = next.spec.as_mut()
+                                && let Err(status) = resolve_file_references(tx, spec)
+                            {
+                                refusal = Some(status);
+                                return Err(StoreError::InvalidTransaction("refused".into()));
+                            }
                             allocate_endpoint(tx, &mut next, &mut refusal)?;
                             tx.update(next).map(|()| id)
                         }
@@ -420,8 +443,14 @@ impl ControlApi {
         &self,
         request: CreateServiceRequest,
     ) -> Result<CreateServiceResponse, Status> {
-        let spec = checked_new_spec(request.spec)?;
         self.require_leader()?;
+        let mut spec = request.spec;
+        if let Some(spec) = spec.as_mut() {
+            // Names (and ID prefixes) become IDs before validation, which wants IDs; the
+            // transaction that writes the service checks them again.
+            self.store.view(|tx| resolve_file_references(tx, spec))?;
+        }
+        let spec = checked_new_spec(spec)?;
         let service = self.services().create(spec).await?;
         Ok(CreateServiceResponse {
             service: Some(service),
@@ -532,6 +561,153 @@ fn allocate_endpoint(
     allocations.allocate_service(service).map_err(&mut refuse)?;
     for guard in allocations.guards() {
         tx.update(guard)?;
+    }
+    Ok(())
+}
+
+// --- Secret and config references -----------------------------------------------------------
+
+/// The default mode of a secret's file when the reference gives none (readable by its owner
+/// only).
+const SECRET_FILE_MODE: u32 = 0o400;
+/// The default mode of a config's file when the reference gives none (readable by all).
+const CONFIG_FILE_MODE: u32 = 0o444;
+
+/// The secret and config references of a spec's runtime, if it has any.
+fn file_references(
+    spec: &mut ServiceSpec,
+) -> Option<(&mut Vec<SecretReference>, &mut Vec<ConfigReference>)> {
+    let has_any = match spec.task.as_ref().and_then(|t| t.runtime.as_ref()) {
+        Some(task_spec::Runtime::Container(c)) => !c.secrets.is_empty() || !c.configs.is_empty(),
+        Some(task_spec::Runtime::Process(p)) => !p.secrets.is_empty() || !p.configs.is_empty(),
+        None => false,
+    };
+    if !has_any {
+        // Nothing to resolve: no copy of the shared task spec.
+        return None;
+    }
+    let task: &mut TaskSpecFields = spec.task.as_mut()?;
+    match task.runtime.as_mut()? {
+        task_spec::Runtime::Container(c) => Some((&mut c.secrets, &mut c.configs)),
+        task_spec::Runtime::Process(p) => Some((&mut p.secrets, &mut p.configs)),
+    }
+}
+
+/// The reference a user gave: the ID field, or the name when the ID is left empty.
+fn named_reference<'a>(id: &'a str, name: &'a str) -> &'a str {
+    if id.is_empty() { name } else { id }
+}
+
+/// The refusal of a reference that finds nothing (or several objects).
+fn reference_status(kind: &str, reference: &str, error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound { .. } => Status::not_found(format!(
+            "{kind} {reference} not found: create it first (`shoal {kind} create {reference} \
+             FILE`) or fix the service's --{kind} reference; nothing was changed"
+        )),
+        StoreError::Ambiguous { matches, .. } => Status::invalid_argument(format!(
+            "{kind} reference {reference} is ambiguous: it is a prefix of {matches} {kind} IDs; \
+             give the {kind}'s name or more of its ID"
+        )),
+        e => store_status(e),
+    }
+}
+
+/// The file target of a reference with its defaults filled in: the object's name as the
+/// file name, and `mode` when none is given.
+fn filled_target(file: Option<FileTarget>, name: &str, mode: u32) -> FileTarget {
+    let mut file = file.unwrap_or_default();
+    if file.name.is_empty() {
+        file.name = name.to_string();
+    }
+    if file.mode == 0 {
+        file.mode = mode;
+    }
+    file
+}
+
+/// Resolves every secret and config the spec references to the object it means — by ID,
+/// else by name (the ID field left empty, or holding a name), else by unique ID prefix — and
+/// stores the object's ID and name in the reference, with the file target's defaults (the
+/// object's name; mode 0400 for secrets, 0444 for configs). A reference that finds nothing,
+/// or an internal secret, is refused (NOT_FOUND), an ambiguous one too (INVALID_ARGUMENT).
+/// In a write transaction, the objects are read by ID, so that a removal applied between
+/// this check and the write fails the write. (A removal built before the service is written
+/// and applied after it is not caught here: its task is then refused by its node, which
+/// never received the secret.)
+fn resolve_file_references<R: Reader>(tx: &R, spec: &mut ServiceSpec) -> Result<(), Status> {
+    let Some((secrets, configs)) = file_references(spec) else {
+        return Ok(());
+    };
+    for r in secrets.iter_mut() {
+        let reference = named_reference(&r.secret_id, &r.secret_name).to_string();
+        if reference.is_empty() {
+            return Err(Status::invalid_argument(
+                "invalid spec: a secret reference names no secret (give its name or ID)",
+            ));
+        }
+        let secret = tx
+            .lookup::<Secret>(&reference)
+            .map_err(|e| reference_status("secret", &reference, e))?;
+        let id = secret
+            .meta
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        if secret.internal || tx.get::<Secret>(&id).is_none() {
+            return Err(reference_status(
+                "secret",
+                &reference,
+                StoreError::NotFound {
+                    kind: "secret",
+                    what: reference.clone(),
+                },
+            ));
+        }
+        let name = secret
+            .spec
+            .as_ref()
+            .and_then(|s| s.annotations.as_ref())
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
+        r.file = Some(filled_target(r.file.take(), &name, SECRET_FILE_MODE));
+        r.secret_id = id;
+        r.secret_name = name;
+    }
+    for r in configs.iter_mut() {
+        let reference = named_reference(&r.config_id, &r.config_name).to_string();
+        if reference.is_empty() {
+            return Err(Status::invalid_argument(
+                "invalid spec: a config reference names no config (give its name or ID)",
+            ));
+        }
+        let config = tx
+            .lookup::<Config>(&reference)
+            .map_err(|e| reference_status("config", &reference, e))?;
+        let id = config
+            .meta
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        if tx.get::<Config>(&id).is_none() {
+            return Err(reference_status(
+                "config",
+                &reference,
+                StoreError::NotFound {
+                    kind: "config",
+                    what: reference.clone(),
+                },
+            ));
+        }
+        let name = config
+            .spec
+            .as_ref()
+            .and_then(|s| s.annotations.as_ref())
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
+        r.file = Some(filled_target(r.file.take(), &name, CONFIG_FILE_MODE));
+        r.config_id = id;
+        r.config_name = name;
     }
     Ok(())
 }
@@ -1004,5 +1180,223 @@ mod tests {
         let e = create(&s, attached("x", "nope")).unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
         assert_eq!(e.message(), "network nope not found");
+    }
+
+    // --- Secret and config references ---
+
+    fn put_secret(store: &Store, id: &str, name: &str, internal: bool) {
+        let secret = Secret {
+            meta: Some(Meta {
+                id: id.into(),
+                ..Default::default()
+            }),
+            spec: Some(shoal_api::v1::SecretSpec {
+                annotations: Some(Annotations {
+                    name: name.into(),
+                    labels: Vec::new(),
+                }),
+                data: b"s3cr3t".to_vec(),
+                ..Default::default()
+            }),
+            internal,
+        };
+        block_on(store.update(|tx| tx.create(secret))).unwrap();
+    }
+
+    fn put_config(store: &Store, id: &str, name: &str) {
+        let config = Config {
+            meta: Some(Meta {
+                id: id.into(),
+                ..Default::default()
+            }),
+            spec: Some(shoal_api::v1::ConfigSpec {
+                annotations: Some(Annotations {
+                    name: name.into(),
+                    labels: Vec::new(),
+                }),
+                data: b"conf".to_vec(),
+                ..Default::default()
+            }),
+        };
+        block_on(store.update(|tx| tx.create(config))).unwrap();
+    }
+
+    fn with_references(
+        name: &str,
+        secrets: &[(&str, &str, Option<FileTarget>)],
+        configs: &[(&str, &str)],
+    ) -> ServiceSpec {
+        let mut spec = spec(name, replicated(1));
+        let task: &mut TaskSpecFields = spec.task.as_mut().unwrap();
+        let Some(task_spec::Runtime::Process(p)) = task.runtime.as_mut() else {
+            unreachable!()
+        };
+        p.secrets = secrets
+            .iter()
+            .map(|(id, name, file)| SecretReference {
+                secret_id: id.to_string(),
+                secret_name: name.to_string(),
+                file: file.clone(),
+            })
+            .collect();
+        p.configs = configs
+            .iter()
+            .map(|(id, name)| ConfigReference {
+                config_id: id.to_string(),
+                config_name: name.to_string(),
+                file: None,
+            })
+            .collect();
+        spec
+    }
+
+    /// As `create_service` does: references resolved, then checked, then created.
+    fn create_resolved(store: &Store, mut spec: ServiceSpec) -> Result<Service, Status> {
+        store.view(|tx| resolve_file_references(tx, &mut spec))?;
+        create(&Services { store }, spec)
+    }
+
+    fn references(s: &Service) -> (Vec<SecretReference>, Vec<ConfigReference>) {
+        match s
+            .spec
+            .as_ref()
+            .unwrap()
+            .task
+            .as_ref()
+            .unwrap()
+            .runtime
+            .as_ref()
+        {
+            Some(task_spec::Runtime::Process(p)) => (p.secrets.clone(), p.configs.clone()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn references_resolve_by_name_id_and_prefix_with_default_targets() {
+        let store = store();
+        put_secret(&store, "sec0000000000000000000001", "db-password", false);
+        put_secret(&store, "tok0000000000000000000002", "token", false);
+        put_config(&store, "cfg0000000000000000000003", "app.conf");
+        let explicit = FileTarget {
+            name: "pw".into(),
+            uid: "1000".into(),
+            gid: "1000".into(),
+            mode: 0o440,
+        };
+        let web = create_resolved(
+            &store,
+            with_references(
+                "web",
+                &[
+                    ("", "db-password", None),
+                    ("tok0", "", Some(explicit.clone())),
+                ],
+                &[("", "app.conf")],
+            ),
+        )
+        .unwrap();
+        let (secrets, configs) = references(&web);
+        assert_eq!(secrets[0].secret_id, "sec0000000000000000000001");
+        assert_eq!(secrets[0].secret_name, "db-password");
+        let file = secrets[0].file.clone().unwrap();
+        assert_eq!((file.name.as_str(), file.mode), ("db-password", 0o400));
+        assert_eq!(secrets[1].secret_id, "tok0000000000000000000002");
+        assert_eq!(secrets[1].secret_name, "token");
+        assert_eq!(
+            secrets[1].file,
+            Some(explicit),
+            "an explicit target is kept"
+        );
+        assert_eq!(configs[0].config_id, "cfg0000000000000000000003");
+        let file = configs[0].file.clone().unwrap();
+        assert_eq!((file.name.as_str(), file.mode), ("app.conf", 0o444));
+        // The index of tasks by secret works on IDs: the service's references are IDs.
+        let by_id = create_resolved(
+            &store,
+            with_references("api", &[("sec0000000000000000000001", "", None)], &[]),
+        )
+        .unwrap();
+        assert_eq!(references(&by_id).0[0].secret_name, "db-password");
+    }
+
+    #[test]
+    fn missing_internal_or_ambiguous_references_are_refused_and_change_nothing() {
+        let store = store();
+        put_secret(&store, "abc000000000000000000000a", "one", false);
+        put_secret(&store, "abc000000000000000000000b", "two", false);
+        put_secret(&store, "int000000000000000000000c", "system", true);
+        let e = create_resolved(&store, with_references("web", &[("", "nope", None)], &[]))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(e.message().starts_with("secret nope not found"), "{e:?}");
+        let e =
+            create_resolved(&store, with_references("web", &[("abc", "", None)], &[])).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("ambiguous"), "{e:?}");
+        let e = create_resolved(&store, with_references("web", &[("", "system", None)], &[]))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let e = create_resolved(&store, with_references("web", &[], &[("", "nope")])).unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(e.message().starts_with("config nope not found"), "{e:?}");
+        let e =
+            create_resolved(&store, with_references("web", &[("", "", None)], &[])).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert_eq!(store.view(|tx| tx.count::<Service>()), 0);
+
+        // The create transaction checks again: a secret gone since resolution is refused.
+        let mut spec = with_references("web", &[("", "one", None)], &[]);
+        store
+            .view(|tx| resolve_file_references(tx, &mut spec))
+            .unwrap();
+        block_on(store.update(|tx| tx.delete::<Secret>("abc000000000000000000000a"))).unwrap();
+        let e = create(&Services { store: &store }, spec).unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert_eq!(store.view(|tx| tx.count::<Service>()), 0);
+    }
+
+    #[test]
+    fn updates_resolve_references_and_refuse_missing_ones() {
+        let store = store();
+        let s = Services { store: &store };
+        put_secret(&store, "sec0000000000000000000001", "db-password", false);
+        let web = create_resolved(&store, spec("web", replicated(1))).unwrap();
+        let e = block_on(s.update(update_request(
+            &web,
+            with_references("web", &[("", "nope", None)], &[]),
+        )))
+        .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let now = store
+            .view(|tx| tx.get::<Service>(service_id(&web)))
+            .unwrap();
+        assert_eq!(*now, web, "nothing changed");
+        let updated = block_on(s.update(update_request(
+            &web,
+            with_references("web", &[("", "db-password", None)], &[]),
+        )))
+        .unwrap();
+        assert_eq!(
+            references(&updated).0[0].secret_id,
+            "sec0000000000000000000001"
+        );
+        // Back to no secret, then a rollback to the spec with the secret, which is gone.
+        let plain =
+            block_on(s.update(update_request(&updated, spec("web", replicated(1))))).unwrap();
+        block_on(store.update(|tx| tx.delete::<Secret>("sec0000000000000000000001"))).unwrap();
+        let rollback = UpdateServiceRequest {
+            service_id: service_id(&plain).into(),
+            service_version: version(&plain),
+            spec: None,
+            rollback: update_service_request::Rollback::Previous as i32,
+        };
+        let e = block_on(s.update(rollback)).unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(
+            e.message()
+                .contains("secret sec0000000000000000000001 not found"),
+            "{e:?}"
+        );
     }
 }

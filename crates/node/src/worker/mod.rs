@@ -38,7 +38,11 @@
 //! - SwarmKit's task manager restarts `exec.Do` from the task's recorded state; here a task
 //!   recorded without runtime data (it never reached STARTING, or its runtime keeps none, as
 //!   the sim executor) is started afresh from ACCEPTED, and one with runtime data is adopted.
-//! - Secrets and configs in assignments are ignored for now (another item of the issue).
+//! - Secrets and configs in assignments are kept in memory only (never in the database):
+//!   the COMPLETE set replaces them, INCREMENTAL changes add and remove them, before the
+//!   message's tasks are acted on. A task's driver gets those its spec references
+//!   ([`TaskDependencies`]) when it makes the task's controller; the executor writes them
+//!   where the task finds them (and removes them with the task).
 //! - The controllers of driven tasks are shared with the agent's log publisher
 //!   ([`TaskControllers`]), which reads their logs for the leader's subscriptions.
 //! - Database writes run on the caller's thread (short redb commits), not a blocking pool.
@@ -60,11 +64,11 @@ use std::sync::Arc;
 use shoal_api::clock::{Clock, SystemClock};
 use shoal_api::task_state::is_terminal;
 use shoal_api::v1::{
-    AssignmentChange, AssignmentsMessage, Task, TaskState, TaskStatus, assignment,
-    assignment_change::AssignmentAction, assignments_message,
+    AssignmentChange, AssignmentsMessage, Config, Secret, Task, TaskState, TaskStatus, assignment,
+    assignment_change::AssignmentAction, assignments_message, task_spec,
 };
 use shoal_executor::state::{Action, Event, Step, TaskMachine};
-use shoal_executor::{Controller, Executor, ExecutorError};
+use shoal_executor::{Controller, Executor, ExecutorError, TaskDependencies};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -290,6 +294,9 @@ pub struct Worker {
     /// Recorded before a restart, not yet mentioned by an assignments message.
     stored: BTreeMap<String, StoredTask>,
     controllers: TaskControllers,
+    /// The secrets and configs of the assignment set, by ID (in memory only).
+    secrets: BTreeMap<String, Secret>,
+    configs: BTreeMap<String, Config>,
 }
 
 impl Worker {
@@ -313,6 +320,8 @@ impl Worker {
             drivers: BTreeMap::new(),
             stored,
             controllers: TaskControllers::default(),
+            secrets: BTreeMap::new(),
+            configs: BTreeMap::new(),
         })
     }
 
@@ -350,10 +359,71 @@ impl Worker {
                 .is_some_and(|s| is_terminal(state_of(s)));
             known.insert(id.clone(), Known::Stored { terminal });
         }
-        for decision in plan(&known, message)? {
+        let decisions = plan(&known, message)?;
+        self.apply_dependencies(message);
+        for decision in decisions {
             self.carry_out(decision)?;
         }
         Ok(())
+    }
+
+    /// Takes in the message's secrets and configs: a COMPLETE set replaces those kept, an
+    /// INCREMENTAL message updates and removes. (Drivers already running keep what they
+    /// were given.)
+    fn apply_dependencies(&mut self, message: &AssignmentsMessage) {
+        if message.r#type == assignments_message::Type::Complete as i32 {
+            self.secrets.clear();
+            self.configs.clear();
+        }
+        for change in &message.changes {
+            let remove = change.action == AssignmentAction::Remove as i32;
+            match change.assignment.as_ref().and_then(|a| a.item.as_ref()) {
+                Some(assignment::Item::Secret(secret)) => {
+                    let id = secret
+                        .meta
+                        .as_ref()
+                        .map(|m| m.id.clone())
+                        .unwrap_or_default();
+                    if remove {
+                        self.secrets.remove(&id);
+                    } else if !id.is_empty() {
+                        self.secrets.insert(id, secret.clone());
+                    }
+                }
+                Some(assignment::Item::Config(config)) => {
+                    let id = config
+                        .meta
+                        .as_ref()
+                        .map(|m| m.id.clone())
+                        .unwrap_or_default();
+                    if remove {
+                        self.configs.remove(&id);
+                    } else if !id.is_empty() {
+                        self.configs.insert(id, config.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The secrets and configs of the assignment set that `task` references.
+    fn dependencies_of(&self, task: &Task) -> TaskDependencies {
+        let (secrets, configs) = match task.spec.as_ref().and_then(|s| s.runtime.as_ref()) {
+            Some(task_spec::Runtime::Container(c)) => (&c.secrets, &c.configs),
+            Some(task_spec::Runtime::Process(p)) => (&p.secrets, &p.configs),
+            None => return TaskDependencies::default(),
+        };
+        TaskDependencies {
+            secrets: secrets
+                .iter()
+                .filter_map(|r| self.secrets.get(&r.secret_id).cloned())
+                .collect(),
+            configs: configs
+                .iter()
+                .filter_map(|r| self.configs.get(&r.config_id).cloned())
+                .collect(),
+        }
     }
 
     fn carry_out(&mut self, decision: Decision) -> Result<(), WorkerError> {
@@ -421,6 +491,7 @@ impl Worker {
         let id = id_of(&task).to_string();
         let (sender, receiver) = watch::channel(desired);
         let driver = Driver {
+            dependencies: self.dependencies_of(&task),
             id: id.clone(),
             executor: self.executor.clone(),
             db: self.db.clone(),
@@ -461,6 +532,8 @@ fn state_of(status: &TaskStatus) -> TaskState {
 /// One task's driver: performs what its state machine asks, until the task is removed.
 struct Driver {
     id: String,
+    /// The secrets and configs the task references, for its controller.
+    dependencies: TaskDependencies,
     executor: Arc<dyn Executor>,
     db: Arc<TaskDb>,
     reporter: StatusReporter,
@@ -511,7 +584,9 @@ impl Driver {
         machine.begin();
         machine.handle(Event::Prepared);
         machine.handle(Event::Started);
-        match self.executor.controller(task) {
+        // The controller keeps what it needs; the driver holds no secret after this.
+        let dependencies = std::mem::take(&mut self.dependencies);
+        match self.executor.controller_with(task, &dependencies) {
             Ok(controller) => {
                 tracing::info!(task = %self.id, "worker: adopted the task's running program");
                 self.publish_machine(
@@ -537,7 +612,9 @@ impl Driver {
     /// A controller for a new task, and a machine at ACCEPTED (or REJECTED).
     async fn fresh(&mut self, task: &Task) -> (Option<Box<dyn Controller>>, TaskMachine) {
         let mut machine = TaskMachine::default();
-        match self.executor.controller(task) {
+        // The controller keeps what it needs; the driver holds no secret after this.
+        let dependencies = std::mem::take(&mut self.dependencies);
+        match self.executor.controller_with(task, &dependencies) {
             Ok(controller) => {
                 self.publish_machine(&machine, machine.message(), Some(&*controller));
                 (Some(controller), machine)

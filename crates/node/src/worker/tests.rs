@@ -293,3 +293,140 @@ async fn a_task_finished_before_a_restart_is_not_run_again() {
     );
     worker.shutdown().await;
 }
+
+/// The secret and config IDs each task's controller was given, by task ID.
+type Given = Arc<Mutex<BTreeMap<String, (Vec<String>, Vec<String>)>>>;
+
+/// The sim executor, recording the secrets and configs each controller was given.
+struct Recording {
+    sim: Arc<dyn Executor>,
+    given: Given,
+}
+
+impl Executor for Recording {
+    fn describe(&self) -> shoal_api::v1::NodeDescription {
+        self.sim.describe()
+    }
+
+    fn controller(&self, task: &Task) -> shoal_executor::Result<Box<dyn Controller>> {
+        self.sim.controller(task)
+    }
+
+    fn controller_with(
+        &self,
+        task: &Task,
+        dependencies: &TaskDependencies,
+    ) -> shoal_executor::Result<Box<dyn Controller>> {
+        let ids = |metas: Vec<Option<&Meta>>| -> Vec<String> {
+            metas.into_iter().flatten().map(|m| m.id.clone()).collect()
+        };
+        self.given.lock().unwrap().insert(
+            id_of(task).to_string(),
+            (
+                ids(dependencies
+                    .secrets
+                    .iter()
+                    .map(|s| s.meta.as_ref())
+                    .collect()),
+                ids(dependencies
+                    .configs
+                    .iter()
+                    .map(|c| c.meta.as_ref())
+                    .collect()),
+            ),
+        );
+        self.sim.controller(task)
+    }
+}
+
+#[tokio::test]
+async fn tasks_get_the_secrets_and_configs_they_reference_from_the_assignments() {
+    use shoal_api::v1::{Config, ConfigReference, ProcessSpec, Secret, SecretReference};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::new();
+    let db = TaskDb::open(&db_path(dir.path())).unwrap();
+    let given = Arc::new(Mutex::new(BTreeMap::new()));
+    let executor = Arc::new(Recording {
+        sim: sim(),
+        given: given.clone(),
+    });
+    let mut worker = Worker::new(executor, db, fast_reporter(sink.clone())).unwrap();
+    let meta = |id: &str| {
+        Some(Meta {
+            id: id.into(),
+            ..Default::default()
+        })
+    };
+    let secret = |id: &str| AssignmentChange {
+        assignment: Some(Assignment {
+            item: Some(assignment::Item::Secret(Secret {
+                meta: meta(id),
+                ..Default::default()
+            })),
+        }),
+        action: AssignmentAction::Update as i32,
+    };
+    let config = |id: &str| AssignmentChange {
+        assignment: Some(Assignment {
+            item: Some(assignment::Item::Config(Config {
+                meta: meta(id),
+                ..Default::default()
+            })),
+        }),
+        action: AssignmentAction::Update as i32,
+    };
+    let using = |id: &str, secrets: &[&str], configs: &[&str]| {
+        let mut task = sim_task(id);
+        task.spec = Some(
+            shoal_api::v1::TaskSpecFields {
+                runtime: Some(task_spec::Runtime::Process(Box::new(ProcessSpec {
+                    command: "true".into(),
+                    secrets: secrets
+                        .iter()
+                        .map(|s| SecretReference {
+                            secret_id: s.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    configs: configs
+                        .iter()
+                        .map(|c| ConfigReference {
+                            config_id: c.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }))),
+                ..Default::default()
+            }
+            .into(),
+        );
+        task
+    };
+    let (a, b) = (using("a", &["s1"], &["c1"]), using("b", &["s2"], &[]));
+    // The COMPLETE set: dependencies first, then the tasks; each task gets only its own.
+    let mut first = complete(&[&a]);
+    first.changes.insert(0, secret("s1"));
+    first.changes.insert(0, secret("s2"));
+    first.changes.insert(0, config("c1"));
+    worker.apply(&first).unwrap();
+    sink.wait_for("a", TaskState::Running).await;
+    // An INCREMENTAL message: the secret removed before b comes is not given to it.
+    worker
+        .apply(&incremental(vec![
+            AssignmentChange {
+                action: AssignmentAction::Remove as i32,
+                ..secret("s2")
+            },
+            change(&b, AssignmentAction::Update),
+        ]))
+        .unwrap();
+    sink.wait_for("b", TaskState::Running).await;
+    let given = given.lock().unwrap().clone();
+    assert_eq!(given["a"], (vec!["s1".to_string()], vec!["c1".to_string()]));
+    assert_eq!(given["b"], (vec![], vec![]));
+    // A new COMPLETE set replaces what was kept.
+    worker.apply(&complete(&[&a, &b])).unwrap();
+    assert!(worker.secrets.is_empty() && worker.configs.is_empty());
+    worker.shutdown().await;
+}

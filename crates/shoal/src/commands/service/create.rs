@@ -46,6 +46,14 @@ pub struct Args {
     /// Attach the tasks to a network (name or ID)
     #[arg(long = "network", value_name = "NETWORK")]
     pub networks: Vec<String>,
+    /// Give the tasks a secret: NAME, or source=NAME,target=FILE,uid=,gid=,mode= (mode 0400
+    /// by default)
+    #[arg(long = "secret", value_name = "SECRET", value_parser = options::parse_secret)]
+    pub secrets: Vec<shoal_api::v1::SecretReference>,
+    /// Give the tasks a config: NAME, or source=NAME,target=FILE,uid=,gid=,mode= (mode 0444
+    /// by default)
+    #[arg(long = "config", value_name = "CONFIG", value_parser = options::parse_config)]
+    pub configs: Vec<shoal_api::v1::ConfigReference>,
     #[command(flatten)]
     pub spec: SpecOptions,
     /// Exit at once instead of waiting for the service to converge
@@ -117,6 +125,8 @@ pub fn build_spec(args: &Args) -> Result<ServiceSpec, String> {
         for entry in &args.env {
             options::env_set(fields.env, entry);
         }
+        fields.secrets.extend(args.secrets.iter().cloned());
+        fields.configs.extend(args.configs.iter().cloned());
     }
     if !args.constraints.is_empty() {
         task.placement = Some(Box::new(Placement {
@@ -381,5 +391,32 @@ mod tests {
         assert!(e.contains("invalid duration"), "{e}");
         let e = parse(&["--restart-condition", "sometimes", "--", "sleep", "1"]).unwrap_err();
         assert!(e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn secrets_and_configs_are_referenced_by_name() {
+        let spec = parse(&[
+            "--secret",
+            "db",
+            "--secret",
+            "source=tok,target=token.txt,mode=0440",
+            "--config",
+            "app.conf",
+            "--",
+            "sleep",
+            "1",
+        ])
+        .unwrap();
+        let p = process(&spec);
+        assert_eq!(p.secrets.len(), 2);
+        assert_eq!(p.secrets[0].secret_name, "db");
+        assert_eq!(p.secrets[0].file.as_ref().unwrap().mode, 0o400);
+        assert_eq!(p.secrets[1].file.as_ref().unwrap().name, "token.txt");
+        assert_eq!(p.configs[0].config_name, "app.conf");
+        assert_eq!(p.configs[0].file.as_ref().unwrap().mode, 0o444);
+        let spec = parse(&["--secret", "db", "alpine"]).unwrap();
+        assert_eq!(container(&spec).secrets[0].secret_name, "db");
+        let e = parse(&["--secret", "mode=7", "--", "true"]).unwrap_err();
+        assert!(e.contains("invalid --secret"), "{e}");
     }
 }

@@ -3,9 +3,9 @@
 
 use shoal_api::defaults;
 use shoal_api::v1::{
-    ContainerSpec, Placement, ProcessSpec, ResourceRequirements, Resources, RestartPolicy,
-    ServiceSpec, TaskSpecFields, UpdateConfig, restart_policy, service_spec, task_spec,
-    update_config,
+    ConfigReference, ContainerSpec, FileTarget, Placement, ProcessSpec, ResourceRequirements,
+    Resources, RestartPolicy, SecretReference, ServiceSpec, TaskSpecFields, UpdateConfig,
+    restart_policy, service_spec, task_spec, update_config,
 };
 
 use crate::commands::duration;
@@ -284,6 +284,8 @@ pub struct RuntimeFields<'a> {
     pub user: &'a mut String,
     pub stop_signal: &'a mut String,
     pub stop_grace_period: &'a mut Option<prost_types::Duration>,
+    pub secrets: &'a mut Vec<SecretReference>,
+    pub configs: &'a mut Vec<ConfigReference>,
 }
 
 pub fn runtime_fields(task: &mut TaskSpecFields) -> Option<RuntimeFields<'_>> {
@@ -295,6 +297,8 @@ pub fn runtime_fields(task: &mut TaskSpecFields) -> Option<RuntimeFields<'_>> {
                 user,
                 stop_signal,
                 stop_grace_period,
+                secrets,
+                configs,
                 ..
             } = &mut **c;
             Some(RuntimeFields {
@@ -303,6 +307,8 @@ pub fn runtime_fields(task: &mut TaskSpecFields) -> Option<RuntimeFields<'_>> {
                 user,
                 stop_signal,
                 stop_grace_period,
+                secrets,
+                configs,
             })
         }
         task_spec::Runtime::Process(p) => {
@@ -312,6 +318,8 @@ pub fn runtime_fields(task: &mut TaskSpecFields) -> Option<RuntimeFields<'_>> {
                 user,
                 stop_signal,
                 stop_grace_period,
+                secrets,
+                configs,
                 ..
             } = &mut **p;
             Some(RuntimeFields {
@@ -320,6 +328,8 @@ pub fn runtime_fields(task: &mut TaskSpecFields) -> Option<RuntimeFields<'_>> {
                 user,
                 stop_signal,
                 stop_grace_period,
+                secrets,
+                configs,
             })
         }
     }
@@ -336,6 +346,129 @@ pub fn env_set(env: &mut Vec<String>, entry: &str) {
     match env.iter_mut().find(|e| env_key(e) == key) {
         Some(existing) => *existing = entry.to_string(),
         None => env.push(entry.to_string()),
+    }
+}
+
+/// The mode of a secret's file when `--secret` gives none: readable by its owner only.
+pub const SECRET_MODE: u32 = 0o400;
+/// The mode of a config's file when `--config` gives none: readable by all.
+pub const CONFIG_MODE: u32 = 0o444;
+
+/// A `--secret`/`--config` value, docker's syntax: `NAME` alone, or
+/// `source=NAME,target=FILE,uid=UID,gid=GID,mode=MODE` (`src` for `source`; the mode in
+/// octal). The source is a name, an ID or a unique ID prefix (the manager resolves it); the
+/// target defaults to the source; uid and gid default to the task's user.
+fn parse_file_reference(
+    s: &str,
+    kind: &str,
+    default_mode: u32,
+) -> Result<(String, FileTarget), String> {
+    let bad = |why: String| {
+        format!(
+            "invalid --{kind} {s:?}: {why}; write NAME, or \
+             source=NAME[,target=FILE][,uid=UID][,gid=GID][,mode=0400]"
+        )
+    };
+    let mut source = String::new();
+    let mut file = FileTarget {
+        mode: default_mode,
+        ..Default::default()
+    };
+    let fields: Vec<&str> = s.split(',').map(str::trim).collect();
+    for field in &fields {
+        match field.split_once('=') {
+            None if fields.len() == 1 => source = field.to_string(),
+            None => return Err(bad(format!("{field:?} is not KEY=VALUE"))),
+            Some((key, value)) => match key.trim().to_ascii_lowercase().as_str() {
+                "source" | "src" => source = value.to_string(),
+                "target" => file.name = value.to_string(),
+                "uid" => file.uid = value.to_string(),
+                "gid" => file.gid = value.to_string(),
+                "mode" => {
+                    let digits = value.strip_prefix("0o").unwrap_or(value);
+                    file.mode = u32::from_str_radix(digits, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| bad(format!("mode {value:?} is not an octal file mode")))?;
+                }
+                other => return Err(bad(format!("unknown key {other:?}"))),
+            },
+        }
+    }
+    if source.is_empty() {
+        return Err(bad(format!("the {kind} (source) is missing")));
+    }
+    for (what, id) in [("uid", &file.uid), ("gid", &file.gid)] {
+        if !id.is_empty() && id.parse::<u32>().is_err() {
+            return Err(bad(format!("{what} {id:?} is not a number")));
+        }
+    }
+    if file.name.is_empty() {
+        file.name = source.clone();
+    }
+    Ok((source, file))
+}
+
+/// A `--secret` value (see [`parse_file_reference`]); mode 0400 unless given.
+pub fn parse_secret(s: &str) -> Result<SecretReference, String> {
+    let (source, file) = parse_file_reference(s, "secret", SECRET_MODE)?;
+    Ok(SecretReference {
+        secret_id: String::new(),
+        secret_name: source,
+        file: Some(file),
+    })
+}
+
+/// A `--config` value (see [`parse_file_reference`]); mode 0444 unless given.
+pub fn parse_config(s: &str) -> Result<ConfigReference, String> {
+    let (source, file) = parse_file_reference(s, "config", CONFIG_MODE)?;
+    Ok(ConfigReference {
+        config_id: String::new(),
+        config_name: source,
+        file: Some(file),
+    })
+}
+
+/// The file name a reference's target gives (its object's name when none is given).
+fn target_name<'a>(file: &'a Option<FileTarget>, name: &'a str) -> &'a str {
+    file.as_ref()
+        .map(|f| f.name.as_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or(name)
+}
+
+/// `--secret-rm`, then `--secret-add` (and the same for configs): a reference is removed when
+/// its secret's name or ID is named; an added one replaces one with the same target.
+pub fn update_file_references(
+    fields: &mut RuntimeFields<'_>,
+    secret_add: &[SecretReference],
+    secret_rm: &[String],
+    config_add: &[ConfigReference],
+    config_rm: &[String],
+) {
+    fields.secrets.retain(|r| {
+        !secret_rm
+            .iter()
+            .any(|x| *x == r.secret_name || *x == r.secret_id)
+    });
+    for added in secret_add {
+        let target = target_name(&added.file, &added.secret_name);
+        fields
+            .secrets
+            .retain(|r| target_name(&r.file, &r.secret_name) != target);
+        fields.secrets.push(added.clone());
+    }
+    fields.configs.retain(|r| {
+        !config_rm
+            .iter()
+            .any(|x| *x == r.config_name || *x == r.config_id)
+    });
+    for added in config_add {
+        let target = target_name(&added.file, &added.config_name);
+        fields
+            .configs
+            .retain(|r| target_name(&r.file, &r.config_name) != target);
+        fields.configs.push(added.clone());
     }
 }
 
@@ -603,5 +736,103 @@ mod tests {
                 }
             ))
         ));
+    }
+
+    #[test]
+    fn secrets_and_configs_parse_as_docker_parses_them() {
+        let short = parse_secret("db-password").unwrap();
+        assert_eq!(short.secret_id, "");
+        assert_eq!(short.secret_name, "db-password");
+        let file = short.file.unwrap();
+        assert_eq!(
+            (
+                file.name.as_str(),
+                file.uid.as_str(),
+                file.gid.as_str(),
+                file.mode
+            ),
+            ("db-password", "", "", 0o400)
+        );
+        let long = parse_secret("source=db,target=pw.txt,uid=1000,gid=100,mode=0440").unwrap();
+        assert_eq!(long.secret_name, "db");
+        let file = long.file.unwrap();
+        assert_eq!(
+            (
+                file.name.as_str(),
+                file.uid.as_str(),
+                file.gid.as_str(),
+                file.mode
+            ),
+            ("pw.txt", "1000", "100", 0o440)
+        );
+        assert_eq!(parse_secret("src=db").unwrap().file.unwrap().name, "db");
+        assert_eq!(
+            parse_secret("src=db,mode=600").unwrap().file.unwrap().mode,
+            0o600
+        );
+        let config = parse_config("app.conf").unwrap();
+        assert_eq!(config.config_name, "app.conf");
+        assert_eq!(config.file.as_ref().unwrap().mode, 0o444);
+        let config = parse_config("source=app.conf,target=/etc/app.conf,mode=0400").unwrap();
+        assert_eq!(config.file.as_ref().unwrap().name, "/etc/app.conf");
+        assert_eq!(config.file.as_ref().unwrap().mode, 0o400);
+        for bad in [
+            "",
+            "target=x",
+            "source=db,mode=9",
+            "source=db,uid=root",
+            "source=db,color=red",
+            "db,target=x",
+        ] {
+            let e = parse_secret(bad).unwrap_err();
+            assert!(e.contains("invalid --secret"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn secret_and_config_updates_remove_then_add() {
+        let process = ProcessSpec {
+            command: "true".into(),
+            secrets: vec![
+                SecretReference {
+                    secret_id: "id1".into(),
+                    secret_name: "a".into(),
+                    file: None,
+                },
+                SecretReference {
+                    secret_id: "id2".into(),
+                    secret_name: "b".into(),
+                    file: None,
+                },
+            ],
+            configs: vec![parse_config("c").unwrap()],
+            ..Default::default()
+        };
+        let mut task = TaskSpecFields {
+            runtime: Some(task_spec::Runtime::Process(Box::new(process))),
+            ..Default::default()
+        };
+        let mut fields = runtime_fields(&mut task).unwrap();
+        update_file_references(
+            &mut fields,
+            &[
+                parse_secret("source=x,target=b").unwrap(),
+                parse_secret("d").unwrap(),
+            ],
+            &["id1".to_string()],
+            &[],
+            &["c".to_string()],
+        );
+        let names: Vec<&str> = fields
+            .secrets
+            .iter()
+            .map(|r| r.secret_name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["x", "d"],
+            "a removed by ID, b replaced by x (same target)"
+        );
+        assert!(fields.configs.is_empty());
     }
 }

@@ -56,6 +56,20 @@ pub struct Args {
     /// Detach the tasks from a network (name or ID)
     #[arg(long = "network-rm", value_name = "NETWORK")]
     pub network_rm: Vec<String>,
+    /// Add a secret (NAME, or source=NAME,target=FILE,uid=,gid=,mode=); replaces the one
+    /// with the same target
+    #[arg(long = "secret-add", value_name = "SECRET", value_parser = options::parse_secret)]
+    pub secret_add: Vec<shoal_api::v1::SecretReference>,
+    /// Remove a secret (name or ID)
+    #[arg(long = "secret-rm", value_name = "SECRET")]
+    pub secret_rm: Vec<String>,
+    /// Add a config (NAME, or source=NAME,target=FILE,uid=,gid=,mode=); replaces the one
+    /// with the same target
+    #[arg(long = "config-add", value_name = "CONFIG", value_parser = options::parse_config)]
+    pub config_add: Vec<shoal_api::v1::ConfigReference>,
+    /// Remove a config (name or ID)
+    #[arg(long = "config-rm", value_name = "CONFIG")]
+    pub config_rm: Vec<String>,
     #[command(flatten)]
     pub spec: SpecOptions,
     /// Redeploy the tasks even if nothing changed
@@ -121,6 +135,14 @@ pub fn apply(args: &Args, spec: &mut ServiceSpec) -> Result<(), String> {
         for entry in &args.env_add {
             options::env_set(fields.env, entry);
         }
+        let mut fields = fields;
+        options::update_file_references(
+            &mut fields,
+            &args.secret_add,
+            &args.secret_rm,
+            &args.config_add,
+            &args.config_rm,
+        );
     }
     if !args.constraint_add.is_empty() || !args.constraint_rm.is_empty() {
         let p = task.placement.get_or_insert_with(Default::default);
@@ -255,5 +277,32 @@ mod tests {
         let e = updated(&["--image", "nginx", "web"]).unwrap_err();
         assert!(e.contains("container tasks only"), "{e}");
         assert_eq!(updated(&["web"]).unwrap(), before);
+    }
+
+    #[test]
+    fn secrets_and_configs_are_added_and_removed() {
+        let spec = updated(&["--secret-add", "db", "--config-add", "app.conf", "web"]).unwrap();
+        let p = match spec.task.as_ref().unwrap().runtime.as_ref().unwrap() {
+            task_spec::Runtime::Process(p) => p.clone(),
+            task_spec::Runtime::Container(_) => unreachable!(),
+        };
+        assert_eq!(p.secrets[0].secret_name, "db");
+        assert_eq!(p.configs[0].config_name, "app.conf");
+        let mut current = service("svc", "web", 2).spec.unwrap();
+        let cli = Cli::try_parse_from([
+            "update",
+            "--secret-rm",
+            "db",
+            "--config-rm",
+            "app.conf",
+            "web",
+        ])
+        .unwrap();
+        apply(&cli.args, &mut current).unwrap();
+        let cli = Cli::try_parse_from(["update", "--secret-add", "db", "web"]).unwrap();
+        apply(&cli.args, &mut current).unwrap();
+        let cli = Cli::try_parse_from(["update", "--secret-rm", "db", "web"]).unwrap();
+        apply(&cli.args, &mut current).unwrap();
+        assert_eq!(current, service("svc", "web", 2).spec.unwrap());
     }
 }
