@@ -147,6 +147,34 @@ impl Cluster {
         self.wait_ready(name);
     }
 
+    /// Starts a manager named `name` that joins with the manager token; waits until READY.
+    pub fn join_manager(&mut self, name: &str) {
+        let token = self
+            .shoal(&["swarm", "join-token", "-q", "manager"])
+            .ok()
+            .trim()
+            .to_string();
+        let manager = Manager::start(
+            self.dir.path(),
+            name,
+            &[
+                "--join-addr",
+                &self.manager_addr,
+                "--join-token",
+                &token,
+                "--hostname",
+                name,
+            ],
+        );
+        self.daemons.insert(name.to_string(), manager);
+        self.wait_ready(name);
+    }
+
+    /// The control socket of node `name`.
+    pub fn socket_of(&self, name: &str) -> PathBuf {
+        self.daemons[name].state_dir.join("control.sock")
+    }
+
     fn wait_ready(&self, name: &str) {
         self.wait(&format!("{name} to be READY"), &[], |c| {
             c.node(name).filter(|n| n.status == "Ready").map(|_| ())
