@@ -7,6 +7,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod converge;
+mod listing;
 mod heartbeats;
 mod raft;
 mod report;
@@ -44,6 +45,8 @@ enum Scenario {
     Converge(converge::Args),
     /// Node loss → reschedule (S7): 10 % of the agents go silent; detection, then replacement.
     Reschedule(reschedule::Args),
+    /// `shoal service ls` and `shoal node ls` on a large cluster (10k services, 1k nodes).
+    Listing(listing::Args),
 }
 
 fn main() {
@@ -62,6 +65,7 @@ fn main() {
         Scenario::Scheduler(args) => scheduler::run(args),
         Scenario::Converge(args) => converge::run(args),
         Scenario::Reschedule(args) => reschedule::run(args),
+        Scenario::Listing(args) => listing::run(args),
     };
     if cli.json {
         println!("{}", report.to_json());
