@@ -57,7 +57,9 @@ fn service(i: usize) -> ServiceSpec {
             }
             .into(),
         ),
-        mode: Some(service_spec::Mode::Replicated(ReplicatedService { replicas: 0 })),
+        mode: Some(service_spec::Mode::Replicated(ReplicatedService {
+            replicas: 0,
+        })),
         ..Default::default()
     }
 }

@@ -7,8 +7,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod converge;
-mod listing;
 mod heartbeats;
+mod listing;
 mod raft;
 mod report;
 mod reschedule;
