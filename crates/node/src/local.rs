@@ -152,7 +152,12 @@ impl Swarm for LocalSwarm {
 
 /// What a node that belongs to no cluster is asked to do.
 pub enum InactiveRequest {
-    Init(oneshot::Sender<Result<(), Status>>),
+    Init {
+        /// The remote API's listen address, if the request names one.
+        listen_addr: Option<std::net::SocketAddr>,
+        advertise_addr: Option<String>,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
     Join {
         remote_addr: String,
         join_token: String,
@@ -183,11 +188,40 @@ fn not_in_a_cluster() -> Status {
 impl Swarm for InactiveSwarm {
     async fn init(
         &self,
-        _request: Request<InitSwarmRequest>,
+        request: Request<InitSwarmRequest>,
     ) -> Result<Response<InitSwarmResponse>, Status> {
+        let request = request.into_inner();
+        let listen_addr = match request.listen_addr.trim() {
+            "" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "invalid listen_addr {addr:?}: write an IP address and a port, such as \
+                     0.0.0.0:4242"
+                ))
+            })?),
+        };
+        let advertise_addr = match request.advertise_addr.trim() {
+            "" => None,
+            addr if addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+            {
+                Some(addr.to_string())
+            }
+            addr => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid advertise_addr {addr:?}: write a host and a port, such as \
+                     10.0.0.5:4242"
+                )));
+            }
+        };
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(InactiveRequest::Init(reply))
+            .send(InactiveRequest::Init {
+                listen_addr,
+                advertise_addr,
+                reply,
+            })
             .await
             .map_err(|_| Status::unavailable("this node is stopping"))?;
         answer

@@ -28,7 +28,11 @@ pub enum Exit {
 /// What an inactive node was asked to do.
 enum Activation {
     Stopped,
-    Init,
+    /// Create a cluster, with the remote API's addresses if `swarm init` named them.
+    Init {
+        listen_addr: Option<std::net::SocketAddr>,
+        advertise_addr: Option<String>,
+    },
     Joined,
 }
 
@@ -42,7 +46,18 @@ pub async fn run(mut config: DaemonConfig, stop: watch::Receiver<bool>) -> Resul
         if !config.init && config.join_addr.is_none() && !belongs_to_a_cluster(&config.state_dir) {
             match inactive(&config, stop.clone()).await? {
                 Activation::Stopped => return Ok(Exit::Stopped),
-                Activation::Init => config.init = true,
+                Activation::Init {
+                    listen_addr,
+                    advertise_addr,
+                } => {
+                    config.init = true;
+                    if let Some(addr) = listen_addr {
+                        config.listen_remote_api = addr;
+                    }
+                    if advertise_addr.is_some() {
+                        config.advertise_remote_api = advertise_addr;
+                    }
+                }
                 Activation::Joined => {}
             }
         }
@@ -97,9 +112,9 @@ async fn inactive(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break Activation::Stopped,
             Some(request) = incoming.recv() => match request {
-                InactiveRequest::Init(reply) => {
+                InactiveRequest::Init { listen_addr, advertise_addr, reply } => {
                     let _ = reply.send(Ok(()));
-                    break Activation::Init;
+                    break Activation::Init { listen_addr, advertise_addr };
                 }
                 InactiveRequest::Join { remote_addr, join_token, reply } => {
                     match crate::daemon::join_cluster(

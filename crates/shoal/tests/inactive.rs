@@ -131,3 +131,51 @@ async fn swarm_init_makes_an_inactive_node_the_first_manager() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("already part of a cluster"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_init_takes_the_remote_api_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, socket) = inactive_node(dir.path(), "n1").await;
+    // A bad address is refused and the node stays inactive.
+    let (code, _, stderr) = shoal(&socket, &["swarm", "init", "--listen-addr", "nowhere"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("invalid listen_addr \"nowhere\""),
+        "{stderr}"
+    );
+    let (code, _, stderr) = shoal(&socket, &["node", "ls"]);
+    assert_eq!(code, Some(1), "still inactive: {stderr}");
+    // The manager listens and advertises where `swarm init` says.
+    let port = support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (code, stdout, stderr) = shoal(
+        &socket,
+        &[
+            "swarm",
+            "init",
+            "--listen-addr",
+            &addr,
+            "--advertise-addr",
+            &addr,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&addr),
+        "the join command names it: {stdout}"
+    );
+    // Its remote API answers there, for a manager of the cluster.
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["-H", &addr, "--tls-dir"])
+        .arg(&node.state_dir)
+        .args(["node", "ls", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}

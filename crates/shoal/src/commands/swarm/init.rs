@@ -15,13 +15,25 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 
 /// Arguments of `shoal swarm init`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Address the new manager's remote API listens on (default: the daemon's
+    /// --listen-remote-api)
+    #[arg(long, value_name = "ADDR")]
+    pub listen_addr: Option<String>,
+    /// Address other nodes reach the manager at (default: the daemon's, or the listen
+    /// address)
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_addr: Option<String>,
+}
 
-pub fn run(socket: Option<PathBuf>, _args: Args) -> Result<(), String> {
+pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
     let path = client::socket_path(socket.clone());
     client::run(socket, async |c| {
         c.swarm()
-            .init(InitSwarmRequest {})
+            .init(InitSwarmRequest {
+                listen_addr: args.listen_addr.clone().unwrap_or_default(),
+                advertise_addr: args.advertise_addr.clone().unwrap_or_default(),
+            })
             .await
             .map_err(|s| c.error("Swarm.Init", &s))?;
         eprintln!("Creating the swarm…");
