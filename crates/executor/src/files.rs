@@ -132,35 +132,16 @@ pub fn task_files(task: &Task, dependencies: &TaskDependencies) -> Result<Vec<Ta
                 r.secret_name, r.secret_id
             ))
         })?;
-        let file = r.file.clone().unwrap_or_default();
-        let name = secret
-            .spec
-            .as_ref()
-            .and_then(|s| s.annotations.as_ref())
-            .map(|a| a.name.clone())
-            .unwrap_or_else(|| r.secret_name.clone());
-        files.push(TaskFile {
-            kind: FileKind::Secret,
-            id: r.secret_id.clone(),
-            target: if file.name.is_empty() {
-                name.clone()
-            } else {
-                file.name.clone()
-            },
-            name,
-            mode: if file.mode == 0 {
-                SECRET_MODE
-            } else {
-                file.mode
-            },
-            uid: parse_id("secret uid", &file.uid)?,
-            gid: parse_id("secret gid", &file.gid)?,
-            data: secret
-                .spec
-                .as_ref()
-                .map(|s| s.data.clone())
-                .unwrap_or_default(),
-        });
+        let spec = secret.spec.as_ref();
+        files.push(task_file(
+            FileKind::Secret,
+            &r.secret_id,
+            spec.and_then(|s| s.annotations.as_ref())
+                .map(|a| a.name.clone())
+                .unwrap_or_else(|| r.secret_name.clone()),
+            r.file.clone().unwrap_or_default(),
+            spec.map(|s| s.data.clone()).unwrap_or_default(),
+        )?);
     }
     for r in configs {
         let config = dependencies.config(&r.config_id).ok_or_else(|| {
@@ -169,37 +150,51 @@ pub fn task_files(task: &Task, dependencies: &TaskDependencies) -> Result<Vec<Ta
                 r.config_name, r.config_id
             ))
         })?;
-        let file = r.file.clone().unwrap_or_default();
-        let name = config
-            .spec
-            .as_ref()
-            .and_then(|s| s.annotations.as_ref())
-            .map(|a| a.name.clone())
-            .unwrap_or_else(|| r.config_name.clone());
-        files.push(TaskFile {
-            kind: FileKind::Config,
-            id: r.config_id.clone(),
-            target: if file.name.is_empty() {
-                name.clone()
-            } else {
-                file.name.clone()
-            },
-            name,
-            mode: if file.mode == 0 {
-                CONFIG_MODE
-            } else {
-                file.mode
-            },
-            uid: parse_id("config uid", &file.uid)?,
-            gid: parse_id("config gid", &file.gid)?,
-            data: config
-                .spec
-                .as_ref()
-                .map(|s| s.data.clone())
-                .unwrap_or_default(),
-        });
+        let spec = config.spec.as_ref();
+        files.push(task_file(
+            FileKind::Config,
+            &r.config_id,
+            spec.and_then(|s| s.annotations.as_ref())
+                .map(|a| a.name.clone())
+                .unwrap_or_else(|| r.config_name.clone()),
+            r.file.clone().unwrap_or_default(),
+            spec.map(|s| s.data.clone()).unwrap_or_default(),
+        )?);
     }
     Ok(files)
+}
+
+/// One file of a task: its target defaults to the object's name, its mode to the kind's.
+fn task_file(
+    kind: FileKind,
+    id: &str,
+    name: String,
+    file: shoal_api::v1::FileTarget,
+    data: Vec<u8>,
+) -> Result<TaskFile> {
+    let default_mode = match kind {
+        FileKind::Secret => SECRET_MODE,
+        FileKind::Config => CONFIG_MODE,
+    };
+    let word = kind.word();
+    Ok(TaskFile {
+        kind,
+        id: id.to_string(),
+        target: if file.name.is_empty() {
+            name.clone()
+        } else {
+            file.name.clone()
+        },
+        name,
+        mode: if file.mode == 0 {
+            default_mode
+        } else {
+            file.mode
+        },
+        uid: parse_id(&format!("{word} uid"), &file.uid)?,
+        gid: parse_id(&format!("{word} gid"), &file.gid)?,
+        data,
+    })
 }
 
 /// Checks that a target is a plain file name.
