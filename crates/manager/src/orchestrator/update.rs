@@ -48,7 +48,7 @@ use std::time::{Duration, SystemTime};
 use shoal_api::task_state::is_terminal;
 use shoal_api::v1::{Service, Task, TaskState, UpdateStatus, update_config, update_status};
 
-use super::replicated::{desired, id, state};
+use super::replicated::{desired, id, state as task_state};
 
 use update_config::{FailureAction, UpdateOrder};
 use update_status::UpdateState;
@@ -215,7 +215,7 @@ pub fn supervise(
         .filter(since_start)
         .filter(|t| {
             matches!(
-                state_of(t),
+                task_state(t),
                 TaskState::Failed | TaskState::Rejected | TaskState::Complete
             )
         })
@@ -266,10 +266,10 @@ pub fn supervise(
     let mut wake: Option<Duration> = None;
     let mut last_running: Option<Duration> = None;
     for task in ours() {
-        if desired(task) > TaskState::Running || is_terminal(state_of(task)) {
+        if desired(task) > TaskState::Running || is_terminal(task_state(task)) {
             continue;
         }
-        if state_of(task) != TaskState::Running {
+        if task_state(task) != TaskState::Running {
             in_flight += 1;
             continue;
         }
@@ -300,10 +300,6 @@ pub fn supervise(
     }
     out.wake = wake;
     out
-}
-
-fn state_of(task: &Task) -> TaskState {
-    state(task)
 }
 
 /// Whether `task` runs an older spec than `service`'s: an earlier spec version whose task
@@ -338,7 +334,7 @@ pub fn sort_unit<'a>(
     let (newest, extra, outdated) = match up_to_date.split_last() {
         Some((newest, extra)) => {
             // Start-first keeps the old task until the new one runs.
-            if state(newest) == TaskState::Running || order == UpdateOrder::StopFirst {
+            if task_state(newest) == TaskState::Running || order == UpdateOrder::StopFirst {
                 for task in &old {
                     stops.push((
                         id(task).to_string(),
