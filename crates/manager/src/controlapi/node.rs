@@ -626,9 +626,23 @@ impl<R: NodeRaft> Nodes<'_, R> {
             Ok(n) => n,
             Err(e) if e.is_conflict() && member.is_some() => {
                 // The node left Raft already: the store must say so, even though the node
-                // changed meanwhile. Record the demotion on its current version, and tell the
-                // caller the rest of the spec was not applied.
+                // changed meanwhile (its certificate is renewed for the new role, its status
+                // moves). Record the demotion on its current version; if the call asked for
+                // nothing else, that is all it asked, otherwise tell the caller the rest of
+                // the spec was not applied.
                 self.record_demotion(id).await?;
+                let without_role = |s: &NodeSpec| NodeSpec {
+                    desired_role: 0,
+                    ..s.clone()
+                };
+                let asked_only_the_role =
+                    without_role(&spec) == without_role(&node.spec.clone().unwrap_or_default());
+                if asked_only_the_role {
+                    let current = self.store.view(|tx| tx.get::<Node>(id));
+                    return Ok(UpdateNodeResponse {
+                        node: current.map(|n| self.rendered(&n)),
+                    });
+                }
                 return Err(Status::failed_precondition(format!(
                     "node {id} was demoted (it has left the Raft cluster), but it changed while \
                      being updated, so the rest of the spec was not applied; read it again and \
