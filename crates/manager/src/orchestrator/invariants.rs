@@ -32,11 +32,9 @@ use shoal_api::v1::{
     TaskStatus, UpdateConfig, node_spec, node_status, restart_policy, service_spec, task_spec,
     update_config, update_status,
 };
-use shoal_raft::RaftStatus;
 use shoal_store::{By, Reader, Store};
-use tokio::sync::watch;
 
-use super::tests::{FakeRaft, node, service};
+use super::tests::{leading, node, service};
 use super::{Orchestrator, id_of, now, state_of};
 
 const NODES: [&str; 4] = ["n1", "n2", "n3", "n4"];
@@ -463,10 +461,7 @@ async fn run(seed: u64) -> Result<(), String> {
         })
         .await
         .unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let mut orchestrator = Orchestrator::with_leadership(store.clone(), raft);
     // The scheduler's view follows the store's changes between rounds, as in the loop.
     let mut changes = store.watch(shoal_store::Filter::all());

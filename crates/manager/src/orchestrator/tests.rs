@@ -19,6 +19,14 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 pub(super) struct FakeRaft(pub(super) watch::Sender<RaftStatus>);
 
+/// Raft's status stood in for, with this manager leading.
+pub(super) fn leading() -> Arc<FakeRaft> {
+    Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
+        is_leader: true,
+        ..Default::default()
+    })))
+}
+
 impl Leadership for FakeRaft {
     fn status(&self) -> RaftStatus {
         self.0.borrow().clone()
@@ -158,10 +166,7 @@ async fn services_become_tasks_on_nodes_and_stay_so() {
         })
         .await
         .unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let orchestrator = Orchestrator::with_leadership(store.clone(), raft.clone()).start();
 
     // Two replicas: one task per slot, spread over both nodes, ASSIGNED.
@@ -325,10 +330,7 @@ async fn a_global_service_follows_the_nodes() {
         })
         .await
         .unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
     let mut agent = service("agent", 1, process());
     agent.spec.as_mut().unwrap().mode = Some(service_spec::Mode::Global(Default::default()));
@@ -379,10 +381,7 @@ async fn a_global_service_follows_the_nodes() {
 async fn the_reaper_keeps_a_bounded_history_per_slot() {
     let store = Store::new();
     store.update(|tx| tx.create(node("n1"))).await.unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
     let mut crashing = service("crash", 1, process());
     // Restart at once, so that failures pile up quickly.
@@ -423,10 +422,7 @@ async fn the_reaper_keeps_a_bounded_history_per_slot() {
 async fn a_replicated_job_runs_to_its_completions_and_stops_there() {
     let store = Store::new();
     store.update(|tx| tx.create(node("n1"))).await.unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
     let mut batch = service("batch", 1, process());
     batch.spec.as_mut().unwrap().mode = Some(service_spec::Mode::ReplicatedJob(
@@ -581,10 +577,7 @@ async fn rolling_updates_complete_resume_after_a_leader_change_and_roll_back_on_
         })
         .await
         .unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let orchestrator = Orchestrator::with_leadership(store.clone(), raft.clone()).start();
     let mut web = service("web", 3, process());
     web.spec.as_mut().unwrap().update = Some(update_config(FailureAction::Rollback));
@@ -726,10 +719,7 @@ async fn the_constraint_enforcer_moves_tasks_off_a_node_that_lost_its_label() {
         })
         .await
         .unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
     let mut web = service("web", 2, process());
     let task = web.spec.as_mut().unwrap().task.as_mut().unwrap();
@@ -814,10 +804,7 @@ async fn tasks_get_an_address_on_their_service_networks() {
         })
         .await
         .unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
     let mut web = service("web", 3, process());
     let task = web.spec.as_mut().unwrap().task.as_mut().unwrap();
@@ -901,10 +888,7 @@ async fn nodes_where_a_service_failed_repeatedly_are_avoided() {
         })
         .await
         .unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let mut orchestrator = Orchestrator::with_leadership(store.clone(), raft);
     let mut changes = store.watch(Filter::all());
     orchestrator.round().await.unwrap();
@@ -941,10 +925,7 @@ async fn a_round_larger_than_a_transaction_is_written_in_several() {
         })
         .await
         .unwrap();
-    let raft = Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
-        is_leader: true,
-        ..Default::default()
-    })));
+    let raft = leading();
     let orchestrator = Orchestrator::with_leadership(store.clone(), raft).start();
     store
         .update(|tx| tx.create(service("big", 12_000, process())))
