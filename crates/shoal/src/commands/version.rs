@@ -54,14 +54,24 @@ pub fn run(args: Args) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_table_and_json() {
-        let v = Version {
+    fn fixed() -> Version {
+        Version {
             version: "1.2.3",
             api: "shoal.v1",
             os: "linux",
             arch: "x86_64",
-        };
+        }
+    }
+
+    #[test]
+    fn snapshot_table_and_json() {
+        insta::assert_snapshot!("version", render(&fixed(), None).unwrap());
+        insta::assert_snapshot!("version_json", render(&fixed(), Some("json")).unwrap());
+    }
+
+    #[test]
+    fn renders_table_and_json() {
+        let v = fixed();
         assert!(render(&v, None).unwrap().contains(" Version:     1.2.3\n"));
         assert_eq!(
             render(&v, Some("json")).unwrap(),

@@ -145,6 +145,75 @@ mod tests {
         assert!(!unmarked.contains('*'), "{unmarked}");
     }
 
+    /// A swarm as `node ls` sees it: three managers (one the leader, one unreachable), two
+    /// workers, each availability and node state, the command run on the leader.
+    fn swarm() -> Vec<Node> {
+        let with = |mut n: Node, state: i32, availability: i32| {
+            n.status.as_mut().unwrap().state = state;
+            n.spec.as_mut().unwrap().availability = availability;
+            n
+        };
+        // Node states: 1 down, 2 ready, 3 disconnected; availability: 0 active, 1 pause, 2 drain.
+        vec![
+            with(node("7ohbvxvkqs5lt0bmv3a2zyh6e", "worker-2", None), 3, 1),
+            with(
+                node("1n8pnyhfxmw7q3nqzbk0vswh4", "manager-1", Some((true, 2))),
+                2,
+                0,
+            ),
+            with(node("4zp6u0wgsd7k1xc3y9d2hmlqa", "worker-1", None), 2, 2),
+            with(
+                node("3kq2d8r0c7m1x5e9w4v6t2y8b", "manager-3", Some((false, 1))),
+                1,
+                0,
+            ),
+            with(
+                node("2b9xk5hl1c0gq7m3t8w6r4z2p", "manager-2", Some((false, 2))),
+                2,
+                0,
+            ),
+        ]
+    }
+
+    #[test]
+    fn snapshot_table() {
+        insta::assert_snapshot!(
+            "node_ls",
+            render(
+                swarm(),
+                Some("1n8pnyhfxmw7q3nqzbk0vswh4"),
+                false,
+                Format::Table
+            )
+        );
+    }
+
+    #[test]
+    fn snapshot_quiet() {
+        insta::assert_snapshot!(
+            "node_ls_quiet",
+            render(
+                swarm(),
+                Some("1n8pnyhfxmw7q3nqzbk0vswh4"),
+                true,
+                Format::Table
+            )
+        );
+    }
+
+    #[test]
+    fn snapshot_json() {
+        insta::assert_snapshot!(
+            "node_ls_json",
+            render(
+                swarm(),
+                Some("1n8pnyhfxmw7q3nqzbk0vswh4"),
+                false,
+                Format::Json
+            )
+        );
+    }
+
     #[test]
     fn quiet_prints_whole_ids() {
         assert_eq!(

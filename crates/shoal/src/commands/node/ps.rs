@@ -90,3 +90,37 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
     })?;
     output::print(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::service::ps::tests::{cluster, now};
+
+    #[test]
+    fn snapshot_tasks_of_one_node() {
+        // `shoal node ps manager-1`: the tasks on that node, of every service, history
+        // included.
+        let (listed, hostnames) = cluster();
+        let services: Vec<_> = listed.iter().map(|(s, _)| s.clone()).collect();
+        let tasks: Vec<_> = listed
+            .into_iter()
+            .flat_map(|(_, tasks)| tasks)
+            .filter(|t| t.node_id == "7x3lzq0c1n8d5k2m9w4v6b8hr")
+            .collect();
+        let options = Options {
+            quiet: false,
+            no_trunc: false,
+            current_only: false,
+            format: Format::Table,
+        };
+        insta::assert_snapshot!(
+            "node_ps",
+            render(
+                &task::by_service(tasks, &services),
+                &hostnames,
+                &options,
+                now()
+            )
+        );
+    }
+}

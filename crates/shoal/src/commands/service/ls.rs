@@ -142,7 +142,10 @@ pub fn render(
 mod tests {
     use super::*;
     use crate::commands::service::tests::service;
-    use shoal_api::v1::{ContainerSpec, TaskSpec, TaskSpecFields, task_spec};
+    use shoal_api::v1::{
+        ContainerSpec, EndpointSpec, GlobalJob, GlobalService, Placement, PortConfig, TaskSpec,
+        TaskSpecFields, task_spec,
+    };
 
     fn services() -> Vec<Service> {
         let mut api = service("bbbbbbbbbbbbbbbbbbbbbbbb2", "api", 1);
@@ -170,6 +173,84 @@ mod tests {
             running_tasks: running,
             completed_tasks: completed,
         }
+    }
+
+    fn container(image: &str, placement: Option<Placement>) -> TaskSpec {
+        TaskSpec::from(TaskSpecFields {
+            runtime: Some(task_spec::Runtime::Container(Box::new(ContainerSpec {
+                image: image.into(),
+                ..Default::default()
+            }))),
+            placement: placement.map(Box::new),
+            ..Default::default()
+        })
+    }
+
+    /// One service of each mode: replicated (one with a maximum per node, one publishing
+    /// ports), global, replicated job, global job; and their statuses.
+    fn every_mode() -> (Vec<Service>, Vec<ServiceStatus>) {
+        let mut web = service("x7k2m9q4w1e8r5t3y6u0i2o4p", "web", 3);
+        let spec = web.spec.as_mut().unwrap();
+        spec.task = Some(container("nginx:1.27", None));
+        spec.endpoint = Some(EndpointSpec {
+            mode: 0,
+            ports: vec![
+                PortConfig {
+                    name: String::new(),
+                    protocol: 0,
+                    target_port: 80,
+                    published_port: 8080,
+                    publish_mode: 0,
+                },
+                PortConfig {
+                    name: String::new(),
+                    protocol: 1,
+                    target_port: 53,
+                    published_port: 5353,
+                    publish_mode: 1,
+                },
+            ],
+        });
+        let mut cache = service("c4a8c9e3d2f1g0h5j6k7l8m9n", "cache", 4);
+        cache.spec.as_mut().unwrap().task = Some(container(
+            "redis:7-alpine",
+            Some(Placement {
+                max_replicas: 2,
+                ..Default::default()
+            }),
+        ));
+        let mut agent = service("g1o2b3a4l5s6v7c8d9e0f1g2h", "monitoring-agent", 0);
+        let spec = agent.spec.as_mut().unwrap();
+        spec.mode = Some(service_spec::Mode::Global(GlobalService {}));
+        spec.task = Some(container("prom/node-exporter:v1.8.1", None));
+        let mut migrate = service("j0b1r2e3p4l5i6c7a8t9e0d1x", "db-migrate", 0);
+        migrate.spec.as_mut().unwrap().mode = Some(service_spec::Mode::ReplicatedJob(
+            shoal_api::v1::ReplicatedJob {
+                max_concurrent: 2,
+                total_completions: 6,
+            },
+        ));
+        let mut prune = service("g9j8o7b6g5l4o3b2a1l0z9y8x", "prune", 0);
+        let spec = prune.spec.as_mut().unwrap();
+        spec.mode = Some(service_spec::Mode::GlobalJob(GlobalJob {}));
+        spec.task = Some(container("alpine:3.20", None));
+        let statuses = vec![
+            status("x7k2m9q4w1e8r5t3y6u0i2o4p", 3, 3, 0),
+            status("c4a8c9e3d2f1g0h5j6k7l8m9n", 4, 2, 0),
+            status("g1o2b3a4l5s6v7c8d9e0f1g2h", 5, 5, 0),
+            status("j0b1r2e3p4l5i6c7a8t9e0d1x", 2, 2, 4),
+            status("g9j8o7b6g5l4o3b2a1l0z9y8x", 5, 1, 4),
+        ];
+        (vec![web, cache, agent, migrate, prune], statuses)
+    }
+
+    #[test]
+    fn snapshot_table_of_every_mode() {
+        let (services, statuses) = every_mode();
+        insta::assert_snapshot!(
+            "service_ls",
+            render(services, &statuses, false, Format::Table)
+        );
     }
 
     #[test]

@@ -305,10 +305,21 @@ struct Display {
 
 impl Display {
     fn show(&mut self, lines: &[String]) -> Result<(), String> {
+        let out = self.frame(lines);
+        if out.is_empty() {
+            return Ok(());
+        }
+        output::print(&out)
+    }
+
+    /// What [`Display::show`] writes for `lines`: on a terminal, the cursor moved up over the
+    /// block shown before and every line redrawn (nothing if nothing changed); otherwise the
+    /// lines that changed since the last poll.
+    fn frame(&mut self, lines: &[String]) -> String {
         let mut out = String::new();
         if self.tty {
             if lines == self.shown.as_slice() {
-                return Ok(());
+                return out;
             }
             if !self.shown.is_empty() {
                 out.push_str(&format!("\x1b[{}A", self.shown.len()));
@@ -327,7 +338,19 @@ impl Display {
             }
         }
         self.shown = lines.to_vec();
-        output::print(&out)
+        out
+    }
+}
+
+/// The line printed once the service has converged (or, for a job, completed).
+fn verify_line(service: &Service) -> String {
+    let name = super::name(service);
+    let is_job =
+        shoal_api::validation::is_job(service.spec.as_ref().unwrap_or(&Default::default()));
+    if is_job {
+        format!("verify: Job {name} complete\n")
+    } else {
+        format!("verify: Service {name} converged\n")
     }
 }
 
@@ -374,17 +397,7 @@ async fn follow(c: &mut Client, service_id: &str, rollback: bool) -> Result<(), 
         let p = tracker.poll(&service, &tasks, Instant::now());
         display.show(&p.lines)?;
         match p.outcome {
-            Outcome::Converged => {
-                let name = super::name(&service);
-                let is_job = shoal_api::validation::is_job(
-                    service.spec.as_ref().unwrap_or(&Default::default()),
-                );
-                return output::print(&if is_job {
-                    format!("verify: Job {name} complete\n")
-                } else {
-                    format!("verify: Service {name} converged\n")
-                });
-            }
+            Outcome::Converged => return output::print(&verify_line(&service)),
             Outcome::Failed(why) => return Err(why),
             Outcome::Waiting => tokio::time::sleep(POLL).await,
         }
@@ -417,6 +430,139 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// The polls of `shoal service create --replicas 3 --name web ...`: no task yet; tasks
+    /// on their way; slot 3's task fails and is replaced; all running.
+    fn create_polls() -> (Service, Vec<Vec<Task>>) {
+        use TaskState::{Assigned, Failed, Pending, Preparing, Running, Shutdown, Starting};
+        let s = service("svc", "web", 3);
+        let mut failed = task("t3", 3, Shutdown, Failed, 3);
+        failed.status.as_mut().unwrap().err =
+            "starting \"sleep\": No such file or directory (os error 2)".into();
+        let polls = vec![
+            vec![],
+            vec![
+                task("t1", 1, Running, Preparing, 1),
+                task("t2", 2, Running, Assigned, 1),
+                task("t3", 3, Running, Pending, 1),
+            ],
+            vec![
+                task("t1", 1, Running, Running, 1),
+                task("t2", 2, Running, Starting, 1),
+                failed.clone(),
+            ],
+            vec![
+                task("t1", 1, Running, Running, 1),
+                task("t2", 2, Running, Running, 1),
+                failed,
+                task("t4", 3, Running, Running, 4),
+            ],
+        ];
+        (s, polls)
+    }
+
+    /// What a wait prints over `polls`, as `follow` does.
+    fn printed(tty: bool, service: &Service, polls: &[Vec<Task>]) -> String {
+        let mut display = Display {
+            tty,
+            shown: Vec::new(),
+        };
+        let mut tracker = Tracker::new(false);
+        let mut out = String::new();
+        for tasks in polls {
+            let p = tracker.poll(service, tasks, Instant::now());
+            out.push_str(&display.frame(&p.lines));
+            if p.outcome == Outcome::Converged {
+                out.push_str(&verify_line(service));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn snapshot_plain_progress() {
+        // Not on a terminal: each line once, when it changes.
+        let (s, polls) = create_polls();
+        insta::assert_snapshot!("progress_plain", printed(false, &s, &polls));
+    }
+
+    #[test]
+    fn snapshot_terminal_frame() {
+        // On a terminal, the third poll: the cursor goes up over the 4 lines drawn at the
+        // second, and each line is erased and drawn again. Escapes shown as `^[`.
+        let (s, polls) = create_polls();
+        let mut display = Display {
+            tty: true,
+            shown: Vec::new(),
+        };
+        let mut tracker = Tracker::new(false);
+        let mut frames = Vec::new();
+        for tasks in &polls[..3] {
+            frames.push(display.frame(&tracker.poll(&s, tasks, Instant::now()).lines));
+        }
+        insta::assert_snapshot!("progress_terminal_frame", frames[2].replace('\x1b', "^["));
+        // The same lines again: nothing is redrawn.
+        let again = tracker.poll(&s, &polls[2], Instant::now());
+        assert_eq!(display.frame(&again.lines), "");
+    }
+
+    #[test]
+    fn snapshot_global_job_and_rollback_progress() {
+        use TaskState::{Complete, Running, Starting};
+        let on = |mut t: Task, node: &str| {
+            t.node_id = node.into();
+            t
+        };
+        // A global service on three nodes, one task still starting.
+        let mut agent = service("svc", "agent", 0);
+        agent.spec.as_mut().unwrap().mode = Some(service_spec::Mode::Global(Default::default()));
+        let tasks = [
+            on(
+                task("a", 0, Running, Running, 1),
+                "7x3lzq0c1n8d5k2m9w4v6b8hr",
+            ),
+            on(
+                task("b", 0, Running, Starting, 1),
+                "q5t8w2e4r6y1u3i9o0p7a5s2d",
+            ),
+            on(
+                task("c", 0, Running, Running, 1),
+                "e2r4t6y8u0i1o3p5a7s9d1f3g",
+            ),
+        ];
+        let mut out = progress(&agent, &tasks, false).lines.join("\n");
+        out.push_str("\n\n");
+        // A replicated job of 4 completions, 2 at a time, done.
+        let mut job = service("svc", "migrate", 0);
+        job.spec.as_mut().unwrap().mode = Some(service_spec::Mode::ReplicatedJob(
+            shoal_api::v1::ReplicatedJob {
+                max_concurrent: 2,
+                total_completions: 4,
+            },
+        ));
+        let done: Vec<Task> = (1..=4)
+            .map(|i| task(&format!("j{i}"), i, Complete, Complete, 1))
+            .collect();
+        let p = progress(&job, &done, false);
+        assert_eq!(p.outcome, Outcome::Converged);
+        out.push_str(&(p.lines.join("\n") + "\n"));
+        out.push_str(&verify_line(&job));
+        out.push('\n');
+        // An update rolled back on its own: the cause below the slots.
+        let mut web = service("svc", "web", 2);
+        web.update_status = Some(UpdateStatus {
+            state: update_status::UpdateState::RollbackStarted as i32,
+            message: "update rolled back due to failure or early termination of task t9".into(),
+            ..Default::default()
+        });
+        let running = [
+            task("t1", 1, Running, Running, 1),
+            task("t2", 2, Running, Starting, 1),
+        ];
+        let p = Tracker::new(false).poll(&web, &running, Instant::now());
+        out.push_str(&p.lines.join("\n"));
+        insta::assert_snapshot!("progress_global_job_rollback", out);
     }
 
     #[test]

@@ -269,7 +269,7 @@ pub fn render(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::commands::service::tests::service;
     use shoal_api::v1::{Meta, TaskStatus};
@@ -364,6 +364,189 @@ mod tests {
         assert_eq!(first["History"], true);
         assert_eq!(first["Error"], "exit status 1");
         assert_eq!(first["ID"], "t1aaaaaaaaaaaaaaaa");
+    }
+
+    /// "now" in the snapshots: 2024-05-01T12:00:00Z.
+    const NOW: i64 = 1_714_564_800;
+
+    /// A task of `slot` (0: a global service's) on `node`, in `state` since `ago` seconds.
+    fn at(
+        id: &str,
+        slot: u64,
+        node: &str,
+        (desired, state): (TaskState, TaskState),
+        ago: i64,
+        err: &str,
+    ) -> Task {
+        let mut t = task(id, slot, desired, state, NOW - ago);
+        t.node_id = node.into();
+        t.status.as_mut().unwrap().err = err.into();
+        t
+    }
+
+    pub(crate) fn image(image: &str) -> Option<shoal_api::v1::TaskSpec> {
+        Some(shoal_api::v1::TaskSpec::from(
+            shoal_api::v1::TaskSpecFields {
+                runtime: Some(shoal_api::v1::task_spec::Runtime::Container(Box::new(
+                    shoal_api::v1::ContainerSpec {
+                        image: image.into(),
+                        ..Default::default()
+                    },
+                ))),
+                ..Default::default()
+            },
+        ))
+    }
+
+    /// Services and their tasks, as [`render`] takes them.
+    pub(crate) type Listed = Vec<(Service, Vec<Task>)>;
+
+    /// A replicated service `web` (3 replicas) after an update from nginx:1.26 to 1.27:
+    /// slot 1's first new task failed and was replaced, slot 3 cannot be placed; and a global
+    /// service `agent` on two nodes, one of whose tasks was restarted.
+    pub(crate) fn cluster() -> (Listed, BTreeMap<String, String>) {
+        use TaskState::{Complete, Failed, Pending, Running, Shutdown};
+        let mut web = service("w3b5e7r9v1i2c3e4s5e6r7v8i", "web", 3);
+        web.spec.as_mut().unwrap().task = image("nginx:1.27");
+        let mut old = at(
+            "k1r5t0l8d2s6a9f3g7h4j1k2l",
+            1,
+            "7x3lzq0c1n8d5k2m9w4v6b8hr",
+            (Shutdown, Shutdown),
+            600,
+            "",
+        );
+        old.spec = image("nginx:1.26");
+        let web_tasks = vec![
+            at(
+                "r9u8n7n6i5n4g3a2b1c0d9e8f",
+                1,
+                "7x3lzq0c1n8d5k2m9w4v6b8hr",
+                (Running, Running),
+                75,
+                "",
+            ),
+            at(
+                "f4a1l2e3d5t6a7s8k9q0w1e2r",
+                1,
+                "7x3lzq0c1n8d5k2m9w4v6b8hr",
+                (Shutdown, Failed),
+                130,
+                "task: non-zero exit (137): the container was killed (out of memory)",
+            ),
+            old,
+            at(
+                "s2l0o2t2r2u2n2n2i2n2g2a2b",
+                2,
+                "q5t8w2e4r6y1u3i9o0p7a5s2d",
+                (Running, Running),
+                3 * 3600,
+                "",
+            ),
+            at(
+                "p3e4n5d6i7n8g9t0a1s2k3x4y",
+                3,
+                "",
+                (Running, Pending),
+                20,
+                "no suitable node (scheduling constraints not satisfied on 3 nodes)",
+            ),
+        ];
+        let mut agent = service("a9g8e7n6t5s4e3r2v1i0c9e8d", "agent", 0);
+        agent.spec.as_mut().unwrap().mode =
+            Some(shoal_api::v1::service_spec::Mode::Global(Default::default()));
+        let agent_tasks = vec![
+            at(
+                "g1l2o3b4a5l6t7a8s9k0a1b2c",
+                0,
+                "7x3lzq0c1n8d5k2m9w4v6b8hr",
+                (Running, Running),
+                2 * 86_400,
+                "",
+            ),
+            at(
+                "g2l3o4b5a6l7t8a9s0k1d2e3f",
+                0,
+                "q5t8w2e4r6y1u3i9o0p7a5s2d",
+                (Running, Running),
+                59,
+                "",
+            ),
+            at(
+                "g3l4o5b6a7l8t9a0s1k2g3h4i",
+                0,
+                "q5t8w2e4r6y1u3i9o0p7a5s2d",
+                (Shutdown, Complete),
+                61,
+                "",
+            ),
+        ];
+        let hosts = BTreeMap::from([
+            (
+                "7x3lzq0c1n8d5k2m9w4v6b8hr".to_string(),
+                "manager-1".to_string(),
+            ),
+            (
+                "q5t8w2e4r6y1u3i9o0p7a5s2d".to_string(),
+                "worker-1".to_string(),
+            ),
+        ]);
+        let mut listed = vec![(agent, agent_tasks), (web, web_tasks)];
+        for (s, tasks) in &mut listed {
+            for t in tasks {
+                t.service_id = id(s).to_string();
+            }
+        }
+        (listed, hosts)
+    }
+
+    pub(crate) fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(NOW as u64)
+    }
+
+    #[test]
+    fn snapshot_table_with_history_and_errors() {
+        let (listed, hosts) = cluster();
+        insta::assert_snapshot!(
+            "service_ps",
+            render(&listed, &hosts, &options(false, Format::Table), now())
+        );
+    }
+
+    #[test]
+    fn snapshot_table_without_truncation() {
+        let (listed, hosts) = cluster();
+        let options = Options {
+            no_trunc: true,
+            ..options(false, Format::Table)
+        };
+        insta::assert_snapshot!(
+            "service_ps_no_trunc",
+            render(&listed, &hosts, &options, now())
+        );
+    }
+
+    #[test]
+    fn snapshot_current_tasks_only() {
+        let (listed, hosts) = cluster();
+        insta::assert_snapshot!(
+            "service_ps_current",
+            render(&listed, &hosts, &options(true, Format::Table), now())
+        );
+    }
+
+    #[test]
+    fn snapshot_quiet_and_json() {
+        let (listed, hosts) = cluster();
+        let quiet = Options {
+            quiet: true,
+            ..options(false, Format::Table)
+        };
+        insta::assert_snapshot!("service_ps_quiet", render(&listed, &hosts, &quiet, now()));
+        insta::assert_snapshot!(
+            "service_ps_json",
+            render(&listed, &hosts, &options(false, Format::Json), now())
+        );
     }
 
     #[test]

@@ -67,3 +67,90 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
     })?;
     output::print(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use shoal_api::v1::{Annotations, Meta, Task, TaskState, TaskStatus};
+
+    use super::*;
+    use crate::commands::service::ps::tests::{cluster, image, now};
+
+    /// Every task of the swarm, and one of a service removed since (named by the service
+    /// name it carries).
+    fn swarm() -> (
+        Vec<Task>,
+        Vec<shoal_api::v1::Service>,
+        std::collections::BTreeMap<String, String>,
+    ) {
+        let (listed, hostnames) = cluster();
+        let services: Vec<_> = listed.iter().map(|(s, _)| s.clone()).collect();
+        let mut tasks: Vec<Task> = listed.into_iter().flat_map(|(_, tasks)| tasks).collect();
+        let at = prost_types::Timestamp {
+            seconds: 1_714_564_800 - 300,
+            nanos: 0,
+        };
+        tasks.push(Task {
+            meta: Some(Meta {
+                id: "o1r2p3h4a5n6t7a8s9k0l1m2n".into(),
+                version: 9,
+                created_at: Some(at),
+                updated_at: None,
+            }),
+            service_id: "h8d2k4m6n1p3q5r7s9t0v2w4x".into(),
+            service_annotations: Some(Box::new(Annotations {
+                name: "old-api".into(),
+                labels: vec![],
+            })),
+            slot: 1,
+            node_id: "q5t8w2e4r6y1u3i9o0p7a5s2d".into(),
+            spec: image("registry.example.com/api:2.3"),
+            desired_state: TaskState::Remove as i32,
+            status: Some(TaskStatus {
+                state: TaskState::Shutdown as i32,
+                timestamp: Some(at),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        (tasks, services, hostnames)
+    }
+
+    fn options(all: bool) -> Options {
+        Options {
+            quiet: false,
+            no_trunc: false,
+            current_only: !all,
+            format: Format::Table,
+        }
+    }
+
+    #[test]
+    fn snapshot_tasks_meant_to_run() {
+        // `shoal task ls`
+        let (tasks, services, hostnames) = swarm();
+        insta::assert_snapshot!(
+            "task_ls",
+            render(
+                &by_service(tasks, &services),
+                &hostnames,
+                &options(false),
+                now()
+            )
+        );
+    }
+
+    #[test]
+    fn snapshot_every_task() {
+        // `shoal task ls -a`
+        let (tasks, services, hostnames) = swarm();
+        insta::assert_snapshot!(
+            "task_ls_all",
+            render(
+                &by_service(tasks, &services),
+                &hostnames,
+                &options(true),
+                now()
+            )
+        );
+    }
+}
