@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use shoal_api::v1::{
     ListServiceStatusesRequest, Service, list_service_statuses_response::ServiceStatus,
-    service_spec,
+    port_config, service_spec,
 };
 
 use super::{id, image_of, name, services};
@@ -45,7 +45,41 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
     output::print(&text)
 }
 
-const HEADERS: [&str; 5] = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE"];
+const HEADERS: [&str; 6] = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"];
+
+/// The ports published on the routing mesh, as docker shows them: `*:8080->80/tcp`, the
+/// allocated ports once the allocator has filled them in (host-mode ports are per node and
+/// not shown, as in docker).
+fn ports(service: &Service) -> String {
+    let allocated = service.endpoint.as_ref().map(|e| e.ports.as_slice());
+    let declared = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.endpoint.as_ref())
+        .map(|e| e.ports.as_slice());
+    let ports = match allocated {
+        Some(ports) if !ports.is_empty() => ports,
+        _ => declared.unwrap_or_default(),
+    };
+    ports
+        .iter()
+        .filter(|p| p.publish_mode() == port_config::PublishMode::Ingress)
+        .map(|p| {
+            let published = if p.published_port == 0 {
+                String::new()
+            } else {
+                p.published_port.to_string()
+            };
+            let protocol = match p.protocol() {
+                port_config::Protocol::Tcp => "tcp",
+                port_config::Protocol::Udp => "udp",
+                port_config::Protocol::Sctp => "sctp",
+            };
+            format!("*:{published}->{}/{protocol}", p.target_port)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// `running/desired`, as docker shows it, with a job's completions and a per-node maximum.
 fn replicas(service: &Service, status: Option<&ServiceStatus>) -> String {
@@ -96,7 +130,7 @@ pub fn render(
         .iter()
         .map(|s| (s.service_id.as_str(), s))
         .collect();
-    let rows: Vec<[String; 5]> = services
+    let rows: Vec<[String; 6]> = services
         .iter()
         .map(|s| {
             let spec = s.spec.clone().unwrap_or_default();
@@ -106,6 +140,7 @@ pub fn render(
                 shoal_api::validation::mode_name(&spec).to_string(),
                 replicas(s, by_id.get(id(s)).copied()),
                 image_of(spec.task.as_ref()),
+                ports(s),
             ]
         })
         .collect();
@@ -124,13 +159,14 @@ pub fn render(
         Format::Json => output::json_lines(
             &rows
                 .iter()
-                .map(|[id, name, mode, replicas, image]| {
+                .map(|[id, name, mode, replicas, image, ports]| {
                     Json::object([
                         ("ID", Json::str(id)),
                         ("Name", Json::str(name)),
                         ("Mode", Json::str(mode)),
                         ("Replicas", Json::str(replicas)),
                         ("Image", Json::str(image)),
+                        ("Ports", Json::str(ports)),
                     ])
                 })
                 .collect::<Vec<_>>(),
@@ -263,7 +299,7 @@ mod tests {
         let out = render(services(), &statuses, false, Format::Table);
         assert_eq!(
             out,
-            "ID             NAME   MODE             REPLICAS              IMAGE\n\
+            "ID             NAME   MODE             REPLICAS              IMAGE        PORTS\n\
              bbbbbbbbbbbb   api    replicated       1/1                   nginx:1.27\n\
              cccccccccccc   job    replicated-job   2/2 (3/5 completed)   sleep 1000\n\
              aaaaaaaaaaaa   web    replicated       1/2                   sleep 1000\n"
@@ -273,7 +309,7 @@ mod tests {
         assert!(out.contains("web    replicated       0/0"), "{out}");
         assert_eq!(
             render(vec![], &[], false, Format::Table),
-            "ID   NAME   MODE   REPLICAS   IMAGE\n"
+            "ID   NAME   MODE   REPLICAS   IMAGE   PORTS\n"
         );
     }
 
