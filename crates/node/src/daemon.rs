@@ -1,4 +1,9 @@
 //! The daemon: start a manager from its state directory and serve until told to stop.
+//!
+//! Each start is a new *incarnation* (a random value `Swarm.Info` reports), so that a client
+//! that asked for a restart — `shoal swarm init --force-new-cluster` on a manager, answered by
+//! [`Outcome::ForceNewCluster`] and a start with [`DaemonConfig::force_new_cluster`] — can
+//! tell when the new run answers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +43,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::agent::{Agent, AgentExit, SessionSink, SessionSlot};
 use crate::error::NodeError;
-use crate::local::{LeaveRequest, LocalSwarm, NotAManager};
+use crate::local::{LeaveRequest, LocalRequest, LocalSwarm, NewClusterRequest, NotAManager};
 use crate::renewal::{Managers, Renewer};
 use crate::state_dir::{NodeIdentity, StateDir};
 use crate::worker::{StatusReporter, TaskDb, Worker};
@@ -184,6 +189,18 @@ pub struct Daemon {
     /// The managers this node knows.
     managers: Managers,
     role: Role,
+    /// This run of the node ([`Daemon::incarnation`]).
+    incarnation: u64,
+}
+
+/// A new, non-zero incarnation.
+fn new_incarnation() -> u64 {
+    loop {
+        let value: u64 = rand::random();
+        if value != 0 {
+            return value;
+        }
+    }
 }
 
 /// What a node runs besides its identity.
@@ -200,7 +217,7 @@ struct ManagerParts {
 }
 
 /// Why [`Daemon::serve`] returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Told to stop.
     Stopped,
@@ -208,6 +225,10 @@ pub enum Outcome {
     Left,
     /// The node's role changed (promoted or demoted): start it again to take the new role.
     RoleChanged(NodeRole),
+    /// This manager was asked to force a new cluster (`shoal swarm init
+    /// --force-new-cluster`): start it again with [`DaemonConfig::force_new_cluster`], on the
+    /// remote API addresses the request names, if any.
+    ForceNewCluster(NewClusterRequest),
 }
 
 /// A daemon serving in the background, for tests and embedding.
@@ -771,6 +792,7 @@ impl Daemon {
                 transport,
                 store,
             })),
+            incarnation: new_incarnation(),
         })
     }
 
@@ -804,11 +826,17 @@ impl Daemon {
             credentials,
             managers,
             role: Role::Worker,
+            incarnation: new_incarnation(),
         })
     }
 
     pub fn identity(&self) -> &NodeIdentity {
         &self.identity
+    }
+
+    /// This run of the node: a new non-zero value at each start, which `Swarm.Info` reports.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The role this node runs as.
@@ -827,8 +855,8 @@ impl Daemon {
         }
     }
 
-    /// Serves until `shutdown` resolves, the node leaves, or its role changes; then stops
-    /// cleanly and says which.
+    /// Serves until `shutdown` resolves, the node leaves, its role changes, or (a manager) it
+    /// is asked to force a new cluster; then stops cleanly and says which.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -841,10 +869,11 @@ impl Daemon {
             credentials,
             managers,
             role,
+            incarnation,
         } = self;
         // `stopping` stops every server and loop of this node; `shutdown` is one reason.
         let (stopping_tx, stopping) = watch::channel(false);
-        let (leave_tx, mut leave_rx) = mpsc::channel::<LeaveRequest>(1);
+        let (local_tx, mut local_rx) = mpsc::channel::<LocalRequest>(1);
         let (role_tx, mut role_rx) = mpsc::channel::<NodeRole>(1);
         let renewer = Renewer::new(
             state_dir.path().to_path_buf(),
@@ -872,10 +901,16 @@ impl Daemon {
         .with_labels(config.labels.clone());
         let renewer = tokio::spawn(renewer.run(stopping.clone(), role_tx));
         let mut agent = tokio::spawn(agent.run(stopping.clone()));
+        let running_as = match role {
+            Role::Manager(_) => NodeRole::Manager,
+            Role::Worker => NodeRole::Worker,
+        };
         let local_swarm = SwarmServer::new(LocalSwarm::new(
             credentials.clone(),
             managers.clone(),
-            leave_tx,
+            running_as,
+            incarnation,
+            local_tx,
         ));
         let until_stopping = |mut s: watch::Receiver<bool>| async move {
             let _ = s.wait_for(|s| *s).await;
@@ -895,7 +930,7 @@ impl Daemon {
                 );
                 let outcome = tokio::select! {
                     _ = shutdown => Reason::Stop,
-                    Some(request) = leave_rx.recv() => Reason::Leave(request),
+                    Some(request) = local_rx.recv() => Reason::from(request),
                     Some(role) = role_rx.recv() => Reason::Role(role),
                     Ok(AgentExit::Removed(message)) = &mut agent => Reason::Removed(message),
                 };
@@ -994,7 +1029,7 @@ impl Daemon {
                 let mut status = handle.watch_status();
                 let outcome = tokio::select! {
                     _ = shutdown => Reason::Stop,
-                    Some(request) = leave_rx.recv() => Reason::Leave(request),
+                    Some(request) = local_rx.recv() => Reason::from(request),
                     Some(role) = role_rx.recv() => Reason::Role(role),
                     _ = status.wait_for(|s| s.removed) => Reason::RemovedFromRaft,
                 };
@@ -1035,6 +1070,10 @@ impl Daemon {
             Reason::Role(role) => {
                 tracing::info!("this node is now a {}; restarting as one", role_name(role));
                 Outcome::RoleChanged(role)
+            }
+            Reason::ForceNewCluster(request) => {
+                tracing::info!("restarting this manager as the only member of a new cluster");
+                Outcome::ForceNewCluster(request)
             }
             Reason::Removed(message) => {
                 state_dir.forget_cluster()?;
@@ -1083,9 +1122,19 @@ enum Reason {
     Stop,
     Leave(LeaveRequest),
     Role(NodeRole),
+    ForceNewCluster(NewClusterRequest),
     RemovedFromRaft,
     /// The cluster removed this node.
     Removed(String),
+}
+
+impl From<LocalRequest> for Reason {
+    fn from(request: LocalRequest) -> Self {
+        match request {
+            LocalRequest::Leave(leave) => Reason::Leave(leave),
+            LocalRequest::ForceNewCluster(new_cluster) => Reason::ForceNewCluster(new_cluster),
+        }
+    }
 }
 
 /// What a new manager needs to start Raft.

@@ -1,11 +1,18 @@
 //! What the control socket serves besides a manager's Control API: the node's own calls
-//! (`Swarm`: who am I, leave) and, on a node that is not a manager, a Control service that
-//! answers every call by saying where to go instead.
+//! (`Swarm`: who am I, leave, and on a manager `swarm init --force-new-cluster`) and, on a
+//! node that is not a manager, a Control service that answers every call by saying where to
+//! go instead.
+//!
+//! Calls that end the node's current run (leave, force a new cluster) are handed to the
+//! daemon's serve loop as a [`LocalRequest`]: the caller is answered at once, then the daemon
+//! stops and (but after leaving) starts again. [`SwarmInfoResponse::incarnation`] tells a
+//! caller waiting for the restart which run answers.
 //!
 //! The socket is owner-only (0600) and trusted without TLS, as in SwarmKit: whoever can open
 //! it already controls the node.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use shoal_api::v1::swarm_server::Swarm;
@@ -65,25 +72,83 @@ pub struct LeaveRequest {
     pub force: bool,
 }
 
+/// A request to restart this manager as the only member of a new cluster, keeping its data
+/// (`swarm init --force-new-cluster`), optionally on other remote API addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewClusterRequest {
+    /// The remote API's listen address, if the request names one.
+    pub listen_addr: Option<SocketAddr>,
+    pub advertise_addr: Option<String>,
+}
+
+/// What the local `Swarm` service asks of the daemon's serve loop: each ends this run of the
+/// node.
+#[derive(Debug)]
+pub enum LocalRequest {
+    Leave(LeaveRequest),
+    ForceNewCluster(NewClusterRequest),
+}
+
 /// The `Swarm` service of the local socket.
 pub struct LocalSwarm {
     credentials: Credentials,
     managers: Managers,
-    leave: mpsc::Sender<LeaveRequest>,
+    /// What the node runs as now (its certificate may already say otherwise, until the
+    /// daemon restarts it in its new role).
+    running_as: NodeRole,
+    /// This run of the daemon ([`SwarmInfoResponse::incarnation`]).
+    incarnation: u64,
+    requests: mpsc::Sender<LocalRequest>,
 }
 
 impl LocalSwarm {
     pub fn new(
         credentials: Credentials,
         managers: Managers,
-        leave: mpsc::Sender<LeaveRequest>,
+        running_as: NodeRole,
+        incarnation: u64,
+        requests: mpsc::Sender<LocalRequest>,
     ) -> Self {
         Self {
             credentials,
             managers,
-            leave,
+            running_as,
+            incarnation,
+            requests,
         }
     }
+}
+
+/// The addresses an `InitSwarmRequest` names, checked.
+fn requested_addrs(request: &InitSwarmRequest) -> Result<NewClusterRequest, Status> {
+    let listen_addr = match request.listen_addr.trim() {
+        "" => None,
+        addr => Some(addr.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "invalid listen_addr {addr:?}: write an IP address and a port, such as \
+                 0.0.0.0:4242"
+            ))
+        })?),
+    };
+    let advertise_addr = match request.advertise_addr.trim() {
+        "" => None,
+        addr if addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+        {
+            Some(addr.to_string())
+        }
+        addr => {
+            return Err(Status::invalid_argument(format!(
+                "invalid advertise_addr {addr:?}: write a host and a port, such as \
+                 10.0.0.5:4242"
+            )));
+        }
+    };
+    Ok(NewClusterRequest {
+        listen_addr,
+        advertise_addr,
+    })
 }
 
 impl LocalSwarm {
@@ -106,9 +171,30 @@ impl LocalSwarm {
 impl Swarm for LocalSwarm {
     async fn init(
         &self,
-        _request: Request<InitSwarmRequest>,
+        request: Request<InitSwarmRequest>,
     ) -> Result<Response<InitSwarmResponse>, Status> {
-        Err(self.already_member())
+        let request = request.into_inner();
+        if !request.force_new_cluster {
+            return Err(self.already_member());
+        }
+        if self.running_as != NodeRole::Manager {
+            return Err(Status::failed_precondition(format!(
+                "only a manager can force a new cluster; this node ({}) is a worker: run \
+                 `shoal swarm init --force-new-cluster` on a manager that holds the cluster's \
+                 state",
+                self.credentials.identity().node_id
+            )));
+        }
+        let new_cluster = requested_addrs(&request)?;
+        tracing::warn!(
+            "asked to force a new cluster: restarting this manager as the only member, keeping \
+             all data"
+        );
+        self.requests
+            .send(LocalRequest::ForceNewCluster(new_cluster))
+            .await
+            .map_err(|_| Status::unavailable("this node is already stopping"))?;
+        Ok(Response::new(InitSwarmResponse {}))
     }
 
     async fn join(
@@ -128,6 +214,7 @@ impl Swarm for LocalSwarm {
             cluster_id: identity.cluster_id,
             managers: self.managers.get(),
             certificate_expiry: Some(identity.not_after.into()),
+            incarnation: self.incarnation,
         }))
     }
 
@@ -142,8 +229,8 @@ impl Swarm for LocalSwarm {
                  demote it first (`shoal node demote` on a manager), or use --force",
             ));
         }
-        self.leave
-            .send(LeaveRequest { force })
+        self.requests
+            .send(LocalRequest::Leave(LeaveRequest { force }))
             .await
             .map_err(|_| Status::unavailable("this node is already stopping"))?;
         Ok(Response::new(LeaveSwarmResponse {}))
@@ -154,7 +241,7 @@ impl Swarm for LocalSwarm {
 pub enum InactiveRequest {
     Init {
         /// The remote API's listen address, if the request names one.
-        listen_addr: Option<std::net::SocketAddr>,
+        listen_addr: Option<SocketAddr>,
         advertise_addr: Option<String>,
         reply: oneshot::Sender<Result<(), Status>>,
     },
@@ -166,7 +253,8 @@ pub enum InactiveRequest {
 }
 
 /// The `Swarm` service of a node that belongs to no cluster: init and join go to the
-/// daemon, which answers once it has done them (or why it could not).
+/// daemon, which answers once it has done them (or why it could not). With no cluster to
+/// force anything on, `init --force-new-cluster` is a normal init.
 pub struct InactiveSwarm {
     requests: mpsc::Sender<InactiveRequest>,
 }
@@ -190,31 +278,10 @@ impl Swarm for InactiveSwarm {
         &self,
         request: Request<InitSwarmRequest>,
     ) -> Result<Response<InitSwarmResponse>, Status> {
-        let request = request.into_inner();
-        let listen_addr = match request.listen_addr.trim() {
-            "" => None,
-            addr => Some(addr.parse().map_err(|_| {
-                Status::invalid_argument(format!(
-                    "invalid listen_addr {addr:?}: write an IP address and a port, such as \
-                     0.0.0.0:4242"
-                ))
-            })?),
-        };
-        let advertise_addr = match request.advertise_addr.trim() {
-            "" => None,
-            addr if addr
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
-            {
-                Some(addr.to_string())
-            }
-            addr => {
-                return Err(Status::invalid_argument(format!(
-                    "invalid advertise_addr {addr:?}: write a host and a port, such as \
-                     10.0.0.5:4242"
-                )));
-            }
-        };
+        let NewClusterRequest {
+            listen_addr,
+            advertise_addr,
+        } = requested_addrs(&request.into_inner())?;
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(InactiveRequest::Init {

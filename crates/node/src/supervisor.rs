@@ -6,6 +6,10 @@
 //! (as a Docker Engine waits for `docker swarm init/join`). A join with a refused token is
 //! answered at once, saying why, and the node stays inactive. Each phase owns the state
 //! directory's lock while it runs and hands it on when it ends.
+//!
+//! A manager asked to force a new cluster (`shoal swarm init --force-new-cluster`, as after
+//! losing its quorum) stops and starts again here with `force_new_cluster` set, for that one
+//! start: as `shoal daemon --force-new-cluster` would, without restarting the process.
 
 use std::path::Path;
 
@@ -68,16 +72,25 @@ pub async fn run(mut config: DaemonConfig, stop: watch::Receiver<bool>) -> Resul
                 let _ = until.wait_for(|s| *s).await;
             })
             .await?;
-        match outcome {
-            Outcome::Stopped => return Ok(Exit::Stopped),
-            Outcome::Left => tracing::info!("left the cluster; this node is inactive now"),
-            Outcome::RoleChanged(_) => {}
-        }
         // What got the node into its cluster is done.
         config.init = false;
         config.join_addr = None;
         config.join_token = None;
         config.force_new_cluster = false;
+        match outcome {
+            Outcome::Stopped => return Ok(Exit::Stopped),
+            Outcome::Left => tracing::info!("left the cluster; this node is inactive now"),
+            Outcome::RoleChanged(_) => {}
+            Outcome::ForceNewCluster(request) => {
+                config.force_new_cluster = true;
+                if let Some(addr) = request.listen_addr {
+                    config.listen_remote_api = addr;
+                }
+                if request.advertise_addr.is_some() {
+                    config.advertise_remote_api = request.advertise_addr;
+                }
+            }
+        }
     }
 }
 

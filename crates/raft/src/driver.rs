@@ -325,7 +325,7 @@ impl Loop {
         }
         RaftError::NoLeader(format!(
             "no leader: quorum lost ({} of {voters} managers reachable); bring managers back, \
-             or restart one with --force-new-cluster to continue from its data",
+             or run `shoal swarm init --force-new-cluster` on one to continue from its data",
             self.reachable().min(voters.max(1))
         ))
     }

@@ -1,6 +1,13 @@
 //! `shoal swarm init`: the local node (which must belong to no cluster) creates a new swarm
 //! and becomes its first manager. Waits until the manager serves, then prints how to add
 //! nodes.
+//!
+//! `--force-new-cluster` on a manager (one that lost its quorum): the daemon restarts the
+//! manager as the only member of a new cluster, keeping all its data (as `shoal daemon
+//! --force-new-cluster` does, without restarting the process). The command waits for the
+//! restarted daemon — a new incarnation in `Swarm.Info` — to serve, then prints the same as a
+//! new swarm. On a node that belongs to no cluster the flag changes nothing; on a worker it is
+//! refused.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,35 +31,50 @@ pub struct Args {
     /// address)
     #[arg(long, value_name = "ADDR")]
     pub advertise_addr: Option<String>,
+    /// On a manager that lost its quorum: restart it as the only manager of a new cluster,
+    /// keeping the cluster's data (services, secrets, nodes)
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
     let path = client::socket_path(socket.clone());
     client::run(socket, async |c| {
+        // Which run of the daemon answers now (none on a node outside any cluster): the
+        // manager that serves after the init is a later one.
+        let before = c.info().await.map(|i| i.incarnation);
         c.swarm()
             .init(InitSwarmRequest {
                 listen_addr: args.listen_addr.clone().unwrap_or_default(),
                 advertise_addr: args.advertise_addr.clone().unwrap_or_default(),
+                force_new_cluster: args.force_new_cluster,
             })
             .await
             .map_err(|s| c.error("Swarm.Init", &s))?;
-        eprintln!("Creating the swarm…");
+        if before.is_some() {
+            eprintln!("Forcing a new cluster from this manager's state…");
+        } else {
+            eprintln!("Creating the swarm…");
+        }
         // The daemon starts the manager and serves the socket again: wait for it.
         let started = Instant::now();
         loop {
             if let Ok(mut fresh) = Client::connect(&path).await
+                && let Some(info) = fresh.info().await
+                && Some(info.incarnation) != before
                 && let Ok(cluster) = fresh.cluster().await
             {
                 let tokens = cluster
                     .root_ca
                     .and_then(|r| r.join_tokens)
                     .unwrap_or_default();
-                let addr = fresh
-                    .info()
-                    .await
-                    .and_then(|i| i.managers.first().cloned())
+                let info = fresh.info().await.unwrap_or(info);
+                let addr = info
+                    .managers
+                    .first()
+                    .cloned()
                     .unwrap_or_else(|| "<MANAGER-ADDR>".to_string());
-                let id = fresh.info().await.map(|i| i.node_id).unwrap_or_default();
+                let id = info.node_id;
                 return output::print(&format!(
                     "Swarm initialized: current node ({id}) is now a manager.\n\nTo add a worker \
                      to this swarm, run the following command:\n\n    shoal swarm join --token \
@@ -63,8 +85,13 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
             }
             if started.elapsed() > READY_WITHIN {
                 return Err(format!(
-                    "the swarm was created but the manager did not answer within {}s; check the \
+                    "the swarm was {} but the manager did not answer within {}s; check the \
                      daemon's log",
+                    if before.is_some() {
+                        "asked to force a new cluster"
+                    } else {
+                        "created"
+                    },
                     READY_WITHIN.as_secs()
                 ));
             }
