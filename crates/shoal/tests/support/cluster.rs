@@ -170,6 +170,11 @@ impl Cluster {
         self.wait_ready(name);
     }
 
+    /// The Docker Engine API socket of node `name`.
+    pub fn engine_socket_of(&self, name: &str) -> PathBuf {
+        self.daemons[name].state_dir.join("docker.sock")
+    }
+
     /// The control socket of node `name`.
     pub fn socket_of(&self, name: &str) -> PathBuf {
         self.daemons[name].state_dir.join("control.sock")

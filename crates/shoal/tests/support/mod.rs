@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod engine;
 pub mod in_process;
 
 use std::collections::BTreeMap;
@@ -417,4 +418,17 @@ pub async fn heartbeat_every_second(addr: &str) {
         })
         .await
         .unwrap();
+}
+
+/// Waits until `path` exists (a socket a daemon binds), for at most `limit`.
+pub fn wait_for_path(path: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
