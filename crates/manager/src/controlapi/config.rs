@@ -4,7 +4,8 @@ use shoal_api::labels::Labels;
 use shoal_api::v1::{
     Config, ConfigSpec, CreateConfigRequest, CreateConfigResponse, GetConfigRequest,
     GetConfigResponse, ListConfigsRequest, ListConfigsResponse, ListFilters, Meta,
-    RemoveConfigRequest, RemoveConfigResponse, UpdateConfigRequest, UpdateConfigResponse,
+    RemoveConfigRequest, RemoveConfigResponse, Service, UpdateConfigRequest, UpdateConfigResponse,
+    task_spec,
 };
 use shoal_api::{id, validation};
 use shoal_store::{By, Reader};
@@ -12,6 +13,20 @@ use tonic::Status;
 
 use super::ControlApi;
 use crate::status::store_status;
+
+/// Whether `service`'s spec references the config with this ID.
+fn uses_config(service: &Service, id: &str) -> bool {
+    let runtime = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task.as_ref())
+        .and_then(|t| t.runtime.as_ref());
+    match runtime {
+        Some(task_spec::Runtime::Container(c)) => c.configs.iter().any(|r| r.config_id == id),
+        Some(task_spec::Runtime::Process(p)) => p.configs.iter().any(|r| r.config_id == id),
+        None => false,
+    }
+}
 
 fn invalid(e: validation::ValidationError) -> Status {
     Status::invalid_argument(e.to_string())
@@ -159,21 +174,73 @@ impl ControlApi {
     ) -> Result<RemoveConfigResponse, Status> {
         self.require_leader()?;
         let reference = request.config_id;
-        self.store
+        let mut refusal = None;
+        let result = self
+            .store
             .update(|tx| {
                 let config = tx.lookup::<Config>(&reference)?;
-                let id = config.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
-                let users = tx.find::<shoal_api::v1::Task>(By::ReferencedConfig(&id));
+                let id = config
+                    .meta
+                    .as_ref()
+                    .map(|m| m.id.clone())
+                    .unwrap_or_default();
+                let name = config
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.annotations.as_ref())
+                    .map(|a| a.name.clone())
+                    .unwrap_or_default();
+                // As for secrets: refused while a service references it (its tasks may not
+                // exist yet, or be between restarts), or a task still uses it.
+                let mut users: Vec<String> = tx
+                    .find::<Service>(By::All)
+                    .iter()
+                    .filter(|s| uses_config(s, &id))
+                    .map(|s| {
+                        s.spec
+                            .as_ref()
+                            .and_then(|s| s.annotations.as_ref())
+                            .map(|a| a.name.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect();
                 if !users.is_empty() {
-                    return Err(shoal_store::StoreError::InvalidTransaction(format!(
-                        "config {reference} is in use by {} task(s); remove the services using it first",
-                        users.len()
+                    users.sort();
+                    let one = users.len() == 1;
+                    refusal = Some(Status::failed_precondition(format!(
+                        "config {name} is in use by service{} {}; remove the config from {} (or \
+                         remove {}) first",
+                        if one { "" } else { "s" },
+                        users.join(", "),
+                        if one {
+                            "that service"
+                        } else {
+                            "those services"
+                        },
+                        if one { "the service" } else { "them" },
                     )));
+                    return Err(shoal_store::StoreError::InvalidTransaction(
+                        "refused".into(),
+                    ));
+                }
+                let tasks = tx.find::<shoal_api::v1::Task>(By::ReferencedConfig(&id));
+                if !tasks.is_empty() {
+                    refusal = Some(Status::failed_precondition(format!(
+                        "config {name} is in use by {} task(s) that have not stopped yet; try \
+                         again once they have",
+                        tasks.len()
+                    )));
+                    return Err(shoal_store::StoreError::InvalidTransaction(
+                        "refused".into(),
+                    ));
                 }
                 tx.delete::<Config>(&id)
             })
-            .await
-            .map_err(store_status)?;
+            .await;
+        if let Some(status) = refusal {
+            return Err(status);
+        }
+        result.map_err(store_status)?;
         Ok(RemoveConfigResponse {})
     }
 }
