@@ -344,6 +344,12 @@ pub fn plan(task: &Task, node_id: &str) -> Result<ContainerPlan> {
     if spec.oom_score_adj != 0 {
         host.oom_score_adj = Some(spec.oom_score_adj);
     }
+    if let Some(privileges) = &spec.privileges {
+        let options = security_options(privileges)?;
+        if !options.is_empty() {
+            host.security_opt = Some(options);
+        }
+    }
 
     let task_spec = task.spec.as_ref().expect("container_spec found a spec");
     if let Some(resources) = &task_spec.resources {
@@ -474,6 +480,57 @@ pub fn plan(task: &Task, node_id: &str) -> Result<ContainerPlan> {
         body,
         warnings,
     })
+}
+
+/// The engine's `--security-opt` values for a container's privileges, as moby's swarm
+/// executor writes them.
+fn security_options(p: &shoal_api::v1::Privileges) -> Result<Vec<String>> {
+    use shoal_api::v1::privileges::{app_armor, seccomp};
+    let mut options = Vec::new();
+    if let Some(selinux) = &p.selinux_context {
+        if selinux.disable {
+            options.push("label=disable".to_string());
+        }
+        for (key, value) in [
+            ("user", &selinux.user),
+            ("role", &selinux.role),
+            ("type", &selinux.r#type),
+            ("level", &selinux.level),
+        ] {
+            if !value.is_empty() {
+                options.push(format!("label={key}:{value}"));
+            }
+        }
+    }
+    if let Some(s) = &p.seccomp {
+        match seccomp::Mode::try_from(s.mode) {
+            Ok(seccomp::Mode::Default) => {}
+            Ok(seccomp::Mode::Unconfined) => options.push("seccomp=unconfined".into()),
+            Ok(seccomp::Mode::Custom) => {
+                let profile = std::str::from_utf8(&s.profile).map_err(|_| {
+                    ExecutorError::InvalidSpec(
+                        "container.privileges.seccomp.profile is not UTF-8 JSON".into(),
+                    )
+                })?;
+                options.push(format!("seccomp={profile}"));
+            }
+            Err(_) => {
+                return Err(ExecutorError::InvalidSpec(format!(
+                    "container.privileges.seccomp.mode {} is unknown",
+                    s.mode
+                )));
+            }
+        }
+    }
+    if let Some(a) = &p.apparmor
+        && a.mode == app_armor::Mode::Disabled as i32
+    {
+        options.push("apparmor=unconfined".into());
+    }
+    if p.no_new_privileges {
+        options.push("no-new-privileges=true".into());
+    }
+    Ok(options)
 }
 
 fn engine_mount(index: usize, m: &shoal_api::v1::Mount) -> Result<Mount> {
@@ -770,6 +827,41 @@ mod tests {
         assert_eq!(health.retries, Some(3));
         assert!(plan.healthcheck);
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn privileges_become_security_options() {
+        use shoal_api::v1::{Privileges, privileges};
+        let spec = ContainerSpec {
+            privileges: Some(Privileges {
+                selinux_context: Some(privileges::SeLinuxContext {
+                    disable: true,
+                    level: "s0:c1".into(),
+                    ..Default::default()
+                }),
+                seccomp: Some(privileges::Seccomp {
+                    mode: privileges::seccomp::Mode::Unconfined as i32,
+                    profile: Vec::new(),
+                }),
+                apparmor: Some(privileges::AppArmor {
+                    mode: privileges::app_armor::Mode::Disabled as i32,
+                }),
+                no_new_privileges: true,
+            }),
+            ..image("busybox")
+        };
+        let plan = plan(&task(spec), "self").unwrap();
+        let host = plan.body.host_config.as_ref().unwrap();
+        assert_eq!(
+            host.security_opt.as_deref().unwrap(),
+            [
+                "label=disable",
+                "label=level:s0:c1",
+                "seccomp=unconfined",
+                "apparmor=unconfined",
+                "no-new-privileges=true"
+            ]
+        );
     }
 
     #[test]

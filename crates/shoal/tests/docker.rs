@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -25,23 +24,9 @@ use support::in_process::{free_addr, until};
 const IMAGE: &str = "shoal-test/busybox:latest";
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Whether the engine answers; panics when it must (`SHOAL_REQUIRE_DOCKER=1`) and does not.
+/// Whether the engine answers (with the test image built); panics when it must and does not.
 fn docker_ready() -> bool {
-    let answers = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !answers {
-        if std::env::var("SHOAL_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("SHOAL_REQUIRE_DOCKER=1 but no Docker Engine answers `docker version`");
-        }
-        eprintln!("skipping: no Docker Engine answers `docker version`");
-        return false;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-image.sh");
-    let built = Command::new("sh").arg(&script).status().unwrap();
-    assert!(built.success(), "{} failed", script.display());
-    true
+    support::engine::engine_with_test_image()
 }
 
 fn status(store: &Store, id: &str) -> TaskStatus {

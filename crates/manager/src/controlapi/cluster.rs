@@ -96,9 +96,20 @@ impl ControlApi {
                 let current = tx.lookup::<Cluster>(&id)?;
                 let mut updated = (*current).clone();
                 updated.meta.get_or_insert_with(Default::default).version = request.cluster_version;
-                // The name is the cluster's identity for users: it stays.
+                // The name is the cluster's identity for users: it stays. The labels are the
+                // request's, as every other part of the spec (Docker's `swarm update` sets them).
                 let mut new_spec = spec.clone();
-                new_spec.annotations = current.spec.as_ref().and_then(|s| s.annotations.clone());
+                let mut annotations = current
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.annotations.clone())
+                    .unwrap_or_default();
+                annotations.labels = spec
+                    .annotations
+                    .as_ref()
+                    .map(|a| a.labels.clone())
+                    .unwrap_or_default();
+                new_spec.annotations = Some(annotations);
                 updated.spec = Some(new_spec);
                 if let Some(root) = updated.root_ca.as_mut() {
                     let digest = root.ca_cert_hash.clone();

@@ -26,6 +26,10 @@ pub struct Args {
     /// Path of the local control socket (default: <state-dir>/control.sock)
     #[arg(long, value_name = "PATH")]
     pub listen_control_api: Option<PathBuf>,
+    /// Path of the Docker Engine API socket, for `docker` and docker-py (default:
+    /// <state-dir>/docker.sock); `off` serves none
+    #[arg(long, value_name = "PATH|off")]
+    pub listen_engine_api: Option<PathBuf>,
     /// Start a new cluster with this node as its first manager
     #[arg(long, conflicts_with = "join_addr")]
     pub init: bool,
@@ -134,22 +138,63 @@ pub fn run(args: Args) -> Result<(), String> {
         .into_iter()
         .map(|(key, value)| shoal_api::v1::Label { key, value })
         .collect();
+    let control_socket = config.listen_control_api.clone().unwrap_or_else(|| {
+        config
+            .state_dir
+            .join(shoal_api::defaults::CONTROL_SOCKET_NAME)
+    });
+    let engine_socket = match args.listen_engine_api {
+        Some(path) if path.as_os_str() == "off" => None,
+        Some(path) => Some(path),
+        None => Some(config.state_dir.join(ENGINE_SOCKET_NAME)),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
     runtime.block_on(async move {
+        // Refuse a second daemon on this state directory before touching its sockets.
+        drop(shoal_node::StateDir::open(&config.state_dir).map_err(|e| e.to_string())?);
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        shoal_node::supervisor::run(config, stop)
+        // The Engine API outlives the node's phases; it stops once the node has stopped.
+        let (engine_stop_tx, engine_stop) = tokio::sync::watch::channel(false);
+        let engine_api = match engine_socket {
+            Some(path) => {
+                let listener = shoal_engine_api::bind(&path).map_err(|e| {
+                    format!(
+                        "cannot listen for the Docker Engine API on {}: {e} (choose another \
+                         path with --listen-engine-api, or turn it off with \
+                         --listen-engine-api off)",
+                        path.display()
+                    )
+                })?;
+                tracing::info!("Docker Engine API on unix://{}", path.display());
+                Some(tokio::spawn(shoal_engine_api::serve(
+                    listener,
+                    shoal_engine_api::Backend::new(&control_socket),
+                    engine_stop,
+                )))
+            }
+            None => None,
+        };
+        let result = shoal_node::supervisor::run(config, stop)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        let _ = engine_stop_tx.send(true);
+        if let Some(engine_api) = engine_api {
+            let _ = engine_api.await;
+        }
+        result
     })
 }
+
+/// The Docker Engine API socket's name in the state directory.
+const ENGINE_SOCKET_NAME: &str = "docker.sock";
 
 /// The machine's hostname (Linux: /proc/sys/kernel/hostname), or "localhost".
 fn machine_hostname() -> String {

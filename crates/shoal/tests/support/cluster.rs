@@ -96,14 +96,24 @@ pub struct Cluster {
     manager_addr: String,
     /// The daemons by name (`m1`, the workers).
     daemons: BTreeMap<String, Manager>,
+    /// Flags every daemon of the cluster starts with (see [`Cluster::start_with`]).
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// Starts a manager `m1` that creates the cluster, then a worker for each name, and
     /// waits until every node is READY.
     pub fn start(workers: &[&str]) -> Cluster {
+        Cluster::start_with(workers, &[])
+    }
+
+    /// [`Cluster::start`] with `extra_daemon_flags` given to every daemon, the workers that
+    /// join later included (e.g. `["--executor", "sim"]`).
+    pub fn start_with(workers: &[&str], extra_daemon_flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let m1 = Manager::start(dir.path(), "m1", &["--init", "--hostname", "m1"]);
+        let mut flags = vec!["--init", "--hostname", "m1"];
+        flags.extend_from_slice(extra_daemon_flags);
+        let m1 = Manager::start(dir.path(), "m1", &flags);
         let socket = m1.state_dir.join("control.sock");
         let manager_addr = m1.addr.clone();
         let mut cluster = Cluster {
@@ -111,6 +121,7 @@ impl Cluster {
             socket,
             manager_addr,
             daemons: BTreeMap::from([("m1".to_string(), m1)]),
+            extra: extra_daemon_flags.iter().map(|f| f.to_string()).collect(),
         };
         cluster.wait_ready("m1");
         for name in workers {
@@ -141,7 +152,10 @@ impl Cluster {
                 &token,
                 "--hostname",
                 name,
-            ],
+            ]
+            .into_iter()
+            .chain(self.extra.iter().map(String::as_str))
+            .collect::<Vec<_>>(),
         );
         self.daemons.insert(name.to_string(), worker);
         self.wait_ready(name);
@@ -164,7 +178,10 @@ impl Cluster {
                 &token,
                 "--hostname",
                 name,
-            ],
+            ]
+            .into_iter()
+            .chain(self.extra.iter().map(String::as_str))
+            .collect::<Vec<_>>(),
         );
         self.daemons.insert(name.to_string(), manager);
         self.wait_ready(name);

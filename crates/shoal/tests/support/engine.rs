@@ -33,6 +33,27 @@ pub fn docker_cli() -> bool {
     installed
 }
 
+/// Whether the machine's Docker Engine answers, with the tests' image built
+/// (`scripts/build-test-image.sh`, `shoal-test/busybox:latest`); panics when the engine must
+/// be there (`SHOAL_REQUIRE_DOCKER=1`) and is not.
+pub fn engine_with_test_image() -> bool {
+    let answers = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !answers {
+        if std::env::var("SHOAL_REQUIRE_DOCKER").as_deref() == Ok("1") {
+            panic!("SHOAL_REQUIRE_DOCKER=1 but no Docker Engine answers `docker version`");
+        }
+        eprintln!("skipping: no Docker Engine answers `docker version`");
+        return false;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-image.sh");
+    let built = Command::new("sh").arg(&script).status().unwrap();
+    assert!(built.success(), "{} failed", script.display());
+    true
+}
+
 /// The Engine API socket of a daemon whose state directory is `state_dir`.
 pub fn engine_socket(state_dir: &Path) -> PathBuf {
     state_dir.join("docker.sock")
