@@ -124,8 +124,8 @@ fn updated_service(
     }
     validation::validate_service_update(&current_spec, &spec).map_err(invalid)?;
     if spec == current_spec {
-        // The same spec again: no new version, so no task is redeployed. (Changing only
-        // `task.force_update` is a change, and redeploys.)
+        // The same spec again: no new spec version, so no task is redeployed. (Changing
+        // only `task.force_update` is a change, and redeploys.)
         return Ok(None);
     }
     next.previous_spec = Some(Box::new(current_spec));
@@ -345,7 +345,10 @@ impl Services<'_> {
                             allocate_endpoint(tx, &mut next, &mut refusal)?;
                             tx.update(next).map(|()| id)
                         }
-                        Ok(None) => Ok(id),
+                        // The same spec again: written anyway (as docker does), so the
+                        // service's version rises and clients that read it back see their
+                        // write; nothing else changes and nothing is redeployed.
+                        Ok(None) => tx.update(Service::clone(&current)).map(|()| id),
                         Err(status) => {
                             refusal = Some(status);
                             Err(StoreError::InvalidTransaction("refused".into()))
@@ -857,9 +860,14 @@ mod tests {
         assert_eq!(updated.spec.as_ref().unwrap().mode, replicated(5));
         assert!(version(&updated) > version(&web));
 
-        // The same spec again changes nothing; force_update alone is a change.
+        // The same spec again changes nothing but the object's version (docker-py reads
+        // it back and expects it higher); force_update alone is a change.
         let same = block_on(s.update(update_request(&updated, v2.clone()))).unwrap();
-        assert_eq!(same, updated);
+        assert!(version(&same) > version(&updated));
+        assert_eq!(same.spec, updated.spec);
+        assert_eq!(same.spec_version, updated.spec_version);
+        assert_eq!(same.previous_spec, updated.previous_spec);
+        let updated = same;
         let mut forced = v2.clone();
         forced.task.as_mut().unwrap().force_update += 1;
         let forced = block_on(s.update(update_request(&updated, forced))).unwrap();
