@@ -1,7 +1,9 @@
 //! Every command of the README's quick start, run as written (with the test's own sockets,
 //! state directories and ports): the daemon lines start real `shoal daemon` processes, the
 //! client lines run through `sh` with `cargo run --release --` standing for the `shoal`
-//! binary, and `service logs -f` runs until the service's output shows up.
+//! binary, `service logs -f` runs until the service's output shows up, and the `docker` lines
+//! run the real docker CLI against the manager's Engine API socket (skipped without the
+//! CLI, unless `SHOAL_REQUIRE_DOCKER=1`).
 //!
 //! If a command is added to the quick start, this test runs it; if the quick start loses a
 //! command this test expects (the daemon lines), it fails.
@@ -73,6 +75,31 @@ fn run_client(cluster: &Cluster, command: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs a docker CLI command of the README through `sh`, with `DOCKER_HOST` (which the README
+/// exports) pointing at the manager's Engine API socket.
+fn run_docker(cluster: &Cluster, command: &str) -> String {
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(config.path().join("config.json"), "{}").unwrap();
+    let out = Command::new("sh")
+        .args(["-c", command])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", cluster.engine_socket_of("m1").display()),
+        )
+        .env("DOCKER_CONFIG", config.path())
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "README command failed: {command}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs a following command (`logs -f`) until a line of output arrives, then stops it.
 fn run_following(cluster: &Cluster, command: &str) -> String {
     let script = format!("exec {}", command.replace(CARGO_RUN, "\"$SHOAL\""));
@@ -128,6 +155,22 @@ fn the_quick_start_works_as_written() {
     let mut ran = 0;
     for command in &commands {
         if command.starts_with(&format!("{CARGO_RUN} daemon")) {
+            continue;
+        }
+        if command.starts_with("export DOCKER_HOST=") {
+            continue;
+        }
+        if command.starts_with("docker ") || command.contains("| docker ") {
+            if support::engine::docker_cli() {
+                let out = run_docker(&cluster, command);
+                if command == "docker secret ls" {
+                    assert!(out.contains("db-password"), "{out}");
+                }
+                if command == "docker node ls" {
+                    assert!(out.contains("m1") && out.contains("Leader"), "{out}");
+                }
+                ran += 1;
+            }
             continue;
         }
         assert!(
