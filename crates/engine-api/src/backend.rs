@@ -21,6 +21,9 @@ use crate::error::{self, EngineError};
 /// How long a call waits for the control socket to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`Backend::local_state`] waits for a control socket that does not answer.
+const PHASE_CHANGE: Duration = Duration::from_secs(2);
+
 /// What this node is, as the `Swarm` ping header and `/info` tell it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LocalState {
@@ -98,12 +101,24 @@ impl Backend {
         LogsClient::new(self.channel.clone())
     }
 
-    /// What this node is now.
+    /// What this node is now. The control socket is re-bound when the daemon changes phase
+    /// (and bound a moment after the Engine API's at start): an unreachable socket is asked
+    /// again for up to [`PHASE_CHANGE`] before the state is reported as an error.
     pub async fn local_state(&self) -> LocalState {
-        match self.swarm().info(SwarmInfoRequest {}).await {
-            Ok(info) => LocalState::Active(info.into_inner()),
-            Err(status) if status.code() == Code::FailedPrecondition => LocalState::Inactive,
-            Err(status) => LocalState::Error(status.message().to_string()),
+        let started = std::time::Instant::now();
+        loop {
+            match self.swarm().info(SwarmInfoRequest {}).await {
+                Ok(info) => return LocalState::Active(info.into_inner()),
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    return LocalState::Inactive;
+                }
+                Err(status)
+                    if status.code() == Code::Unavailable && started.elapsed() < PHASE_CHANGE =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => return LocalState::Error(status.message().to_string()),
+            }
         }
     }
 

@@ -8,7 +8,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 pub struct Version {
+    /// `omitempty` in moby: a job's first iteration is `"JobIteration":{}`.
+    #[serde(skip_serializing_if = "is_zero")]
     pub index: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The `ID`, `Version`, `CreatedAt` and `UpdatedAt` every object starts with, flattened into

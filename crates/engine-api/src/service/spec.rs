@@ -43,6 +43,10 @@ use crate::error::EngineError;
 use crate::lenient;
 use crate::shapes::{duration, nanos};
 
+/// A container's isolation as moby shows it: the only one Shoal runs (Windows' `process` and
+/// `hyperv` are refused).
+pub const DEFAULT_ISOLATION: &str = "default";
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -1313,7 +1317,7 @@ impl ContainerSpec {
     fn to_proto(&self, task_field: &str) -> Result<v1::ContainerSpec, EngineError> {
         let field = format!("{task_field}.ContainerSpec");
         match self.isolation.as_str() {
-            "" | "default" => {}
+            "" | DEFAULT_ISOLATION => {}
             other => {
                 return Err(unsupported(format!(
                     "{field}.Isolation {other:?}: isolation modes are Windows containers'; \
@@ -1477,7 +1481,9 @@ impl ContainerSpec {
             }),
             secrets: c.secrets.iter().map(SecretReference::from_proto).collect(),
             configs: c.configs.iter().map(ConfigReference::from_proto).collect(),
-            isolation: String::new(),
+            // moby shows SwarmKit's `ISOLATION_DEFAULT` as "default" (never empty), the only
+            // isolation Shoal runs.
+            isolation: DEFAULT_ISOLATION.into(),
             sysctls: c.sysctls.clone(),
             capability_add: c.capability_add.clone(),
             capability_drop: c.capability_drop.clone(),

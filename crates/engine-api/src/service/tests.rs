@@ -84,7 +84,7 @@ fn docker_pys_create_body_reads_back_as_sent() {
     assert_eq!(value["Spec"]["Mode"], json!({"Replicated":{"Replicas":2}}));
     assert_eq!(
         value["Spec"]["TaskTemplate"]["ContainerSpec"],
-        json!({"Image":"alpine:3.10","Command":["echo","hello"]})
+        json!({"Image":"alpine:3.10","Command":["echo","hello"],"Isolation":"default"})
     );
     assert!(value.get("ServiceStatus").is_none());
     assert!(value.get("JobStatus").is_none());
@@ -158,7 +158,8 @@ fn job_modes_get_dockers_defaults_and_a_job_status() {
     assert_eq!(value["Spec"]["Mode"], json!({"GlobalJob":{}}));
     assert_eq!(
         value["JobStatus"],
-        json!({"JobIteration":{"Index":0},"LastExecution":"2023-11-14T22:13:20Z"})
+        json!({"JobIteration":{},"LastExecution":"2023-11-14T22:13:20Z"}),
+        "the first iteration's Index 0 is omitted, as in moby"
     );
     let global = shape(
         r#"{"Name":"g","TaskTemplate":{"ContainerSpec":{"Image":"busybox"}},"Mode":{"global":{}}}"#,
@@ -212,6 +213,7 @@ const FULL: &str = r#"{
       "CapabilityAdd": ["CAP_NET_ADMIN"],
       "CapabilityDrop": ["CAP_MKNOD"],
       "Ulimits": [{"Name": "nofile", "Hard": 200, "Soft": 100}],
+      "Isolation": "default",
       "OomScoreAdj": 100
     },
     "Resources": {

@@ -7,7 +7,8 @@
 //!
 //! - `Spec.ContainerSpec` is never null (the CLI dereferences it); a host-process task shows
 //!   its process as a container spec without an image (see [`crate::service::spec`]), and
-//!   its PID and exit code as `ContainerStatus`.
+//!   its PID and exit code as `ContainerStatus`. A task's `Spec` has no `Runtime` (moby
+//!   names it in a service's task template only).
 //! - `Slot` starts at 1 for replicated services and at 0 for replicated jobs (so the first
 //!   job task has none, as in moby, whose `Slot` is `omitempty`); global tasks have none.
 //! - `JobIteration` is set for the tasks of job services only, which is why rendering takes
@@ -253,11 +254,16 @@ impl Task {
                 .iter()
                 .map(|l| (l.key.clone(), l.value.clone()))
                 .collect(),
-            spec: task
-                .spec
-                .as_ref()
-                .map(|s| TaskSpec::from_proto(s))
-                .unwrap_or_else(TaskSpec::empty),
+            spec: TaskSpec {
+                // moby names the runtime in a service's task template only, not in a task's
+                // spec.
+                runtime: String::new(),
+                ..task
+                    .spec
+                    .as_ref()
+                    .map(|s| TaskSpec::from_proto(s))
+                    .unwrap_or_else(TaskSpec::empty)
+            },
             service_id: task.service_id.clone(),
             slot: task.slot,
             node_id: task.node_id.clone(),
