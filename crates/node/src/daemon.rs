@@ -949,12 +949,15 @@ impl Daemon {
                 let authorizer = Authorizer::new(store.clone(), credentials.identity().cluster_id);
                 let managers_only = || authorizer.interceptor(Access::Managers);
                 let log_broker = LogBroker::new(store.clone(), handle.clone(), authorizer.clone());
-                // Control calls reaching this manager while it follows go to the leader.
+                // Control calls reaching this manager while it follows go to the leader,
+                // bounded in time: a call in flight when the leader is cut off fails
+                // (UNAVAILABLE) instead of waiting for the connection's keepalive.
                 let forwarding = |api: ControlApi| {
                     ForwardToLeader::new(
                         ControlServer::new(api),
                         handle.clone(),
-                        shoal_tls::Dialer::mutual(credentials.clone()),
+                        shoal_tls::Dialer::mutual(credentials.clone())
+                            .with_request_timeout(FORWARD_TIMEOUT),
                         &credentials.identity().node_id,
                     )
                 };
@@ -1292,6 +1295,9 @@ async fn executor(
         )),
     })
 }
+
+/// How long a control call forwarded to the leader may take before it fails.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the Docker Engine has to answer when a node with `--executor docker` starts.
 const DOCKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -323,10 +323,20 @@ impl Loop {
                     .into(),
             );
         }
+        let reachable = self.reachable().min(voters.max(1));
+        if reachable > voters / 2 {
+            // A quorum is reachable from here: an election is under way, or this manager is
+            // cut off from the leader while others still hear it.
+            return RaftError::NoLeader(format!(
+                "no leader known to this manager right now ({reachable} of {voters} managers \
+                 reachable: an election is under way, or this manager is cut off from the \
+                 leader); retry shortly, or call another manager"
+            ));
+        }
         RaftError::NoLeader(format!(
-            "no leader: quorum lost ({} of {voters} managers reachable); bring managers back, \
-             or run `shoal swarm init --force-new-cluster` on one to continue from its data",
-            self.reachable().min(voters.max(1))
+            "no leader: quorum lost ({reachable} of {voters} managers reachable); bring \
+             managers back, or run `shoal swarm init --force-new-cluster` on one to continue \
+             from its data"
         ))
     }
 

@@ -11,7 +11,7 @@ use shoal_api::{id, validation};
 use shoal_store::{By, Reader};
 use tonic::Status;
 
-use super::ControlApi;
+use super::{ControlApi, Removal};
 use crate::status::store_status;
 
 /// Whether `service`'s spec references the config with this ID.
@@ -174,11 +174,28 @@ impl ControlApi {
     ) -> Result<RemoveConfigResponse, Status> {
         self.require_leader()?;
         let reference = request.config_id;
+        // The caller gives no version: a write committed between the read and the removal's
+        // commit makes it read again and retry.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.remove_config_once(&reference).await {
+                Err(Removal::Conflict(e)) if attempt < super::REMOVE_ATTEMPTS => {
+                    tracing::debug!("removing config {reference}: {e}; reading it again");
+                }
+                Err(Removal::Conflict(e)) => return Err(store_status(e)),
+                Err(Removal::Refused(status)) => return Err(status),
+                Ok(()) => return Ok(RemoveConfigResponse {}),
+            }
+        }
+    }
+
+    async fn remove_config_once(&self, reference: &str) -> Result<(), Removal> {
         let mut refusal = None;
         let result = self
             .store
             .update(|tx| {
-                let config = tx.lookup::<Config>(&reference)?;
+                let config = tx.lookup::<Config>(reference)?;
                 let id = config
                     .meta
                     .as_ref()
@@ -238,9 +255,12 @@ impl ControlApi {
             })
             .await;
         if let Some(status) = refusal {
-            return Err(status);
+            return Err(Removal::Refused(status));
         }
-        result.map_err(store_status)?;
-        Ok(RemoveConfigResponse {})
+        match result {
+            Err(e) if e.is_conflict() => Err(Removal::Conflict(e)),
+            Err(e) => Err(Removal::Refused(store_status(e))),
+            Ok(()) => Ok(()),
+        }
     }
 }

@@ -17,6 +17,18 @@ use shoal_raft::service::{not_leader, to_status};
 use shoal_store::Store;
 use tonic::Status;
 
+/// How many times a removal, which carries no version, reads again after a concurrent write
+/// made its transaction stale.
+const REMOVE_ATTEMPTS: u32 = 5;
+
+/// Why one attempt at a removal failed.
+enum Removal {
+    /// A write committed between the read and the removal: read again and retry.
+    Conflict(shoal_store::StoreError),
+    /// A final answer.
+    Refused(Status),
+}
+
 /// The Control service of one manager.
 #[derive(Clone)]
 pub struct ControlApi {

@@ -19,7 +19,7 @@ use shoal_api::{id, validation};
 use shoal_store::{By, Reader, Store, StoreError};
 use tonic::Status;
 
-use super::{ControlApi, filters_match};
+use super::{ControlApi, Removal, filters_match};
 use crate::status::store_status;
 
 fn secret_id(s: &Secret) -> &str {
@@ -217,8 +217,24 @@ impl Secrets<'_> {
             .ok_or_else(|| store_status(not_found(&updated_id)))
     }
 
-    /// Removes a secret no service uses.
+    /// Removes a secret no service uses. The caller gives no version: a write committed
+    /// between the read and the removal's commit makes it read again and retry.
     pub(super) async fn remove(&self, reference: &str) -> Result<(), Status> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.remove_once(reference).await {
+                Err(Removal::Conflict(e)) if attempt < super::REMOVE_ATTEMPTS => {
+                    tracing::debug!("removing secret {reference}: {e}; reading it again");
+                }
+                Err(Removal::Conflict(e)) => return Err(store_status(e)),
+                Err(Removal::Refused(status)) => return Err(status),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    async fn remove_once(&self, reference: &str) -> Result<(), Removal> {
         let mut refusal = None;
         let result = self
             .store
@@ -262,9 +278,13 @@ impl Secrets<'_> {
             })
             .await;
         if let Some(status) = refusal {
-            return Err(status);
+            return Err(Removal::Refused(status));
         }
-        result.map_err(store_status)
+        match result {
+            Err(e) if e.is_conflict() => Err(Removal::Conflict(e)),
+            Err(e) => Err(Removal::Refused(store_status(e))),
+            Ok(()) => Ok(()),
+        }
     }
 }
 
