@@ -682,6 +682,7 @@ impl Daemon {
             )?
         } else {
             let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
+            let advertise = resumed_advertise(&config, &identity.advertise_addr, advertise);
             moved_from =
                 (identity.advertise_addr != advertise).then(|| identity.advertise_addr.clone());
             let log = if config.force_new_cluster {
@@ -1296,6 +1297,23 @@ async fn executor(
     })
 }
 
+/// The address a restarting manager advertises. Without `--advertise-remote-api`, and
+/// listening on every interface (`0.0.0.0`), the fresh guess is loopback, which would tell
+/// the cluster the manager moved to an address no other machine reaches: the address it
+/// advertised before is kept instead, as long as it listens on the same port.
+fn resumed_advertise(config: &DaemonConfig, recorded: &str, fresh: String) -> String {
+    let guessed =
+        config.advertise_remote_api.is_none() && config.listen_remote_api.ip().is_unspecified();
+    let same_port = recorded
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| fresh.rsplit_once(':').is_some_and(|(_, p)| p == port));
+    if guessed && same_port && !recorded.is_empty() {
+        recorded.to_string()
+    } else {
+        fresh
+    }
+}
+
 /// How long a control call forwarded to the leader may take before it fails.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1317,4 +1335,38 @@ fn task_db(state_dir: &StateDir) -> Result<TaskDb, NodeError> {
 
 fn credentials_from(certificates: NodeCertificates) -> Result<Credentials, NodeError> {
     Credentials::new(certificates).map_err(|e| NodeError::StateDir(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_manager_keeps_its_address_unless_told_otherwise() {
+        let mut config = DaemonConfig::new(std::path::PathBuf::from("/tmp/x"));
+        config.listen_remote_api = "0.0.0.0:4242".parse().unwrap();
+        let fresh = || "127.0.0.1:4242".to_string();
+        assert_eq!(
+            resumed_advertise(&config, "10.0.0.5:4242", fresh()),
+            "10.0.0.5:4242"
+        );
+        // Another port: it did move.
+        assert_eq!(
+            resumed_advertise(&config, "10.0.0.5:4243", fresh()),
+            "127.0.0.1:4242"
+        );
+        // Told where: it moves there.
+        config.advertise_remote_api = Some("10.0.0.9:4242".into());
+        assert_eq!(
+            resumed_advertise(&config, "10.0.0.5:4242", "10.0.0.9:4242".into()),
+            "10.0.0.9:4242"
+        );
+        // A specific listen address is an explicit choice too.
+        config.advertise_remote_api = None;
+        config.listen_remote_api = "127.0.0.1:4242".parse().unwrap();
+        assert_eq!(
+            resumed_advertise(&config, "10.0.0.5:4242", fresh()),
+            "127.0.0.1:4242"
+        );
+    }
 }
