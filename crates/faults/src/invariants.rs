@@ -1,0 +1,490 @@
+//! What must hold once the faults stop and the cluster has healed.
+//!
+//! - **(a) Linearizable**: the workload's history (ok and unknown operations, the final reads
+//!   included) is checked with `shoal-check` against [`Configs`](crate::model::Configs). A
+//!   budget (time and steps) bounds the check; running out is reported as "unknown", never as
+//!   a pass.
+//! - **(b) No acknowledged write lost**: after healing, every name is read once more
+//!   ([`final_reads`](crate::workload::final_reads)) and those reads join the history, so (a)
+//!   already fails if an acknowledged write vanished. [`lost_writes`] also counts them
+//!   directly, as a figure a reader can trust without the checker: the final read shows the
+//!   value of some write X (or absence, left by some removal X); every acknowledged write on
+//!   that name that was *called after X returned* must come after X in any order, so X cannot
+//!   be the last write — each such write is lost. A value no write produced counts as one lost
+//!   write. If X's outcome was unknown, nothing can be concluded (it may have happened late).
+//! - **(c) At most one leader per term**: raft-rs logs `became leader at term N` (at info level,
+//!   through the Raft layer's slog→tracing drain) on the manager that wins. Each container is
+//!   one manager and `docker logs` keeps a container's output across restarts, so the logs of
+//!   all managers give every (term, leader) pair of the run. This is the smallest honest source:
+//!   the Control API's `ManagerStatus` says who leads now but not in which term, and adding
+//!   the term to the API only for this would change the API. The limit: a leadership that left
+//!   no log line (a crash between becoming leader and writing the line) is not seen — a miss,
+//!   never a false alarm.
+//! - **(d) Services converge**: one replicated service of a few replicas (process executor,
+//!   `sleep`, which busybox provides inside the image) is created before the faults; after
+//!   healing, exactly that many tasks must be wanted running and running, one per slot, with no
+//!   slot running two tasks. The time from healing until this holds is a figure.
+//!
+//! Where this departs from Jepsen and etcd: Jepsen's checkers (Knossos, Elle) run on the whole
+//! history, including reads that failed; we drop failed operations before checking (they had no
+//! effect) and keep unknown writes as optional operations. etcd's robustness tests check watch
+//! streams and revision monotonicity as well; watches are not exercised yet. Leader uniqueness is
+//! read from logs here, where etcd exposes the term in every response header.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use shoal_api::v1::{ListFilters, ListServicesRequest, ListTasksRequest, TaskState};
+use shoal_check::{Checker, Verdict};
+
+use crate::cluster::{DockerCluster, control, docker};
+use crate::model::{Configs, Input, Output};
+use crate::workload::{Answer, FINAL_READER, Record, history};
+
+/// The result of the linearizability check.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Linearizable {
+    Yes,
+    No(String),
+    /// The checker ran out of budget.
+    Unknown(String),
+}
+
+impl Linearizable {
+    pub fn holds(&self) -> bool {
+        matches!(self, Linearizable::Yes)
+    }
+}
+
+/// Checks the history of `records` within `limit`.
+pub fn check_linearizable(records: &[Record], limit: Duration) -> Linearizable {
+    let history = history(records);
+    let checker = Checker::new(Configs)
+        .time_limit(limit)
+        .step_limit(200_000_000);
+    match checker.check(&history) {
+        Verdict::Linearizable => Linearizable::Yes,
+        v @ Verdict::NotLinearizable(_) => Linearizable::No(v.to_string()),
+        v @ Verdict::Unknown(_) => Linearizable::Unknown(v.to_string()),
+    }
+}
+
+/// A lost acknowledged write.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Lost {
+    pub name: String,
+    pub why: String,
+}
+
+/// Acknowledged writes that the final reads prove lost (see the module's notes).
+pub fn lost_writes(records: &[Record]) -> Vec<Lost> {
+    let mut lost = Vec::new();
+    let finals: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.client == FINAL_READER && r.is_ok())
+        .collect();
+    for last in finals {
+        let name = last.input.name();
+        let on_name: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.client != FINAL_READER && r.input.name() == name)
+            .collect();
+        // When the write that produced the final state returned (None: unknown, no bound).
+        let bound: Option<std::time::Duration> = match &last.answer {
+            Answer::Ok(Output::Found { value, .. }) => {
+                let producer = on_name.iter().find(|r| match &r.input {
+                    Input::Create { value: v, .. } | Input::Update { value: v, .. } => v == value,
+                    _ => false,
+                });
+                match producer {
+                    None => {
+                        lost.push(Lost {
+                            name: name.into(),
+                            why: format!("final value {value} was written by no operation"),
+                        });
+                        continue;
+                    }
+                    Some(p) if p.acknowledged_write() => p.returned,
+                    Some(p) if matches!(p.answer, Answer::Unknown(_)) => None,
+                    Some(p) => {
+                        lost.push(Lost {
+                            name: name.into(),
+                            why: format!(
+                                "final value {value} was written by an operation that did not \
+                                 succeed: {:?}",
+                                p.answer
+                            ),
+                        });
+                        continue;
+                    }
+                }
+            }
+            Answer::Ok(Output::NotFound) => {
+                let removes: Vec<&&Record> = on_name
+                    .iter()
+                    .filter(|r| matches!(r.input, Input::Remove { .. }))
+                    .collect();
+                if removes
+                    .iter()
+                    .any(|r| matches!(r.answer, Answer::Unknown(_)))
+                {
+                    None
+                } else {
+                    Some(
+                        removes
+                            .iter()
+                            .filter(|r| r.acknowledged_write())
+                            .filter_map(|r| r.returned)
+                            .max()
+                            .unwrap_or_default(),
+                    )
+                }
+            }
+            _ => None,
+        };
+        let Some(bound) = bound else { continue };
+        for w in on_name
+            .iter()
+            .filter(|r| r.acknowledged_write() && r.call > bound)
+        {
+            lost.push(Lost {
+                name: name.into(),
+                why: format!(
+                    "acknowledged {:?} -> {:?} (called at {:?}) is not in the final state {:?}",
+                    w.input, w.answer, w.call, last.answer
+                ),
+            });
+        }
+    }
+    lost
+}
+
+/// Every (term → managers that said they became leader in it), from the managers' logs
+/// (node name → log text).
+pub fn leaders_by_term(logs: &BTreeMap<String, String>) -> BTreeMap<u64, BTreeSet<String>> {
+    const MARK: &str = "became leader at term ";
+    let mut terms: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for (node, log) in logs {
+        for line in log.lines() {
+            if let Some(at) = line.find(MARK) {
+                let digits: String = line[at + MARK.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                if let Ok(term) = digits.parse() {
+                    terms.entry(term).or_default().insert(node.clone());
+                }
+            }
+        }
+    }
+    terms
+}
+
+/// The terms with more than one leader.
+pub fn split_brains(terms: &BTreeMap<u64, BTreeSet<String>>) -> Vec<(u64, Vec<String>)> {
+    terms
+        .iter()
+        .filter(|(_, leaders)| leaders.len() > 1)
+        .map(|(term, leaders)| (*term, leaders.iter().cloned().collect()))
+        .collect()
+}
+
+/// The name of the service created before the faults.
+pub const SERVICE: &str = "faults-svc";
+
+/// Creates the replicated service on the first manager, with the `shoal` command line of its
+/// container (`-d`: do not wait).
+pub fn create_service(cluster: &DockerCluster, replicas: u64) -> Result<(), String> {
+    let container = &cluster.nodes[0].container;
+    let replicas = replicas.to_string();
+    docker(&[
+        "exec",
+        container,
+        "/bin/shoal",
+        "service",
+        "create",
+        "-s",
+        "/var/lib/shoal/control.sock",
+        "-d",
+        "--name",
+        SERVICE,
+        "--replicas",
+        &replicas,
+        "--",
+        "sleep",
+        "1000000",
+    ])
+    .map(|_| ())
+}
+
+/// How far a service is from converged.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceState {
+    /// Tasks wanted running and running, by slot.
+    pub running_by_slot: BTreeMap<u64, usize>,
+    /// Tasks running (whatever is wanted), by slot.
+    pub any_running_by_slot: BTreeMap<u64, usize>,
+}
+
+impl ServiceState {
+    /// Exactly `replicas` tasks run, one per slot, and no slot runs two.
+    pub fn converged(&self, replicas: u64) -> bool {
+        self.running_by_slot.len() as u64 == replicas
+            && self.running_by_slot.values().all(|&n| n == 1)
+            && self.any_running_by_slot.values().all(|&n| n <= 1)
+    }
+}
+
+/// Reads the service's tasks through the control socket `socket`.
+pub async fn service_state(socket: &Path) -> Option<ServiceState> {
+    let mut client = control(socket, Duration::from_secs(2)).await.ok()?;
+    let call = async {
+        let services = client
+            .list_services(ListServicesRequest {
+                filters: Some(ListFilters {
+                    names: vec![SERVICE.into()],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .services;
+        let id = services.first()?.meta.as_ref()?.id.clone();
+        let tasks = client
+            .list_tasks(ListTasksRequest {
+                service_ids: vec![id],
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .tasks;
+        let running = TaskState::Running as i32;
+        let mut state = ServiceState {
+            running_by_slot: BTreeMap::new(),
+            any_running_by_slot: BTreeMap::new(),
+        };
+        for t in tasks {
+            let is_running = t.status.as_ref().is_some_and(|s| s.state == running);
+            if is_running {
+                *state.any_running_by_slot.entry(t.slot).or_default() += 1;
+                if t.desired_state == running {
+                    *state.running_by_slot.entry(t.slot).or_default() += 1;
+                }
+            }
+        }
+        Some(state)
+    };
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Waits until the service has converged (asking the managers in turn); returns how long it
+/// took, or the last state seen.
+pub async fn wait_converged(
+    cluster: &DockerCluster,
+    replicas: u64,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let sockets: Vec<_> = cluster.managers().map(|(_, n)| n.socket()).collect();
+    let mut last = None;
+    let mut i = 0;
+    while start.elapsed() < limit {
+        let socket = &sockets[i % sockets.len()];
+        i += 1;
+        if let Some(state) = service_state(socket).await {
+            if state.converged(replicas) {
+                return Ok(start.elapsed());
+            }
+            last = Some(state);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!(
+        "service {SERVICE} did not converge to {replicas} running tasks within {limit:?}; last \
+         seen: {last:?}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Output;
+
+    fn record(
+        client: u32,
+        input: Input,
+        call: u64,
+        returned: Option<u64>,
+        answer: Answer,
+    ) -> Record {
+        Record {
+            client,
+            node: "m1".into(),
+            input,
+            call: Duration::from_millis(call),
+            returned: returned.map(Duration::from_millis),
+            answer,
+        }
+    }
+
+    fn create(value: u64) -> Input {
+        Input::Create {
+            name: "a".into(),
+            value,
+        }
+    }
+
+    fn update(value: u64) -> Input {
+        Input::Update {
+            name: "a".into(),
+            id: 1,
+            read_version: 2,
+            value,
+        }
+    }
+
+    fn read() -> Input {
+        Input::Read { name: "a".into() }
+    }
+
+    fn found(value: u64, version: u64) -> Answer {
+        Answer::Ok(Output::Found {
+            id: 1,
+            value,
+            version,
+        })
+    }
+
+    #[test]
+    fn a_final_read_of_an_older_value_loses_the_newer_write() {
+        let records = vec![
+            record(
+                0,
+                create(1),
+                0,
+                Some(10),
+                Answer::Ok(Output::Created { id: 1, version: 2 }),
+            ),
+            record(
+                0,
+                update(2),
+                20,
+                Some(30),
+                Answer::Ok(Output::Updated { version: 3 }),
+            ),
+            record(FINAL_READER, read(), 100, Some(110), found(1, 2)),
+        ];
+        let lost = lost_writes(&records);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(!check_linearizable(&records, Duration::from_secs(5)).holds());
+    }
+
+    #[test]
+    fn overlapping_or_unknown_writes_prove_nothing() {
+        let records = vec![
+            record(
+                0,
+                create(1),
+                0,
+                Some(10),
+                Answer::Ok(Output::Created { id: 1, version: 2 }),
+            ),
+            record(1, update(3), 5, None, Answer::Unknown("timed out".into())),
+            record(
+                0,
+                update(2),
+                20,
+                Some(30),
+                Answer::Ok(Output::Updated { version: 4 }),
+            ),
+            // Unknown producer of the final value: timing alone proves no loss.
+            record(FINAL_READER, read(), 100, Some(110), found(3, 5)),
+        ];
+        assert!(lost_writes(&records).is_empty());
+        // The checker, which knows versions, still sees that both updates read version 2.
+        assert!(!check_linearizable(&records, Duration::from_secs(5)).holds());
+    }
+
+    #[test]
+    fn a_final_value_nobody_wrote_is_lost() {
+        let records = vec![record(FINAL_READER, read(), 100, Some(110), found(77, 5))];
+        assert_eq!(lost_writes(&records).len(), 1);
+    }
+
+    #[test]
+    fn an_acknowledged_create_after_the_last_remove_must_be_seen() {
+        let remove = Input::Remove {
+            name: "a".into(),
+            id: 1,
+        };
+        let records = vec![
+            record(
+                0,
+                create(1),
+                0,
+                Some(10),
+                Answer::Ok(Output::Created { id: 1, version: 2 }),
+            ),
+            record(0, remove, 20, Some(30), Answer::Ok(Output::Removed)),
+            record(
+                1,
+                create(2),
+                40,
+                Some(50),
+                Answer::Ok(Output::Created { id: 2, version: 4 }),
+            ),
+            record(
+                FINAL_READER,
+                read(),
+                100,
+                Some(110),
+                Answer::Ok(Output::NotFound),
+            ),
+        ];
+        let lost = lost_writes(&records);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_are_found_in_the_logs() {
+        let logs: BTreeMap<String, String> = [
+            (
+                "m1".to_string(),
+                "2026 INFO became leader at term 2 term=2 raft_id=1\nINFO became follower at term 3"
+                    .to_string(),
+            ),
+            (
+                "m2".to_string(),
+                "INFO became leader at term 3 term=3 raft_id=2\nINFO became leader at term 5"
+                    .to_string(),
+            ),
+            ("m3".to_string(), "INFO became leader at term 5 term=5".to_string()),
+        ]
+        .into();
+        let terms = leaders_by_term(&logs);
+        assert_eq!(terms.len(), 3);
+        assert_eq!(
+            split_brains(&terms),
+            vec![(5, vec!["m2".into(), "m3".into()])]
+        );
+    }
+
+    #[test]
+    fn convergence_wants_one_running_task_per_slot() {
+        let state = |running: &[(u64, usize)], any: &[(u64, usize)]| ServiceState {
+            running_by_slot: running.iter().copied().collect(),
+            any_running_by_slot: any.iter().copied().collect(),
+        };
+        assert!(state(&[(1, 1), (2, 1), (3, 1)], &[(1, 1), (2, 1), (3, 1)]).converged(3));
+        assert!(!state(&[(1, 1), (2, 1)], &[(1, 1), (2, 1)]).converged(3));
+        assert!(!state(&[(1, 2), (2, 1)], &[(1, 2), (2, 1)]).converged(3));
+        // A task being replaced still runs beside its successor.
+        assert!(!state(&[(1, 1), (2, 1), (3, 1)], &[(1, 2), (2, 1), (3, 1)]).converged(3));
+    }
+}
