@@ -8,8 +8,8 @@
 //! and not used. A host-process service stays one (see [`super::spec`]). Answers
 //! `{"Warnings": null}`.
 //!
-//! The Control API does not write a spec equal to the current one: such an update succeeds
-//! without raising `Version.Index` (nothing is redeployed).
+//! An update with the spec the service already has still raises `Version.Index` (as moby's;
+//! docker-py reads it back and expects it higher), and redeploys nothing.
 
 use serde::Serialize;
 use shoal_api::v1::{UpdateServiceRequest, update_service_request::Rollback};
