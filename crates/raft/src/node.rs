@@ -140,6 +140,14 @@ fn untag(context: &[u8]) -> Option<(u64, ProposalId)> {
     Some((proposer, id))
 }
 
+/// A proposal of this node waiting for its entry to apply.
+struct Pending {
+    /// Where its entry was appended: (index, term).
+    at: (u64, u64),
+    /// A store transaction's changes; `None` for a membership change.
+    changes: Option<ChangeSet>,
+}
+
 /// A Raft member of the manager group.
 pub struct RaftNode {
     raw: RawNode<LogStore>,
@@ -147,9 +155,12 @@ pub struct RaftNode {
     state: Arc<StateMachine>,
     members: BTreeMap<u64, RaftMember>,
     removed: BTreeSet<u64>,
-    /// Proposals of this node not yet applied: store transactions keep their changes, so
-    /// the leader applies them without decoding its own entries.
-    proposals: HashMap<ProposalId, Option<ChangeSet>>,
+    /// Proposals of this node not yet applied, with the log position their entry took:
+    /// store transactions keep their changes, so the leader applies them without decoding
+    /// its own entries. Proposal IDs start again at 1 when a node restarts, so an entry
+    /// tagged with one of ours is ours only at that position (an entry from before a
+    /// restart, committed later, carries the same tag).
+    proposals: HashMap<ProposalId, Pending>,
     next_proposal: ProposalId,
     next_read: ReadId,
     /// Reads confirmed by the leader, waiting for the log to be applied up to their index.
@@ -413,6 +424,15 @@ impl RaftNode {
         self.raw.raft.prs().conf().voters().ids().iter().collect()
     }
 
+    /// Test hook for the deterministic simulator (`shoal-sim`), not for production use:
+    /// raft-rs draws each election timeout from its own thread RNG, which a replayable run
+    /// must override from its seed after every input. `ticks` must lie in
+    /// `[election_tick, max_election_tick)` (see `NodeConfig`), or raft-rs panics.
+    #[doc(hidden)]
+    pub fn set_randomized_election_timeout(&mut self, ticks: usize) {
+        self.raw.raft.set_randomized_election_timeout(ticks);
+    }
+
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.raw.tick();
@@ -448,8 +468,22 @@ impl RaftNode {
         self.next_proposal += 1;
         let data = changes.encode();
         self.raw.propose(tag(self.config.id, id), data)?;
-        self.proposals.insert(id, Some(changes));
+        let at = self.last_appended();
+        self.proposals.insert(
+            id,
+            Pending {
+                at,
+                changes: Some(changes),
+            },
+        );
         Ok(id)
+    }
+
+    /// The position of the entry this leader appended last.
+    fn last_appended(&self) -> (u64, u64) {
+        let log = &self.raw.raft.raft_log;
+        let index = log.last_index();
+        (index, log.term(index).unwrap_or(self.raw.raft.term))
     }
 
     /// Proposes adding a member (a manager joining).
@@ -517,7 +551,8 @@ impl RaftNode {
         .encode_to_vec();
         cc.context = context.clone().into();
         self.raw.propose_conf_change(context, cc)?;
-        self.proposals.insert(id, None);
+        let at = self.last_appended();
+        self.proposals.insert(id, Pending { at, changes: None });
         Ok(id)
     }
 
@@ -645,13 +680,21 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Our pending proposal `id`, if `entry` is the one it appended (same index and term).
+    fn take_proposal(&mut self, id: ProposalId, entry: &Entry) -> Option<Pending> {
+        match self.proposals.get(&id) {
+            Some(p) if p.at == (entry.index, entry.term) => self.proposals.remove(&id),
+            _ => None,
+        }
+    }
+
     fn apply_normal(&mut self, entry: &Entry, out: &mut Output) {
         if entry.data.is_empty() {
             return; // A new leader's empty entry.
         }
         let own = untag(entry.context.as_ref())
             .filter(|(proposer, _)| *proposer == self.config.id)
-            .and_then(|(_, id)| self.proposals.remove(&id).map(|changes| (id, changes)));
+            .and_then(|(_, id)| self.take_proposal(id, entry).map(|p| (id, p.changes)));
         let (own_id, cached) = match own {
             Some((id, changes)) => (Some(id), changes),
             None => (None, None),
@@ -699,7 +742,8 @@ impl RaftNode {
             }
         }
         out.membership_changed = true;
-        if context.proposer == self.config.id && self.proposals.remove(&context.proposal).is_some()
+        if context.proposer == self.config.id
+            && self.take_proposal(context.proposal, entry).is_some()
         {
             out.proposals
                 .push((context.proposal, Ok(self.state.version())));

@@ -50,6 +50,30 @@ impl ControlApi {
         }
     }
 
+    /// Runs a write. A write is built on this manager's own store, and some of its checks
+    /// (not found, out of sequence, name taken, in use) can refuse it there, before anything
+    /// goes through Raft. A leader deposed without knowing it yet, or a new leader that has
+    /// not applied its predecessor's last entries, would refuse from a stale store — an answer
+    /// no linearizable history allows (the simulation in `crates/sim` found it). So a refusal
+    /// is given only after a read barrier has confirmed this manager's view, and the write is
+    /// tried again on the confirmed store. (A refused write wrote nothing, so trying again is
+    /// safe; a write that succeeds needs no barrier: the store checks the versions it read
+    /// again when the entry applies.)
+    async fn confirmed<R, T, F, W>(&self, request: R, write: W) -> Result<T, Status>
+    where
+        R: Clone,
+        W: Fn(R) -> F,
+        F: std::future::Future<Output = Result<T, Status>>,
+    {
+        match write(request.clone()).await {
+            Err(status) if refused_on_local_state(&status) => {
+                self.linearize().await?;
+                write(request).await
+            }
+            answer => answer,
+        }
+    }
+
     /// Waits until the local store holds every write committed before the call.
     async fn linearize(&self) -> Result<(), Status> {
         self.raft
@@ -57,6 +81,18 @@ impl ControlApi {
             .await
             .map_err(|e| to_status(&self.raft, e))
     }
+}
+
+/// Whether a write's refusal may come from this manager's view of the store (and so needs
+/// a confirmed view before it is given).
+fn refused_on_local_state(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::NotFound
+            | tonic::Code::AlreadyExists
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::InvalidArgument
+    )
 }
 
 pub use config::{filters_match, label_filter_matches};
@@ -85,7 +121,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::CreateConfigRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::CreateConfigResponse>, Status> {
-        self.create_config(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.create_config(r))
             .await
             .map(tonic::Response::new)
     }
@@ -94,7 +130,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::UpdateConfigRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::UpdateConfigResponse>, Status> {
-        self.update_config(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.update_config(r))
             .await
             .map(tonic::Response::new)
     }
@@ -103,7 +139,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::RemoveConfigRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveConfigResponse>, Status> {
-        self.remove_config(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.remove_config(r))
             .await
             .map(tonic::Response::new)
     }
@@ -130,7 +166,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::UpdateNodeRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::UpdateNodeResponse>, Status> {
-        self.update_node(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.update_node(r))
             .await
             .map(tonic::Response::new)
     }
@@ -139,7 +175,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::RemoveNodeRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveNodeResponse>, Status> {
-        self.remove_node(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.remove_node(r))
             .await
             .map(tonic::Response::new)
     }
@@ -168,12 +204,15 @@ impl shoal_api::v1::control_server::Control for ControlApi {
     ) -> Result<tonic::Response<shoal_api::v1::RemoveTaskResponse>, Status> {
         // As in SwarmKit: the task goes; its orchestrator makes a replacement if the service
         // still wants one, and its node stops it.
-        self.require_leader()?;
         let task_id = request.into_inner().task_id;
-        self.store
-            .update(|tx| tx.delete::<shoal_api::v1::Task>(&task_id))
-            .await
-            .map_err(crate::status::store_status)?;
+        self.confirmed(task_id, |task_id: String| async move {
+            self.require_leader()?;
+            self.store
+                .update(|tx| tx.delete::<shoal_api::v1::Task>(&task_id))
+                .await
+                .map_err(crate::status::store_status)
+        })
+        .await?;
         Ok(tonic::Response::new(shoal_api::v1::RemoveTaskResponse {}))
     }
 
@@ -199,7 +238,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::CreateServiceRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::CreateServiceResponse>, Status> {
-        self.create_service(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.create_service(r))
             .await
             .map(tonic::Response::new)
     }
@@ -208,7 +247,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::UpdateServiceRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::UpdateServiceResponse>, Status> {
-        self.update_service(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.update_service(r))
             .await
             .map(tonic::Response::new)
     }
@@ -217,7 +256,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::RemoveServiceRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveServiceResponse>, Status> {
-        self.remove_service(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.remove_service(r))
             .await
             .map(tonic::Response::new)
     }
@@ -253,7 +292,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::CreateNetworkRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::CreateNetworkResponse>, Status> {
-        self.create_network(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.create_network(r))
             .await
             .map(tonic::Response::new)
     }
@@ -262,7 +301,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::RemoveNetworkRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveNetworkResponse>, Status> {
-        self.remove_network(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.remove_network(r))
             .await
             .map(tonic::Response::new)
     }
@@ -289,7 +328,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::UpdateClusterRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::UpdateClusterResponse>, Status> {
-        self.update_cluster(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.update_cluster(r))
             .await
             .map(tonic::Response::new)
     }
@@ -316,7 +355,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::CreateSecretRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::CreateSecretResponse>, Status> {
-        self.create_secret(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.create_secret(r))
             .await
             .map(tonic::Response::new)
     }
@@ -325,7 +364,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::UpdateSecretRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::UpdateSecretResponse>, Status> {
-        self.update_secret(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.update_secret(r))
             .await
             .map(tonic::Response::new)
     }
@@ -334,7 +373,7 @@ impl shoal_api::v1::control_server::Control for ControlApi {
         &self,
         request: tonic::Request<shoal_api::v1::RemoveSecretRequest>,
     ) -> Result<tonic::Response<shoal_api::v1::RemoveSecretResponse>, Status> {
-        self.remove_secret(request.into_inner())
+        self.confirmed(request.into_inner(), |r| self.remove_secret(r))
             .await
             .map(tonic::Response::new)
     }
