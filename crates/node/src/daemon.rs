@@ -345,6 +345,42 @@ pub(crate) fn bind_control_socket(
 }
 
 /// Commits this manager's new address: through the leader (or directly, when it leads).
+/// Keeps the Raft node's snapshot interval and the entries it keeps for slow followers equal
+/// to the cluster spec's (`raft.snapshot_interval`, `raft.log_entries_for_slow_followers`), now
+/// and after every change of the cluster object, until the Raft driver stops.
+async fn follow_snapshot_policy(store: Store, raft: RaftHandle) {
+    use shoal_store::{By, Filter, Reader};
+    let mut stopped = raft.watch_status();
+    loop {
+        let (raft_spec, mut changes) = store.view_and_watch(
+            Filter::all().kind(shoal_api::v1::ObjectKind::Cluster),
+            |tx| {
+                tx.find::<shoal_api::v1::Cluster>(By::All)
+                    .into_iter()
+                    .next()
+                    .and_then(|c| c.spec.as_ref().and_then(|s| s.raft))
+            },
+        );
+        let (interval, keep) = match raft_spec {
+            Some(r) => (r.snapshot_interval, r.log_entries_for_slow_followers),
+            None => (0, shoal_api::defaults::RAFT_LOG_ENTRIES_FOR_SLOW_FOLLOWERS),
+        };
+        if raft.set_snapshot_policy(interval, keep).is_err() {
+            return;
+        }
+        tokio::select! {
+            // A change, or a lagged / reset watch: read the spec again.
+            next = changes.next() => {
+                if matches!(next, Err(shoal_store::WatchError::Closed)) {
+                    return;
+                }
+            }
+            // The driver's status only ends when the driver does.
+            () = async { while stopped.changed().await.is_ok() {} } => return,
+        }
+    }
+}
+
 async fn announce_address(handle: RaftHandle, identity: NodeIdentity, dialer: Dialer) {
     let me = RaftMember {
         raft_id: identity.raft_id,
@@ -762,6 +798,7 @@ impl Daemon {
             Arc::new(RaftProposer::new(driver.handle())),
             Arc::new(SystemClock),
         );
+        tokio::spawn(follow_snapshot_policy(store.clone(), driver.handle()));
         if let Some(old) = moved_from {
             tracing::info!(
                 "this manager moved from {old} to {}; telling the cluster",

@@ -29,4 +29,6 @@ pub mod worker;
 
 pub use daemon::{Daemon, DaemonConfig, ExecutorKind, Outcome, RunningDaemon};
 pub use error::NodeError;
+/// Crash points of the Raft log, armed by `FAILPOINTS` (only with the `failpoints` feature).
+pub use shoal_raft::failpoints;
 pub use state_dir::{NodeIdentity, StateDir, default_state_dir};

@@ -67,6 +67,8 @@ enum Input {
     TransferLeadership(oneshot::Sender<Result<()>>),
     /// A member says it is now reached at another address (not yet committed).
     PeerAddress(u64, String),
+    /// The cluster spec's snapshot interval and entries kept for slow followers.
+    SnapshotPolicy(u64, u64),
     Stop,
 }
 
@@ -272,6 +274,7 @@ impl Loop {
                 }
             }
             Input::SnapshotStatus(id, ok) => self.node.report_snapshot(id, ok),
+            Input::SnapshotPolicy(interval, keep) => self.node.set_snapshot_policy(interval, keep),
             Input::TransferLeadership(reply) => {
                 let target = self
                     .node
@@ -472,6 +475,12 @@ impl RaftHandle {
     /// Reports whether a snapshot reached its follower.
     pub fn report_snapshot(&self, id: u64, delivered: bool) {
         let _ = self.send(Input::SnapshotStatus(id, delivered));
+    }
+
+    /// Applied entries between snapshots (0: the default) and entries a snapshot leaves in
+    /// the log for slow followers, from the cluster spec (see `RaftNode::set_snapshot_policy`).
+    pub fn set_snapshot_policy(&self, interval: u64, keep_entries: u64) -> Result<()> {
+        self.send(Input::SnapshotPolicy(interval, keep_entries))
     }
 
     /// Proposes a transaction; resolves once it is applied locally, to the store version.

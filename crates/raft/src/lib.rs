@@ -4,6 +4,7 @@
 
 pub mod driver;
 mod error;
+pub mod failpoints;
 mod logger;
 pub mod node;
 pub mod service;

@@ -18,7 +18,12 @@
 //!
 //! Snapshots hold the store and the membership (`Snapshot` of `store.proto`); one is taken
 //! every `snapshot_interval` applied entries, and the log keeps `keep_entries` entries before
-//! it for followers a little behind.
+//! it for followers a little behind (both follow the cluster spec's `raft` settings through
+//! [`RaftNode::set_snapshot_policy`]).
+//!
+//! Crash points (`failpoints.rs`, only with the `failpoints` feature): `raft-apply-before` and
+//! `raft-apply-after` bracket each batch of committed entries applied to the store, before any
+//! of their proposers is answered.
 //!
 //! A new cluster starts from a snapshot at index 1 holding its one member, so the membership
 //! always lives in the replicated state, and a manager that joins catches up by snapshot.
@@ -34,6 +39,7 @@ use shoal_api::v1::{self, ClusterMembership, ConfChangeContext, RaftMember};
 use shoal_store::{ChangeSet, StateMachine, StoreError};
 
 use crate::error::{RaftError, Result};
+use crate::failpoints::crash_point;
 use crate::storage::LogStore;
 
 /// Identifies a proposal made on this node.
@@ -661,6 +667,16 @@ impl RaftNode {
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        crash_point!("raft-apply-before");
+        self.apply_each(entries, out)?;
+        crash_point!("raft-apply-after");
+        Ok(())
+    }
+
+    fn apply_each(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<()> {
         for entry in entries {
             if entry.index <= self.applied {
                 continue;
@@ -765,6 +781,18 @@ impl RaftNode {
             return Ok(());
         }
         self.snapshot_now()
+    }
+
+    /// Sets how many applied entries separate snapshots (0: the default) and how many entries
+    /// a snapshot leaves in the log for followers a little behind: the cluster spec's
+    /// `raft.snapshot_interval` and `raft.log_entries_for_slow_followers`, as SwarmKit reads
+    /// them. Takes effect at the next round.
+    pub fn set_snapshot_policy(&mut self, interval: u64, keep_entries: u64) {
+        self.config.snapshot_interval = match interval {
+            0 => shoal_api::defaults::RAFT_SNAPSHOT_INTERVAL,
+            n => n,
+        };
+        self.config.keep_entries = keep_entries;
     }
 
     /// Takes a snapshot at the applied index now.

@@ -13,6 +13,12 @@
 //! - [`MemoryLog`]: the same contract in memory, shared with the test that created it, so a
 //!   test can "crash" a node (drop it) and restart it from what it had persisted.
 //!
+//! Crash points (`failpoints.rs`, only with the `failpoints` feature): `raft-log-append-*`
+//! around every durable log write and `raft-log-fsync-*` around its commit; in
+//! [`RedbLog::save_snapshot`], `raft-snapshot-save-*` around the snapshot file and
+//! `raft-compact-*` around the commit that drops the entries it covers; and
+//! `raft-snapshot-install-*` around installing a snapshot received from the leader.
+//!
 //! Invariants: entries are contiguous; `first_index` is the first entry kept (entries up to
 //! the snapshot may be kept for slow followers); the snapshot always covers every index
 //! before `first_index`.
@@ -25,6 +31,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{RaftError, Result};
+use crate::failpoints::crash_point;
 
 /// What a node had persisted, as loaded on start.
 #[derive(Clone, Debug, Default)]
@@ -116,7 +123,13 @@ impl RedbLog {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RaftError::io(format!("creating {}", dir.display()), e))?;
-        let db = redb::Database::create(dir.join("log.redb")).map_err(RaftError::storage)?;
+        let path = dir.join("log.redb");
+        let db = redb::Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+                damaged(&path, &detail)
+            }
+            other => RaftError::storage(other),
+        })?;
         let write = db.begin_write().map_err(RaftError::storage)?;
         write.open_table(ENTRIES).map_err(RaftError::storage)?;
         write.open_table(META).map_err(RaftError::storage)?;
@@ -130,6 +143,16 @@ impl RedbLog {
     fn snapshot_path(&self) -> PathBuf {
         self.dir.join(SNAPSHOT_FILE)
     }
+}
+
+/// The refusal to start on a log file that redb cannot open (a damaged end, say): guessing
+/// which entries it held could make this manager forget entries or votes it acknowledged,
+/// and a quorum of such members can lose committed writes. Its peers hold the data.
+fn damaged(path: &Path, detail: &str) -> RaftError {
+    RaftError::Corrupt(format!(
+        "{} is damaged ({detail}); this manager refuses to start rather than guess which          entries and votes it held. If the other managers still form a quorum, demote and          remove this node from another manager (`shoal node demote`, `shoal node rm`), move          this state directory aside and join again with a manager token: it catches up from          its peers. If this was the only copy of the cluster's state, keep the file for          recovery.",
+        path.display()
+    ))
 }
 
 fn encode<M: protobuf::Message>(m: &M) -> Result<Vec<u8>> {
@@ -185,6 +208,7 @@ impl LogDurability for RedbLog {
         hard_state: Option<&HardState>,
         conf_state: Option<&ConfState>,
     ) -> Result<()> {
+        crash_point!("raft-log-append-before");
         let write = self.db.begin_write().map_err(RaftError::storage)?;
         {
             let mut table = write.open_table(ENTRIES).map_err(RaftError::storage)?;
@@ -209,13 +233,16 @@ impl LogDurability for RedbLog {
                     .map_err(RaftError::storage)?;
             }
         }
+        crash_point!("raft-log-fsync-before");
         // Durability::Immediate (the default): commit returns after the data is on disk.
         write.commit().map_err(RaftError::storage)?;
+        crash_point!("raft-log-fsync-after");
         Ok(())
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot, first_kept: u64) -> Result<()> {
         use std::io::Write;
+        crash_point!("raft-snapshot-save-before");
         let bytes = encode(snapshot)?;
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         {
@@ -231,6 +258,7 @@ impl LogDurability for RedbLog {
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| RaftError::io("syncing the raft directory", e))?;
+        crash_point!("raft-snapshot-save-after");
         let write = self.db.begin_write().map_err(RaftError::storage)?;
         {
             let mut table = write.open_table(ENTRIES).map_err(RaftError::storage)?;
@@ -238,7 +266,9 @@ impl LogDurability for RedbLog {
                 .retain_in(..first_kept, |_, _| false)
                 .map_err(RaftError::storage)?;
         }
+        crash_point!("raft-compact-before");
         write.commit().map_err(RaftError::storage)?;
+        crash_point!("raft-compact-after");
         Ok(())
     }
 }
@@ -428,6 +458,7 @@ impl LogStore {
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
         }
+        crash_point!("raft-log-append-after");
         Ok(())
     }
 
@@ -466,8 +497,10 @@ impl LogStore {
         let conf_state = meta.get_conf_state().clone();
         // Snapshots this node took itself and is still writing must not land after this one.
         self.writer.flush();
+        crash_point!("raft-snapshot-install-before");
         self.durability.save_snapshot(&snapshot, index + 1)?;
         self.durability.append(&[], Some(&hs), Some(&conf_state))?;
+        crash_point!("raft-snapshot-install-after");
         self.entries.clear();
         self.snapshot = snapshot;
         self.hard_state = hs;

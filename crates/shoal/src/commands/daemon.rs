@@ -115,6 +115,9 @@ fn parse_executor(s: &str) -> Result<ExecutorKind, String> {
 
 pub fn run(args: Args) -> Result<(), String> {
     crate::logging::init(&args.log_level)?;
+    // Crash points named in FAILPOINTS, for the crash tests (only in a build with the
+    // `failpoints` feature; otherwise nothing).
+    let _failpoints = shoal_node::failpoints::setup();
     let mut config = DaemonConfig::new(args.state_dir.unwrap_or_else(default_state_dir));
     config.hostname = args.hostname.unwrap_or_else(machine_hostname);
     config.listen_remote_api = args.listen_remote_api;

@@ -74,6 +74,10 @@ impl Manager {
     }
 
     fn spawn(&mut self, extra: &[&str]) {
+        self.spawn_with_env(extra, &[]);
+    }
+
+    fn spawn_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         STATE_DIRS
             .lock()
             .unwrap()
@@ -90,6 +94,7 @@ impl Manager {
             .arg("--listen-remote-api")
             .arg(&self.addr)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -102,6 +107,30 @@ impl Manager {
     pub fn restart(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "still running");
         self.spawn(extra);
+    }
+
+    /// Starts it again on the same address and state, with `env` added to its environment.
+    pub fn restart_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn_with_env(extra, env);
+    }
+
+    /// Waits up to `limit` for the process to end by itself; returns how it ended, or None
+    /// (after killing it) if it was still running.
+    pub fn wait_status(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts it again on a new address, same state.
