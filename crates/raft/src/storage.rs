@@ -150,7 +150,12 @@ impl RedbLog {
 /// and a quorum of such members can lose committed writes. Its peers hold the data.
 fn damaged(path: &Path, detail: &str) -> RaftError {
     RaftError::Corrupt(format!(
-        "{} is damaged ({detail}); this manager refuses to start rather than guess which          entries and votes it held. If the other managers still form a quorum, demote and          remove this node from another manager (`shoal node demote`, `shoal node rm`), move          this state directory aside and join again with a manager token: it catches up from          its peers. If this was the only copy of the cluster's state, keep the file for          recovery.",
+        "{} is damaged ({detail}); this manager refuses to start rather than guess which \
+         entries and votes it held. If the other managers still form a quorum, demote and \
+         remove this node from another manager (`shoal node demote`, `shoal node rm`), \
+         move this state directory aside and join again with a manager token: it catches \
+         up from its peers. If this was the only copy of the cluster's state, keep the \
+         file for recovery.",
         path.display()
     ))
 }
