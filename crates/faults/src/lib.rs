@@ -15,6 +15,11 @@
 //!   mapped carefully to ok, failed (certainly no effect) or unknown.
 //! - [`invariants`]: linearizability, no lost acknowledged write, at most one leader per term,
 //!   services converging after the faults.
+//! - [`observe`]: every committed change of nodes, services and tasks, followed through the
+//!   Watch API across managers, with the invariants checked at every commit (no slot running
+//!   two tasks, no task stuck) and the nodes' state changes kept for the false-DOWN check.
+//! - [`snapshot`]: a manager's own store read without the Control API (its snapshot file and
+//!   its Watch history), to compare a follower that caught up by snapshot with the leader.
 //! - [`schedules`]: named, seeded timelines of faults.
 //! - [`runner`]: one schedule end to end, its figures, and the summary table.
 //!
@@ -29,6 +34,8 @@
 pub mod cluster;
 pub mod invariants;
 pub mod model;
+pub mod observe;
 pub mod runner;
 pub mod schedules;
+pub mod snapshot;
 pub mod workload;

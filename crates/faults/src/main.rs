@@ -4,7 +4,7 @@
 //! ```text
 //! shoal-faults list
 //! shoal-faults run follower-kill bridge --seed 7 --runs 3 --managers 5 [--json]
-//! shoal-faults ci          # a bounded subset, under ten minutes on two cores
+//! shoal-faults ci          # a bounded subset, about five minutes on two cores
 //! shoal-faults cleanup     # remove containers and networks left by earlier runs
 //! ```
 //!
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
                 } else {
                     ""
                 };
-                println!("{:<20} {}{ci}", s.name(), s.describe());
+                println!("{:<28} {}{ci}", s.name(), s.describe());
             }
             return ExitCode::SUCCESS;
         }

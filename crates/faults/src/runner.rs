@@ -2,29 +2,55 @@
 //!
 //! The phases of a run, each reported as one progress line:
 //!
-//! 1. **cluster**: start the managers and workers ([`DockerCluster::start`]).
-//! 2. **service**: create the replicated service and wait until it runs.
+//! 1. **cluster**: start the managers and workers ([`DockerCluster::start`]; at least the
+//!    schedule's [`Schedule::min_workers`]), then the [`Observer`] — the Watch API of nodes,
+//!    services and tasks, followed from here to the end, across managers.
+//! 2. **service**: create the replicated service (or, for `rolling-update-agent-faults`, six
+//!    stop-first replicas and a global service) and wait until it runs; read the heartbeat
+//!    period from the cluster spec; for `snapshot-catch-up`, set the cluster spec's
+//!    `raft.snapshot_interval` to [`SNAPSHOT_INTERVAL`].
 //! 3. **warm-up**: start the workload; let it run without faults.
-//! 4. **faults**: play the schedule's timeline.
-//! 5. **heal**: remove every cut, unpause, start stopped nodes; wait for a leader.
-//! 6. **converge**: wait until the service runs exactly its replicas again (timed).
+//! 4. **faults**: play the schedule's timeline. Each action also records what it did to which
+//!    node and when ([`FaultSpan`]: killed, paused, a link cut, a manager in a minority), which
+//!    the false-DOWN check and the majority-side unavailability read.
+//! 5. **heal**: remove every cut, unpause, start stopped nodes; wait for a leader. For
+//!    `snapshot-catch-up`, **catch-up**: time until the cut-off follower's own store reaches the
+//!    leader's version at the heal, and whether its store was replaced from a snapshot.
+//! 6. **converge**: wait until the services run as desired again (timed); for the rolling
+//!    update, until both updates are COMPLETED with every task on the new spec.
 //! 7. **cool-down**: let the workload run on the healed cluster, then stop it.
-//! 8. **final reads** and **check**: read every object, then check the invariants.
+//! 8. **final reads** and **check**: read every object, then check the invariants; for
+//!    `snapshot-catch-up`, **compare** the follower's own store with the leader's first
+//!    ([`crate::snapshot::local_configs`]).
 //!
 //! The cluster is removed at the end of the run whatever happens (its `Drop`); when an
-//! invariant fails, every node's log and the history (JSON) are saved first, into
-//! `<artifacts>/<run>/`, and the path is reported.
+//! invariant fails (or with `--keep-artifacts`), every node's log, the history and the run's
+//! figures (JSON) are saved first, into `<artifacts>/<run>/`, and the path is reported.
+//!
+//! Two unavailability figures are kept, because the first overstates what a client of a
+//! healthy manager sees: `unavailable_ms`, the longest time without any acknowledged write;
+//! and `unavailable_majority_ms`, the same counting only time when some client had an
+//! operation in flight to a manager that was not killed, paused or cut into a minority. Clients
+//! pick a manager at random for every operation (they do not stick to one), so a client stuck
+//! on a cut-off manager is stuck for one operation's time limit (4 s), then moves on; while all
+//! clients happen to be stuck there, no write can be acknowledged, and only the first figure
+//! counts that time.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
 
-use crate::cluster::{ClusterSpec, DockerCluster, Result};
-use crate::invariants::{self, Linearizable, Lost};
-use crate::schedules::{Action, Schedule, Target, groups_for, pick_follower, timeline};
+use crate::cluster::{self, ClusterSpec, DockerCluster, Result, eventually};
+use crate::invariants::{self, FaultKind, FaultSpan, Linearizable, Lost};
+use crate::observe::{Observed, Observer};
+use crate::schedules::{Action, Schedule, Shape, Target, groups_for, pick_follower, timeline};
+use crate::snapshot;
 use crate::workload::{self, Counts, Recorder, Workload, WorkloadSpec};
 
 /// Everything a run needs besides the schedule and seed.
@@ -78,9 +104,23 @@ pub struct RunFigures {
     /// Longest time with no acknowledged write, from the start of the faults to the end of
     /// the workload.
     pub unavailable_ms: u64,
+    /// The same, counting only time when some client waited on a manager that was not
+    /// killed, paused or in a minority ([`invariants::majority_unavailability`]).
+    pub unavailable_majority_ms: u64,
     /// From the end of the faults until the service ran its replicas again.
     pub converge_ms: Option<u64>,
     pub converge_error: Option<String>,
+    /// The dispatcher's heartbeat period (the grace is three of them).
+    pub heartbeat_period_ms: u64,
+    /// Nodes marked DOWN during the run.
+    pub node_downs: usize,
+    /// DOWN marks no fault explains; None where the schedule does not check it.
+    pub false_downs: Option<Vec<String>>,
+    /// What the watch of nodes, services and tasks saw.
+    pub observed: Observed,
+    /// What was done to which node, when.
+    pub fault_spans: Vec<FaultSpan>,
+    pub snapshot: Option<SnapshotFigures>,
     /// Steps of the timeline as they ran (instant, action, resolved target).
     pub steps: Vec<String>,
     /// Errors of fault actions (a fault that could not be applied is reported, not hidden).
@@ -97,6 +137,51 @@ impl RunFigures {
             && self.unread.is_empty()
             && self.split_brain_terms.is_empty()
             && self.converge_ms.is_some()
+            && self.extra_failures().is_empty()
+    }
+
+    /// The failures of the invariants beyond the history's: stop-first, stuck tasks, false
+    /// DOWN marks, the watch, and `snapshot-catch-up`'s catch-up.
+    pub fn extra_failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in &self.observed.double_running {
+            out.push(format!("two running tasks in one unit: {d}"));
+        }
+        for s in &self.observed.stuck {
+            out.push(format!("stuck: {s}"));
+        }
+        for e in &self.observed.errors {
+            out.push(format!("watch of nodes and tasks: {e}"));
+        }
+        for d in self.false_downs.iter().flatten() {
+            out.push(format!("false DOWN: {d}"));
+        }
+        if let Some(s) = &self.snapshot {
+            if !s.compacted_past {
+                out.push(format!(
+                    "snapshot-catch-up: the leader's log was not compacted past {} ({} writes,                      leader snapshot {:?})",
+                    s.follower, s.writes, s.leader_snapshot
+                ));
+            } else if !s.installed_snapshot {
+                out.push(format!(
+                    "snapshot-catch-up: {}'s store was not replaced from a snapshot",
+                    s.follower
+                ));
+            }
+            if s.catch_up_ms.is_none() {
+                out.push(format!(
+                    "snapshot-catch-up: {} did not catch up",
+                    s.follower
+                ));
+            }
+            if s.store_equal != Some(true) {
+                out.push(format!(
+                    "snapshot-catch-up: {}'s own store differs from the leader's or could not                      be compared: {:?}",
+                    s.follower, s.differences
+                ));
+            }
+        }
+        out
     }
 
     /// What failed, one line each.
@@ -122,6 +207,7 @@ impl RunFigures {
         if let Some(e) = &self.converge_error {
             out.push(e.clone());
         }
+        out.extend(self.extra_failures());
         out
     }
 }
@@ -129,6 +215,76 @@ impl RunFigures {
 /// Prints one progress line (to stderr, so `--json` output stays clean).
 pub fn progress(run: &str, phase: &str, detail: &str) {
     eprintln!("[{run}] {phase:<12} {detail}");
+}
+
+/// Figures of `snapshot-catch-up`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SnapshotFigures {
+    /// What the cluster spec's `raft.snapshot_interval` said after setting it to
+    /// [`SNAPSHOT_INTERVAL`], and whether the leader's snapshots followed it.
+    pub interval_in_spec: Option<u64>,
+    pub follower: String,
+    /// The follower's store version when it was cut off.
+    pub follower_version: u64,
+    pub writes: u64,
+    pub write_ms: u64,
+    /// The leader's snapshot (Raft index, store version) when the writes stopped.
+    pub leader_snapshot: Option<(u64, u64)>,
+    /// Whether the leader's log was compacted far enough past the follower.
+    pub compacted_past: bool,
+    /// Whether the follower's store was replaced from a snapshot (its watch ended with
+    /// "replaced from a snapshot").
+    pub installed_snapshot: bool,
+    /// From the heal until the follower's store reached the leader's version at the heal.
+    pub catch_up_ms: Option<u64>,
+    /// The follower's configs, rebuilt from its own snapshot file and watch history, equal
+    /// the leader's.
+    pub store_equal: Option<bool>,
+    pub differences: Vec<String>,
+    /// Each manager's own store version once quiet.
+    pub versions: BTreeMap<String, u64>,
+}
+
+/// The snapshot interval `snapshot-catch-up` asks for in the cluster spec.
+pub const SNAPSHOT_INTERVAL: u64 = 100;
+
+/// What the fault actions need to keep between steps.
+struct FaultState {
+    origin: Instant,
+    spans: Vec<FaultSpan>,
+    snapshot: SnapshotFigures,
+    follower: Option<usize>,
+    follower_watch: Option<tokio::task::JoinHandle<std::result::Result<(), tonic::Status>>>,
+    /// When the cut-off follower was healed, and the leader's store version just before.
+    healed: Option<(Instant, Option<u64>)>,
+    /// Polls the follower from the heal on; gives how long it took to reach that version.
+    catching_up: Option<tokio::task::JoinHandle<Option<Duration>>>,
+}
+
+impl FaultState {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// A fault on `node` from `start`: the instant before the action began, since a fault
+    /// takes effect during the action (a partition's first rule, long before its last).
+    fn open(&mut self, node: &str, kind: FaultKind, start: Duration) {
+        self.spans.push(FaultSpan {
+            node: node.into(),
+            kind,
+            start,
+            end: None,
+        });
+    }
+
+    fn close(&mut self, kinds: &[FaultKind], node: Option<&str>) {
+        let now = self.now();
+        for s in &mut self.spans {
+            if s.end.is_none() && kinds.contains(&s.kind) && node.is_none_or(|n| n == s.node) {
+                s.end = Some(now);
+            }
+        }
+    }
 }
 
 /// Runs `schedule` once with `seed`.
@@ -139,32 +295,77 @@ pub async fn run_once(schedule: Schedule, seed: u64, options: &RunOptions) -> Re
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let run = format!("{}-{seed}-{}-{n}", schedule.name(), std::process::id());
     let tag = format!("{} seed {seed}", schedule.name());
+    let mut cluster_spec = options.cluster.clone();
+    cluster_spec.workers = cluster_spec.workers.max(schedule.min_workers());
+    let rolling = schedule == Schedule::RollingUpdateAgentFaults;
+    let replicas = if rolling {
+        invariants::ROLLING_REPLICAS
+    } else {
+        options.replicas
+    };
     progress(
         &tag,
         "cluster",
         &format!(
             "starting {} managers and {} workers (network shoal-faults-{run})",
-            options.cluster.managers, options.cluster.workers
+            cluster_spec.managers, cluster_spec.workers
         ),
     );
-    let mut cluster = DockerCluster::start(&run, &options.cluster).await?;
-    progress(
-        &tag,
-        "service",
-        &format!("{} replicas of `sleep`", options.replicas),
-    );
-    invariants::create_service(&cluster, options.replicas)?;
-    invariants::wait_converged(&cluster, options.replicas, Duration::from_secs(90)).await?;
-
+    let mut cluster = DockerCluster::start(&run, &cluster_spec).await?;
     let managers: Vec<(String, PathBuf)> = cluster
         .managers()
         .map(|(_, n)| (n.name.clone(), n.socket()))
         .collect();
     let origin = Instant::now();
+    // Every node, service and task change from here on, before the services exist.
+    let observer = Observer::start(managers.clone(), origin);
+    observer.wait_subscribed(Duration::from_secs(30)).await?;
+    if rolling {
+        progress(
+            &tag,
+            "service",
+            &format!(
+                "{replicas} replicas (stop-first, parallelism 2) and a global service of `sleep`"
+            ),
+        );
+        invariants::create_rolling_services(&cluster)?;
+        invariants::wait_rolling_converged(&cluster, Duration::from_secs(120), false).await?;
+    } else {
+        progress(&tag, "service", &format!("{replicas} replicas of `sleep`"));
+        invariants::create_service(&cluster, replicas)?;
+        invariants::wait_converged(&cluster, replicas, Duration::from_secs(90)).await?;
+    }
+    let period = invariants::heartbeat_period(&cluster).await;
+    let mut faults = FaultState {
+        origin,
+        spans: Vec::new(),
+        snapshot: SnapshotFigures::default(),
+        follower: None,
+        follower_watch: None,
+        healed: None,
+        catching_up: None,
+    };
+    if schedule == Schedule::SnapshotCatchUp {
+        let set = invariants::set_snapshot_interval(&cluster, SNAPSHOT_INTERVAL).await;
+        progress(
+            &tag,
+            "snapshots",
+            &format!("cluster spec raft.snapshot_interval = {SNAPSHOT_INTERVAL}: {set:?}"),
+        );
+        faults.snapshot.interval_in_spec = set.ok();
+    }
+
     let recorder = Recorder::new(origin);
     // A hard stop well after the phases, should anything below hang.
-    let deadline =
-        origin + options.warmup + options.faults + options.cooldown + Duration::from_secs(180);
+    let deadline = Instant::now()
+        + options.warmup
+        + options.faults
+        + options.cooldown
+        + Duration::from_secs(if schedule == Schedule::SnapshotCatchUp {
+            480
+        } else {
+            180
+        });
     let load = Workload::start(
         &options.workload,
         managers.clone(),
@@ -197,10 +398,10 @@ pub async fn run_once(schedule: Schedule, seed: u64, options: &RunOptions) -> Re
         if let Some(wait) = step.at.checked_sub(phase.elapsed()) {
             tokio::time::sleep(wait).await;
         }
-        let done = apply(&mut cluster, step.action, &mut rng).await;
+        let done = apply(&mut cluster, step.action, &mut rng, &mut faults).await;
         let line = format!(
             "{:>6.1}s {:?}: {}",
-            step.at.as_secs_f64(),
+            phase.elapsed().as_secs_f64(),
             step.action,
             match &done {
                 Ok(what) => what.clone(),
@@ -225,7 +426,17 @@ pub async fn run_once(schedule: Schedule, seed: u64, options: &RunOptions) -> Re
     if let Err(e) = cluster.start_stopped() {
         fault_errors.push(format!("start: {e}"));
     }
+    faults.close(
+        &[
+            FaultKind::Kill,
+            FaultKind::Pause,
+            FaultKind::Cut,
+            FaultKind::Minority,
+        ],
+        None,
+    );
     let faults_end = recorder.now();
+    observer.faults_ended();
     let leader = cluster.wait_leader(Duration::from_secs(60)).await;
     progress(
         &tag,
@@ -235,9 +446,15 @@ pub async fn run_once(schedule: Schedule, seed: u64, options: &RunOptions) -> Re
             Err(ref e) => e.clone(),
         },
     );
-    progress(&tag, "converge", "waiting for the service's replicas");
-    let converged =
-        invariants::wait_converged(&cluster, options.replicas, Duration::from_secs(120)).await;
+    if schedule == Schedule::SnapshotCatchUp {
+        catch_up(&mut faults, &tag).await;
+    }
+    progress(&tag, "converge", "waiting for the services");
+    let converged = if rolling {
+        invariants::wait_rolling_converged(&cluster, Duration::from_secs(180), true).await
+    } else {
+        invariants::wait_converged(&cluster, replicas, Duration::from_secs(120)).await
+    };
     // Measured from the end of the faults, not from when this wait began.
     let converge_ms = converged
         .as_ref()
@@ -256,17 +473,23 @@ pub async fn run_once(schedule: Schedule, seed: u64, options: &RunOptions) -> Re
         Duration::from_secs(60),
     )
     .await;
+    if schedule == Schedule::SnapshotCatchUp {
+        compare_stores(&cluster, &mut faults, &tag).await;
+    }
+    let observed = observer.finish().await;
     let records = recorder.records();
     let ops = workload::counts(&records);
     progress(
         &tag,
         "check",
         &format!(
-            "{} operations ({} ok, {} failed, {} unknown)",
+            "{} operations ({} ok, {} failed, {} unknown); {} commits of {} tasks watched",
             records.len(),
             ops.ok,
             ops.failed,
-            ops.unknown
+            ops.unknown,
+            observed.commits,
+            observed.tasks
         ),
     );
     let linearizable = tokio::task::spawn_blocking({
@@ -286,11 +509,20 @@ pub async fn run_once(schedule: Schedule, seed: u64, options: &RunOptions) -> Re
         .into_iter()
         .map(|(t, _)| t)
         .collect();
+    let false_downs = if schedule.checks_false_down() {
+        Some(invariants::false_downs(
+            &observed.node_events,
+            &faults.spans,
+            period,
+        ))
+    } else {
+        None
+    };
     let mut figures = RunFigures {
         schedule: schedule.name(),
         seed,
-        managers: options.cluster.managers,
-        workers: options.cluster.workers,
+        managers: cluster_spec.managers,
+        workers: cluster_spec.workers,
         ops,
         reasons: workload::reasons(&records),
         linearizable,
@@ -303,8 +535,26 @@ pub async fn run_once(schedule: Schedule, seed: u64, options: &RunOptions) -> Re
         split_brain_terms,
         unavailable_ms: workload::longest_write_gap(&records, faults_start, workload_end)
             .as_millis() as u64,
+        unavailable_majority_ms: invariants::majority_unavailability(
+            &records,
+            &faults.spans,
+            faults_start,
+            workload_end,
+            options.workload.op_timeout,
+        )
+        .as_millis() as u64,
         converge_ms,
         converge_error: converged.err(),
+        heartbeat_period_ms: period.as_millis() as u64,
+        node_downs: observed
+            .node_events
+            .iter()
+            .filter(|e| e.state == "DOWN")
+            .count(),
+        false_downs,
+        observed,
+        fault_spans: faults.spans.clone(),
+        snapshot: (schedule == Schedule::SnapshotCatchUp).then(|| faults.snapshot.clone()),
         steps: log,
         fault_errors,
         artifacts: None,
@@ -314,7 +564,9 @@ pub async fn run_once(schedule: Schedule, seed: u64, options: &RunOptions) -> Re
         let dir = options.artifacts.join(&run);
         let saved = cluster.save_logs(&dir).and_then(|()| {
             let history = serde_json::to_string_pretty(&records).map_err(|e| e.to_string())?;
-            std::fs::write(dir.join("history.json"), history).map_err(|e| e.to_string())
+            std::fs::write(dir.join("history.json"), history).map_err(|e| e.to_string())?;
+            let figures = serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("figures.json"), figures).map_err(|e| e.to_string())
         });
         figures.artifacts = Some(match saved {
             Ok(()) => dir.display().to_string(),
@@ -335,49 +587,147 @@ pub async fn run_once(schedule: Schedule, seed: u64, options: &RunOptions) -> Re
     Ok(figures)
 }
 
+/// Which managers of `groups` are cut off from a majority of the managers.
+fn minority_managers(managers: &[usize], groups: &[Vec<usize>]) -> Vec<usize> {
+    let majority = managers.len() / 2 + 1;
+    managers
+        .iter()
+        .copied()
+        .filter(|&m| {
+            let named = groups.iter().any(|g| g.contains(&m));
+            if !named {
+                return false;
+            }
+            let reachable = managers
+                .iter()
+                .filter(|&&o| o == m || groups.iter().any(|g| g.contains(&m) && g.contains(&o)))
+                .count();
+            reachable < majority
+        })
+        .collect()
+}
+
 /// Applies one action; says what it did.
-async fn apply(cluster: &mut DockerCluster, action: Action, rng: &mut StdRng) -> Result<String> {
+async fn apply(
+    cluster: &mut DockerCluster,
+    action: Action,
+    rng: &mut StdRng,
+    state: &mut FaultState,
+) -> Result<String> {
     let managers = cluster.manager_indexes();
+    let workers = cluster.worker_indexes();
+    let t0 = state.now();
     let leader = match action {
-        Action::Kill(_) | Action::Pause(_) | Action::Partition(_) => {
-            Some(cluster.wait_leader(Duration::from_secs(15)).await?)
-        }
+        Action::Kill(Target::Leader | Target::Follower)
+        | Action::Pause(Target::Leader | Target::Follower)
+        | Action::Partition(_)
+        | Action::WriteUntilCompacted => Some(cluster.wait_leader(Duration::from_secs(15)).await?),
         _ => None,
     };
     let resolve = |target: Target, rng: &mut StdRng| match target {
         Target::Leader => leader.expect("resolved above"),
         Target::Follower => pick_follower(&managers, leader, rng),
+        Target::Worker => *workers
+            .choose(rng)
+            .or_else(|| managers.choose(rng))
+            .expect("a cluster has nodes"),
     };
     match action {
         Action::Kill(target) => {
             let node = resolve(target, rng);
             cluster.kill(node)?;
-            Ok(format!("killed {}", cluster.nodes[node].name))
+            let name = cluster.nodes[node].name.clone();
+            state.close(&[FaultKind::Pause], Some(&name));
+            state.open(&name, FaultKind::Kill, t0);
+            Ok(format!("killed {name}"))
         }
         Action::Pause(target) => {
             let node = resolve(target, rng);
             cluster.pause(node)?;
-            Ok(format!("paused {}", cluster.nodes[node].name))
+            let name = cluster.nodes[node].name.clone();
+            state.open(&name, FaultKind::Pause, t0);
+            Ok(format!("paused {name}"))
         }
         Action::KillManagers => {
             for &m in &managers {
                 cluster.kill(m)?;
+                let name = cluster.nodes[m].name.clone();
+                state.close(&[FaultKind::Pause], Some(&name));
+                state.open(&name, FaultKind::Kill, t0);
             }
             Ok("killed every manager".into())
         }
         Action::StartStopped => {
             cluster.start_stopped()?;
+            state.close(&[FaultKind::Kill], None);
             Ok("started every stopped node".into())
         }
         Action::Heal => {
+            if state.follower.is_some() && state.healed.is_none() {
+                // What the follower must reach: the leader's version when the cut ends.
+                let version = match cluster.leader().await {
+                    Some(l) => snapshot::local_version(&cluster.nodes[l].socket())
+                        .await
+                        .ok(),
+                    None => None,
+                };
+                cluster.heal()?;
+                let healed = Instant::now();
+                state.healed = Some((healed, version));
+                if let (Some(want), Some(f)) = (version, state.follower) {
+                    let socket = cluster.nodes[f].socket();
+                    state.catching_up = Some(tokio::spawn(async move {
+                        // Bounded: three minutes.
+                        while healed.elapsed() < Duration::from_secs(180) {
+                            if snapshot::local_version(&socket)
+                                .await
+                                .is_ok_and(|v| v >= want)
+                            {
+                                return Some(healed.elapsed());
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        None
+                    }));
+                }
+            }
             cluster.heal()?;
+            state.close(
+                &[FaultKind::Pause, FaultKind::Cut, FaultKind::Minority],
+                None,
+            );
             Ok("healed".into())
         }
+        Action::StartUpdate => {
+            invariants::start_rolling_update(cluster)?;
+            Ok(format!(
+                "rolling update of {} and {} started",
+                invariants::SERVICE,
+                invariants::GLOBAL_SERVICE
+            ))
+        }
+        Action::WriteUntilCompacted => {
+            let leader = leader.expect("resolved above");
+            write_until_compacted(cluster, leader, state).await
+        }
         Action::Partition(shape) => {
-            let workers = cluster.worker_indexes();
             let leader = leader.expect("resolved above");
             let groups = groups_for(shape, &managers, &workers, leader, rng);
             let cuts = cluster.partition(&groups)?;
+            let mut touched: Vec<usize> = cuts.iter().flat_map(|&(a, b)| [a, b]).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            for &i in &touched {
+                let name = cluster.nodes[i].name.clone();
+                state.open(&name, FaultKind::Cut, t0);
+            }
+            for m in minority_managers(&managers, &groups) {
+                let name = cluster.nodes[m].name.clone();
+                state.open(&name, FaultKind::Minority, t0);
+            }
+            if shape == Shape::IsolatedFollower {
+                follower_cut_off(cluster, groups[0][0], state).await?;
+            }
             let name = |i: &usize| cluster.nodes[*i].name.clone();
             let shown: Vec<Vec<String>> = groups
                 .iter()
@@ -388,6 +738,309 @@ async fn apply(cluster: &mut DockerCluster, action: Action, rng: &mut StdRng) ->
                 cuts.len(),
                 cluster.nodes[leader].name
             ))
+        }
+    }
+}
+
+/// Remembers the follower cut off by `snapshot-catch-up`, its store version, and opens a watch
+/// on its own store that ends only if the store is replaced from a snapshot.
+async fn follower_cut_off(
+    cluster: &DockerCluster,
+    follower: usize,
+    state: &mut FaultState,
+) -> Result<()> {
+    let node = &cluster.nodes[follower];
+    state.follower = Some(follower);
+    state.snapshot.follower = node.name.clone();
+    state.snapshot.follower_version = snapshot::local_version(&node.socket()).await?;
+    let channel = crate::cluster::local_channel(&node.socket(), Duration::from_secs(2)).await?;
+    let mut client = shoal_api::v1::watch_client::WatchClient::new(channel);
+    let mut stream = client
+        .watch(shoal_api::v1::WatchRequest {
+            entries: vec![shoal_api::v1::WatchEntry {
+                kind: shoal_api::v1::ObjectKind::Cluster as i32,
+                actions: 0,
+                filters: Vec::new(),
+            }],
+            resume_from: 0,
+            include_old_object: false,
+        })
+        .await
+        .map_err(|s| format!("watch on {}: {}", node.name, s.message()))?
+        .into_inner();
+    state.follower_watch = Some(tokio::spawn(async move {
+        // Bounded: the runner waits for it a limited time and then aborts it.
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status),
+            }
+        }
+    }));
+    Ok(())
+}
+
+/// Writers on the leader's control socket update configs of their own (`faults-bulk-<k>`,
+/// outside the workload's names) until the leader's snapshot file holds a store version far
+/// enough past the cut-off follower's that the follower's log is behind the leader's first
+/// kept entry (raft keeps 500 entries before a snapshot; versions grow no faster than
+/// indexes), or a limit.
+async fn write_until_compacted(
+    cluster: &DockerCluster,
+    leader: usize,
+    state: &mut FaultState,
+) -> Result<String> {
+    const WRITERS: usize = 16;
+    const MARGIN: u64 = 1_000;
+    const LIMIT: Duration = Duration::from_secs(240);
+    let socket = cluster.nodes[leader].socket();
+    let state_dir = cluster.nodes[leader].state_dir.clone();
+    let target = state.snapshot.follower_version + MARGIN;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..WRITERS {
+        let socket = socket.clone();
+        let stop = stop.clone();
+        let writes = writes.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = cluster::control(&socket, Duration::from_secs(2))
+                .await
+                .ok()?;
+            let name = format!("faults-bulk-{k}");
+            let spec = |n: u64| shoal_api::v1::ConfigSpec {
+                annotations: Some(shoal_api::v1::Annotations {
+                    name: name.clone(),
+                    labels: vec![shoal_api::v1::Label {
+                        key: workload::VALUE_LABEL.into(),
+                        value: n.to_string(),
+                    }],
+                }),
+                data: b"bulk".to_vec(),
+                templating: None,
+            };
+            let created = client
+                .create_config(shoal_api::v1::CreateConfigRequest {
+                    spec: Some(spec(0)),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .config?
+                .meta?;
+            let (id, mut version) = (created.id, created.version);
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < LIMIT {
+                n += 1;
+                let call = client.update_config(shoal_api::v1::UpdateConfigRequest {
+                    config_id: id.clone(),
+                    config_version: version,
+                    spec: Some(spec(n)),
+                });
+                match tokio::time::timeout(Duration::from_secs(5), call).await {
+                    Ok(Ok(r)) => {
+                        if let Some(meta) = r.into_inner().config.and_then(|c| c.meta) {
+                            version = meta.version;
+                        }
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let got = client
+                            .get_config(shoal_api::v1::GetConfigRequest {
+                                config_id: id.clone(),
+                            })
+                            .await;
+                        if let Some(meta) = got.ok().and_then(|r| r.into_inner().config?.meta) {
+                            version = meta.version;
+                        }
+                    }
+                }
+            }
+            Some(())
+        }));
+    }
+    let mut reached = None;
+    // Bounded by LIMIT.
+    while start.elapsed() < LIMIT {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(Some(s)) = snapshot::read_snapshot(&state_dir) {
+            reached = Some((s.index, s.store_version));
+            if s.store_version > target {
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    let s = &mut state.snapshot;
+    s.writes = writes.load(Ordering::Relaxed);
+    s.write_ms = start.elapsed().as_millis() as u64;
+    s.leader_snapshot = reached;
+    s.compacted_past = reached.is_some_and(|(_, v)| v > target);
+    let what = format!(
+        "{} writes in {:.1} s; the leader's snapshot at (index, version) {:?}, the follower at \
+         version {}",
+        s.writes,
+        s.write_ms as f64 / 1e3,
+        reached,
+        s.follower_version
+    );
+    if s.compacted_past {
+        Ok(what)
+    } else {
+        Err(format!(
+            "the log was not compacted past the follower: {what}"
+        ))
+    }
+}
+
+/// After the heal of `snapshot-catch-up`: how long the follower took, from the end of its cut,
+/// to reach the leader's version at that instant, and whether its store was replaced from a
+/// snapshot.
+async fn catch_up(state: &mut FaultState, tag: &str) {
+    if state.follower.is_none() {
+        return;
+    }
+    let Some((_, leader_version)) = state.healed else {
+        return;
+    };
+    if let Some(poll) = state.catching_up.take()
+        && let Ok(Some(took)) = poll.await
+    {
+        state.snapshot.catch_up_ms = Some(took.as_millis() as u64);
+    }
+    if let Some(watch) = state.follower_watch.take() {
+        let abort = watch.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(30), watch).await {
+            Ok(Ok(Err(status))) => {
+                state.snapshot.installed_snapshot =
+                    status.code() == tonic::Code::Aborted && status.message().contains("snapshot");
+            }
+            Ok(_) => {}
+            Err(_) => abort.abort(),
+        }
+    }
+    progress(
+        tag,
+        "catch-up",
+        &format!(
+            "{} reached the leader's version {leader_version:?} after {:?} ms; store replaced \
+             from a snapshot: {}",
+            state.snapshot.follower, state.snapshot.catch_up_ms, state.snapshot.installed_snapshot
+        ),
+    );
+}
+
+/// Once the workload has stopped: every manager's own store version (they must agree), and the
+/// cut-off follower's configs, from its own snapshot file and watch history, against the
+/// leader's.
+async fn compare_stores(cluster: &DockerCluster, state: &mut FaultState, tag: &str) {
+    let Some(follower) = state.follower else {
+        return;
+    };
+    // The store goes quiet once the services have converged; wait for equal versions.
+    let agreed = eventually(
+        "every manager at one version",
+        Duration::from_secs(60),
+        || {
+            let sockets: Vec<(String, PathBuf)> = cluster
+                .managers()
+                .map(|(_, n)| (n.name.clone(), n.socket()))
+                .collect();
+            async move {
+                let mut versions = BTreeMap::new();
+                for (name, socket) in sockets {
+                    versions.insert(name, snapshot::local_version(&socket).await.ok()?);
+                }
+                let first = *versions.values().next()?;
+                versions.values().all(|&v| v == first).then_some(versions)
+            }
+        },
+    )
+    .await;
+    match agreed {
+        Ok(v) => state.snapshot.versions = v,
+        Err(e) => state.snapshot.differences.push(e),
+    }
+    let node = &cluster.nodes[follower];
+    let local = snapshot::local_configs(&node.state_dir, &node.socket()).await;
+    let leader = async {
+        let l = cluster.leader().await.ok_or("no leader")?;
+        let mut client =
+            cluster::control(&cluster.nodes[l].socket(), Duration::from_secs(2)).await?;
+        let configs = client
+            .list_configs(shoal_api::v1::ListConfigsRequest::default())
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner()
+            .configs;
+        Ok::<_, String>(
+            configs
+                .into_iter()
+                .filter_map(|c| {
+                    let meta = c.meta?;
+                    let annotations = c.spec?.annotations?;
+                    let value = annotations
+                        .labels
+                        .iter()
+                        .find(|l| l.key == workload::VALUE_LABEL)
+                        .map(|l| l.value.clone())
+                        .unwrap_or_default();
+                    Some((
+                        meta.id,
+                        snapshot::ConfigView {
+                            name: annotations.name,
+                            version: meta.version,
+                            value,
+                        },
+                    ))
+                })
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+    .await;
+    match (local, leader) {
+        (Ok((version, mine)), Ok(theirs)) => {
+            let mut differences = Vec::new();
+            for (id, c) in &theirs {
+                if mine.get(id) != Some(c) {
+                    differences.push(format!("{id}: leader {c:?}, follower {:?}", mine.get(id)));
+                }
+            }
+            for (id, c) in &mine {
+                if !theirs.contains_key(id) {
+                    differences.push(format!("{id}: only on the follower: {c:?}"));
+                }
+            }
+            progress(
+                tag,
+                "compare",
+                &format!(
+                    "{} configs on the leader, {} in {}'s own store at version {version}; {} \
+                     differences",
+                    theirs.len(),
+                    mine.len(),
+                    node.name,
+                    differences.len()
+                ),
+            );
+            state.snapshot.store_equal = Some(differences.is_empty());
+            differences.truncate(5);
+            state.snapshot.differences.extend(differences);
+        }
+        (local, leader) => {
+            let why = format!(
+                "could not compare: follower {:?}, leader {:?}",
+                local.err(),
+                leader.err()
+            );
+            progress(tag, "compare", &why);
+            state.snapshot.differences.push(why);
         }
     }
 }
@@ -414,6 +1067,10 @@ pub struct Summary {
     pub split_brain_terms: usize,
     pub unavailable_p50_ms: Option<u64>,
     pub unavailable_p99_ms: Option<u64>,
+    pub unavailable_majority_p50_ms: Option<u64>,
+    pub unavailable_majority_p99_ms: Option<u64>,
+    /// Violations of the other invariants (stop-first, stuck, false DOWN, catch-up).
+    pub other_violations: usize,
     pub converge_p50_ms: Option<u64>,
     pub converge_max_ms: Option<u64>,
     pub errors: usize,
@@ -429,6 +1086,7 @@ pub fn summarize(schedule: &'static str, runs: &[RunFigures], errors: usize) -> 
     }
     let mut unavailable: Vec<u64> = runs.iter().map(|r| r.unavailable_ms).collect();
     let mut converge: Vec<u64> = runs.iter().filter_map(|r| r.converge_ms).collect();
+    let mut majority: Vec<u64> = runs.iter().map(|r| r.unavailable_majority_ms).collect();
     Summary {
         schedule,
         runs: runs.len() + errors,
@@ -439,6 +1097,9 @@ pub fn summarize(schedule: &'static str, runs: &[RunFigures], errors: usize) -> 
         split_brain_terms: runs.iter().map(|r| r.split_brain_terms.len()).sum(),
         unavailable_p50_ms: percentile(&mut unavailable, 50.0),
         unavailable_p99_ms: percentile(&mut unavailable, 99.0),
+        unavailable_majority_p50_ms: percentile(&mut majority, 50.0),
+        unavailable_majority_p99_ms: percentile(&mut majority, 99.0),
+        other_violations: runs.iter().map(|r| r.extra_failures().len()).sum(),
         converge_p50_ms: percentile(&mut converge, 50.0),
         converge_max_ms: converge.iter().copied().max(),
         errors,
@@ -452,24 +1113,27 @@ fn seconds(ms: Option<u64>) -> String {
 /// The summary table, one line per schedule.
 pub fn table(summaries: &[Summary]) -> String {
     let mut out = format!(
-        "{:<20} {:>5} {:>7} {:>7} {:>7} {:>7} {:>9} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7}\n",
+        "{:<28} {:>4} {:>5} {:>6} {:>6} {:>7} {:>6} {:>4} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}\n",
         "schedule",
         "runs",
         "pass",
-        "ops ok",
+        "ok",
         "failed",
         "unknown",
-        "lineariz.",
+        "linear",
         "lost",
         "2-lead",
+        "other",
         "unav50",
         "unav99",
+        "umaj50",
+        "umaj99",
         "conv50",
         "convmax"
     );
     for s in summaries {
         out.push_str(&format!(
-            "{:<20} {:>5} {:>7} {:>7} {:>7} {:>7} {:>9} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7}\n",
+            "{:<28} {:>4} {:>5} {:>6} {:>6} {:>7} {:>6} {:>4} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}\n",
             s.schedule,
             s.runs,
             format!("{}/{}", s.passed, s.runs),
@@ -479,16 +1143,21 @@ pub fn table(summaries: &[Summary]) -> String {
             format!("{}/{}", s.linearizable, s.runs),
             s.lost_writes,
             s.split_brain_terms,
+            s.other_violations,
             seconds(s.unavailable_p50_ms),
             seconds(s.unavailable_p99_ms),
+            seconds(s.unavailable_majority_p50_ms),
+            seconds(s.unavailable_majority_p99_ms),
             seconds(s.converge_p50_ms),
             seconds(s.converge_max_ms),
         ));
     }
     out.push_str(
         "(unav: longest time without an acknowledged write, from the first fault to the end of \
-         the workload, s; conv: from the end of the faults until the service runs its replicas \
-         again, s; 2-lead: terms with two leaders)\n",
+         the workload, s; umaj: the same counting only time when some client waited on a \
+         manager not killed, paused or in a minority; conv: from the end of the faults until \
+         the services run as desired again, s; 2-lead: terms with two leaders; other: \
+         violations of stop-first, stuck tasks, false DOWN, snapshot catch-up)\n",
     );
     out
 }
@@ -531,8 +1200,15 @@ mod tests {
             leaders_by_term: BTreeMap::new(),
             split_brain_terms: vec![],
             unavailable_ms,
+            unavailable_majority_ms: unavailable_ms / 2,
             converge_ms: Some(1_000),
             converge_error: None,
+            heartbeat_period_ms: 5_000,
+            node_downs: 0,
+            false_downs: None,
+            observed: Observed::default(),
+            fault_spans: Vec::new(),
+            snapshot: None,
             steps: vec![],
             fault_errors: vec![],
             artifacts: None,

@@ -19,6 +19,12 @@
 //! | `pause-short` | freeze the leader for less than the election timeout, thaw |
 //! | `pause-long` | freeze the leader for several election timeouts, thaw |
 //! | `kill-all-restart` | kill -9 every manager at once, start them all again |
+//! | `rolling-update-agent-faults` | three workers; start a rolling update of a replicated (6 replicas, stop-first, parallelism 2) and a global service, then kill / restart and pause / unpause workers while it runs (pauses shorter than the heartbeat grace) |
+//! | `snapshot-catch-up` | cut a follower from every node, write until the leader's snapshot is far past it (its log compacted), heal: it must catch up by installing a snapshot |
+//!
+//! The last two are not fault/undo loops: their timelines are built by hand
+//! ([`rolling_update_timeline`], [`snapshot_timeline`]), and the runner prepares and checks
+//! more around them (services and their update, the node and task watch, the snapshot files).
 //!
 //! Hold and recovery times are jittered by the seed within bounds chosen against Shoal's
 //! defaults (100 ms ticks, election after 10 ticks, randomised to [1, 1.5) s).
@@ -48,12 +54,15 @@ pub const ALL: &[Schedule] = &[
     Schedule::PauseShort,
     Schedule::PauseLong,
     Schedule::KillAllRestart,
+    Schedule::RollingUpdateAgentFaults,
+    Schedule::SnapshotCatchUp,
 ];
 
 /// The schedules `shoal-faults ci` runs: one of each kind of fault (kill of a follower, of
 /// the leader, of everyone; a partition with the old leader on the minority side; a bridge; a
-/// long pause), each once with 12 s of faults: about 25 s a run, under four minutes on two
-/// cores even when busy, against the ten allowed.
+/// long pause; agent faults during a rolling update; a follower catching up by snapshot), each
+/// once with 12 s of faults: 25–45 s a run with debug binaries on two busy cores, about five
+/// minutes in all, against the eight allowed.
 pub const CI: &[Schedule] = &[
     Schedule::FollowerKill,
     Schedule::LeaderKillLoop,
@@ -61,6 +70,8 @@ pub const CI: &[Schedule] = &[
     Schedule::Bridge,
     Schedule::PauseLong,
     Schedule::KillAllRestart,
+    Schedule::RollingUpdateAgentFaults,
+    Schedule::SnapshotCatchUp,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -74,6 +85,8 @@ pub enum Schedule {
     PauseShort,
     PauseLong,
     KillAllRestart,
+    RollingUpdateAgentFaults,
+    SnapshotCatchUp,
 }
 
 impl Schedule {
@@ -88,6 +101,8 @@ impl Schedule {
             Schedule::PauseShort => "pause-short",
             Schedule::PauseLong => "pause-long",
             Schedule::KillAllRestart => "kill-all-restart",
+            Schedule::RollingUpdateAgentFaults => "rolling-update-agent-faults",
+            Schedule::SnapshotCatchUp => "snapshot-catch-up",
         }
     }
 
@@ -106,11 +121,35 @@ impl Schedule {
             Schedule::PauseShort => "freeze the leader for less than an election timeout",
             Schedule::PauseLong => "freeze the leader for several election timeouts",
             Schedule::KillAllRestart => "kill -9 every manager at once; start them all",
+            Schedule::RollingUpdateAgentFaults => {
+                "kill and pause workers while a rolling update (stop-first) runs"
+            }
+            Schedule::SnapshotCatchUp => {
+                "cut a follower off until the log is compacted past it; heal"
+            }
         }
     }
 
     pub fn parse(name: &str) -> Option<Schedule> {
         ALL.iter().copied().find(|s| s.name() == name)
+    }
+
+    /// The fewest workers the schedule needs (the runner starts at least that many).
+    pub fn min_workers(self) -> usize {
+        match self {
+            Schedule::RollingUpdateAgentFaults => 3,
+            _ => 0,
+        }
+    }
+
+    /// Whether the run checks that no node was marked DOWN by a pause shorter than the
+    /// heartbeat grace (the schedules whose pauses are all short, and those that stress the
+    /// agents' sessions).
+    pub fn checks_false_down(self) -> bool {
+        matches!(
+            self,
+            Schedule::PauseShort | Schedule::RollingUpdateAgentFaults | Schedule::SnapshotCatchUp
+        )
     }
 }
 
@@ -120,6 +159,8 @@ pub enum Target {
     Leader,
     /// A manager that does not lead, picked at random.
     Follower,
+    /// A worker, picked at random.
+    Worker,
 }
 
 /// Partition shapes, resolved into groups by [`groups_for`].
@@ -134,6 +175,8 @@ pub enum Shape {
     /// Managers in a line, the middle one seeing both halves; the leader at one end; workers
     /// keep every link.
     Bridge,
+    /// One follower alone; everyone else (workers included) together.
+    IsolatedFollower,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +190,11 @@ pub enum Action {
     Partition(Shape),
     /// Remove every cut, unpause everything.
     Heal,
+    /// Start the rolling update of the services (`rolling-update-agent-faults`).
+    StartUpdate,
+    /// Write through the leader until its snapshot is far past the follower that was cut off
+    /// (`snapshot-catch-up`); the timeline waits for it.
+    WriteUntilCompacted,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +211,11 @@ fn jitter(rng: &mut StdRng, low_ms: u64, high_ms: u64) -> Duration {
 /// The timeline of `schedule` for a fault phase of `duration`: fault / recovery cycles until
 /// the next cycle would not fit, always at least one, ending healed.
 pub fn timeline(schedule: Schedule, seed: u64, duration: Duration) -> Vec<Step> {
+    match schedule {
+        Schedule::RollingUpdateAgentFaults => return rolling_update_timeline(seed, duration),
+        Schedule::SnapshotCatchUp => return snapshot_timeline(),
+        _ => {}
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut steps = Vec::new();
     let mut now = Duration::ZERO;
@@ -224,6 +277,9 @@ pub fn timeline(schedule: Schedule, seed: u64, duration: Duration) -> Vec<Step> 
                 jitter(&mut rng, 1_000, 3_000),
                 jitter(&mut rng, 4_000, 6_000),
             ),
+            Schedule::RollingUpdateAgentFaults | Schedule::SnapshotCatchUp => {
+                unreachable!("built by hand above")
+            }
         };
         if !steps.is_empty() && now + hold + recover > duration {
             break;
@@ -249,6 +305,87 @@ pub fn timeline(schedule: Schedule, seed: u64, duration: Duration) -> Vec<Step> 
         action: Action::StartStopped,
     });
     steps
+}
+
+/// The longest pause of a worker in `rolling-update-agent-faults`: below the dispatcher's
+/// safe bound for the default heartbeat period (5 s): a pause shorter than
+/// (3 − 1) × 5 s − 0.5 s of jitter can never outlast the grace, whenever it starts between
+/// two beats.
+pub const WORKER_PAUSE_MAX_MS: u64 = 8_000;
+
+/// `rolling-update-agent-faults`: the update starts at once; then, one after another until
+/// the duration is spent, a worker is killed (and started again 2–6 s later) or paused (1–8 s,
+/// shorter than the grace, see [`WORKER_PAUSE_MAX_MS`]), with 1–3 s between faults.
+pub fn rolling_update_timeline(seed: u64, duration: Duration) -> Vec<Step> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut steps = vec![Step {
+        at: Duration::ZERO,
+        action: Action::StartUpdate,
+    }];
+    let mut now = Duration::from_millis(1_000);
+    loop {
+        let kill = rng.random_bool(0.5);
+        let (fault, undo, hold) = if kill {
+            (
+                Action::Kill(Target::Worker),
+                Action::StartStopped,
+                jitter(&mut rng, 2_000, 6_000),
+            )
+        } else {
+            (
+                Action::Pause(Target::Worker),
+                Action::Heal,
+                jitter(&mut rng, 1_000, WORKER_PAUSE_MAX_MS),
+            )
+        };
+        let recover = jitter(&mut rng, 1_000, 3_000);
+        if steps.len() > 1 && now + hold + recover > duration {
+            break;
+        }
+        steps.push(Step {
+            at: now,
+            action: fault,
+        });
+        steps.push(Step {
+            at: now + hold,
+            action: undo,
+        });
+        now += hold + recover;
+    }
+    let end = steps.last().map(|s| s.at).unwrap_or_default();
+    steps.push(Step {
+        at: end,
+        action: Action::Heal,
+    });
+    steps.push(Step {
+        at: end,
+        action: Action::StartStopped,
+    });
+    steps
+}
+
+/// `snapshot-catch-up`: cut a follower off, write until the log is compacted past it (the
+/// step takes as long as it takes, bounded by the runner), heal.
+pub fn snapshot_timeline() -> Vec<Step> {
+    let ms = Duration::from_millis;
+    vec![
+        Step {
+            at: ms(0),
+            action: Action::Partition(Shape::IsolatedFollower),
+        },
+        Step {
+            at: ms(500),
+            action: Action::WriteUntilCompacted,
+        },
+        Step {
+            at: ms(1_000),
+            action: Action::Heal,
+        },
+        Step {
+            at: ms(1_000),
+            action: Action::StartStopped,
+        },
+    ]
 }
 
 /// The groups of a partition shape (see [`crate::cluster::plan_cuts`]): `managers` are node
@@ -285,6 +422,12 @@ pub fn groups_for(
             vec![small, with_rest(rest)]
         }
         Shape::IsolatedLeader => vec![vec![leader], with_rest(followers)],
+        Shape::IsolatedFollower => {
+            let alone = followers[0];
+            let mut rest: Vec<usize> = followers[1..].to_vec();
+            rest.push(leader);
+            vec![vec![alone], with_rest(rest)]
+        }
         Shape::Bridge => {
             let mut line = vec![leader];
             line.extend(followers);
@@ -396,6 +539,30 @@ mod tests {
         let g = groups_for(Shape::Bridge, &[0, 1, 2, 3, 4], &[], 4, &mut rng());
         assert_eq!(plan_cuts(5, &g).len(), 4, "{g:?}");
         assert_eq!(g[0][0], 4);
+    }
+
+    #[test]
+    fn an_isolated_follower_is_cut_from_everyone_but_not_the_leader() {
+        let g = groups_for(Shape::IsolatedFollower, &[0, 1, 2], &[3], 1, &mut rng());
+        assert_eq!(g[0].len(), 1);
+        assert_ne!(g[0][0], 1);
+        assert_eq!(plan_cuts(4, &g).len(), 3, "{g:?}");
+    }
+
+    #[test]
+    fn the_rolling_update_starts_first_and_pauses_stay_short() {
+        let t = rolling_update_timeline(5, Duration::from_secs(20));
+        assert_eq!(t[0].action, Action::StartUpdate);
+        for w in t.windows(2) {
+            if w[0].action == Action::Pause(Target::Worker) {
+                assert_eq!(w[1].action, Action::Heal);
+                assert!(w[1].at - w[0].at <= Duration::from_millis(WORKER_PAUSE_MAX_MS));
+            }
+        }
+        assert!(
+            t.iter()
+                .any(|s| matches!(s.action, Action::Kill(Target::Worker) | Action::Pause(_)))
+        );
     }
 
     #[test]
