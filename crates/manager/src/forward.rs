@@ -18,7 +18,9 @@
 //!   the leader authorizes the forwarding manager. A worker's certificate never reaches the
 //!   leader by way of a follower.
 //! - With no leader known (an election, or lost quorum) the call fails at once with the
-//!   reason, as a call on the leader would.
+//!   reason, as a call on the leader would; a forwarded call in flight when leadership moves
+//!   fails at once (UNAVAILABLE, outcome unknown) instead of waiting on a leader this follower
+//!   may no longer reach.
 //!
 //! Departure from SwarmKit: SwarmKit generates a proxy per gRPC service
 //! (`protobuf/plugin/raftproxy`) that re-issues each call typed; here one service forwards
@@ -161,18 +163,39 @@ where
             }
             Route::Forward(addr) => {
                 let this = self.forwarder.clone();
+                // Leadership moving (this follower hears a new leader, or loses the one it
+                // forwarded to) ends the call at once: a leader cut off from this follower
+                // would otherwise hold it until the caller's deadline.
+                let leader = status.leader;
+                let mut moves = self.raft.watch_status();
                 Box::pin(async move {
-                    let mut channel = match this.channel(&addr).await {
-                        Ok(channel) => channel,
-                        Err(status) => return Ok(status.into_http()),
+                    let moved = async move {
+                        let _ = moves.wait_for(|s| s.leader != leader).await;
                     };
-                    request
-                        .headers_mut()
-                        .insert(FORWARDED_BY, this.node_id.clone());
-                    let ready = std::future::poll_fn(|cx| channel.poll_ready(cx)).await;
-                    let answer = match ready {
-                        Ok(()) => channel.call(request).await,
-                        Err(e) => Err(e),
+                    let forwarded = async {
+                        let mut channel = this.channel(&addr).await?;
+                        request
+                            .headers_mut()
+                            .insert(FORWARDED_BY, this.node_id.clone());
+                        let ready = std::future::poll_fn(|cx| channel.poll_ready(cx)).await;
+                        Ok::<_, Status>(match ready {
+                            Ok(()) => channel.call(request).await,
+                            Err(e) => Err(e),
+                        })
+                    };
+                    let answer = tokio::select! {
+                        answer = forwarded => match answer {
+                            Ok(answer) => answer,
+                            Err(status) => return Ok(status.into_http()),
+                        },
+                        () = moved => {
+                            this.leader.lock().await.take();
+                            return Ok(Status::unavailable(format!(
+                                "leadership moved while the call was forwarded to {addr}; it \
+                                 may or may not have been applied: read again, then retry"
+                            ))
+                            .into_http());
+                        }
                     };
                     match answer {
                         Ok(response) => Ok(response),
