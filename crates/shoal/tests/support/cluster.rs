@@ -509,6 +509,37 @@ impl Drop for Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Tasks of services created without the marker (the README's, say): the shims whose
+        // `--dir` lies in the cluster's directory, and their children.
+        let dir = self.dir.path().display().to_string();
+        let all: Vec<i32> = std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let shims: Vec<i32> = all
+            .iter()
+            .copied()
+            .filter(|pid| {
+                cmdline(*pid).is_some_and(|args| {
+                    args.iter()
+                        .skip_while(|a| *a != "--dir")
+                        .nth(1)
+                        .is_some_and(|d| d.starts_with(&dir))
+                })
+            })
+            .collect();
+        for pid in &all {
+            if parent(*pid).is_some_and(|p| shims.contains(&p)) {
+                kill(*pid);
+            }
+        }
+        for pid in shims {
+            kill(pid);
+        }
     }
 }
 
