@@ -209,7 +209,7 @@ impl ControlApi {
                     .unwrap_or_default();
                 // As for secrets: refused while a service references it (its tasks may not
                 // exist yet, or be between restarts), or a task still uses it.
-                let mut users: Vec<String> = tx
+                let users: Vec<String> = tx
                     .find::<Service>(By::All)
                     .iter()
                     .filter(|s| uses_config(s, &id))
@@ -221,21 +221,8 @@ impl ControlApi {
                             .unwrap_or_default()
                     })
                     .collect();
-                if !users.is_empty() {
-                    users.sort();
-                    let one = users.len() == 1;
-                    refusal = Some(Status::failed_precondition(format!(
-                        "config {name} is in use by service{} {}; remove the config from {} (or \
-                         remove {}) first",
-                        if one { "" } else { "s" },
-                        users.join(", "),
-                        if one {
-                            "that service"
-                        } else {
-                            "those services"
-                        },
-                        if one { "the service" } else { "them" },
-                    )));
+                if let Some(status) = super::in_use_by_services("config", &name, users) {
+                    refusal = Some(status);
                     return Err(shoal_store::StoreError::InvalidTransaction(
                         "refused".into(),
                     ));

@@ -21,6 +21,28 @@ use tonic::Status;
 /// made its transaction stale.
 const REMOVE_ATTEMPTS: u32 = 5;
 
+/// The refusal to remove a `kind` object (a secret, a config) that the services `users`
+/// (their names) reference; `None` when none does.
+fn in_use_by_services(kind: &str, name: &str, mut users: Vec<String>) -> Option<Status> {
+    if users.is_empty() {
+        return None;
+    }
+    users.sort();
+    let one = users.len() == 1;
+    Some(Status::failed_precondition(format!(
+        "{kind} {name} is in use by service{} {}; remove the {kind} from {} (or remove {}) \
+         first",
+        if one { "" } else { "s" },
+        users.join(", "),
+        if one {
+            "that service"
+        } else {
+            "those services"
+        },
+        if one { "the service" } else { "them" },
+    )))
+}
+
 /// Why one attempt at a removal failed.
 enum Removal {
     /// A write committed between the read and the removal: read again and retry.

@@ -245,7 +245,7 @@ impl Secrets<'_> {
                 }
                 let id = secret_id(&secret).to_string();
                 let name = name_of(secret.spec.as_ref()).to_string();
-                let mut users: Vec<String> = tx
+                let users: Vec<String> = tx
                     .find::<Service>(By::All)
                     .iter()
                     .filter(|s| uses_secret(s, &id))
@@ -257,21 +257,8 @@ impl Secrets<'_> {
                             .unwrap_or_default()
                     })
                     .collect();
-                if !users.is_empty() {
-                    users.sort();
-                    let one = users.len() == 1;
-                    refusal = Some(Status::failed_precondition(format!(
-                        "secret {name} is in use by service{} {}; remove the secret from {} \
-                         (or remove {}) first",
-                        if one { "" } else { "s" },
-                        users.join(", "),
-                        if one {
-                            "that service"
-                        } else {
-                            "those services"
-                        },
-                        if one { "the service" } else { "them" },
-                    )));
+                if let Some(status) = super::in_use_by_services("secret", &name, users) {
+                    refusal = Some(status);
                     return Err(StoreError::InvalidTransaction("refused".into()));
                 }
                 tx.delete::<Secret>(&id)
