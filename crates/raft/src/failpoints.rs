@@ -32,12 +32,13 @@
 //! | `raft-snapshot-save-before` | a snapshot (taken here, or received and being installed) is about to be written to `snapshot.bin.tmp` |
 //! | `raft-snapshot-save-after` | the snapshot file is written, fsynced and renamed into place; the log still holds every entry it covers |
 //! | `raft-compact-before` | the deletion of the entries the snapshot covers is written into a redb transaction, not committed |
-//! | `raft-compact-after` | the compaction is committed; (when installing a received snapshot) the hard state and configuration it brings are not written yet |
+//! | `raft-compact-after` | the compaction is committed |
 //! | `raft-snapshot-install-before` | a snapshot received from the leader is restored into the store in memory; nothing of it is on disk |
-//! | `raft-snapshot-install-after` | the received snapshot, the compacted log, the hard state and the configuration are all durable |
+//! | `raft-snapshot-install-saved` | the received snapshot's file is written, fsynced and renamed into place; the old log, hard state and configuration are still in the log's database |
+//! | `raft-snapshot-install-after` | the received snapshot, the emptied log, the hard state and the configuration are all durable |
 //!
-//! The snapshot-save and compaction points fire for every snapshot written: one this manager
-//! took (on the snapshot thread) and one it received (inside the install pair).
+//! The snapshot-save and compaction points fire for snapshots this manager took (on the
+//! snapshot thread); the install points for snapshots it received.
 
 /// Marks a crash point named `$name` (see the module documentation for the names).
 #[cfg(feature = "failpoints")]

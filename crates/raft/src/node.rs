@@ -734,7 +734,7 @@ impl RaftNode {
             .map_err(|e| RaftError::Corrupt(format!("membership change {}: {e}", entry.index)))?;
         let context = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
         let cs = self.raw.apply_conf_change(&cc)?;
-        self.raw.mut_store().set_conf_state(cs)?;
+        self.raw.mut_store().set_conf_state(cs, entry.index)?;
         match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 let member = context.member.unwrap_or(RaftMember {

@@ -17,11 +17,24 @@
 //! around every durable log write and `raft-log-fsync-*` around its commit; in
 //! [`RedbLog::save_snapshot`], `raft-snapshot-save-*` around the snapshot file and
 //! `raft-compact-*` around the commit that drops the entries it covers; and
-//! `raft-snapshot-install-*` around installing a snapshot received from the leader.
+//! `raft-snapshot-install-*` around installing a snapshot received from the leader, with
+//! `raft-snapshot-install-saved` between its two writes.
 //!
 //! Invariants: entries are contiguous; `first_index` is the first entry kept (entries up to
 //! the snapshot may be kept for slow followers); the snapshot always covers every index
-//! before `first_index`.
+//! before `first_index`, and the entries kept continue it (the log holds the snapshot's last
+//! entry, or starts right after it); the configuration is the one that took effect last,
+//! whether by a membership change in the log or by the snapshot.
+//!
+//! Installing a snapshot from the leader is two durable writes (the snapshot file, then the
+//! log's database: no entries, the new hard state and configuration). A crash between them
+//! leaves a new snapshot beside an old log, hard state and configuration; [`LogStore::open`]
+//! reconciles them so that the node restarts as if the install had completed (or, if its old
+//! log already continued the snapshot, as Raft allows, with that log): the configuration is
+//! taken from the snapshot when the stored one is older (each records the index it took
+//! effect at), entries that do not continue the snapshot are dropped, and the term is
+//! raised to the snapshot's. Without this, a follower that missed a membership change while
+//! it was behind, and crashed while catching up, would restart counting the old quorum.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -38,6 +51,9 @@ use crate::failpoints::crash_point;
 pub struct PersistedLog {
     pub hard_state: HardState,
     pub conf_state: ConfState,
+    /// The log index `conf_state` took effect at (the membership change applied last, or the
+    /// snapshot installed last); `None` in a log written before it was recorded.
+    pub conf_index: Option<u64>,
     /// The latest snapshot (metadata and data); empty if none was taken.
     pub snapshot: Snapshot,
     /// Entries kept, contiguous, in order.
@@ -50,17 +66,26 @@ pub trait LogDurability: Send + Sync + 'static {
     fn load(&self) -> Result<PersistedLog>;
 
     /// Durably, in one atomic write: replaces the entries from `entries[0].index` on with
-    /// `entries`, and sets the hard state and configuration when given.
+    /// `entries`, and sets the hard state and the configuration (with the log index it took
+    /// effect at) when given.
     fn append(
         &self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
-        conf_state: Option<&ConfState>,
+        conf_state: Option<(&ConfState, u64)>,
     ) -> Result<()>;
 
-    /// Durably stores `snapshot` as the latest one and drops the entries before
-    /// `first_kept` (all of them when the snapshot is newer than the log).
+    /// Durably stores `snapshot` (one this node took) as the latest one and drops the
+    /// entries before `first_kept`.
     fn save_snapshot(&self, snapshot: &Snapshot, first_kept: u64) -> Result<()>;
+
+    /// Durably replaces the whole log with `snapshot`, received from the leader: the snapshot,
+    /// no entries, `hard_state`, and the snapshot's configuration at its index.
+    ///
+    /// A crash may leave the new snapshot on disk beside the old log, hard state and
+    /// configuration (the snapshot file and the log are two writes); [`LogStore::open`]
+    /// reconciles them (see there).
+    fn install_snapshot(&self, snapshot: &Snapshot, hard_state: &HardState) -> Result<()>;
 }
 
 /// The log kept in memory only; clones share it, so a test can restart a node from it.
@@ -84,7 +109,7 @@ impl LogDurability for MemoryLog {
         &self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
-        conf_state: Option<&ConfState>,
+        conf_state: Option<(&ConfState, u64)>,
     ) -> Result<()> {
         let mut state = self.state.lock().expect("memory log lock");
         if let Some(first) = entries.first() {
@@ -94,8 +119,9 @@ impl LogDurability for MemoryLog {
         if let Some(hs) = hard_state {
             state.hard_state = hs.clone();
         }
-        if let Some(cs) = conf_state {
+        if let Some((cs, index)) = conf_state {
             state.conf_state = cs.clone();
+            state.conf_index = Some(index);
         }
         Ok(())
     }
@@ -105,6 +131,26 @@ impl LogDurability for MemoryLog {
         state.snapshot = snapshot.clone();
         state.entries.retain(|e| e.index >= first_kept);
         Ok(())
+    }
+
+    fn install_snapshot(&self, snapshot: &Snapshot, hard_state: &HardState) -> Result<()> {
+        let mut state = self.state.lock().expect("memory log lock");
+        let meta = snapshot.get_metadata();
+        state.snapshot = snapshot.clone();
+        state.entries.clear();
+        state.hard_state = hard_state.clone();
+        state.conf_state = meta.get_conf_state().clone();
+        state.conf_index = Some(meta.index);
+        Ok(())
+    }
+}
+
+impl MemoryLog {
+    /// Stores `snapshot` as the latest one and nothing else: what a crash in the middle of
+    /// [`LogDurability::install_snapshot`] leaves on a real disk (for tests).
+    #[doc(hidden)]
+    pub fn save_snapshot_file_only(&self, snapshot: &Snapshot) {
+        self.state.lock().expect("memory log lock").snapshot = snapshot.clone();
     }
 }
 
@@ -185,6 +231,12 @@ impl LogDurability for RedbLog {
         if let Some(v) = meta.get("conf_state").map_err(RaftError::storage)? {
             log.conf_state = decode(v.value(), "the configuration")?;
         }
+        if let Some(v) = meta.get("conf_index").map_err(RaftError::storage)? {
+            let bytes = <[u8; 8]>::try_from(v.value()).map_err(|_| {
+                RaftError::Corrupt("decoding the configuration's index: not 8 bytes".into())
+            })?;
+            log.conf_index = Some(u64::from_be_bytes(bytes));
+        }
         let entries = read.open_table(ENTRIES).map_err(RaftError::storage)?;
         for item in entries.iter().map_err(RaftError::storage)? {
             let (_, v) = item.map_err(RaftError::storage)?;
@@ -211,7 +263,7 @@ impl LogDurability for RedbLog {
         &self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
-        conf_state: Option<&ConfState>,
+        conf_state: Option<(&ConfState, u64)>,
     ) -> Result<()> {
         crash_point!("raft-log-append-before");
         let write = self.db.begin_write().map_err(RaftError::storage)?;
@@ -233,8 +285,10 @@ impl LogDurability for RedbLog {
                 meta.insert("hard_state", encode(hs)?.as_slice())
                     .map_err(RaftError::storage)?;
             }
-            if let Some(cs) = conf_state {
+            if let Some((cs, index)) = conf_state {
                 meta.insert("conf_state", encode(cs)?.as_slice())
+                    .map_err(RaftError::storage)?;
+                meta.insert("conf_index", index.to_be_bytes().as_slice())
                     .map_err(RaftError::storage)?;
             }
         }
@@ -246,8 +300,52 @@ impl LogDurability for RedbLog {
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot, first_kept: u64) -> Result<()> {
-        use std::io::Write;
         crash_point!("raft-snapshot-save-before");
+        self.write_snapshot_file(snapshot)?;
+        crash_point!("raft-snapshot-save-after");
+        let write = self.db.begin_write().map_err(RaftError::storage)?;
+        {
+            let mut table = write.open_table(ENTRIES).map_err(RaftError::storage)?;
+            table
+                .retain_in(..first_kept, |_, _| false)
+                .map_err(RaftError::storage)?;
+        }
+        crash_point!("raft-compact-before");
+        write.commit().map_err(RaftError::storage)?;
+        crash_point!("raft-compact-after");
+        Ok(())
+    }
+
+    fn install_snapshot(&self, snapshot: &Snapshot, hard_state: &HardState) -> Result<()> {
+        self.write_snapshot_file(snapshot)?;
+        crash_point!("raft-snapshot-install-saved");
+        let meta = snapshot.get_metadata();
+        let write = self.db.begin_write().map_err(RaftError::storage)?;
+        {
+            let mut table = write.open_table(ENTRIES).map_err(RaftError::storage)?;
+            table
+                .retain_in(0u64.., |_, _| false)
+                .map_err(RaftError::storage)?;
+            let mut table = write.open_table(META).map_err(RaftError::storage)?;
+            table
+                .insert("hard_state", encode(hard_state)?.as_slice())
+                .map_err(RaftError::storage)?;
+            table
+                .insert("conf_state", encode(meta.get_conf_state())?.as_slice())
+                .map_err(RaftError::storage)?;
+            table
+                .insert("conf_index", meta.index.to_be_bytes().as_slice())
+                .map_err(RaftError::storage)?;
+        }
+        write.commit().map_err(RaftError::storage)?;
+        Ok(())
+    }
+}
+
+impl RedbLog {
+    /// Writes `snapshot` to a temporary file, syncs it, and renames it into place.
+    fn write_snapshot_file(&self, snapshot: &Snapshot) -> Result<()> {
+        use std::io::Write;
         let bytes = encode(snapshot)?;
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         {
@@ -263,17 +361,6 @@ impl LogDurability for RedbLog {
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| RaftError::io("syncing the raft directory", e))?;
-        crash_point!("raft-snapshot-save-after");
-        let write = self.db.begin_write().map_err(RaftError::storage)?;
-        {
-            let mut table = write.open_table(ENTRIES).map_err(RaftError::storage)?;
-            table
-                .retain_in(..first_kept, |_, _| false)
-                .map_err(RaftError::storage)?;
-        }
-        crash_point!("raft-compact-before");
-        write.commit().map_err(RaftError::storage)?;
-        crash_point!("raft-compact-after");
         Ok(())
     }
 }
@@ -359,7 +446,8 @@ impl LogStore {
     pub fn open(durability: Box<dyn LogDurability>) -> Result<Self> {
         let durability: Arc<dyn LogDurability> = Arc::from(durability);
         let log = durability.load()?;
-        let snapshot_index = log.snapshot.get_metadata().index;
+        let meta = log.snapshot.get_metadata();
+        let (snapshot_index, snapshot_term) = (meta.index, meta.term);
         let mut entries = log.entries;
         // Keep the log contiguous: drop a prefix the snapshot makes unreachable.
         if entries
@@ -368,14 +456,44 @@ impl LogStore {
         {
             entries.clear();
         }
+        // Keep entries only if they continue the snapshot: the log holds the snapshot's own
+        // last entry (same index and term), or starts right after it. Anything else is the
+        // log a crash left behind in the middle of installing a snapshot from the leader
+        // (`LogDurability::install_snapshot`), which may have diverged from the history the
+        // snapshot holds: Raft discards it, as this node had begun to.
+        let continues = |entries: &[Entry]| match entries.first() {
+            None => true,
+            Some(first) if first.index == snapshot_index + 1 => true,
+            Some(first) => entries
+                .get((snapshot_index - first.index) as usize)
+                .is_some_and(|e| e.index == snapshot_index && e.term == snapshot_term),
+        };
+        if snapshot_index > 0 && !continues(&entries) {
+            entries.clear();
+        }
         // The commit index is written lazily (with the next entries), so the one on disk may
         // be older than the snapshot; a snapshot only holds committed entries.
         let mut hard_state = log.hard_state;
         hard_state.commit = hard_state.commit.max(snapshot_index);
-        let mut conf_state = log.conf_state;
-        if conf_state.voters.is_empty() && log.snapshot.get_metadata().index > 0 {
-            conf_state = log.snapshot.get_metadata().get_conf_state().clone();
+        // The same interrupted install may leave the hard state of an older term: this node
+        // was in at least the snapshot's term. It had cast no vote in that term (a vote is
+        // written before it is sent, and the hard state is older than that).
+        if hard_state.term < snapshot_term {
+            hard_state.term = snapshot_term;
+            hard_state.vote = 0;
         }
+        // The configuration is the one that took effect last: the stored one, unless the
+        // snapshot is newer (an interrupted install again, whose snapshot may add or remove
+        // members). A stale configuration would make this node count the wrong quorum.
+        let conf_state = match log.conf_index {
+            Some(index) if index >= snapshot_index => log.conf_state,
+            Some(_) => meta.get_conf_state().clone(),
+            // A log written before the configuration's index was recorded.
+            None if log.conf_state.voters.is_empty() && snapshot_index > 0 => {
+                meta.get_conf_state().clone()
+            }
+            None => log.conf_state,
+        };
         Ok(Self {
             snapshot_wanted: std::cell::Cell::new(false),
             hard_state,
@@ -467,9 +585,10 @@ impl LogStore {
         Ok(())
     }
 
-    /// Persists a new configuration (after a membership change is applied).
-    pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<()> {
-        self.durability.append(&[], None, Some(&conf_state))?;
+    /// Persists a new configuration (after the membership change at `index` is applied).
+    pub fn set_conf_state(&mut self, conf_state: ConfState, index: u64) -> Result<()> {
+        self.durability
+            .append(&[], None, Some((&conf_state, index)))?;
         self.conf_state = conf_state;
         Ok(())
     }
@@ -497,14 +616,17 @@ impl LogStore {
         }
         let index = meta.index;
         let mut hs = self.hard_state.clone();
-        hs.term = hs.term.max(meta.term);
+        if hs.term < meta.term {
+            // A vote cast in an older term is not one in this term.
+            hs.term = meta.term;
+            hs.vote = 0;
+        }
         hs.commit = index;
         let conf_state = meta.get_conf_state().clone();
         // Snapshots this node took itself and is still writing must not land after this one.
         self.writer.flush();
         crash_point!("raft-snapshot-install-before");
-        self.durability.save_snapshot(&snapshot, index + 1)?;
-        self.durability.append(&[], Some(&hs), Some(&conf_state))?;
+        self.durability.install_snapshot(&snapshot, &hs)?;
         crash_point!("raft-snapshot-install-after");
         self.entries.clear();
         self.snapshot = snapshot;
@@ -645,7 +767,7 @@ mod tests {
             voters: vec![1, 2, 3],
             ..Default::default()
         };
-        log.set_conf_state(cs.clone()).unwrap();
+        log.set_conf_state(cs.clone(), 2).unwrap();
         log.compact(3, cs.clone(), b"state at 3".to_vec(), 1)
             .unwrap();
         assert_eq!(log.first_index().unwrap(), 3);
@@ -677,6 +799,138 @@ mod tests {
         assert_eq!(log.last_index().unwrap(), 10);
         assert_eq!(log.hard_state().commit, 10);
         assert_eq!(log.term(10).unwrap(), 3);
+    }
+
+    fn voters(ids: &[u64]) -> ConfState {
+        ConfState {
+            voters: ids.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot_at(index: u64, term: u64, conf: ConfState) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(conf);
+        snap.set_data(format!("state at {index}").into_bytes().into());
+        snap
+    }
+
+    /// A log's durability, fresh for each case: opens it again (as a restarted process
+    /// would), and writes only a snapshot file (what a crash in the middle of
+    /// [`LogDurability::install_snapshot`] leaves).
+    trait Disk {
+        fn open(&self) -> Box<dyn LogDurability>;
+        fn leave_snapshot_only(&self, snapshot: &Snapshot);
+    }
+
+    impl Disk for MemoryLog {
+        fn open(&self) -> Box<dyn LogDurability> {
+            Box::new(self.clone())
+        }
+        fn leave_snapshot_only(&self, snapshot: &Snapshot) {
+            self.save_snapshot_file_only(snapshot);
+        }
+    }
+
+    impl Disk for PathBuf {
+        fn open(&self) -> Box<dyn LogDurability> {
+            Box::new(RedbLog::open(self).unwrap())
+        }
+        fn leave_snapshot_only(&self, snapshot: &Snapshot) {
+            RedbLog::open(self)
+                .unwrap()
+                .write_snapshot_file(snapshot)
+                .unwrap();
+        }
+    }
+
+    /// A follower that missed a membership change while it was behind ({1,2,3} → {1,2,3,4})
+    /// held `old_log` and crashed in the middle of installing the leader's `snapshot`.
+    fn interrupted_install(disk: &dyn Disk, old_log: &[Entry], snapshot: Snapshot) -> LogStore {
+        let mut log = LogStore::open(disk.open()).unwrap();
+        let hs = HardState {
+            term: 2,
+            vote: 3,
+            commit: 2,
+            ..Default::default()
+        };
+        log.append(old_log, Some(&hs)).unwrap();
+        log.set_conf_state(voters(&[1, 2, 3]), 2).unwrap();
+        drop(log);
+        disk.leave_snapshot_only(&snapshot);
+        LogStore::open(disk.open()).unwrap()
+    }
+
+    /// Each case on a fresh disk from `fresh`.
+    fn check_interrupted_installs(fresh: &mut dyn FnMut() -> Box<dyn Disk>) {
+        // The old log diverged from the snapshot's history (its entry 5 is of term 2, the
+        // snapshot's of term 4): dropped; the snapshot's configuration and term win.
+        let old: Vec<Entry> = (1..=6).map(|i| entry(i, 2)).collect();
+        let log = interrupted_install(&*fresh(), &old, snapshot_at(5, 4, voters(&[1, 2, 3, 4])));
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3, 4]);
+        assert_eq!(log.first_index().unwrap(), 6);
+        assert_eq!(log.last_index().unwrap(), 5);
+        assert_eq!(log.term(5).unwrap(), 4);
+        let hs = log.hard_state();
+        assert_eq!((hs.term, hs.vote, hs.commit), (4, 0, 5));
+        drop(log);
+
+        // The old log ended before the snapshot: nothing of it continues the snapshot.
+        let old: Vec<Entry> = (1..=3).map(|i| entry(i, 2)).collect();
+        let log = interrupted_install(&*fresh(), &old, snapshot_at(9, 4, voters(&[1, 2, 3, 4])));
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3, 4]);
+        assert_eq!(log.first_index().unwrap(), 10);
+        assert_eq!(log.last_index().unwrap(), 9);
+        drop(log);
+
+        // The old log held the snapshot's last entry: Raft keeps what follows it.
+        let old: Vec<Entry> = (1..=7)
+            .map(|i| entry(i, if i <= 5 { 2 } else { 3 }))
+            .collect();
+        let log = interrupted_install(&*fresh(), &old, snapshot_at(5, 2, voters(&[1, 2, 3, 4])));
+        assert_eq!(log.last_index().unwrap(), 7);
+        assert_eq!(log.term(7).unwrap(), 3);
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3, 4]);
+        assert_eq!(log.hard_state().term, 2);
+    }
+
+    #[test]
+    fn memory_log_recovers_an_interrupted_snapshot_install() {
+        check_interrupted_installs(&mut || Box::new(MemoryLog::new()));
+    }
+
+    #[test]
+    fn redb_log_recovers_an_interrupted_snapshot_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut case = 0;
+        check_interrupted_installs(&mut || {
+            case += 1;
+            Box::new(dir.path().join(format!("raft-{case}")))
+        });
+    }
+
+    /// A membership change applied after the latest snapshot is kept over the snapshot's.
+    #[test]
+    fn a_configuration_newer_than_the_snapshot_is_kept() {
+        let shared = MemoryLog::new();
+        let mut log = LogStore::open(Box::new(shared.clone())).unwrap();
+        let hs = HardState {
+            term: 1,
+            commit: 4,
+            ..Default::default()
+        };
+        let entries: Vec<Entry> = (1..=4).map(|i| entry(i, 1)).collect();
+        log.append(&entries, Some(&hs)).unwrap();
+        log.set_conf_state(voters(&[1, 2]), 1).unwrap();
+        log.compact(3, voters(&[1, 2]), b"state at 3".to_vec(), 0)
+            .unwrap();
+        log.set_conf_state(voters(&[1, 2, 3]), 4).unwrap();
+        drop(log);
+        let log = LogStore::open(Box::new(shared)).unwrap();
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(log.last_index().unwrap(), 4);
     }
 
     #[test]

@@ -262,10 +262,16 @@ async fn crash_after_a_compaction() {
 /// Three managers: the third falls behind the leader's compacted log while stopped, then is
 /// restarted with `point` armed; it must crash there while catching up by snapshot, and catch
 /// up when restarted without it.
-async fn crash_a_follower_catching_up(point: &str) {
+///
+/// With `membership_change`, a fourth manager joins while the third is stopped, so the
+/// snapshot it catches up from brings a configuration it has never seen. After it has caught
+/// up, the first and fourth managers are killed: the two left are 2 of 4, no quorum, and
+/// must take no write. (A restarted member that kept the old configuration, {m1, m2, m3},
+/// would count 2 of 3 and commit writes a quorum of the real configuration never saw.)
+async fn crash_a_follower_catching_up(point: &str, membership_change: bool) {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let m1 = support::init_manager(dir.path(), "m1").await;
+    let mut m1 = support::init_manager(dir.path(), "m1").await;
     let a1 = m1.addr.clone();
     snapshot_often(&a1, 20, 5).await;
     let m2 = support::join_manager(dir.path(), "m2", &a1).await;
@@ -278,6 +284,11 @@ async fn crash_a_follower_catching_up(point: &str) {
         h.acknowledged.insert("one".into());
     }
     m3.kill();
+    let mut m4 = if membership_change {
+        Some(support::join_manager(dir.path(), "m4", &a1).await)
+    } else {
+        None
+    };
     // 80 entries: the leader's log now starts long after m3's last entry.
     let stop = Arc::new(AtomicBool::new(false));
     for w in start_writers(&a1, "behind-", 2, 80, &history, &stop) {
@@ -298,9 +309,45 @@ async fn crash_a_follower_catching_up(point: &str) {
     m3.restart(&[]);
     assert_kept(&a3, &history, point).await;
     assert_kept(&a1, &history, point).await;
-    create_config(&[a1.clone(), m2.addr.clone(), a3.clone()], "after")
-        .await
-        .unwrap();
+    if let Some(m4) = m4.as_mut() {
+        m1.kill();
+        m4.kill();
+        // Several election timeouts: m3 (or m2) would have been elected by now.
+        let survivors = [m2.addr.clone(), a3.clone()];
+        let until = Instant::now() + Duration::from_secs(6);
+        let mut n = 0;
+        while Instant::now() < until {
+            let name = format!("minority-{n}");
+            n += 1;
+            history.lock().unwrap().attempted.insert(name.clone());
+            let write = create_config(&survivors, &name);
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(3), write).await {
+                panic!(
+                    "{point}: m2 and m3, 2 of 4 managers, acknowledged a write ({name}): \
+                     m3 restarted with the configuration it had before it caught up"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        m1.restart(&[]);
+        m4.restart(&[]);
+    }
+    // The cluster takes writes again (once the restarted managers have elected a leader).
+    let all = [a1.clone(), m2.addr.clone(), a3.clone()];
+    history.lock().unwrap().attempted.insert("after".into());
+    eventually(
+        &format!("{point}: the cluster to take writes again"),
+        Duration::from_secs(30),
+        async || match create_config(&all, "after").await {
+            Ok(()) => Some(()),
+            // An earlier try that timed out was committed after all.
+            Err(e) if e.contains("AlreadyExists") => Some(()),
+            Err(_) => None,
+        },
+    )
+    .await;
+    history.lock().unwrap().acknowledged.insert("after".into());
+    assert_kept(&a3, &history, point).await;
     eprintln!(
         "{point} on a follower: no write lost ({:.1} s)",
         started.elapsed().as_secs_f64()
@@ -309,19 +356,24 @@ async fn crash_a_follower_catching_up(point: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_before_installing_a_snapshot() {
-    crash_a_follower_catching_up("raft-snapshot-install-before").await;
+    crash_a_follower_catching_up("raft-snapshot-install-before", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_installing_a_snapshot() {
-    crash_a_follower_catching_up("raft-snapshot-install-after").await;
+    crash_a_follower_catching_up("raft-snapshot-install-after", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_inside_a_snapshot_install() {
-    // The received snapshot is on disk and the log compacted; the hard state and
-    // configuration it brings are not written yet.
-    crash_a_follower_catching_up("raft-compact-after").await;
+    // The received snapshot's file is on disk; the old log, hard state and configuration
+    // are still in the log's database.
+    crash_a_follower_catching_up("raft-snapshot-install-saved", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_inside_a_snapshot_install_that_changes_the_membership() {
+    crash_a_follower_catching_up("raft-snapshot-install-saved", true).await;
 }
 
 /// A manager killed (`kill -9`) while writing, the end of its log file then damaged by
