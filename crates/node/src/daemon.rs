@@ -988,14 +988,17 @@ impl Daemon {
                 let managers_only = || authorizer.interceptor(Access::Managers);
                 let log_broker = LogBroker::new(store.clone(), handle.clone(), authorizer.clone());
                 // Control calls reaching this manager while it follows go to the leader,
-                // bounded in time: a call in flight when the leader is cut off fails
-                // (UNAVAILABLE) instead of waiting for the connection's keepalive.
+                // bounded in time, over a connection pinged every second: a call in flight
+                // when the leader is cut off (a partition that drops packets, not resets)
+                // fails (UNAVAILABLE, outcome unknown) within about two seconds, instead of
+                // waiting for the forwarding deadline or the caller's.
                 let forwarding = |api: ControlApi| {
                     ForwardToLeader::new(
                         ControlServer::new(api),
                         handle.clone(),
                         shoal_tls::Dialer::mutual(credentials.clone())
-                            .with_request_timeout(FORWARD_TIMEOUT),
+                            .with_request_timeout(FORWARD_TIMEOUT)
+                            .with_keep_alive(FORWARD_PING, FORWARD_PING),
                         &credentials.identity().node_id,
                     )
                 };
@@ -1353,6 +1356,9 @@ fn resumed_advertise(config: &DaemonConfig, recorded: &str, fresh: String) -> St
 
 /// How long a control call forwarded to the leader may take before it fails.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The forwarding connection's ping period, and how long a ping may go unanswered.
+const FORWARD_PING: Duration = Duration::from_secs(1);
 
 /// How long the Docker Engine has to answer when a node with `--executor docker` starts.
 const DOCKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -326,21 +326,7 @@ impl Loop {
                     .into(),
             );
         }
-        let reachable = self.reachable().min(voters.max(1));
-        if reachable > voters / 2 {
-            // A quorum is reachable from here: an election is under way, or this manager is
-            // cut off from the leader while others still hear it.
-            return RaftError::NoLeader(format!(
-                "no leader known to this manager right now ({reachable} of {voters} managers \
-                 reachable: an election is under way, or this manager is cut off from the \
-                 leader); retry shortly, or call another manager"
-            ));
-        }
-        RaftError::NoLeader(format!(
-            "no leader: quorum lost ({reachable} of {voters} managers reachable); bring \
-             managers back, or run `shoal swarm init --force-new-cluster` on one to continue \
-             from its data"
-        ))
+        RaftError::NoLeader(no_leader_message(self.reachable(), voters))
     }
 
     /// Turns "not the leader, none known" into the quorum explanation.
@@ -445,6 +431,30 @@ impl Loop {
 }
 
 /// Answers, with `error()`, every request in `waiting` whose deadline has passed.
+/// Why there is no leader, seen from a manager that hears `reachable` of the `voters`
+/// managers (itself included), and what to do.
+pub(crate) fn no_leader_message(reachable: usize, voters: usize) -> String {
+    let reachable = reachable.min(voters.max(1));
+    if reachable > voters / 2 {
+        // A quorum is reachable from here: an election is under way, or this manager is cut
+        // off from the leader while others still hear it.
+        format!(
+            "no leader known to this manager right now ({reachable} of {voters} managers \
+             reachable: an election is under way, or this manager is cut off from the \
+             leader); retry shortly, or call another manager"
+        )
+    } else {
+        // Followers of a live leader are silent to each other, so "not heard" is either
+        // "down" or "up but cut off from here": the advice covers both.
+        format!(
+            "no leader: quorum lost ({reachable} of {voters} managers reachable); if the \
+             other managers are down, bring them back (or run `shoal swarm init \
+             --force-new-cluster` on one to continue from its data); if they are running, \
+             this manager is cut off from them: call another manager"
+        )
+    }
+}
+
 fn expire<T>(waiting: &mut HashMap<u64, Waiting<T>>, now: Instant, error: impl Fn() -> T) {
     for (_, w) in waiting.extract_if(|_, w| now >= w.deadline) {
         let _ = w.reply.send(error());

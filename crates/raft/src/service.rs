@@ -62,10 +62,9 @@ pub fn not_leader(handle: &RaftHandle) -> Status {
         None if status.voters == 0 => Status::unavailable(
             "no leader known yet: this manager is still catching up with its cluster; retry shortly",
         ),
-        None => Status::unavailable(format!(
-            "no leader: quorum lost ({} of {} managers reachable)",
-            status.reachable.min(status.voters),
-            status.voters
+        None => Status::unavailable(crate::driver::no_leader_message(
+            status.reachable,
+            status.voters,
         )),
     }
 }

@@ -34,6 +34,9 @@ enum Mode {
 pub struct Dialer {
     mode: Mode,
     request_timeout: Option<Duration>,
+    /// HTTP/2 ping period, and how long a ping may go unanswered before the connection is
+    /// declared dead (failing every call on it).
+    keep_alive: (Duration, Duration),
 }
 
 impl std::fmt::Debug for Dialer {
@@ -52,7 +55,16 @@ impl Dialer {
         Self {
             mode,
             request_timeout: None,
+            keep_alive: (Duration::from_secs(10), Duration::from_secs(5)),
         }
+    }
+
+    /// Pings the peer every `interval` and gives the connection up (failing the calls in
+    /// flight, UNAVAILABLE) when a ping is not answered within `timeout`: a peer cut off
+    /// without a reset is noticed in `interval + timeout` instead of the default 15 s.
+    pub fn with_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive = (interval, timeout);
+        self
     }
 
     /// Every call on channels from this dialer fails after `timeout` (none by default:
@@ -105,8 +117,8 @@ impl Dialer {
             .map_err(|e| dial_error(format!("not a valid address: {e}")))?
             .initial_stream_window_size(Some(WINDOW_BYTES))
             .initial_connection_window_size(Some(WINDOW_BYTES))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(self.keep_alive.0)
+            .keep_alive_timeout(self.keep_alive.1);
         if let Some(timeout) = self.request_timeout {
             endpoint = endpoint.timeout(timeout);
         }
