@@ -1,4 +1,4 @@
-//! Deterministic simulation of Shoal's manager group.
+//! Deterministic simulation of Shoal's manager group, and of the agents it runs tasks on.
 //!
 //! # What
 //!
@@ -12,11 +12,30 @@
 //! and slows managers down. Then faults stop, everything heals, and the run checks that the
 //! cluster comes back and that nothing acknowledged was lost.
 //!
+//! With agents ([`SimConfig::agents`], 4 by default in the `shoal-sim` command, 0 in
+//! [`SimConfig::new`]), the run also holds worker nodes and a few services (2–3 replicated
+//! ones of 2–5 replicas, one global), and whichever manager leads runs the real orchestrator
+//! and scheduler (`shoal_manager::orchestrator::Orchestrator`) on its store, writing through
+//! its Raft node; the agents heartbeat to the leader, which writes silent nodes DOWN by the
+//! dispatcher's rule, run the tasks assigned to them and report their states through the
+//! leader. Agents crash (their tasks die with them) and are cut off from the managers, as
+//! part of the same fault schedule, and an operator scales and updates services while
+//! faults run ([`world`]'s `agents` module describes the model).
+//!
 //! Time is simulated: an event queue ordered by (instant, sequence number) holds Raft ticks,
-//! message deliveries, client calls, replies and timeouts, and fault starts and ends; the
-//! loop pops the next event, jumps the clock to it and handles it ([`world`]). Messages go
-//! through the simulated network ([`net`]) with a latency drawn per message, so they reorder;
-//! no wall-clock time, thread or async runtime takes part. A run is therefore a function of
+//! message deliveries, client calls, replies and timeouts, orchestrator rounds, agents'
+//! messages, and fault starts and ends; the loop pops the next event, jumps the clock to it
+//! and handles it ([`world`]). Nothing depends on the machine's clock: the stores' timestamps
+//! come from a `ManualClock` set from simulated time, and the orchestrator's round takes its
+//! clocks as arguments (`Orchestrator::round_at(instant, wall time)`), both computed from
+//! simulated time (in agents mode a 10 ms tick stands for the daemon's 100 ms Raft tick, so
+//! the dispatcher's and the orchestrator's figures — heartbeat period, grace, restart delays,
+//! update pacing — keep their ratio to an election timeout). The orchestrator is async: its
+//! round is a future the simulator polls with a no-op waker, and its store's proposer queues
+//! each transaction for the simulator to propose, completing when the entry is applied (or
+//! failing when leadership is lost). Messages go through the simulated network ([`net`]) with
+//! a latency drawn per message, so they reorder; no wall-clock time, thread or async runtime
+//! takes part. A run is therefore a function of
 //! its [`SimConfig`]: every event is folded into a digest ([`trace`]), two runs of one seed
 //! give the same digest (a test checks it), and a failing seed replays exactly with
 //! `shoal-sim --seed N --trace`, which prints every event.
@@ -31,6 +50,14 @@
 //!   whole store (the snapshot encoding, equal content giving equal bytes) is compared with
 //!   the digest any other manager had at the same applied index.
 //!
+//! Checked continuously in agents mode, from the agents' own state:
+//! - **One task per slot**: when a task starts running, no other task of its slot (of its
+//!   node, for a global service) runs anywhere, unless that one's node was written DOWN
+//!   since it started (the orchestrator replaces a down node's tasks; a cut-off agent keeps
+//!   running them, as in SwarmKit).
+//! - **The orchestrator does not spin**: a round that wrote nothing does not ask to run again
+//!   at once, round after round.
+//!
 //! Checked at the end:
 //! - **Progress after healing**: within 500 ticks of the faults stopping there is a leader,
 //!   its whole log is committed, every manager has applied it; then a final read of every
@@ -41,10 +68,17 @@
 //!   final read (or a read before it) impossible, so "no acknowledged write lost" is part of
 //!   this check; operations whose outcome the client never learned are "unknown" and may or
 //!   may not have happened.
+//! - In agents mode, **tasks converge** within 1,500 ticks of healing: each replicated
+//!   service has exactly its replicas wanted RUNNING, RUNNING in the store and on the agent,
+//!   on READY nodes; each global service one such task per READY, ACTIVE node; no task wanted
+//!   RUNNING is left NEW, PENDING or ASSIGNED while a node is READY; no agent runs a task the
+//!   store does not want running.
 //!
-//! Two tests prove the checks have teeth: a planted bug ([`PlantedBug::AckBeforeCommit`],
-//! a leader acknowledging writes when proposed) is caught in most seeds, and the simulation
-//! found a real one (below).
+//! Tests prove the checks have teeth: planted bugs are caught in most seeds —
+//! [`PlantedBug::AckBeforeCommit`] (a leader acknowledging writes when proposed) by
+//! linearizability, [`PlantedBug::StartWhileStopping`] (below) by one task per slot,
+//! [`PlantedBug::AgentIgnoresShutdown`] (agents that never stop a task) by convergence —
+//! and the simulation found real ones (below).
 //!
 //! # What it found
 //!
@@ -73,6 +107,23 @@
 //! `--managers 5 --steps 1000 --clients 6` seeds 386 and 891). Fixed: a proposal is now
 //! ours only at the index and term its entry was appended at; the seeds above run clean.
 //!
+//! The first run with agents found a third, in the orchestrator's loop: in a stop-first
+//! update (and whenever a restart's delay ends while the slot's old task is still stopping)
+//! the new task is held at READY with a delay that has already ended; the loop computed its
+//! next wake-up from that ended delay, so it woke at once, ran a round that wrote nothing,
+//! and did it again, back to back, until the old task's status changed — a busy loop over
+//! the whole store for as long as a task takes to stop (seed 1 with 4 agents, before the
+//! agents' fault schedule took its present form; the simulator's spin check reported it
+//! after 50 rounds at one instant). Fixed: `Orchestrator::next_wake` leaves out delays that
+//! had ended by the last round (their task waits for a store change, not a timer), with a
+//! unit test in the orchestrator.
+//!
+//! A planted orchestrator bug ([`PlantedBug::StartWhileStopping`]: every task it creates is
+//! wanted RUNNING at once, so a stop-first update starts the new task while the old one still
+//! stops) is caught by the one-task-per-slot check in most seeds. Several hundred seeds with
+//! agents (3 managers and 4 agents, 5 managers and 6 agents, 300 to 1,000 ticks of faults)
+//! have found nothing else so far.
+//!
 //! # Compared with FoundationDB's simulation and with turmoil
 //!
 //! FoundationDB runs its *whole* server — every role, written as Flow actors on one
@@ -82,8 +133,10 @@
 //! simulated is the replicated core — `RaftNode`, the log's durability contract and the
 //! store — which is synchronous by design (it owns no sockets, timers or threads), so it is
 //! driven directly, the way the real driver thread drives it, instead of through a simulated
-//! runtime. There is no `BUGGIFY` inside Shoal's code; faults come from outside (network,
-//! crashes, slowness).
+//! runtime. The orchestrator's round is async but waits on nothing except its store's
+//! proposer, so it too is driven directly: its future is polled by hand, and each proposal
+//! completes when the simulator applies it. There is no `BUGGIFY` inside Shoal's code;
+//! faults come from outside (network, crashes, slowness).
 //!
 //! turmoil simulates hosts and a network *under tokio*: async code using its `TcpStream`
 //! runs unchanged on simulated time, single-threaded, reproducible from a seed. It would let
@@ -112,15 +165,26 @@
 //!   set_randomized_election_timeout` (`#[doc(hidden)]`), the only change outside this crate.
 //!   raft-rs's own maps use a fixed hasher; the outcomes `RaftNode` returns from a `HashMap`
 //!   are sorted here before use.
-//! - Agents and the orchestrator are not simulated. The orchestrator's round is async, reads
-//!   `Instant::now()` for restart delays and update pacing, writes through a `Store` batch
-//!   that awaits its proposer, and is only constructible inside `shoal-manager`; running it
-//!   here needs a public constructor taking a clock, a round callable from outside, and a
-//!   proposer whose futures the simulator resolves when it applies the entries (a manual
-//!   poll loop with a no-op waker, as [`world`] already does for `Store::update`).
+//! - The orchestrator and scheduler run unchanged, through four hooks marked
+//!   `#[doc(hidden)]`: `Orchestrator::driven` (no Raft handle: the simulator decides when it
+//!   leads, and builds a fresh one for each term it leads, as the real loop clears its state
+//!   on gaining leadership), `round_at` (the clocks as arguments), `next_wake` and `observe`
+//!   (the loop's wake-up and the store events it feeds the scheduler between rounds), and
+//!   `set_id_source` (task IDs from a counter instead of random draws). Its `Instant`s are
+//!   a fixed origin taken when the run starts plus simulated time: the origin's value never
+//!   matters, only differences. Its loop (`Orchestrator::start`: the tokio `select!` over
+//!   leadership, store changes and timers) is replayed by the simulator, not run; a round in
+//!   flight when leadership is lost is dropped rather than finished.
+//! - The dispatcher and the agents are modelled, not run (the real ones sit behind gRPC
+//!   streams and an executor): a session is a deadline on the leader, a heartbeat moves it,
+//!   a status report is a write through the leader retried until the assignments show it,
+//!   assignments are polled every 5 ticks rather than pushed, and an agent's executor is a
+//!   seeded state machine. Bugs in the dispatcher's code, the agent or the executor are out
+//!   of reach; so are networks, secrets, configs, volumes, resources, constraints, drained
+//!   nodes and jobs (the services use none of them).
 
 pub mod net;
 pub mod trace;
 pub mod world;
 
-pub use world::{EarlyAnswers, PlantedBug, Report, SimConfig, Stats, Violation, run};
+pub use world::{AgentStats, EarlyAnswers, PlantedBug, Report, SimConfig, Stats, Violation, run};

@@ -4,7 +4,11 @@
 //! shoal-sim --seeds 0..200                 # CI-sized run; exit status 1 on a violation
 //! shoal-sim --seeds 0..5000 --managers 5   # a longer run
 //! shoal-sim --seed 17 --trace              # replay one seed, printing every event
+//! shoal-sim --seeds 0..100 --agents 0      # managers and clients only
 //! ```
+//!
+//! By default each run also has 4 agents, the orchestrator and scheduler on the leader, and
+//! a few services (`--agents N` picks the number, `--agents 0` turns them off).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -15,7 +19,7 @@ use shoal_sim::{EarlyAnswers, PlantedBug, Report, SimConfig, run};
 #[derive(Parser, Debug)]
 #[command(
     name = "shoal-sim",
-    about = "Deterministic simulation of Shoal's managers: Raft, the store and clients under seeded faults"
+    about = "Deterministic simulation of Shoal: managers, clients and agents under seeded faults"
 )]
 struct Args {
     /// Seeds to run: `A..B` (B excluded), `A..=B`, or one number.
@@ -36,6 +40,10 @@ struct Args {
     /// Objects the clients share.
     #[arg(long, default_value_t = 3)]
     objects: usize,
+    /// Simulated agents (worker nodes), with the orchestrator and scheduler on the leader and
+    /// a few services; 0 turns them off (managers and clients only).
+    #[arg(long, default_value_t = DEFAULT_AGENTS)]
+    agents: usize,
     /// No faults: client load on a healthy cluster.
     #[arg(long)]
     no_faults: bool,
@@ -48,9 +56,11 @@ struct Args {
     #[arg(long)]
     trace: bool,
     /// Plant a bug, to see the invariants catch it.
-    #[arg(long, hide = true, value_parser = ["ack-before-commit"])]
+    #[arg(long, hide = true, value_parser = ["ack-before-commit", "start-while-stopping", "agent-ignores-shutdown"])]
     plant_bug: Option<String>,
 }
+
+const DEFAULT_AGENTS: usize = 4;
 
 fn parse_managers(s: &str) -> Result<u64, String> {
     match s {
@@ -89,10 +99,12 @@ impl Args {
             } else {
                 EarlyAnswers::Confirmed
             },
-            planted_bug: self
-                .plant_bug
-                .as_deref()
-                .map(|_| PlantedBug::AckBeforeCommit),
+            agents: self.agents,
+            planted_bug: self.plant_bug.as_deref().map(|bug| match bug {
+                "start-while-stopping" => PlantedBug::StartWhileStopping,
+                "agent-ignores-shutdown" => PlantedBug::AgentIgnoresShutdown,
+                _ => PlantedBug::AckBeforeCommit,
+            }),
             ..SimConfig::new(seed)
         }
     }
@@ -110,6 +122,9 @@ impl Args {
         }
         if self.objects != 3 {
             cmd += &format!(" --objects {}", self.objects);
+        }
+        if self.agents != DEFAULT_AGENTS {
+            cmd += &format!(" --agents {}", self.agents);
         }
         if self.no_faults {
             cmd += " --no-faults";
@@ -145,6 +160,25 @@ fn print_report(r: &Report) {
         r.digest,
         r.violation_count
     );
+    if s.agents.agents > 0 {
+        let a = &s.agents;
+        println!(
+            "  agents: {} agents, {} services, {} rounds ({} failed), {} orchestrator writes, \
+             {} tasks started, {} failed, {} nodes written DOWN, {} agent crashes, {} service \
+             changes, {} tasks running at the end",
+            a.agents,
+            a.services,
+            a.rounds,
+            a.failed_rounds,
+            a.orchestrator_writes,
+            a.tasks_started,
+            a.tasks_failed,
+            a.nodes_written_down,
+            a.agent_crashes,
+            a.service_changes,
+            a.running_at_end
+        );
+    }
     if !s.faults.is_empty() {
         let faults: Vec<String> = s.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("  faults: {}", faults.join(", "));

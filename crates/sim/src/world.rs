@@ -41,6 +41,15 @@
 //!
 //! Removal takes the version read (the Control API's `RemoveConfig` takes none): the
 //! versioned model needs one, and the store's conflict check then decides it at apply time.
+//!
+//! # Agents
+//!
+//! With [`SimConfig::agents`] above 0, the leader also runs the orchestrator and the
+//! dispatcher's heartbeat rule, and agents run tasks; the model, its clocks and its
+//! invariants are described in the `agents` submodule. After every input a manager's Ready
+//! work is followed by what it runs besides Raft (its orchestrator's round is polled, and
+//! what the round proposed makes another Ready pass). Without agents none of this runs and
+//! no random draw is added, so a seed runs exactly as it did before agents existed.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -64,6 +73,10 @@ use shoal_store::{ChangeSet, ProposeFuture, Proposer, Reader, StateMachine, Stor
 use crate::net::{Fate, Network, Slow};
 use crate::trace::{Trace, fnv};
 
+mod agents;
+
+pub use agents::AgentStats;
+
 /// One Raft tick of simulated time, µs (the daemon ticks every 100 ms; the ratio of network
 /// latency to tick is what matters, and it is kept much below one here).
 pub const TICK: u64 = 10_000;
@@ -81,6 +94,8 @@ const BASE_DUP: u32 = 10;
 const EPOCH_SECONDS: u64 = 1_700_000_000;
 /// The step limit of the linearizability check (deterministic, unlike a time limit).
 const CHECK_STEPS: u64 = 20_000_000;
+/// Store events a subscriber may fall behind by (agents mode subscribes).
+const WATCH_CAPACITY: usize = 1024;
 
 /// A bug planted on purpose, to show that the invariants catch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +103,14 @@ pub enum PlantedBug {
     /// The leader answers a write as soon as it is proposed, before it is committed, with the
     /// version it would get if nothing intervened.
     AckBeforeCommit,
+    /// (Agents mode.) A hook on the orchestrator's writes starts every task it creates at
+    /// once (desired RUNNING), where the orchestrator held it at READY: through a restart
+    /// delay, or — the bug this plants — until the slot's old task has stopped, so a
+    /// stop-first update runs two tasks of one slot at once.
+    StartWhileStopping,
+    /// (Agents mode.) Agents never stop a task they run, whatever its desired state: scaled
+    /// down and replaced tasks run on, and a stop-first update never gets its slot back.
+    AgentIgnoresShutdown,
 }
 
 /// How the leader answers a write whose transaction fails its early checks (object
@@ -119,6 +142,9 @@ pub struct SimConfig {
     /// Whether faults are injected (off: a calm run, for comparison).
     pub faults: bool,
     pub early_answers: EarlyAnswers,
+    /// Simulated agents (worker nodes), with the orchestrator and scheduler running on the
+    /// leader and a few services to run; 0: managers and clients only.
+    pub agents: usize,
     /// Keep this many trace lines (all of them with `usize::MAX`); `None`: digest only.
     pub keep_trace: Option<usize>,
     /// Test only: a deliberate bug.
@@ -140,6 +166,7 @@ impl SimConfig {
             objects: 3,
             faults: true,
             early_answers: EarlyAnswers::Confirmed,
+            agents: 0,
             keep_trace: None,
             planted_bug: None,
             seeded_election_timeouts: true,
@@ -184,6 +211,8 @@ pub struct Stats {
     pub early_answers: u64,
     /// The linearizability verdict, in words.
     pub verdict: String,
+    /// What the agents, the dispatcher and the orchestrator did (agents mode).
+    pub agents: AgentStats,
 }
 
 /// What a run produced.
@@ -255,6 +284,10 @@ struct Running {
     checked: u64,
     /// Applied index whose store digest was last compared.
     digested: u64,
+    /// Agents mode: the orchestrator and the dispatcher's sessions, while this manager leads.
+    lead: Option<agents::Lead>,
+    /// Agents mode: node changes this manager applied (for the DOWN times).
+    nodes_watch: Option<shoal_store::Subscription>,
 }
 
 struct Manager {
@@ -330,6 +363,31 @@ enum Ev {
         node: u64,
         generation: u64,
     },
+    /// Agents mode: an orchestrator round on a leading manager.
+    Round {
+        node: u64,
+        incarnation: u64,
+    },
+    AgentTick {
+        agent: usize,
+        incarnation: u64,
+    },
+    AgentArrive {
+        agent: usize,
+        manager: u64,
+        msg: Box<agents::AgentMsg>,
+    },
+    AgentAnswer {
+        agent: usize,
+        incarnation: u64,
+        from: u64,
+        answer: Box<agents::AgentAnswer>,
+    },
+    AgentRestart {
+        agent: usize,
+    },
+    /// An operator scales or updates a service.
+    Operate,
 }
 
 struct Scheduled {
@@ -394,6 +452,8 @@ struct Sim {
     /// Store digest (and encoding, to explain a difference) at each applied index any
     /// manager reported.
     digests: BTreeMap<u64, (u64, u64, Vec<u8>)>,
+    /// Agents mode: the agents, the services, and what the invariants need to remember.
+    workers: agents::Workers,
 }
 
 fn msg_fields(m: &Message) -> [u64; 8] {
@@ -661,6 +721,7 @@ impl Sim {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             digests: BTreeMap::new(),
+            workers: agents::Workers::default(),
         }
     }
 
@@ -734,6 +795,8 @@ impl Sim {
     fn start(&mut self, id: u64, node: RaftNode, state: Arc<StateMachine>) {
         let capture = Arc::new(Capture::default());
         let store = Store::with_state(state.clone(), capture.clone(), self.clock.clone());
+        let nodes_watch = (self.cfg.agents > 0)
+            .then(|| store.watch(shoal_store::Filter::all().kind(shoal_api::v1::ObjectKind::Node)));
         let applied = node.applied();
         let m = self.managers.get_mut(&id).expect("a manager");
         m.incarnation += 1;
@@ -748,6 +811,8 @@ impl Sim {
             timeout: ELECTION_TICK,
             checked: applied,
             digested: u64::MAX,
+            lead: None,
+            nodes_watch,
         });
         let incarnation = m.incarnation;
         let phase = self.rng.random_range(0..TICK);
@@ -764,7 +829,7 @@ impl Sim {
 
     fn bootstrap(&mut self, id: u64) {
         let disk = self.managers[&id].disk.clone();
-        let state = Arc::new(StateMachine::new(16));
+        let state = Arc::new(StateMachine::new(WATCH_CAPACITY));
         let node = LogStore::open(Box::new(disk))
             .and_then(|log| RaftNode::bootstrap(node_config(id), log, state.clone(), member(id)));
         match node {
@@ -775,7 +840,7 @@ impl Sim {
 
     fn join(&mut self, id: u64) {
         let disk = self.managers[&id].disk.clone();
-        let state = Arc::new(StateMachine::new(16));
+        let state = Arc::new(StateMachine::new(WATCH_CAPACITY));
         let node = LogStore::open(Box::new(disk))
             .and_then(|log| RaftNode::joining(node_config(id), log, state.clone()));
         match node {
@@ -803,7 +868,7 @@ impl Sim {
         self.trace
             .record(self.now, &[0x4e57, id], || format!("RESTART manager {id}"));
         let disk = self.managers[&id].disk.clone();
-        let state = Arc::new(StateMachine::new(16));
+        let state = Arc::new(StateMachine::new(WATCH_CAPACITY));
         let node = LogStore::open(Box::new(disk))
             .and_then(|log| RaftNode::restart(node_config(id), log, state.clone()));
         match node {
@@ -834,8 +899,18 @@ impl Sim {
         TICK * factor + self.rng.random_range(0..TICK / 50)
     }
 
-    /// Runs the node's Ready work and routes what it produced.
+    /// Runs the node's Ready work and routes what it produced; in agents mode, then drives
+    /// what the manager runs besides Raft (which may propose, needing another pass).
     fn process(&mut self, id: u64) {
+        loop {
+            self.process_once(id);
+            if !self.after_process(id) {
+                return;
+            }
+        }
+    }
+
+    fn process_once(&mut self, id: u64) {
         let Some(r) = self.running_mut(id) else {
             return;
         };
@@ -849,11 +924,13 @@ impl Sim {
                 let mut reads = out.reads;
                 reads.sort_unstable();
                 for (p, result) in proposals {
-                    if let Some(pending) = r.writes.remove(&p)
-                        && !pending.answered
-                    {
-                        let reply = write_reply(&pending.input, result);
-                        replies.push((pending.client, pending.op, reply));
+                    if let Some(pending) = r.writes.remove(&p) {
+                        if !pending.answered {
+                            let reply = write_reply(&pending.input, result);
+                            replies.push((pending.client, pending.op, reply));
+                        }
+                    } else if let Some(lead) = r.lead.as_mut() {
+                        lead.resolve(p, result);
                     }
                 }
                 for read in reads {
@@ -1322,7 +1399,9 @@ impl Sim {
         }
         let n = self.cfg.managers;
         let ids: Vec<u64> = (1..=n).collect();
-        let roll = self.rng.random_range(0..100);
+        // Agents mode adds the agents' faults (crash, cut off) above 87.
+        let rolls = if self.cfg.agents > 0 { 130 } else { 100 };
+        let roll = self.rng.random_range(0..rolls);
         let fault: &'static str = match roll {
             0..18 => {
                 let up = self.up_ids();
@@ -1445,6 +1524,7 @@ impl Sim {
                     None => "none",
                 }
             }
+            _ if self.cfg.agents > 0 => self.agent_fault(roll),
             _ => "none",
         };
         *self.stats.faults.entry(fault).or_default() += 1;
@@ -1494,6 +1574,7 @@ impl Sim {
                     .record(self.now, &[0x71c, node], || format!("tick {node}"));
                 self.fix_timeout(node);
                 self.process(node);
+                self.sweep(node);
                 let every = self.tick_interval(node);
                 self.schedule(every, Ev::Tick { node, incarnation });
             }
@@ -1555,6 +1636,21 @@ impl Sim {
                         .record(self.now, &[0x1056], || "loss burst ends".to_string());
                 }
             }
+            Ev::Round { node, incarnation } => self.round(node, incarnation),
+            Ev::AgentTick { agent, incarnation } => self.agent_tick(agent, incarnation),
+            Ev::AgentArrive {
+                agent,
+                manager,
+                msg,
+            } => self.agent_arrive(agent, manager, *msg),
+            Ev::AgentAnswer {
+                agent,
+                incarnation,
+                from,
+                answer,
+            } => self.agent_answer(agent, incarnation, from, *answer),
+            Ev::AgentRestart { agent } => self.restart_agent(agent),
+            Ev::Operate => self.operate(),
             Ev::SlowEnd { node, generation } => {
                 if self
                     .net
@@ -1587,11 +1683,7 @@ impl Sim {
             let next = self.queue.pop().expect("peeked");
             self.now = next.at;
             // Timestamps written into objects come from simulated time.
-            self.clock.set(
-                SystemTime::UNIX_EPOCH
-                    + Duration::from_secs(EPOCH_SECONDS)
-                    + Duration::from_micros(self.now),
-            );
+            self.clock.set(self.wall());
             self.handle(next.ev);
         }
     }
@@ -1662,6 +1754,13 @@ impl Sim {
             );
             return;
         }
+        if self.cfg.agents > 0 && !self.start_workers() {
+            self.violation(
+                "cluster formation",
+                "the agents' nodes and the services were not written without faults".into(),
+            );
+            return;
+        }
         // Faults and load.
         self.phase = Phase::Faulty;
         if self.cfg.faults {
@@ -1686,6 +1785,9 @@ impl Sim {
         for id in 1..=self.cfg.managers {
             self.restart(id);
         }
+        for agent in 0..self.cfg.agents {
+            self.restart_agent(agent);
+        }
         let deadline = self.now + 500 * TICK;
         let settled = self.run_until(deadline, |s| {
             s.clients.iter().all(|c| c.outstanding.is_none()) && s.settled()
@@ -1697,6 +1799,9 @@ impl Sim {
                 format!("no leader with every manager caught up 500 ticks after faults stopped: {status}"),
             );
             return self.check_history();
+        }
+        if self.cfg.agents > 0 {
+            self.converge_tasks();
         }
         // A final read of every object, through the leader like any read: an acknowledged
         // write that was lost shows as a history that is not linearizable.
@@ -1804,6 +1909,20 @@ impl Sim {
                 last.window = Some((call.saturating_sub(30_000), ret.unwrap_or(call)));
             }
         }
+    }
+
+    /// The wall-clock time simulated time stands for. In agents mode a tick stands for the
+    /// daemon's 100 ms Raft tick (see [`agents`]), so time runs [`agents::TIME_SCALE`] times
+    /// faster than the simulated µs; without agents one simulated µs is one µs.
+    fn wall(&self) -> SystemTime {
+        let scale = if self.cfg.agents > 0 {
+            agents::TIME_SCALE
+        } else {
+            1
+        };
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(EPOCH_SECONDS)
+            + Duration::from_micros(self.now * scale)
     }
 
     fn report(mut self) -> Report {

@@ -33,6 +33,17 @@
 //! attempt's time when the policy limits attempts, else a new leader takes "now" as its
 //! start.
 //!
+//! The clock is an input: a round takes the instant (restart delays, update pacing) and the
+//! wall-clock time (timestamps, restart attempts, failure windows) as arguments
+//! ([`Orchestrator::round_at`]); the loop passes the machine's. The deterministic simulation
+//! (`shoal-sim`) runs rounds itself on simulated time, through hooks kept out of the docs:
+//! [`Orchestrator::driven`] (no Raft handle), `round_at`, [`Orchestrator::next_wake`],
+//! [`Orchestrator::observe`] and [`Orchestrator::set_id_source`] (task IDs from its seed).
+//! Decisions never depend on a hash map's iteration order (the writes' order and the groups'
+//! placement order are sorted), so a round is a function of the store, the clocks and the
+//! IDs it is given. A restart delay that has ended while its unit is still busy does not
+//! wake the loop: the old task's stop, a store change, does.
+//!
 //! Invariants: the orchestrator writes only on the leader (a write elsewhere fails and the
 //! loop waits for leadership again); a round that finds nothing to change writes nothing, so
 //! its own writes cannot make it spin.
@@ -51,7 +62,7 @@ pub mod jobs;
 pub mod replicated;
 pub mod update;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -83,10 +94,33 @@ pub struct Orchestrator {
     delayed: HashMap<String, Instant>,
     /// When a rolling update's delay or monitor period ends (the earliest).
     update_wake: Option<Instant>,
+    /// When the last round ran: a restart delay that had ended by then and still holds its
+    /// task is waiting for the task's unit to free up, which a store change will tell.
+    last_round: Option<Instant>,
     /// The version of each node the constraint enforcer last checked.
     enforced: HashMap<String, u64>,
     /// Whether the scheduler's view matches the store (up to the changes not observed yet).
     scheduler_fresh: bool,
+    /// Where new task IDs come from: random IDs, unless a simulation injected its own.
+    ids: Option<Box<dyn FnMut() -> String + Send>>,
+}
+
+/// Raft's status for an orchestrator driven from outside ([`Orchestrator::driven`]): it never
+/// leads as far as [`Orchestrator::start`]'s loop can tell.
+struct Driven(watch::Sender<shoal_raft::RaftStatus>);
+
+impl Leadership for Driven {
+    fn status(&self) -> shoal_raft::RaftStatus {
+        self.0.borrow().clone()
+    }
+
+    fn watch(&self) -> watch::Receiver<shoal_raft::RaftStatus> {
+        self.0.subscribe()
+    }
+
+    fn not_leader(&self) -> tonic::Status {
+        tonic::Status::failed_precondition("this orchestrator is driven from outside Raft")
+    }
 }
 
 /// The running orchestrator loop; [`OrchestratorTask::stop`] ends it and waits.
@@ -139,17 +173,20 @@ fn state_of(task: &Task) -> TaskState {
         .unwrap_or(TaskState::New)
 }
 
+/// The machine's time as a timestamp (the tests' task statuses).
+#[cfg(test)]
 fn now() -> prost_types::Timestamp {
     use shoal_api::clock::Clock;
     shoal_api::clock::SystemClock.timestamp()
 }
 
-/// A new task for `slot` of `service`, wanted RUNNING (or READY while a restart delay runs).
-fn new_task(service: &Service, slot: u64, desired: TaskState) -> Task {
+/// A new task for `slot` of `service`, wanted RUNNING (or READY while a restart delay runs),
+/// with ID `id`, created at `at`.
+fn new_task(service: &Service, slot: u64, desired: TaskState, id: String, at: SystemTime) -> Task {
     let spec = service.spec.as_ref();
     Task {
         meta: Some(Meta {
-            id: shoal_api::id::new_id(),
+            id,
             ..Default::default()
         }),
         spec: spec.and_then(|s| s.task.clone()),
@@ -158,7 +195,7 @@ fn new_task(service: &Service, slot: u64, desired: TaskState) -> Task {
         slot,
         service_annotations: spec.and_then(|s| s.annotations.clone()).map(Box::new),
         status: Some(TaskStatus {
-            timestamp: Some(now()),
+            timestamp: Some(at.into()),
             state: TaskState::New as i32,
             message: "created".into(),
             ..Default::default()
@@ -188,9 +225,9 @@ fn history_limit(store: &Store) -> usize {
     usize::try_from(limit).unwrap_or(0)
 }
 
-fn assigned_status() -> TaskStatus {
+fn assigned_status(at: SystemTime) -> TaskStatus {
     TaskStatus {
-        timestamp: Some(now()),
+        timestamp: Some(at.into()),
         state: TaskState::Assigned as i32,
         message: "scheduler assigned task to node".into(),
         ..Default::default()
@@ -229,7 +266,7 @@ const FAULTY_WINDOW: Duration = Duration::from_secs(300);
 /// Per (service, spec version), the nodes where its tasks failed (or were rejected) at least
 /// [`FAULTY_FAILURES`] times in the last [`FAULTY_WINDOW`], as the tasks kept in the store
 /// tell (the reaper keeps `task_history_retention_limit` per slot).
-fn faulty_nodes(tasks: &[Arc<Task>], now: SystemTime) -> HashMap<(String, u64), Vec<String>> {
+fn faulty_nodes(tasks: &[Arc<Task>], now: SystemTime) -> BTreeMap<(String, u64), Vec<String>> {
     let mut failures: HashMap<(&str, u64, &str), usize> = HashMap::new();
     for task in tasks {
         if task.node_id.is_empty()
@@ -253,7 +290,8 @@ fn faulty_nodes(tasks: &[Arc<Task>], now: SystemTime) -> HashMap<(String, u64), 
                 .or_default() += 1;
         }
     }
-    let mut out: HashMap<(String, u64), Vec<String>> = HashMap::new();
+    // Ordered: the round places each group in turn, so the order is part of the decision.
+    let mut out: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
     for ((service, version, node), n) in failures {
         if n >= FAULTY_FAILURES {
             out.entry((service.to_string(), version))
@@ -303,9 +341,65 @@ impl Orchestrator {
             scheduler: Scheduler::new(),
             delayed: HashMap::new(),
             update_wake: None,
+            last_round: None,
             enforced: HashMap::new(),
             scheduler_fresh: false,
+            ids: None,
         }
+    }
+
+    /// An orchestrator that is not tied to a Raft node: whoever owns it decides when it
+    /// leads and runs its rounds ([`Orchestrator::round_at`]), with the clock it chooses.
+    /// [`Orchestrator::start`] on it waits forever (it never learns that it leads). For the
+    /// deterministic simulation (`shoal-sim`), which plays the loop of [`Orchestrator::start`]
+    /// on simulated time.
+    #[doc(hidden)]
+    pub fn driven(store: Store) -> Self {
+        Self::with_leadership(
+            store,
+            Arc::new(Driven(watch::Sender::new(Default::default()))),
+        )
+    }
+
+    /// Takes new task IDs from `ids` instead of drawing random ones (a simulation needs them
+    /// to be a function of its seed).
+    #[doc(hidden)]
+    pub fn set_id_source(&mut self, ids: impl FnMut() -> String + Send + 'static) {
+        self.ids = Some(Box::new(ids));
+    }
+
+    fn next_id(&mut self) -> String {
+        match self.ids.as_mut() {
+            Some(ids) => ids(),
+            None => shoal_api::id::new_id(),
+        }
+    }
+
+    /// When the loop must run a round even if the store does not change: the earliest end of
+    /// a restart delay still to come, or of a rolling update's delay or monitor period
+    /// (`None`: only store changes, and the loop's idle safety net).
+    ///
+    /// A delay that had already ended at the last round and still holds its task does so
+    /// because the task's unit is busy (its old task is still stopping): the round that
+    /// frees it follows the old task's status change in the store. Waking for it would run
+    /// rounds back to back, each writing nothing, until then (the simulation found this: a
+    /// stop-first update spun the loop while the old task stopped).
+    #[doc(hidden)]
+    pub fn next_wake(&self) -> Option<std::time::Instant> {
+        self.delayed
+            .values()
+            .copied()
+            .filter(|due| self.last_round.is_none_or(|at| *due > at))
+            .chain(self.update_wake)
+            .min()
+            .map(Instant::into_std)
+    }
+
+    /// The scheduler's view may have missed changes (the subscription lagged): the next
+    /// round rebuilds it from the store.
+    #[doc(hidden)]
+    pub fn view_lost(&mut self) {
+        self.scheduler_fresh = false;
     }
 
     /// Feeds the changes already queued on `changes` to the scheduler's view, as the loop
@@ -324,8 +418,10 @@ impl Orchestrator {
         }
     }
 
-    /// Feeds one committed change to the scheduler's view.
-    fn observe(&mut self, event: &shoal_store::Event) {
+    /// Feeds one committed change to the scheduler's view, as the loop does for every event
+    /// of its store subscription between rounds.
+    #[doc(hidden)]
+    pub fn observe(&mut self, event: &shoal_store::Event) {
         use shoal_store::{Action, Object};
         match (&event.object, event.action) {
             (Object::Task(task), Action::Remove) => self.scheduler.task_removed(id_of(&**task)),
@@ -401,8 +497,6 @@ impl Orchestrator {
                 return;
             }
             if let Err(error) = self.round().await {
-                // Placements the round counted may not have been written.
-                self.scheduler_fresh = false;
                 // A conflict with a concurrent write is routine; anything else is worth a
                 // word in the log.
                 if matches!(error, shoal_store::StoreError::SequenceConflict { .. }) {
@@ -413,11 +507,8 @@ impl Orchestrator {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let wake = self
-                .delayed
-                .values()
-                .copied()
-                .chain(self.update_wake)
-                .min()
+                .next_wake()
+                .map(Instant::from_std)
                 .unwrap_or_else(|| Instant::now() + IDLE_ROUND);
             tokio::select! {
                 () = async { let _ = stopped.wait_for(|s| *s).await; } => return,
@@ -446,8 +537,37 @@ impl Orchestrator {
         }
     }
 
-    /// One round: decide from the store, write the decisions.
+    /// One round on the machine's clock.
     async fn round(&mut self) -> shoal_store::Result<()> {
+        self.round_at(Instant::now().into_std(), SystemTime::now())
+            .await
+    }
+
+    /// One round: decide from the store, as of `now_instant` (restart delays, update
+    /// pacing) and `now_system` (timestamps written, restart attempts, failure windows),
+    /// and write the decisions through the store's proposer. The real loop passes the
+    /// machine's clock; the simulation its own. On error (a conflict, lost leadership) the
+    /// next round rebuilds the scheduler's view: placements it counted may not be written.
+    #[doc(hidden)]
+    pub async fn round_at(
+        &mut self,
+        now_instant: std::time::Instant,
+        now_system: SystemTime,
+    ) -> shoal_store::Result<()> {
+        let result = self
+            .decide_and_write(Instant::from_std(now_instant), now_system)
+            .await;
+        if result.is_err() {
+            self.scheduler_fresh = false;
+        }
+        result
+    }
+
+    async fn decide_and_write(
+        &mut self,
+        now_instant: Instant,
+        now_system: SystemTime,
+    ) -> shoal_store::Result<()> {
         let (services, tasks, nodes, networks) = self.store.view(|tx| {
             (
                 tx.find::<Service>(By::All),
@@ -477,9 +597,8 @@ impl Orchestrator {
                 .push(task.clone());
         }
         let mut writes = Writes::default();
-        let now_instant = Instant::now();
-        let now_system = SystemTime::now();
         self.update_wake = None;
+        self.last_round = Some(now_instant);
         let mut created_pending: Vec<Task> = Vec::new();
         // The scheduler's view is built once per leadership (or after the watch lagged, or a
         // round failed with placements it had counted), then kept up to date by the store's
@@ -575,7 +694,8 @@ impl Orchestrator {
                 else {
                     continue;
                 };
-                let mut task = new_task(service, 0, TaskState::Ready);
+                let id = self.next_id();
+                let mut task = new_task(service, 0, TaskState::Ready, id, now_system);
                 task.restart_attempts = attempts;
                 if let Err(error) = allocations.allocate_task(service, &mut task) {
                     tracing::debug!(service = %id_of(&**service), "orchestrator: {error}");
@@ -584,7 +704,7 @@ impl Orchestrator {
                 // Only where the task fits (constraints, resources, runtime, host ports).
                 if let Decision::Assign { .. } = self.scheduler.place_on(&task, &node_id) {
                     task.node_id = node_id;
-                    task.status = Some(assigned_status());
+                    task.status = Some(assigned_status(now_system));
                     self.hold_or_start(&mut task, delay, &busy, now_instant);
                     writes.create.push(task);
                 }
@@ -598,7 +718,8 @@ impl Orchestrator {
                 else {
                     continue;
                 };
-                let mut task = new_task(service, slot, TaskState::Ready);
+                let id = self.next_id();
+                let mut task = new_task(service, slot, TaskState::Ready, id, now_system);
                 task.restart_attempts = attempts;
                 self.hold_or_start(&mut task, delay, &busy, now_instant);
                 created_pending.push(task);
@@ -631,7 +752,8 @@ impl Orchestrator {
             })
             .collect();
         if !changed.is_empty() {
-            let mut live_on: HashMap<&str, Vec<&Arc<Task>>> = HashMap::new();
+            // By node ID: the order of the writes must not depend on a hasher's seed.
+            let mut live_on: BTreeMap<&str, Vec<&Arc<Task>>> = BTreeMap::new();
             for task in &tasks {
                 if task.desired_state <= TaskState::Running as i32
                     && !is_terminal(state_of(task))
@@ -668,7 +790,7 @@ impl Orchestrator {
         // The reaper: of the tasks of a slot (of a node, for global services) that were told
         // to stop and have stopped, only the newest `task_history_retention_limit` stay.
         let keep = history_limit(&self.store);
-        let mut history: HashMap<(&str, u64, &str), Vec<&Arc<Task>>> = HashMap::new();
+        let mut history: BTreeMap<(&str, u64, &str), Vec<&Arc<Task>>> = BTreeMap::new();
         for task in &tasks {
             let exists = service_ids.contains(task.service_id.as_str());
             let stopped = task.desired_state > TaskState::Running as i32
@@ -831,7 +953,7 @@ impl Orchestrator {
             let changed = match decision {
                 Decision::Assign { node_id, .. } => {
                     task.node_id = node_id;
-                    task.status = Some(assigned_status());
+                    task.status = Some(assigned_status(now_system));
                     true
                 }
                 Decision::NoSuitableNode { reason, .. } => {
@@ -840,7 +962,7 @@ impl Orchestrator {
                         current.state != TaskState::Pending as i32 || current.err != reason;
                     if changed {
                         task.status = Some(TaskStatus {
-                            timestamp: Some(now()),
+                            timestamp: Some(now_system.into()),
                             state: TaskState::Pending as i32,
                             message: "pending task scheduling".into(),
                             err: reason,

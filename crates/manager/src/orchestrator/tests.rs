@@ -949,3 +949,68 @@ async fn a_round_larger_than_a_transaction_is_written_in_several() {
     }
     orchestrator.stop().await;
 }
+
+#[tokio::test]
+async fn a_task_waiting_for_its_slot_to_stop_does_not_wake_the_loop() {
+    // Found by the simulation: in a stop-first update the new task is held at READY, with a
+    // delay that has already ended, until the old task has stopped. The loop woke at once for
+    // that ended delay, again and again, running rounds that wrote nothing until the old
+    // task's status changed.
+    let store = Store::new();
+    store
+        .update(|tx| {
+            tx.create(node("n1"))?;
+            tx.create(service("web", 1, process()))
+        })
+        .await
+        .unwrap();
+    let mut orchestrator = Orchestrator::driven(store.clone());
+    let start = std::time::Instant::now();
+    let wall = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    orchestrator.round_at(start, wall).await.unwrap();
+    // The first task runs.
+    let first = store.view(|tx| tx.find::<Task>(By::Service("web")))[0].clone();
+    let mut running = (*first).clone();
+    running.status.as_mut().unwrap().state = TaskState::Running as i32;
+    store.update(|tx| tx.update(running)).await.unwrap();
+    // A new spec: the old task is told to stop, the new one waits for it.
+    store
+        .update(|tx| {
+            let mut web = (*tx.get::<Service>("web").unwrap()).clone();
+            let spec = web.spec.as_mut().unwrap();
+            let mut task = (**spec.task.as_ref().unwrap()).clone();
+            if let Some(task_spec::Runtime::Process(p)) = task.runtime.as_mut() {
+                p.args = vec!["v2".into()];
+            }
+            spec.task = Some(task.into());
+            web.spec_version += 1;
+            tx.update(web)
+        })
+        .await
+        .unwrap();
+    let now = start + Duration::from_secs(1);
+    orchestrator
+        .round_at(now, wall + Duration::from_secs(1))
+        .await
+        .unwrap();
+    let tasks = store.view(|tx| tx.find::<Task>(By::Service("web")));
+    assert_eq!(tasks.len(), 2);
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t.desired_state == TaskState::Ready as i32),
+        "the new task waits"
+    );
+    let later = now + Duration::from_millis(1);
+    orchestrator
+        .round_at(later, wall + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(
+        orchestrator.next_wake().is_none_or(|wake| wake > later),
+        "the loop would wake at once: {:?} after the round",
+        orchestrator
+            .next_wake()
+            .map(|w| w.saturating_duration_since(later))
+    );
+}
