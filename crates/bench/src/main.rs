@@ -16,6 +16,7 @@ mod scheduler;
 mod simagent;
 mod store;
 mod taskstart;
+mod versus_docker;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +48,8 @@ enum Scenario {
     Reschedule(reschedule::Args),
     /// `shoal service ls` and `shoal node ls` on a large cluster (10k services, 1k nodes).
     Listing(listing::Args),
+    /// Shoal and Docker swarm mode side by side on the same engine: create, scale, update.
+    VersusDocker(versus_docker::Args),
 }
 
 fn main() {
@@ -66,6 +69,7 @@ fn main() {
         Scenario::Converge(args) => converge::run(args),
         Scenario::Reschedule(args) => reschedule::run(args),
         Scenario::Listing(args) => listing::run(args),
+        Scenario::VersusDocker(args) => versus_docker::run(args, cli.json),
     };
     if cli.json {
         println!("{}", report.to_json());
