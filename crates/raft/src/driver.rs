@@ -41,6 +41,10 @@ pub struct RaftStatus {
     pub leader: Option<u64>,
     pub term: u64,
     pub is_leader: bool,
+    /// This node leads and has applied an entry of its own term: its store holds every write
+    /// committed before it was elected ([`RaftNode::leader_caught_up`]). What a new leader's
+    /// first decisions from its store must wait for.
+    pub leader_caught_up: bool,
     pub applied: u64,
     pub members: BTreeMap<u64, RaftMember>,
     /// Voters heard from within the last election timeout (this node included).
@@ -376,6 +380,7 @@ impl Loop {
             leader: self.node.leader(),
             term: self.node.term(),
             is_leader: self.node.is_leader(),
+            leader_caught_up: self.node.leader_caught_up(),
             applied: self.node.applied(),
             members: self.node.members().clone(),
             reachable: self.reachable(),

@@ -389,6 +389,14 @@ impl RaftNode {
         self.raw.raft.term
     }
 
+    /// Whether this node leads and has applied an entry of its own term (the empty entry a
+    /// new leader appends): its store then holds every write committed before it was
+    /// elected. Until then a new leader may still be applying its predecessor's last
+    /// entries, and decisions made from its store (which tasks a slot has) may be stale.
+    pub fn leader_caught_up(&self) -> bool {
+        self.is_leader() && self.raw.raft.raft_log.term(self.applied).ok() == Some(self.term())
+    }
+
     pub fn applied(&self) -> u64 {
         self.applied
     }

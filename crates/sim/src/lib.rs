@@ -120,9 +120,20 @@
 //!
 //! A planted orchestrator bug ([`PlantedBug::StartWhileStopping`]: every task it creates is
 //! wanted RUNNING at once, so a stop-first update starts the new task while the old one still
-//! stops) is caught by the one-task-per-slot check in most seeds. Several hundred seeds with
-//! agents (3 managers and 4 agents, 5 managers and 6 agents, 300 to 1,000 ticks of faults)
-//! have found nothing else so far.
+//! stops) is caught by the one-task-per-slot check in most seeds.
+//!
+//! A run of 5,000 seeds with agents found a fourth: a new leader ran the orchestrator as
+//! soon as it was elected, before it had applied its predecessor's last entries. Its store
+//! did not yet hold a task the old leader had just created for a slot (a scale-up), so it
+//! created another, and the slot ran two tasks under stop-first until the next round
+//! stopped one (seeds 2271, 2849, 2987, 4227 with 4 agents). Creates carry no version, so
+//! the state machine's conflict check cannot catch this. Fixed: the orchestrator leads only
+//! once its Raft node has applied an entry of its own term (`RaftStatus::leader_caught_up`;
+//! the empty entry a new leader appends), when its store holds every earlier commit. The same
+//! run refined the one-task-per-slot check: a node cut off from the managers goes on with the
+//! tasks it has, so a task it starts after being written DOWN, or the old task still stopping
+//! on a node that came back and received the replacement, is a given-up task, not a
+//! violation (seeds 940, 3031).
 //!
 //! # Compared with FoundationDB's simulation and with turmoil
 //!

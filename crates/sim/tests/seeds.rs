@@ -181,6 +181,18 @@ fn fixed_seeds_with_agents_hold_every_invariant() {
 }
 
 #[test]
+fn a_new_leader_orchestrates_only_from_a_caught_up_store() {
+    // A bug the simulation found, now fixed: a new leader ran the orchestrator before it had
+    // applied its predecessor's last entries, did not see a task its predecessor had just
+    // created for a slot, and created a second one: two tasks ran in one slot under
+    // stop-first. The orchestrator now waits until its leader has applied an entry of its
+    // own term. These seeds ran two tasks in a slot before the fix.
+    for seed in [2271, 2849, 2987, 4227] {
+        assert_clean(&run(with_agents(seed)));
+    }
+}
+
+#[test]
 fn fixed_seeds_with_five_managers_and_six_agents_hold_every_invariant() {
     for seed in 100..104 {
         let report = run(SimConfig {

@@ -45,8 +45,11 @@
 //! wake the loop: the old task's stop, a store change, does.
 //!
 //! Invariants: the orchestrator writes only on the leader (a write elsewhere fails and the
-//! loop waits for leadership again); a round that finds nothing to change writes nothing, so
-//! its own writes cannot make it spin.
+//! loop waits for leadership again), and only once that leader has applied an entry of its
+//! own term (`RaftStatus::leader_caught_up`): before that its store may lack its
+//! predecessor's last writes, and a task created for a slot there would be created twice
+//! (creates carry no version for the state machine to check); a round that finds nothing to
+//! change writes nothing, so its own writes cannot make it spin.
 //!
 //! Rolling updates and rollbacks are paced and judged by [`update`]; their `UpdateStatus`
 //! and an automatic rollback's spec swap are written in the same transaction as the round's
@@ -464,11 +467,15 @@ impl Orchestrator {
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         let mut status = self.leadership.watch();
         loop {
-            // Wait to lead.
+            // Wait to lead, with the store caught up: a new leader that has not applied its
+            // predecessor's last entries would decide from a stale store (and create a second
+            // task for a slot whose task it does not see yet).
             // (The `Ref`s `wait_for` returns are dropped inside the blocks: they are not Send.)
             tokio::select! {
                 () = async { let _ = stopped.wait_for(|s| *s).await; } => return,
-                led = async { status.wait_for(|s| s.is_leader).await.is_ok() } => if !led { return },
+                led = async {
+                    status.wait_for(|s| s.is_leader && s.leader_caught_up).await.is_ok()
+                } => if !led { return },
             }
             tracing::info!("orchestrator: leading; converging services");
             self.delayed.clear();

@@ -23,6 +23,7 @@ pub(super) struct FakeRaft(pub(super) watch::Sender<RaftStatus>);
 pub(super) fn leading() -> Arc<FakeRaft> {
     Arc::new(FakeRaft(watch::Sender::new(RaftStatus {
         is_leader: true,
+        leader_caught_up: true,
         ..Default::default()
     })))
 }
@@ -311,8 +312,20 @@ async fn services_become_tasks_on_nodes_and_stay_so() {
             .is_empty(),
         "a follower created tasks"
     );
-    // Leading again: it converges.
-    raft.0.send_modify(|s| s.is_leader = true);
+    // Leading again, but its store may not hold its predecessor's last writes yet: it waits.
+    raft.0.send_modify(|s| {
+        s.is_leader = true;
+        s.leader_caught_up = false;
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        store
+            .view(|tx| tx.find::<Task>(By::Service("late")))
+            .is_empty(),
+        "a new leader decided before its store had caught up"
+    );
+    // Caught up: it converges.
+    raft.0.send_modify(|s| s.leader_caught_up = true);
     eventually("the late service's task", &store, |tasks| {
         (running(tasks, "late").len() == 1).then_some(())
     })

@@ -236,6 +236,8 @@ struct Local {
     desired: i32,
     next_step: u64,
     stopping: bool,
+    /// When this agent learned of the task (µs).
+    received: u64,
 }
 
 pub(super) struct Agent {
@@ -277,8 +279,8 @@ pub(super) enum AgentAnswer {
 pub(super) struct Workers {
     agents: Vec<Agent>,
     services: Vec<String>,
-    /// Tasks running on agents, by unit: task → (agent, since).
-    running: BTreeMap<Unit, BTreeMap<String, (usize, u64)>>,
+    /// Tasks running on agents, by unit: task → (agent, running since, received at).
+    running: BTreeMap<Unit, BTreeMap<String, (usize, u64, u64)>>,
     /// The last time a manager applied a node's DOWN status.
     down_at: BTreeMap<String, u64>,
     origin: std::time::Instant,
@@ -557,7 +559,8 @@ impl Sim {
         let ids = self.workers.task_ids.clone();
         let clock = self.clock.clone();
         let r = self.running_mut(id).expect("running");
-        let (leading, term) = (r.node.is_leader(), r.node.term());
+        // As the orchestrator's loop: it leads once its store holds every earlier commit.
+        let (leading, term) = (r.node.leader_caught_up(), r.node.term());
         match (r.lead.as_ref().map(|l| l.term), leading) {
             (Some(led), true) if led == term => return,
             (None, false) => return,
@@ -1070,29 +1073,36 @@ impl Sim {
     }
 
     /// One task per unit: a task that starts running may not share its unit with another
-    /// running task, unless that one's node was written DOWN since it started.
+    /// running task, unless the orchestrator gave that one up: its node was written DOWN
+    /// after its agent received it. (A node cut off from the managers goes on with the tasks
+    /// it has, even one it had not started yet when it was written DOWN; and a replacement
+    /// may land on the same node once it is back, before that node has stopped the old
+    /// task: the worker drives each task on its own, as Docker's does.)
     fn task_started(&mut self, agent: usize, id: &str, unit: Unit) {
         self.stats.agents.tasks_started += 1;
         let now = self.now;
+        let received = self.workers.agents[agent]
+            .tasks
+            .get(id)
+            .map_or(now, |t| t.received);
         let mut found = Vec::new();
         let others = self.workers.running.entry(unit.clone()).or_default();
-        for (other, (other_agent, since)) in others.iter() {
+        for (other, (other_agent, since, other_received)) in others.iter() {
             let other_node = &self.workers.agents[*other_agent].node_id;
-            let given_up = *other_agent != agent
-                && self
-                    .workers
-                    .down_at
-                    .get(other_node)
-                    .is_some_and(|down| *down >= *since);
+            let given_up = self
+                .workers
+                .down_at
+                .get(other_node)
+                .is_some_and(|down| *down >= *other_received);
             if !given_up {
                 found.push(format!(
                     "task {id} started on agent {agent} while task {other} of the same unit \
                      {unit:?} runs on agent {other_agent} (since {since} µs; its node {other_node} \
-                     was not written DOWN since)"
+                     was not written DOWN after it received that task)"
                 ));
             }
         }
-        others.insert(id.to_string(), (agent, now));
+        others.insert(id.to_string(), (agent, now, received));
         for detail in found {
             self.violation("one task per slot", detail);
         }
@@ -1154,6 +1164,7 @@ impl Sim {
                             desired: t.desired,
                             next_step: now,
                             stopping: false,
+                            received: now,
                         },
                     );
                 }
