@@ -7,6 +7,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod converge;
+mod failover;
 mod heartbeats;
 mod listing;
 mod raft;
@@ -38,6 +39,9 @@ enum Scenario {
     Raft(raft::Args),
     /// Heartbeat and session load on one manager (S4): CPU and memory per agent, p99, DOWN marks.
     Heartbeats(heartbeats::Args),
+    /// Leader failover with simulated agents (S6): write unavailability, agents reconnected,
+    /// tasks restarted.
+    Failover(failover::Args),
     /// Task start on the agent (S8): process and docker executors against the runtime's floor.
     Taskstart(taskstart::Args),
     /// Scheduler placement throughput (S1): the decision core in memory, nodes × tasks.
@@ -64,6 +68,7 @@ fn main() {
         Scenario::Store(args) => store::run(args),
         Scenario::Raft(args) => raft::run(args),
         Scenario::Heartbeats(args) => heartbeats::run(args),
+        Scenario::Failover(args) => failover::run(args),
         Scenario::Taskstart(args) => taskstart::run(args),
         Scenario::Scheduler(args) => scheduler::run(args),
         Scenario::Converge(args) => converge::run(args),

@@ -3,8 +3,11 @@
 //! and with this process), `/proc` readings (per-thread CPU from `schedstat`, RSS), the
 //! Control API with the manager's own certificate, certificates for simulated agents with
 //! the worker join token, sessions and heartbeats as the real agent opens and sends them,
-//! and [`TaskAgent`]: a simulated agent that also runs tasks (reads its `Assignments`
-//! stream and reports statuses through the real agent's status reporter).
+//! and [`TaskAgents`]: simulated agents that also run tasks (read their `Assignments`
+//! stream and report statuses through the real agent's status reporter). For S6 (failover)
+//! task agents can also reconnect when their session breaks, as the real agent does: backoff,
+//! every known manager in turn (the list the last session message carried), a follower's
+//! pointer to the leader followed (see `task_agent`).
 //!
 //! Every wait here is bounded; every address is on loopback.
 
@@ -93,10 +96,28 @@ pub struct Manager {
 
 impl Manager {
     pub fn start(bin: &Path, state: &Path, addr: &str, extra: &[&str]) -> Result<Manager, String> {
+        let mut args = vec!["--init"];
+        args.extend_from_slice(extra);
+        Self::daemon(bin, state, addr, "bench-manager", &args, None)
+    }
+
+    /// A `shoal daemon` with `extra` arguments (`--init` or `--join-addr`, or nothing to
+    /// restart from its state), named `hostname`. With `log`, its stderr is appended there.
+    pub fn daemon(
+        bin: &Path,
+        state: &Path,
+        addr: &str,
+        hostname: &str,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Result<Manager, String> {
+        // The manager's log level: SHOAL_BENCH_MANAGER_LOG_LEVEL (default warn).
+        let level =
+            std::env::var("SHOAL_BENCH_MANAGER_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
         let mut command = Command::new(bin);
         command
-            .args(["daemon", "--init", "--log-level", "warn"])
-            .args(["--hostname", "bench-manager", "--state-dir"])
+            .args(["daemon", "--log-level", &level])
+            .args(["--hostname", hostname, "--state-dir"])
             .arg(state)
             .args(["--listen-remote-api", addr])
             .args(extra)
@@ -104,7 +125,14 @@ impl Manager {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // The manager's log, for looking into a run: SHOAL_BENCH_MANAGER_LOG=<file>.
-        if let Some(path) = std::env::var_os("SHOAL_BENCH_MANAGER_LOG") {
+        if let Some(path) = log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            command.stderr(file);
+        } else if let Some(path) = std::env::var_os("SHOAL_BENCH_MANAGER_LOG") {
             let file = std::fs::File::create(&path)
                 .map_err(|e| format!("{}: {e}", Path::new(&path).display()))?;
             command.stderr(file);
@@ -672,6 +700,16 @@ pub struct AgentLog {
     pub tasks: HashMap<String, TaskLog>,
     /// When the last heartbeat's answer arrived.
     pub last_beat: Option<SystemTime>,
+    /// The manager the current session is open with (empty while there is none).
+    pub session_addr: String,
+    /// Sessions opened so far.
+    pub sessions: u64,
+    /// When the current session's first heartbeat was accepted (None while there is none).
+    pub session_beat: Option<SystemTime>,
+    /// When the last session broke, and why (reconnecting agents).
+    pub broken: Option<(SystemTime, String)>,
+    /// Why the last reconnection attempt failed.
+    pub last_error: String,
 }
 
 /// What the task agents report, shared.
@@ -690,6 +728,14 @@ pub struct Fleet {
     pub status_calls: AtomicU64,
     pub status_errors: AtomicU64,
     pub assignment_messages: AtomicU64,
+    /// Reconnecting agents: sessions that broke, sessions opened again, and reconnection
+    /// attempts that found no manager to take the session.
+    pub breaks: AtomicU64,
+    pub reconnected: AtomicU64,
+    pub open_failures: AtomicU64,
+    /// Started tasks the manager told to shut down, and tasks removed from assignment sets.
+    pub shutdowns: AtomicU64,
+    pub removals: AtomicU64,
     pub agents: Vec<Mutex<AgentLog>>,
 }
 
@@ -706,6 +752,11 @@ impl Fleet {
             status_calls: AtomicU64::new(0),
             status_errors: AtomicU64::new(0),
             assignment_messages: AtomicU64::new(0),
+            breaks: AtomicU64::new(0),
+            reconnected: AtomicU64::new(0),
+            open_failures: AtomicU64::new(0),
+            shutdowns: AtomicU64::new(0),
+            removals: AtomicU64::new(0),
             agents: (0..n).map(|_| Mutex::new(AgentLog::default())).collect(),
         }
     }
@@ -753,6 +804,20 @@ impl TaskAgents {
         concurrency: usize,
         start_delay: Duration,
     ) -> Result<TaskAgents, String> {
+        Self::start_with(issued, &[addr.to_string()], false, concurrency, start_delay).await
+    }
+
+    /// As [`TaskAgents::start`], with agent `i` knowing `managers` first in the order
+    /// rotated by `i` (so the agents' first calls spread over the managers, as workers
+    /// joined through different managers would); with `reconnect`, an agent whose session
+    /// breaks opens a new one as the real agent does (see `task_agent`).
+    pub async fn start_with(
+        issued: Vec<Issued>,
+        managers: &[String],
+        reconnect: bool,
+        concurrency: usize,
+        start_delay: Duration,
+    ) -> Result<TaskAgents, String> {
         let n = issued.len();
         let fleet = Arc::new(Fleet::new(n, start_delay));
         let permits = Arc::new(Semaphore::new(concurrency));
@@ -766,10 +831,15 @@ impl TaskAgents {
             let (tx, rx) = watch::channel(false);
             silence.push(tx);
             fleet.agents[i].lock().expect("agent log").node_id = issued.identity.node_id.clone();
+            let mut known = managers.to_vec();
+            if !known.is_empty() {
+                known.rotate_left(i % managers.len());
+            }
             guard.set.spawn(task_agent(
                 i,
                 issued,
-                addr.to_string(),
+                known,
+                reconnect,
                 fleet.clone(),
                 permits.clone(),
                 rx,
@@ -824,8 +894,7 @@ impl TaskAgents {
 /// The real agent's status reporter sends through this: `UpdateTaskStatus` on the session,
 /// recording when each RUNNING status was acknowledged.
 struct Sink {
-    client: DispatcherClient<Channel>,
-    session_id: String,
+    slot: Slot,
     fleet: Arc<Fleet>,
     agent: usize,
 }
@@ -843,15 +912,17 @@ impl StatusSink for Sink {
             })
             .map(|u| u.task_id.clone())
             .collect();
+        // Without a session the reports wait (the reporter retries), as on the real agent.
+        let Some((mut client, session_id)) = self.slot.lock().expect("session slot").clone() else {
+            return Err("no session with a manager yet".into());
+        };
         self.fleet.status_calls.fetch_add(1, Ordering::Relaxed);
         let result = tokio::time::timeout(
             shoal_api::defaults::DISPATCHER_RPC_TIMEOUT,
-            self.client
-                .clone()
-                .update_task_status(UpdateTaskStatusRequest {
-                    session_id: self.session_id.clone(),
-                    updates,
-                }),
+            client.update_task_status(UpdateTaskStatusRequest {
+                session_id,
+                updates,
+            }),
         )
         .await;
         match result {
@@ -896,20 +967,182 @@ fn system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
     SystemTime::try_from(*t).ok()
 }
 
+/// The session a task agent's status reports go through while one is open (the real
+/// agent's `SessionSlot`): a dispatcher client and the session ID.
+type Slot = Arc<Mutex<Option<(DispatcherClient<Channel>, String)>>>;
+
+/// A number in [0, 1), from the standard library's randomly keyed hasher (this crate has no
+/// random number crate).
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The leader's address a follower's refusal names, as the real agent reads it.
+fn leader_of(status: &tonic::Status) -> Option<String> {
+    (status.code() == tonic::Code::FailedPrecondition)
+        .then(|| {
+            status
+                .metadata()
+                .get(shoal_raft::service::LEADER_ADDR_METADATA)
+        })
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// An open session, with everything the agent holds next to it.
+struct Live {
+    client: DispatcherClient<Channel>,
+    session: tonic::Streaming<shoal_api::v1::SessionMessage>,
+    session_id: String,
+    beater: Beater,
+    period: Duration,
+    assignments: tonic::Streaming<shoal_api::v1::AssignmentsMessage>,
+    /// The manager that holds the session (after following the leader's address).
+    addr: String,
+    /// The managers the first session message named.
+    managers: Vec<String>,
+}
+
+/// Opens a session as the real agent does (`shoal_node::agent::Agent::open`): tries the
+/// managers in order, a fresh connection each; a follower's refusal that names the leader
+/// puts the leader first (at most three hops). Then the first session message, the
+/// heartbeat stream with its first beat, and the `Assignments` stream.
+async fn connect_session(i: usize, dialer: &Dialer, managers: &[String]) -> Result<Live, String> {
+    let timeout = shoal_api::defaults::DISPATCHER_RPC_TIMEOUT;
+    let mut targets = managers.to_vec();
+    let mut last = String::from("no manager is known");
+    let mut hops = 0;
+    while !targets.is_empty() {
+        let target = targets.remove(0);
+        let channel = match dialer.connect(&target).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = format!("{target}: {e}");
+                continue;
+            }
+        };
+        let mut client = DispatcherClient::new(channel).max_decoding_message_size(64 << 20);
+        let request = SessionRequest {
+            description: Some(description(i)),
+            session_id: String::new(),
+        };
+        let mut session = match tokio::time::timeout(timeout, client.session(request)).await {
+            Ok(Ok(s)) => s.into_inner(),
+            Ok(Err(status)) => {
+                if let Some(leader) = leader_of(&status)
+                    && hops < 3
+                {
+                    hops += 1;
+                    targets.insert(0, leader);
+                    continue;
+                }
+                last = format!(
+                    "{target}: Session: {:?} {}",
+                    status.code(),
+                    status.message()
+                );
+                continue;
+            }
+            Err(_) => {
+                last = format!("{target}: Session timed out");
+                continue;
+            }
+        };
+        let first = tokio::time::timeout(Duration::from_secs(10), session.message())
+            .await
+            .map_err(|_| format!("{target}: no first session message in 10 s"))?
+            .map_err(|s| format!("{target}: Session: {:?} {}", s.code(), s.message()))?
+            .ok_or_else(|| format!("{target}: the session closed at once"))?;
+        let session_id = first.session_id.clone();
+        let mut beater = Beater::open(client.clone(), session_id.clone(), false)
+            .await
+            .map_err(|s| format!("{target}: heartbeat stream: {}", s.message()))?;
+        let period = match tokio::time::timeout(timeout, beater.beat()).await {
+            Ok(Ok(r)) => r
+                .period
+                .map(|p| shoal_api::validation::to_std_duration(&p))
+                .unwrap_or(shoal_api::defaults::HEARTBEAT_PERIOD),
+            Ok(Err(s)) => return Err(format!("{target}: first heartbeat: {}", s.message())),
+            Err(_) => return Err(format!("{target}: first heartbeat timed out")),
+        };
+        let assignments = client
+            .assignments(AssignmentsRequest {
+                session_id: session_id.clone(),
+            })
+            .await
+            .map_err(|s| format!("{target}: Assignments: {}", s.message()))?
+            .into_inner();
+        return Ok(Live {
+            managers: managers_of(&first),
+            client,
+            session,
+            session_id,
+            beater,
+            period,
+            assignments,
+            addr: target,
+        });
+    }
+    Err(last)
+}
+
+/// The managers' addresses a session message names (the real agent's `Agent::learn`).
+fn managers_of(m: &shoal_api::v1::SessionMessage) -> Vec<String> {
+    m.managers
+        .iter()
+        .filter(|p| !p.addr.is_empty())
+        .map(|p| p.addr.clone())
+        .collect()
+}
+
+/// How a session of a task agent ended.
+enum End {
+    Stop,
+    Silenced,
+    Broken(String),
+}
+
+/// What a task agent keeps across sessions: the tasks it has started and stopped, and the
+/// RUNNING reports waiting for the start delay.
+#[derive(Default)]
+struct Tasks {
+    started: HashSet<String>,
+    shut: HashSet<String>,
+    delayed: VecDeque<(tokio::time::Instant, Vec<String>)>,
+}
+
 /// One task agent: connection, session, heartbeats, the `Assignments` stream; each task it
 /// is given with desired state RUNNING is reported ACCEPTED and STARTING at once and RUNNING
 /// after the fleet's start delay, through the real agent's status reporter (which coalesces
-/// per task and sends what is pending in one call at a time), until `stop`.
+/// per task and sends what is pending in one call at a time, on whichever session is open),
+/// until `stop`.
+///
+/// Without `reconnect` a session that breaks ends the agent (recorded in `Fleet::lost`).
+/// With it the agent reconnects as the real one (`shoal_node::agent`): backoff
+/// min(100 ms + 2 × previous, 8 s), waiting a random part of it, starting afresh after a
+/// session that was up; each attempt tries every manager it knows, in order (the list the
+/// last session message carried), following a follower's pointer to the leader. Tasks it
+/// already started are not started again from the new session's COMPLETE set.
+#[allow(clippy::too_many_arguments)]
 async fn task_agent(
     i: usize,
     issued: Issued,
-    addr: String,
+    managers: Vec<String>,
+    reconnect: bool,
     fleet: Arc<Fleet>,
     permits: Arc<Semaphore>,
     mut silence: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let timeout = shoal_api::defaults::DISPATCHER_RPC_TIMEOUT;
     let permit = permits.acquire_owned().await.expect("semaphore");
     let fail = |why: String| {
         fleet.failed.fetch_add(1, Ordering::Relaxed);
@@ -919,97 +1152,171 @@ async fn task_agent(
             .expect("first error")
             .get_or_insert(format!("agent {i}: {why}"));
     };
-    let lose = |why: String| {
-        fleet
-            .lost
-            .lock()
-            .expect("lost")
-            .push(format!("agent {i}: {why}"))
-    };
     let credentials = match Credentials::new(issued.certificates()) {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
     let dialer = Dialer::mutual(credentials);
-    let mut attempt = 0;
-    let channel = loop {
-        attempt += 1;
-        match dialer.connect(&addr).await {
-            Ok(c) => break c,
-            Err(e) if attempt >= 3 => return fail(e.to_string()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    };
-    let mut client = DispatcherClient::new(channel).max_decoding_message_size(64 << 20);
-    let mut attempt = 0;
-    let (mut session, session_id) = loop {
-        attempt += 1;
-        match open(i, &mut client).await {
-            Ok(s) => break s,
-            Err(e) if attempt >= 3 => return fail(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    };
-    let mut beater = match Beater::open(client.clone(), session_id.clone(), false).await {
-        Ok(b) => b,
-        Err(s) => return fail(format!("heartbeat stream: {}", s.message())),
-    };
-    let mut period = match tokio::time::timeout(timeout, beater.beat()).await {
-        Ok(Ok(r)) => r
-            .period
-            .map(|p| shoal_api::validation::to_std_duration(&p))
-            .unwrap_or(shoal_api::defaults::HEARTBEAT_PERIOD),
-        Ok(Err(s)) => return fail(format!("first heartbeat: {}", s.message())),
-        Err(_) => return fail("first heartbeat timed out".into()),
-    };
-    fleet.agents[i].lock().expect("agent log").last_beat = Some(SystemTime::now());
-    let mut assignments = match client
-        .assignments(AssignmentsRequest {
-            session_id: session_id.clone(),
-        })
-        .await
-    {
-        Ok(s) => s.into_inner(),
-        Err(s) => return fail(format!("Assignments: {}", s.message())),
-    };
+    let slot: Slot = Arc::default();
     let reporter = StatusReporter::start(Sink {
-        client: client.clone(),
-        session_id: session_id.clone(),
+        slot: slot.clone(),
         fleet: fleet.clone(),
         agent: i,
     });
-    fleet.connected.fetch_add(1, Ordering::Relaxed);
-    drop(permit);
-
-    // Tasks this agent has started (reported ACCEPTED), by ID.
-    let mut started: HashSet<String> = HashSet::new();
-    let mut shut: HashSet<String> = HashSet::new();
-    // RUNNING reports waiting for the start delay, in order.
-    let mut delayed: VecDeque<(tokio::time::Instant, Vec<String>)> = VecDeque::new();
-    let mut next = tokio::time::Instant::now() + period;
+    let mut known = managers;
+    let mut tasks = Tasks::default();
+    let mut permit = Some(permit);
+    let mut backoff = Duration::ZERO;
     loop {
-        let due = delayed.front().map(|(d, _)| *d);
-        tokio::select! {
-            _ = stop.changed() => break,
-            changed = silence.changed() => {
-                if changed.is_err() {
+        let live = if permit.is_some() {
+            // The first session: three attempts, then the agent counts as failed.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match connect_session(i, &dialer, &known).await {
+                    Ok(l) => break l,
+                    Err(e) if attempt >= 3 => {
+                        reporter.stop().await;
+                        return fail(e);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        } else {
+            // A reconnection, as the real agent's.
+            let base = shoal_api::defaults::SESSION_BACKOFF_BASE;
+            let max = shoal_api::defaults::SESSION_BACKOFF_MAX;
+            loop {
+                backoff = (base + backoff * 2).min(max);
+                let wait = backoff.mul_f64(random_fraction());
+                tokio::select! {
+                    _ = stop.changed() => {
+                        reporter.stop().await;
+                        return;
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                }
+                match connect_session(i, &dialer, &known).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        fleet.open_failures.fetch_add(1, Ordering::Relaxed);
+                        fleet.agents[i].lock().expect("agent log").last_error = e;
+                    }
+                }
+            }
+        };
+        if !live.managers.is_empty() {
+            known = live.managers.clone();
+        }
+        let now = SystemTime::now();
+        {
+            let mut log = fleet.agents[i].lock().expect("agent log");
+            log.session_addr = live.addr.clone();
+            log.sessions += 1;
+            log.last_beat = Some(now);
+            log.session_beat = Some(now);
+        }
+        *slot.lock().expect("session slot") = Some((live.client.clone(), live.session_id.clone()));
+        if permit.take().is_some() {
+            fleet.connected.fetch_add(1, Ordering::Relaxed);
+        } else {
+            fleet.reconnected.fetch_add(1, Ordering::Relaxed);
+        }
+        let end = serve(
+            i,
+            live,
+            reconnect,
+            &fleet,
+            &reporter,
+            &mut tasks,
+            &mut known,
+            &mut silence,
+            &mut stop,
+        )
+        .await;
+        *slot.lock().expect("session slot") = None;
+        match end {
+            End::Stop => break,
+            End::Silenced => {
+                // Hung: no more beats, reads or reports until the benchmark ends (the
+                // session's streams were kept open until `stop`).
+                reporter.stop().await;
+                return;
+            }
+            End::Broken(why) => {
+                if !reconnect {
+                    fleet
+                        .lost
+                        .lock()
+                        .expect("lost")
+                        .push(format!("agent {i}: {why}"));
                     break;
                 }
-                // Hung: no more beats, reads or reports; the connection and streams stay
-                // open until the benchmark ends.
+                fleet.breaks.fetch_add(1, Ordering::Relaxed);
+                let mut log = fleet.agents[i].lock().expect("agent log");
+                log.session_addr.clear();
+                log.session_beat = None;
+                log.broken = Some((SystemTime::now(), why));
+                // A session that was up starts the backoff afresh.
+                backoff = Duration::ZERO;
+            }
+        }
+    }
+    reporter.stop().await;
+}
+
+/// One session of a task agent, until it breaks, the agent is silenced, or `stop`.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    i: usize,
+    live: Live,
+    reconnect: bool,
+    fleet: &Fleet,
+    reporter: &StatusReporter,
+    tasks: &mut Tasks,
+    known: &mut Vec<String>,
+    silence: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
+) -> End {
+    let timeout = shoal_api::defaults::DISPATCHER_RPC_TIMEOUT;
+    let Live {
+        client: _client,
+        mut session,
+        session_id: _,
+        mut beater,
+        mut period,
+        mut assignments,
+        addr: _,
+        managers: _,
+    } = live;
+    let learn = |known: &mut Vec<String>, m: &shoal_api::v1::SessionMessage| {
+        let addrs = managers_of(m);
+        if !addrs.is_empty() {
+            *known = addrs;
+        }
+    };
+    let mut next = tokio::time::Instant::now() + period;
+    loop {
+        let due = tasks.delayed.front().map(|(d, _)| *d);
+        tokio::select! {
+            _ = stop.changed() => return End::Stop,
+            changed = silence.changed() => {
+                if changed.is_err() {
+                    return End::Stop;
+                }
                 reporter.stop().await;
                 let _ = stop.changed().await;
                 drop((session, assignments, beater));
-                return;
+                return End::Silenced;
             }
             message = session.message() => match message {
-                Ok(Some(_)) => {}
-                Ok(None) => { lose("the manager ended the session stream".into()); break; }
+                Ok(Some(m)) => learn(known, &m),
+                Ok(None) => return End::Broken("the manager ended the session stream".into()),
                 Err(s) => {
-                    if !*stop.borrow() {
-                        lose(format!("session stream: {:?} {}", s.code(), s.message()));
+                    if *stop.borrow() {
+                        return End::Stop;
                     }
-                    break;
+                    return End::Broken(format!("session stream: {:?} {}", s.code(), s.message()));
                 }
             },
             message = assignments.message() => match message {
@@ -1020,14 +1327,19 @@ async fn task_agent(
                     {
                         let mut log = fleet.agents[i].lock().expect("agent log");
                         for change in m.changes {
-                            if change.action != AssignmentAction::Update as i32 {
-                                continue;
-                            }
+                            let remove = change.action == AssignmentAction::Remove as i32;
                             let Some(assignment::Item::Task(task)) =
                                 change.assignment.and_then(|a| a.item)
                             else {
                                 continue;
                             };
+                            if remove {
+                                fleet.removals.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            if change.action != AssignmentAction::Update as i32 {
+                                continue;
+                            }
                             let Some(meta) = task.meta.as_ref() else { continue };
                             let id = meta.id.clone();
                             if !log.tasks.contains_key(&id) {
@@ -1042,11 +1354,12 @@ async fn task_agent(
                             }
                             let desired = task.desired_state;
                             if desired > TaskState::Running as i32 {
-                                if started.contains(&id) && shut.insert(id.clone()) {
+                                if tasks.started.contains(&id) && tasks.shut.insert(id.clone()) {
+                                    fleet.shutdowns.fetch_add(1, Ordering::Relaxed);
                                     reporter.report(&id, status(TaskState::Shutdown, "shutdown"));
                                 }
                             } else if desired == TaskState::Running as i32
-                                && started.insert(id.clone())
+                                && tasks.started.insert(id.clone())
                             {
                                 to_run.push(id);
                             }
@@ -1061,21 +1374,23 @@ async fn task_agent(
                             reporter.report(id, status(TaskState::Running, "started"));
                         }
                     } else if !to_run.is_empty() {
-                        delayed.push_back((tokio::time::Instant::now() + fleet.start_delay, to_run));
+                        tasks
+                            .delayed
+                            .push_back((tokio::time::Instant::now() + fleet.start_delay, to_run));
                     }
                 }
-                Ok(None) => { lose("the manager ended the assignments stream".into()); break; }
+                Ok(None) => return End::Broken("the manager ended the assignments stream".into()),
                 Err(s) => {
-                    if !*stop.borrow() {
-                        lose(format!("assignments stream: {:?} {}", s.code(), s.message()));
+                    if *stop.borrow() {
+                        return End::Stop;
                     }
-                    break;
+                    return End::Broken(format!("assignments stream: {:?} {}", s.code(), s.message()));
                 }
             },
             () = async { tokio::time::sleep_until(due.expect("a due time")).await }, if due.is_some() => {
-                if let Some((_, ids)) = delayed.pop_front() {
+                if let Some((_, ids)) = tasks.delayed.pop_front() {
                     for id in &ids {
-                        if !shut.contains(id) {
+                        if !tasks.shut.contains(id) {
                             reporter.report(id, status(TaskState::Running, "started"));
                         }
                     }
@@ -1092,15 +1407,16 @@ async fn task_agent(
                         next = tokio::time::Instant::now() + period;
                     }
                     Ok(Err(s)) => {
-                        if !*stop.borrow() {
-                            lose(format!("heartbeat refused: {:?} {}", s.code(), s.message()));
+                        if *stop.borrow() {
+                            return End::Stop;
                         }
-                        break;
+                        return End::Broken(format!("heartbeat refused: {:?} {}", s.code(), s.message()));
                     }
+                    // The real agent takes a heartbeat that timed out for a broken session.
+                    Err(_) if reconnect => return End::Broken("a heartbeat timed out".into()),
                     Err(_) => next = tokio::time::Instant::now(),
                 }
             }
         }
     }
-    reporter.stop().await;
 }
