@@ -10,6 +10,7 @@ mod converge;
 mod failover;
 mod heartbeats;
 mod listing;
+mod memory;
 mod raft;
 mod report;
 mod reschedule;
@@ -39,6 +40,8 @@ enum Scenario {
     Raft(raft::Args),
     /// Heartbeat and session load on one manager (S4): CPU and memory per agent, p99, DOWN marks.
     Heartbeats(heartbeats::Args),
+    /// Manager memory per node and task, snapshot size and time, join and catch-up (S5).
+    Memory(memory::Args),
     /// Leader failover with simulated agents (S6): write unavailability, agents reconnected,
     /// tasks restarted.
     Failover(failover::Args),
@@ -68,6 +71,7 @@ fn main() {
         Scenario::Store(args) => store::run(args),
         Scenario::Raft(args) => raft::run(args),
         Scenario::Heartbeats(args) => heartbeats::run(args),
+        Scenario::Memory(args) => memory::run(args),
         Scenario::Failover(args) => failover::run(args),
         Scenario::Taskstart(args) => taskstart::run(args),
         Scenario::Scheduler(args) => scheduler::run(args),

@@ -401,6 +401,9 @@ fn fill<T: StoreObject>(tables: &Tables, snapshot: &mut StoreSnapshot) {
 }
 
 fn load<T: StoreObject>(tables: &mut Tables, snapshot: &mut StoreSnapshot) -> Result<()> {
+    if !T::UNIQUE_NAMES && T::table(tables).is_empty() {
+        return load_bulk::<T>(tables, snapshot);
+    }
     for object in std::mem::take(T::snapshot_list(snapshot)) {
         let kind = kind_name(T::KIND);
         if object.id().is_empty() {
@@ -420,6 +423,32 @@ fn load<T: StoreObject>(tables: &mut Tables, snapshot: &mut StoreSnapshot) -> Re
         tables.put_object(wrapped);
     }
     Ok(())
+}
+
+/// [`load`] for kinds without unique names (nodes, tasks: the bulk of a large snapshot),
+/// whose objects need no check against each other but their IDs: the table is built at
+/// once ([`Table::load`]) instead of object by object.
+fn load_bulk<T: StoreObject>(tables: &mut Tables, snapshot: &mut StoreSnapshot) -> Result<()> {
+    let kind = kind_name(T::KIND);
+    let list = std::mem::take(T::snapshot_list(snapshot));
+    let mut objects = Vec::with_capacity(list.len());
+    for object in list {
+        if object.id().is_empty() {
+            return Err(StoreError::InvalidTransaction(format!(
+                "snapshot holds a {kind} without an ID"
+            )));
+        }
+        let mut wrapped = T::into_object(Arc::new(object));
+        tables.share_task_spec(&mut wrapped);
+        objects.push(
+            T::from_object(&wrapped)
+                .expect("the kind just wrapped")
+                .clone(),
+        );
+    }
+    T::table_mut(tables)
+        .load(objects)
+        .map_err(|id| StoreError::IdConflict { kind, id })
 }
 
 fn check_version(current: &Object, written: &Object) -> Result<()> {
