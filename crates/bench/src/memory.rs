@@ -611,16 +611,8 @@ impl Joiner {
                 .map_err(|e| format!("{}: {e}", Path::new(&path).display()))?;
             command.stderr(file);
         }
-        // SAFETY: prctl is async-signal-safe; the joiner dies with this benchmark.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // The joiner dies with this benchmark.
+        simagent::die_with_this_process(&mut command);
         command
             .spawn()
             .map(Joiner)

@@ -141,23 +141,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn shoal_bin(args: &Args) -> Result<PathBuf, String> {
-    let bin = match &args.shoal_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("shoal"),
-    };
-    if !bin.exists() {
-        return Err(format!(
-            "the shoal binary was not found at {}; build it first (cargo build --release -p shoal) \
-             or pass --shoal-bin",
-            bin.display()
-        ));
-    }
-    Ok(bin)
-}
-
 async fn wait_applied(store: &Store, handle: &shoal_raft::RaftHandle, name: &str) {
     // A write through the leader proves the cluster commits.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -173,7 +156,7 @@ async fn wait_applied(store: &Store, handle: &shoal_raft::RaftHandle, name: &str
 
 pub fn run(args: Args) -> Report {
     let mut report = Report::new("raft");
-    let bin = match shoal_bin(&args) {
+    let bin = match crate::simagent::shoal_bin(&args.shoal_bin) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("Error: {e}");

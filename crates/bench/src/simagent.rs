@@ -137,18 +137,7 @@ impl Manager {
                 .map_err(|e| format!("{}: {e}", Path::new(&path).display()))?;
             command.stderr(file);
         }
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec. It
-        // makes the manager die with the thread that started it (the main thread, which
-        // lives as long as this process), so that an interrupted benchmark leaves no daemon.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_this_process(&mut command);
         let child = command
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
@@ -551,6 +540,22 @@ impl Beater {
                 })
             }
         }
+    }
+}
+
+/// Makes the process `command` starts die (SIGKILL) with the thread that started it (the
+/// main thread, which lives as long as this process), so that an interrupted benchmark
+/// leaves no daemon behind.
+pub fn die_with_this_process(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -68,24 +68,6 @@ fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
     v
 }
 
-fn shoal_bin(args: &Args) -> Result<PathBuf, String> {
-    let bin = match &args.shoal_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("shoal"),
-    };
-    if bin.exists() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "the shoal binary was not found at {}; build it first (cargo build --release -p \
-             shoal) or pass --shoal-bin",
-            bin.display()
-        ))
-    }
-}
-
 fn process_task(command: &str, args: &[&str]) -> Task {
     Task {
         meta: Some(Meta {
@@ -148,7 +130,7 @@ pub fn run(args: Args) -> Report {
         .enable_all()
         .build()
         .expect("runtime");
-    match shoal_bin(&args) {
+    match crate::simagent::shoal_bin(&args.shoal_bin) {
         Ok(bin) => runtime.block_on(processes(&args, bin, &mut report)),
         Err(e) => report.notes.push(format!("process part skipped: {e}")),
     }

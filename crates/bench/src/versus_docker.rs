@@ -524,24 +524,6 @@ impl Drop for Guard {
 
 // --- The Shoal daemon ----------------------------------------------------------------------------
 
-fn shoal_bin(args: &Args) -> Result<PathBuf, String> {
-    let bin = match &args.shoal_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("shoal"),
-    };
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "the shoal binary was not found at {}; build it first (cargo build --release -p \
-             shoal) or pass --shoal-bin",
-            bin.display()
-        ))
-    }
-}
-
 fn free_loopback_addr() -> Result<String, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -1049,7 +1031,7 @@ async fn bench(
         .id
         .ok_or_else(|| format!("image {} has no ID", args.image))?;
     let bin = if want_shoal {
-        Some(shoal_bin(args)?)
+        Some(crate::simagent::shoal_bin(&args.shoal_bin)?)
     } else {
         None
     };
