@@ -8,7 +8,8 @@
 //! An agent opens a session with `Dispatcher.Session`. The leader checks that the caller's
 //! node (from its certificate) is still a member, gives it a new random session ID —
 //! replacing any session the node had — and writes the node READY, with the address it
-//! called from and the description it sent. The answer is a stream: first a `SessionMessage`
+//! called from and the description it sent (unless the node already is exactly that: an
+//! agent following a new leader after a failover costs no Raft commit). The answer is a stream: first a `SessionMessage`
 //! with the session ID, the node, the managers (Raft members, weight 10) and the cluster's
 //! root certificate; then a new message (same session ID) whenever the Node object changes in
 //! the store or the list of managers changes. The agent then sends heartbeats with its
@@ -28,7 +29,14 @@
 //! need more — so nodes that go silent together go DOWN together, at their deadline, rather
 //! than one commit each. When a manager becomes leader, every node READY in the store
 //! without a session here gets period × [`GRACE_PERIOD_MULTIPLIER_UNKNOWN`] to reconnect
-//! before it goes DOWN.
+//! before it goes DOWN — and longer while the agents are still coming back: a node adopted
+//! at the election whose grace ends while sessions are still being opened here (one within
+//! the last period) is waiting its turn behind thousands of others, not gone, and gets one
+//! more period at a time, up to period × `RECONNECT_GRACE_MULTIPLIER_MAX` after the
+//! election (SwarmKit has the fixed grace only: with 10,000 agents reconnecting to a new
+//! leader on a small machine, half of them went DOWN and their tasks were rescheduled — a
+//! failover restarting thousands of healthy tasks). A node that really died is then written
+//! DOWN one period after the reconnections end, at most two minutes after the election.
 //!
 //! **Registration rate limit.** A node that already opened [`REGISTRATION_RATE_LIMIT_COUNT`]
 //! sessions within the last [`REGISTRATION_RATE_LIMIT_PERIOD`] is refused with UNAVAILABLE
@@ -76,9 +84,14 @@
 //! leadership lost, node removed, shutting down, or CANCELLED if the agent closed its
 //! session stream).
 //!
-//! **Routing.** The task events come from *one* store watch per dispatcher (kind Task), read
-//! by the router task, not from a watch per stream: with a watch per stream every event was
-//! filtered once per connected node (1,000 node-ID comparisons per event with 1,000 agents).
+//! **Routing.** The task and node events come from *one* store watch per dispatcher (kinds
+//! Task and Node), read by the router task, not from a watch per stream: with a watch per
+//! stream every commit woke every stream and was filtered once per connected node (1,000
+//! node-ID comparisons per event with 1,000 agents; with 7,000 agents reconnecting after a
+//! failover, each one's READY write woke all the others, and the leader starved its own Raft
+//! heartbeats). A node event marks the *session inbox* of that node's session stream
+//! changed — a flag and a wake-up, no queue: the stream then reads the node from the store,
+//! so changes in a row coalesce into one message.
 //! The router looks each event up by the task's `node_id` — and, if it changed, by the old
 //! one, so a task moved or unassigned leaves the old node's set — in a map from node ID to
 //! the *inboxes* of that node's open streams, and queues it there with the store version of
@@ -139,16 +152,17 @@
 //!   at most `MAX_SWEEP_INTERVAL` (or the test's interval) away, and at least
 //!   `MIN_SWEEP_INTERVAL` after the last, so a failing write cannot spin. Its store writes
 //!   are plain `.await`s.
-//! - **The router** is a tokio task started by the first Assignments call (which subscribes
-//!   its watch first, under the router's lock), so that a dispatcher serves assignments
-//!   whether or not it was started. It holds the router weakly and is aborted when the
+//! - **The router** is a tokio task started by the first session or Assignments call (which
+//!   subscribes its watch first, under the router's lock), so that a dispatcher serves
+//!   sessions and assignments whether or not it was started. It holds the router weakly and is aborted when the
 //!   dispatcher's last handle goes or the [`DispatcherTask`] stops; it never waits on a
 //!   stream. Routes are registered and removed under the router's `std::sync::Mutex`; a
 //!   route is removed when its stream is dropped.
 //! - **Each session** has a `tokio::sync::watch` channel: the state machine holds the sender
 //!   and sends on it, without awaiting, when the session ends (the value: why) or when the
 //!   managers changed (a send that leaves the value as it is). The session's stream holds the
-//!   receiver and waits on it and on the store's subscription together; it is a
+//!   receiver and waits on it and on its session inbox together (registered with the router
+//!   before the stream reads the node, so no change after that read is missed); it is a
 //!   `futures_util::stream::unfold` over the session's state, so it runs on whatever task
 //!   tonic polls it on, and no task of ours serves a stream. Its `Drop` reports a hang-up
 //!   (synchronously: it takes the sessions lock, queues the node and pokes the sweep).
@@ -345,6 +359,10 @@ use crate::status::store_status;
 
 /// Weight of every manager in the list sent to agents (SwarmKit's default weight).
 const MANAGER_WEIGHT: i64 = 10;
+/// After an election, how long (in heartbeat periods) the nodes of the previous leader may
+/// wait for their turn to reconnect while reconnections go on: 2 minutes at the default
+/// period, four times the usual grace for unknown nodes.
+const RECONNECT_GRACE_MULTIPLIER_MAX: u32 = 4 * GRACE_PERIOD_MULTIPLIER_UNKNOWN;
 /// The longest pause between two sweeps, whatever the deadlines: the sweep also looks at
 /// leadership and the manager list (should the watch on Raft's status have ended). Also how
 /// long a node whose DOWN write failed waits before the sweep tries again.
@@ -486,6 +504,10 @@ struct Live {
 struct Entry {
     live: Option<Live>,
     deadline: SystemTime,
+    /// Expected since this manager was elected (READY in the store then), and not connected
+    /// here since: its grace may be extended while reconnections go on (see
+    /// [`Sessions::expired`]).
+    adopted: bool,
 }
 
 /// The dispatcher's decisions: which node has which session, and until when. Synchronous; the
@@ -509,6 +531,10 @@ struct Sessions {
     registrations: BTreeMap<String, VecDeque<SystemTime>>,
     /// Nodes whose agent dropped its session stream, to be written DISCONNECTED.
     hung_up: Vec<String>,
+    /// When this manager took over the nodes of the previous leader (its election).
+    adopted_at: Option<SystemTime>,
+    /// When the last session was opened here.
+    last_open: Option<SystemTime>,
 }
 
 impl Sessions {
@@ -522,6 +548,8 @@ impl Sessions {
             earlier: false,
             registrations: BTreeMap::new(),
             hung_up: Vec::new(),
+            adopted_at: None,
+            last_open: None,
         }
     }
 
@@ -624,6 +652,7 @@ impl Sessions {
     /// Nodes believed up but not connected here get period × UNKNOWN multiplier to connect.
     fn adopt_unknown(&mut self, node_ids: impl IntoIterator<Item = String>, now: SystemTime) {
         let deadline = now + self.period * GRACE_PERIOD_MULTIPLIER_UNKNOWN;
+        self.adopted_at = Some(now);
         for id in node_ids {
             if !self.nodes.contains_key(&id) {
                 self.insert(
@@ -631,10 +660,26 @@ impl Sessions {
                     Entry {
                         live: None,
                         deadline,
+                        adopted: true,
                     },
                 );
             }
         }
+    }
+
+    /// Whether a node adopted at the election and past its grace is still waiting its turn
+    /// in a reconnection storm rather than gone: a session was opened here within the last
+    /// period (the agents are still coming back), and the election is less than period ×
+    /// [`RECONNECT_GRACE_MULTIPLIER_MAX`] ago.
+    fn reconnections_go_on(&self, now: SystemTime) -> bool {
+        let recent = |t: Option<SystemTime>, within: Duration| {
+            t.is_some_and(|t| now.duration_since(t).unwrap_or_default() < within)
+        };
+        recent(self.last_open, self.period)
+            && recent(
+                self.adopted_at,
+                self.period * RECONNECT_GRACE_MULTIPLIER_MAX,
+            )
     }
 
     /// Opens a session for `node_id`, replacing the one it had — unless the node opened
@@ -659,7 +704,9 @@ impl Sessions {
                 signal,
             }),
             deadline: now + self.period * GRACE_PERIOD_MULTIPLIER_NORMAL,
+            adopted: false,
         };
+        self.last_open = Some(now);
         if let Some(old) = self.insert(node_id, entry)
             && let Some(live) = old.live
         {
@@ -743,15 +790,26 @@ impl Sessions {
             forget_registrations_before(opened, now);
             !opened.is_empty()
         });
+        let waiting = self.reconnections_go_on(now);
         let mut ids = Vec::new();
+        let mut extended = Vec::new();
         while let Some((deadline, _)) = self.deadlines.first()
             && now > *deadline
         {
             let (_, id) = self.deadlines.pop_first().expect("looked at just before");
-            if let Some(live) = self.nodes.remove(&id).and_then(|e| e.live) {
-                live.signal.end(EndReason::Expired);
+            match self.nodes.remove(&id) {
+                Some(entry) if entry.adopted && waiting => extended.push((id, entry)),
+                entry => {
+                    if let Some(live) = entry.and_then(|e| e.live) {
+                        live.signal.end(EndReason::Expired);
+                    }
+                    ids.push(id);
+                }
             }
-            ids.push(id);
+        }
+        for (id, entry) in extended {
+            let deadline = now + self.period;
+            self.insert(&id, Entry { deadline, ..entry });
         }
         ids
     }
@@ -774,6 +832,7 @@ impl Sessions {
                 Entry {
                     live: None,
                     deadline: at,
+                    adopted: false,
                 },
             );
         }
@@ -1515,13 +1574,6 @@ fn shutting_down() -> Status {
     )
 }
 
-fn node_filter(node_id: &str) -> Filter {
-    let id = node_id.to_string();
-    Filter::all()
-        .kind(ObjectKind::Node)
-        .predicate(move |e: &Event| e.object.id() == id)
-}
-
 // --- The shell ----------------------------------------------------------------------------
 
 /// What the dispatcher needs of Raft: a seam so the handlers can be tested without a Raft
@@ -2203,7 +2255,7 @@ impl Inner {
 
 enum Woken {
     News(News),
-    Event(Result<(u64, Event), WatchError>),
+    Node(SessionNews),
 }
 
 /// The state behind one session's stream.
@@ -2213,7 +2265,7 @@ struct Watcher {
     session_id: String,
     node: Arc<Node>,
     news: Listener,
-    subscription: Subscription,
+    route: Route<SessionInbox>,
     /// The first message is yet to be sent.
     first: bool,
     /// The manager list last sent.
@@ -2259,7 +2311,7 @@ impl Watcher {
             let woken = tokio::select! {
                 biased;
                 news = self.news.next() => Woken::News(news),
-                event = self.subscription.next() => Woken::Event(event),
+                news = self.route.inbox.next() => Woken::Node(news),
             };
             match woken {
                 Woken::News(News::Ended(reason)) => break self.end(reason),
@@ -2269,24 +2321,11 @@ impl Watcher {
                     }
                     break self.message();
                 }
-                Woken::Event(Ok((_, event))) => match (event.action, event.object) {
-                    (Action::Remove, _) => break self.removed(),
-                    (_, Object::Node(node)) => {
-                        self.node = node;
-                        break self.message();
-                    }
-                    _ => continue,
-                },
-                Woken::Event(Err(WatchError::Lagged | WatchError::Reset)) => {
-                    // Missed changes: read the node again and subscribe anew.
-                    let (node, subscription) = self
-                        .inner
-                        .store
-                        .view_and_watch(node_filter(&self.node_id), |tx| {
-                            tx.get::<Node>(&self.node_id)
-                        });
-                    self.subscription = subscription;
+                Woken::Node(SessionNews::Changed) => {
+                    let node = self.inner.store.view(|tx| tx.get::<Node>(&self.node_id));
                     match node {
+                        // A change already sent (the flag may outlive the message it caused).
+                        Some(node) if Arc::ptr_eq(&node, &self.node) => continue,
                         Some(node) => {
                             self.node = node;
                             break self.message();
@@ -2294,7 +2333,7 @@ impl Watcher {
                         None => break self.removed(),
                     }
                 }
-                Woken::Event(Err(WatchError::Closed)) => {
+                Woken::Node(SessionNews::Closed) => {
                     self.done = true;
                     break Err(shutting_down());
                 }
@@ -2478,6 +2517,8 @@ struct Router {
 #[derive(Default)]
 struct RouterState {
     routes: HashMap<String, Vec<(u64, Arc<Inbox>)>>,
+    /// The session streams open on this manager, by node: told when their Node changes.
+    sessions: HashMap<String, Vec<(u64, Arc<SessionInbox>)>>,
     next_id: u64,
     /// The routing task, once the first stream registered.
     task: Option<JoinHandle<()>>,
@@ -2491,29 +2532,23 @@ impl Router {
     }
 
     /// Registers a route for a stream of `node_id`, starting the routing task if it does not
-    /// run yet. Every task event committed after this call reaches the route (some before it
-    /// may too: the stream skips what its set already holds, by store version).
+    /// run yet. Every event committed after this call reaches the route: each task event of
+    /// the node an Assignments inbox (some before it may too: the stream skips what its set
+    /// already holds, by store version), each change of the node a session inbox (which the
+    /// stream follows by reading the node after registering).
     ///
     /// Must be called from within a tokio runtime.
-    fn register(self: &Arc<Self>, store: &Store, node_id: &str) -> Route {
-        let inbox = Arc::new(Inbox::default());
+    fn register<I: Routed>(self: &Arc<Self>, store: &Store, node_id: &str) -> Route<I> {
+        let inbox = Arc::new(I::default());
         let mut state = self.lock();
         if state.stopped {
             inbox.close();
-        } else if state.task.is_none() {
-            // Subscribed here, before the stream reads its set: nothing committed after this
-            // registration is missed.
-            let subscription = store.watch(router_filter());
-            state.task = Some(tokio::spawn(run_router(
-                Arc::downgrade(self),
-                store.clone(),
-                subscription,
-            )));
+        } else {
+            self.start_routing(&mut state, store);
         }
         let id = state.next_id;
         state.next_id += 1;
-        state
-            .routes
+        I::table(&mut state)
             .entry(node_id.to_string())
             .or_default()
             .push((id, inbox.clone()));
@@ -2525,12 +2560,24 @@ impl Router {
         }
     }
 
-    /// Routes task events, in commit order, to the inboxes of the nodes concerned.
+    /// Starts the routing task if it does not run yet. Subscribed here, under the router's
+    /// lock and before the registering stream reads the store: nothing committed after the
+    /// registration is missed.
+    fn start_routing(self: &Arc<Self>, state: &mut RouterState, store: &Store) {
+        if state.task.is_none() {
+            let subscription = store.watch(router_filter());
+            state.task = Some(tokio::spawn(run_router(
+                Arc::downgrade(self),
+                store.clone(),
+                subscription,
+            )));
+        }
+    }
+
+    /// Routes events, in commit order: task events to the Assignments inboxes of the nodes
+    /// concerned, node events to the session inboxes of that node.
     fn route(&self, events: Vec<(u64, Event)>) {
         let state = self.lock();
-        if state.routes.is_empty() {
-            return;
-        }
         fn node_of(o: &Object) -> Option<&str> {
             match o {
                 Object::Task(t) if !t.node_id.is_empty() => Some(t.node_id.as_str()),
@@ -2538,6 +2585,12 @@ impl Router {
             }
         }
         for (version, event) in &events {
+            if let Object::Node(_) = &event.object {
+                for (_, inbox) in state.sessions.get(event.object.id()).into_iter().flatten() {
+                    inbox.changed();
+                }
+                continue;
+            }
             let now_on = node_of(&event.object);
             let was_on = event.old.as_ref().and_then(node_of);
             let deliver = |node_id: Option<&str>| {
@@ -2556,8 +2609,12 @@ impl Router {
 
     /// The router's watch missed events: every stream reads its set again.
     fn lag_all(&self) {
-        for (_, inbox) in self.lock().routes.values().flatten() {
+        let state = self.lock();
+        for (_, inbox) in state.routes.values().flatten() {
             inbox.lag();
+        }
+        for (_, inbox) in state.sessions.values().flatten() {
+            inbox.changed();
         }
     }
 
@@ -2572,6 +2629,9 @@ impl Router {
         for (_, inbox) in state.routes.values().flatten() {
             inbox.close();
         }
+        for (_, inbox) in state.sessions.values().flatten() {
+            inbox.close();
+        }
     }
 }
 
@@ -2583,9 +2643,9 @@ impl Drop for Router {
     }
 }
 
-/// Task events: what the router watches.
+/// Task and node events: what the router watches.
 fn router_filter() -> Filter {
-    Filter::all().kind(ObjectKind::Task)
+    Filter::all().kind(ObjectKind::Task).kind(ObjectKind::Node)
 }
 
 /// The routing task: takes task events from its watch and routes them, until the router is
@@ -2634,22 +2694,96 @@ async fn run_router(router: Weak<Router>, store: Store, mut subscription: Subscr
     }
 }
 
-/// One Assignments stream's registration with the router; unregisters when dropped.
-struct Route {
+/// What a stream's inbox is, for the router: where its routes are kept, and how it is closed.
+trait Routed: Default + Send + Sync + 'static {
+    fn table(state: &mut RouterState) -> &mut HashMap<String, Vec<(u64, Arc<Self>)>>;
+    fn close(&self);
+}
+
+impl Routed for Inbox {
+    fn table(state: &mut RouterState) -> &mut HashMap<String, Vec<(u64, Arc<Self>)>> {
+        &mut state.routes
+    }
+
+    fn close(&self) {
+        Inbox::close(self);
+    }
+}
+
+impl Routed for SessionInbox {
+    fn table(state: &mut RouterState) -> &mut HashMap<String, Vec<(u64, Arc<Self>)>> {
+        &mut state.sessions
+    }
+
+    fn close(&self) {
+        SessionInbox::close(self);
+    }
+}
+
+/// One stream's registration with the router (an Assignments stream's [`Inbox`] or a session
+/// stream's [`SessionInbox`]); unregisters when dropped.
+struct Route<I: Routed> {
     router: Arc<Router>,
     node_id: String,
     id: u64,
-    inbox: Arc<Inbox>,
+    inbox: Arc<I>,
 }
 
-impl Drop for Route {
+impl<I: Routed> Drop for Route<I> {
     fn drop(&mut self) {
         let mut state = self.router.lock();
-        if let Some(routes) = state.routes.get_mut(&self.node_id) {
+        let table = I::table(&mut state);
+        if let Some(routes) = table.get_mut(&self.node_id) {
             routes.retain(|(id, _)| *id != self.id);
             if routes.is_empty() {
-                state.routes.remove(&self.node_id);
+                table.remove(&self.node_id);
             }
+        }
+    }
+}
+
+/// A session stream's channel from the router. It holds no events, only that the node
+/// changed since the stream last looked (the stream then reads the node from the store,
+/// which is at least as new as any change routed): changes in a row coalesce into one
+/// message, and the router's work per node event is a flag and a wake-up.
+#[derive(Default)]
+struct SessionInbox {
+    changed: AtomicBool,
+    closed: AtomicBool,
+    wake: Notify,
+}
+
+/// What a session stream finds in its inbox.
+enum SessionNews {
+    /// The node changed (or may have: the router's watch lagged) since the stream last looked.
+    Changed,
+    /// No more changes will come (the store closed, or the dispatcher stopped).
+    Closed,
+}
+
+impl SessionInbox {
+    fn changed(&self) {
+        self.changed.store(true, Ordering::Release);
+        // Stores a permit if the stream is busy: it looks as soon as it waits again.
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Waits until the node changed or the inbox closed. Cancel-safe: the flags stay set
+    /// until a call that completes takes them.
+    async fn next(&self) -> SessionNews {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return SessionNews::Closed;
+            }
+            if self.changed.swap(false, Ordering::AcqRel) {
+                return SessionNews::Changed;
+            }
+            self.wake.notified().await;
         }
     }
 }
@@ -2668,7 +2802,7 @@ struct AssignmentWatcher {
     node_id: String,
     session_id: String,
     news: Listener,
-    route: Route,
+    route: Route<Inbox>,
     /// Events routed here and not applied yet, oldest first.
     backlog: VecDeque<(u64, Event)>,
     /// The store version the set was last read at: events of commits up to it are in it.
@@ -2935,11 +3069,21 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         })?;
         let written = inner
             .write_node(&node_id, |node| {
-                node.status = Some(NodeStatus {
+                let status = NodeStatus {
                     state: node_status::State::Ready as i32,
                     message: String::new(),
                     addr: addr.clone(),
-                });
+                };
+                let same_description = match &description {
+                    Some(d) => node.description.as_deref() == Some(d),
+                    None => true,
+                };
+                if node.status.as_ref() == Some(&status) && same_description {
+                    // Already READY from this address with this description (a reconnect
+                    // after a failover): nothing to write, no Raft commit.
+                    return false;
+                }
+                node.status = Some(status);
                 if let Some(d) = &description {
                     node.description = Some(Box::new(d.clone()));
                 }
@@ -2959,9 +3103,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                 e => store_status(e),
             });
         }
-        let (node, subscription) = inner
-            .store
-            .view_and_watch(node_filter(&node_id), |tx| tx.get::<Node>(&node_id));
+        // Registered before the node is read: every change after the read reaches the stream.
+        let route = inner.router.register(&inner.store, &node_id);
+        let node = inner.store.view(|tx| tx.get::<Node>(&node_id));
         let Some(node) = node else {
             inner
                 .sessions()
@@ -2980,7 +3124,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             session_id: opened.id,
             node,
             news: opened.news,
-            subscription,
+            route,
             first: true,
             managers: Vec::new(),
             done: false,
@@ -3191,6 +3335,64 @@ mod tests {
         assert!(s.expired(t(&clock)).is_empty());
         clock.advance(MS);
         assert_eq!(s.expired(t(&clock)), vec!["n1".to_string()]);
+    }
+
+    #[test]
+    fn nodes_waiting_to_reconnect_after_an_election_are_not_expired_while_others_come_back() {
+        let clock = ManualClock::at_unix_seconds(1_000);
+        let elected = t(&clock);
+        let mut s = Sessions::new(PERIOD);
+        let adopted: Vec<String> = (0..4).map(|i| format!("n{i}")).collect();
+        s.lead(7, adopted.clone(), elected);
+        // A storm: one node gets in every half period; n0 and n1 get in late, n3 never.
+        let open = |s: &mut Sessions, id: &str, at: SystemTime| {
+            let opened = s.open(id, at).unwrap();
+            s.heartbeat(id, &opened.id, at).unwrap();
+            opened
+        };
+        clock.advance(PERIOD * 6 + MS);
+        let _n2 = open(&mut s, "n2", t(&clock));
+        assert!(
+            s.expired(t(&clock)).is_empty(),
+            "past the usual grace, but sessions are being opened"
+        );
+        // The others keep their place a period at a time while sessions go on opening.
+        for id in ["n0", "n1"] {
+            clock.advance(PERIOD / 2);
+            let _ = open(&mut s, id, t(&clock));
+            assert!(s.expired(t(&clock)).is_empty());
+        }
+        // The storm is over: n3 expires within a period after the last session opened.
+        clock.advance(PERIOD + PERIOD + MS);
+        let expired = s.expired(t(&clock));
+        assert!(expired.contains(&"n3".to_string()), "{expired:?}");
+        assert!(!expired.contains(&"n0".to_string()), "{expired:?}");
+
+        // However long sessions go on opening, an adopted node expires at the cap.
+        let mut s = Sessions::new(PERIOD);
+        clock.set(elected);
+        s.lead(8, ["gone".to_string()], elected);
+        let mut i = 0;
+        let cap = elected + PERIOD * RECONNECT_GRACE_MULTIPLIER_MAX;
+        let expired_at = loop {
+            clock.advance(PERIOD / 2);
+            i += 1;
+            s.open(&format!("busy-{i}"), t(&clock)).unwrap();
+            if s.expired(t(&clock)).contains(&"gone".to_string()) {
+                break t(&clock);
+            }
+            assert!(i < 1_000, "never expired");
+        };
+        assert!(expired_at >= cap, "expired before the cap");
+        assert!(expired_at <= cap + PERIOD * 2, "expired long after the cap");
+
+        // A node that reconnected and then went silent gets the normal grace only.
+        let mut s = Sessions::new(PERIOD);
+        s.lead(9, ["back".to_string()], t(&clock));
+        let _back = s.open("back", t(&clock)).unwrap();
+        clock.advance(PERIOD * 3 + MS);
+        s.open("other", t(&clock)).unwrap();
+        assert_eq!(s.expired(t(&clock)), vec!["back".to_string()]);
     }
 
     #[test]
@@ -4543,6 +4745,52 @@ mod tests {
             refused.message()
         );
         f.heartbeat(&new_id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reopening_a_session_of_a_ready_node_writes_nothing() {
+        let f = fixture().await;
+        let mut first = f.open().await.unwrap();
+        next(&mut first).await.unwrap().unwrap();
+        let version = || f.store.view(|tx| tx.version());
+        let before = version();
+        let node_before = f.stored(&f.node_id);
+
+        // The same node, address and description again (an agent following a new leader):
+        // no store write, yet a working session with the node as stored.
+        let mut second = f.open().await.unwrap();
+        let message = next(&mut second).await.unwrap().unwrap();
+        assert_eq!(version(), before, "a no-op READY write was committed");
+        assert_eq!(message.node.as_ref(), Some(&*node_before));
+        f.heartbeat(&message.session_id).await.unwrap();
+
+        // Its stream still follows the node's changes.
+        let id = f.node_id.clone();
+        f.update(|tx| {
+            let mut n = (*tx.get::<Node>(&id).unwrap()).clone();
+            n.spec.get_or_insert_with(Default::default).availability =
+                shoal_api::v1::node_spec::Availability::Pause as i32;
+            tx.update(n)
+        })
+        .await;
+        let update = next(&mut second).await.unwrap().unwrap();
+        assert_eq!(
+            update.node.unwrap().spec.unwrap().availability,
+            shoal_api::v1::node_spec::Availability::Pause as i32
+        );
+
+        // A node that is not READY (here written DOWN by hand) is written READY again.
+        f.update(|tx| {
+            let mut n = (*tx.get::<Node>(&id).unwrap()).clone();
+            n.status.as_mut().unwrap().state = node_status::State::Down as i32;
+            tx.update(n)
+        })
+        .await;
+        let down = version();
+        let mut third = f.open().await.unwrap();
+        next(&mut third).await.unwrap().unwrap();
+        assert!(version() > down);
+        assert_eq!(f.state(&f.node_id).0, READY);
     }
 
     #[tokio::test]

@@ -549,9 +549,21 @@ impl Daemon {
     async fn bind_remote(
         config: &DaemonConfig,
     ) -> Result<(tokio::net::TcpListener, String), NodeError> {
-        let listener = tokio::net::TcpListener::bind(config.listen_remote_api)
-            .await
-            .map_err(|e| NodeError::io(format!("listening on {}", config.listen_remote_api), e))?;
+        let addr = config.listen_remote_api;
+        let listening = |e| NodeError::io(format!("listening on {addr}"), e);
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(listening)?;
+        // As `TcpListener::bind` does, so a restarted daemon can take its port back at once.
+        socket.set_reuseaddr(true).map_err(listening)?;
+        socket.bind(addr).map_err(listening)?;
+        // A deep accept queue (the kernel caps it at net.core.somaxconn): after a failover
+        // every agent of the cluster connects within a second or two, and connections the
+        // queue cannot hold are dropped and retried by the client a second later.
+        let listener = socket.listen(REMOTE_API_BACKLOG).map_err(listening)?;
         let listen = listener
             .local_addr()
             .map_err(|e| NodeError::io("reading the listen address", e))?;
@@ -1353,6 +1365,10 @@ fn resumed_advertise(config: &DaemonConfig, recorded: &str, fresh: String) -> St
         fresh
     }
 }
+
+/// Connections the remote API's listener queues before they are accepted (tokio's `bind`
+/// queues 1,024).
+const REMOTE_API_BACKLOG: u32 = 8192;
 
 /// How long a control call forwarded to the leader may take before it fails.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
