@@ -61,13 +61,14 @@ enum Scenario {
 
 fn main() {
     let cli = Cli::parse();
+    report::start_clock();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let report = match cli.scenario {
+    let mut report = match cli.scenario {
         Scenario::Store(args) => store::run(args),
         Scenario::Raft(args) => raft::run(args),
         Scenario::Heartbeats(args) => heartbeats::run(args),
@@ -80,6 +81,7 @@ fn main() {
         Scenario::Listing(args) => listing::run(args),
         Scenario::VersusDocker(args) => versus_docker::run(args, cli.json),
     };
+    report.resources();
     if cli.json {
         println!("{}", report.to_json());
     } else {

@@ -52,9 +52,7 @@ pub struct Args {
     dir: Option<PathBuf>,
 }
 
-fn progress(msg: impl AsRef<str>) {
-    eprintln!("  … {}", msg.as_ref());
-}
+use crate::report::progress;
 
 fn free_addr() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

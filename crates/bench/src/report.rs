@@ -1,6 +1,42 @@
-//! Benchmark reports: rows of figures with the anchor and goal they are judged against.
+//! Benchmark reports: rows of figures with the anchor and goal they are judged against,
+//! the resources the run used (CPU-seconds and peak resident memory, of this process and of
+//! the processes it started and waited for), and the progress lines every scenario prints on
+//! standard error while it runs.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// When the run started: progress lines say how long ago.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Starts the clock progress lines count from (the first progress line does too).
+pub fn start_clock() {
+    STARTED.get_or_init(Instant::now);
+}
+
+/// One progress line on standard error, with the time since the run started.
+pub fn progress(msg: impl AsRef<str>) {
+    let elapsed = STARTED.get_or_init(Instant::now).elapsed();
+    eprintln!("  … {:>7.1} s  {}", elapsed.as_secs_f64(), msg.as_ref());
+}
+
+/// CPU time (user + system) and peak resident set, in bytes, of `who`: this process
+/// (`RUSAGE_SELF`), or the processes it started and has waited for (`RUSAGE_CHILDREN`, whose
+/// peak is the largest of any one of them).
+fn usage(who: libc::c_int) -> (Duration, f64) {
+    // SAFETY: an all-zero rusage is a valid value; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only the struct it is given.
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return (Duration::ZERO, 0.0);
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+        usage.ru_maxrss as f64 * 1024.0,
+    )
+}
 
 pub struct Row {
     pub name: String,
@@ -35,13 +71,42 @@ impl Report {
         anchor: Option<f64>,
         goal: Option<f64>,
     ) {
+        let name = name.into();
+        // Every figure shows up as soon as it is measured.
+        progress(format!("{name}: {} {unit}", num(value)));
         self.rows.push(Row {
-            name: name.into(),
+            name,
             value,
             unit,
             anchor,
             goal,
         });
+    }
+
+    /// Adds what the whole run used: CPU-seconds and peak RSS of this process and of the
+    /// processes it started and waited for (managers, the docker CLI, ...).
+    pub fn resources(&mut self) {
+        let mut add = |name: &str, value: f64, unit: &'static str| {
+            self.rows.push(Row {
+                name: name.into(),
+                value,
+                unit,
+                anchor: None,
+                goal: None,
+            })
+        };
+        let (cpu, rss) = usage(libc::RUSAGE_SELF);
+        add("run: shoal-bench CPU", cpu.as_secs_f64(), "CPU-s");
+        add("run: shoal-bench peak RSS", rss / MIB, "MiB");
+        let (cpu, rss) = usage(libc::RUSAGE_CHILDREN);
+        if cpu > Duration::ZERO || rss > 0.0 {
+            add(
+                "run: child processes CPU (waited for)",
+                cpu.as_secs_f64(),
+                "CPU-s",
+            );
+            add("run: largest child peak RSS", rss / MIB, "MiB");
+        }
     }
 
     pub fn to_table(&self) -> String {
@@ -114,6 +179,8 @@ impl Report {
         )
     }
 }
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// A number with 3 significant digits, without exponent.
 fn num(v: f64) -> String {

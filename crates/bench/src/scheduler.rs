@@ -406,14 +406,14 @@ pub fn run(args: Args) -> Report {
         let (total, lo, hi) = median(totals);
         let (reset, _, _) = median(resets);
         let (schedule, _, _) = median(schedules);
-        eprintln!(
-            "  … {label}: total {:.1} ms [{:.1}–{:.1}] (view {:.1} ms, schedule {:.1} ms)",
+        crate::report::progress(format!(
+            "{label}: total {:.1} ms [{:.1}–{:.1}] (view {:.1} ms, schedule {:.1} ms)",
             total * 1e3,
             lo * 1e3,
             hi * 1e3,
             reset * 1e3,
             schedule * 1e3
-        );
+        ));
         report.row(
             format!("{label}: total"),
             total * 1e3,

@@ -65,9 +65,7 @@ pub fn show(d: Duration) -> String {
     }
 }
 
-pub fn progress(msg: impl AsRef<str>) {
-    eprintln!("  … {}", msg.as_ref());
-}
+pub use crate::report::progress;
 
 pub fn free_addr() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -195,6 +195,10 @@ pub fn run(args: Args) -> Report {
     ));
 
     // --- Memory, in a fresh store -------------------------------------------------------
+    crate::report::progress(format!(
+        "memory: loading {} nodes and {} tasks into a fresh store",
+        args.nodes, args.tasks
+    ));
     let (node_bytes, task_bytes, snapshot_per_task) = {
         let store = Store::new();
         // Objects are made as they are inserted, so the growth is the store's alone.

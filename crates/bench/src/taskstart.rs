@@ -51,9 +51,7 @@ pub struct Args {
     shoal_bin: Option<PathBuf>,
 }
 
-fn progress(msg: impl AsRef<str>) {
-    eprintln!("  … {}", msg.as_ref());
-}
+use crate::report::progress;
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {

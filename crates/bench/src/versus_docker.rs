@@ -366,7 +366,7 @@ async fn cleanup_docker(made: &Mutex<Made>) -> Vec<String> {
     }
     made.lock().expect("lock").docker_services.clear();
     if swarm {
-        progress_line("docker: swarm leave --force");
+        crate::report::progress("docker: swarm leave --force");
         if let Err(e) = engine
             .leave_swarm(Some(LeaveSwarmOptions { force: true }))
             .await
@@ -438,7 +438,7 @@ async fn cleanup_shoal(made: &Mutex<Made>) -> Vec<String> {
     }
     let daemon = made.lock().expect("lock").shoal.take();
     if let Some(mut daemon) = daemon {
-        progress_line("shoal: stopping the daemon");
+        crate::report::progress("shoal: stopping the daemon");
         if let Err(e) = stop_daemon(&mut daemon.child) {
             problems.push(e);
         }
@@ -774,10 +774,6 @@ fn service_spec(name: &str, image: &str, replicas: usize, spec_gen: u64) -> Serv
     }
 }
 
-fn progress_line(msg: impl AsRef<str>) {
-    eprintln!("  … {}", msg.as_ref());
-}
-
 struct Ctx<'a> {
     args: &'a Args,
     system: System,
@@ -916,7 +912,7 @@ impl Ctx<'_> {
         // Remove it (not timed) and wait until its containers are gone.
         let t = Instant::now();
         remove_service(self.system, self.client, self.engine, &id).await?;
-        progress_line(format!(
+        crate::report::progress(format!(
             "{}: service removed, its containers gone ({:.2} s, not measured)",
             self.system,
             t.elapsed().as_secs_f64()
@@ -1074,7 +1070,7 @@ async fn bench(
             .collect();
         made.lock().expect("lock").networks_before = Some(networks);
         let addr = free_loopback_addr()?;
-        progress_line(format!("docker: swarm init --advertise-addr {addr}"));
+        crate::report::progress(format!("docker: swarm init --advertise-addr {addr}"));
         {
             let mut m = made.lock().expect("lock");
             m.swarm = true;
@@ -1112,7 +1108,7 @@ async fn bench(
     if let Some(bin) = bin {
         check_interrupted()?;
         let began = Instant::now();
-        progress_line(format!(
+        crate::report::progress(format!(
             "shoal: starting {} daemon --init --executor docker",
             bin.display()
         ));
