@@ -30,9 +30,9 @@
 //! than one commit each. When a manager becomes leader, every node READY in the store
 //! without a session here gets period × [`GRACE_PERIOD_MULTIPLIER_UNKNOWN`] to reconnect
 //! before it goes DOWN — and longer while the agents are still coming back: a node adopted
-//! at the election whose grace ends while sessions are still being opened here (one within
-//! the last period) is waiting its turn behind thousands of others, not gone, and gets one
-//! more period at a time, up to period × `RECONNECT_GRACE_MULTIPLIER_MAX` after the
+//! at the election (or one whose agent hung up since) whose grace ends while sessions are
+//! still being opened here (one within the last period) is waiting its turn behind
+//! thousands of others, not gone, and gets one more period at a time, up to period × `RECONNECT_GRACE_MULTIPLIER_MAX` after the
 //! election (SwarmKit has the fixed grace only: with 10,000 agents reconnecting to a new
 //! leader on a small machine, half of them went DOWN and their tasks were rescheduled — a
 //! failover restarting thousands of healthy tasks). A node that really died is then written
@@ -504,10 +504,10 @@ struct Live {
 struct Entry {
     live: Option<Live>,
     deadline: SystemTime,
-    /// Expected since this manager was elected (READY in the store then), and not connected
-    /// here since: its grace may be extended while reconnections go on (see
-    /// [`Sessions::expired`]).
-    adopted: bool,
+    /// Expected back without a session: READY in the store when this manager was elected and
+    /// not connected since, or hung up (its agent closed the session). Its grace may be
+    /// extended while reconnections go on (see [`Sessions::expired`]).
+    awaited: bool,
 }
 
 /// The dispatcher's decisions: which node has which session, and until when. Synchronous; the
@@ -660,17 +660,17 @@ impl Sessions {
                     Entry {
                         live: None,
                         deadline,
-                        adopted: true,
+                        awaited: true,
                     },
                 );
             }
         }
     }
 
-    /// Whether a node adopted at the election and past its grace is still waiting its turn
-    /// in a reconnection storm rather than gone: a session was opened here within the last
-    /// period (the agents are still coming back), and the election is less than period ×
-    /// [`RECONNECT_GRACE_MULTIPLIER_MAX`] ago.
+    /// Whether a node without a session (adopted at the election, or hung up) past its grace
+    /// is still waiting its turn in a reconnection storm rather than gone: a session was
+    /// opened here within the last period (the agents are still coming back), and the
+    /// election is less than period × [`RECONNECT_GRACE_MULTIPLIER_MAX`] ago.
     fn reconnections_go_on(&self, now: SystemTime) -> bool {
         let recent = |t: Option<SystemTime>, within: Duration| {
             t.is_some_and(|t| now.duration_since(t).unwrap_or_default() < within)
@@ -704,7 +704,7 @@ impl Sessions {
                 signal,
             }),
             deadline: now + self.period * GRACE_PERIOD_MULTIPLIER_NORMAL,
-            adopted: false,
+            awaited: false,
         };
         self.last_open = Some(now);
         if let Some(old) = self.insert(node_id, entry)
@@ -763,7 +763,10 @@ impl Sessions {
             // The dispatcher ended the session before (replaced, expired, leadership, ...).
             return false;
         }
-        if let Some(live) = self.nodes.get_mut(node_id).and_then(|e| e.live.take()) {
+        if let Some(entry) = self.nodes.get_mut(node_id)
+            && let Some(live) = entry.live.take()
+        {
+            entry.awaited = true;
             live.signal.end(EndReason::Hangup);
         }
         if !self.hung_up.iter().any(|n| n == node_id) {
@@ -798,7 +801,7 @@ impl Sessions {
         {
             let (_, id) = self.deadlines.pop_first().expect("looked at just before");
             match self.nodes.remove(&id) {
-                Some(entry) if entry.adopted && waiting => extended.push((id, entry)),
+                Some(entry) if entry.awaited && waiting => extended.push((id, entry)),
                 entry => {
                     if let Some(live) = entry.and_then(|e| e.live) {
                         live.signal.end(EndReason::Expired);
@@ -832,7 +835,7 @@ impl Sessions {
                 Entry {
                     live: None,
                     deadline: at,
-                    adopted: false,
+                    awaited: false,
                 },
             );
         }
@@ -3386,13 +3389,18 @@ mod tests {
         assert!(expired_at >= cap, "expired before the cap");
         assert!(expired_at <= cap + PERIOD * 2, "expired long after the cap");
 
-        // A node that reconnected and then went silent gets the normal grace only.
+        // A node that reconnected and then went silent gets the normal grace only; one whose
+        // agent hung up (and is reconnecting again) waits as the adopted ones do.
         let mut s = Sessions::new(PERIOD);
-        s.lead(9, ["back".to_string()], t(&clock));
+        s.lead(9, ["back".to_string(), "again".to_string()], t(&clock));
         let _back = s.open("back", t(&clock)).unwrap();
+        let again = s.open("again", t(&clock)).unwrap();
+        assert!(s.hang_up("again", &again.id));
         clock.advance(PERIOD * 3 + MS);
         s.open("other", t(&clock)).unwrap();
         assert_eq!(s.expired(t(&clock)), vec!["back".to_string()]);
+        clock.advance(PERIOD * 2);
+        assert_eq!(s.expired(t(&clock)), vec!["again".to_string()]);
     }
 
     #[test]
