@@ -1033,6 +1033,29 @@ async fn one_round(
     let after = task_view(clients, via, service).await?;
     let nodes = node_states(clients, via).await?;
     let r = TaskState::Running as i32;
+    // What each node's agent went through: why a task moved is told by its node's story.
+    let stories: HashMap<String, String> = fleet
+        .agents
+        .iter()
+        .map(|a| {
+            let log = a.lock().expect("agent log");
+            let broken = log
+                .broken
+                .as_ref()
+                .map(|(at, why)| {
+                    let ago = SystemTime::now().duration_since(*at).unwrap_or_default();
+                    format!("last break {:.1} s ago: {why}", ago.as_secs_f64())
+                })
+                .unwrap_or_default();
+            (
+                log.node_id.clone(),
+                format!(
+                    "agent: {} sessions so far, {broken}, last failed attempt: {}",
+                    log.sessions, log.last_error
+                ),
+            )
+        })
+        .collect();
     let mut restarted = Vec::new();
     for (id, (desired, state, node, message)) in &after {
         match before.get(id) {
@@ -1045,10 +1068,11 @@ async fn one_round(
                     let node_state = nodes.get(node).copied().unwrap_or_default();
                     restarted.push(format!(
                         "{id}: desired {d0} → {desired}, state {s0} → {state} ({message}); \
-                         node {node} is {}",
+                         node {node} is {} ({})",
                         node_status::State::try_from(node_state)
                             .map(|s| s.as_str_name())
-                            .unwrap_or("?")
+                            .unwrap_or("?"),
+                        stories.get(node).map(String::as_str).unwrap_or("no agent")
                     ));
                 }
             }

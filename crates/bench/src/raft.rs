@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use shoal_api::v1::control_client::ControlClient;
 use shoal_api::v1::{
-    Annotations, Cluster, Config, ConfigSpec, CreateConfigRequest, ListClustersRequest, Meta,
+    Annotations, Cluster, Config, ConfigSpec, CreateConfigRequest, ListClustersRequest,
+    ListNodesRequest, Meta, NodeRole, manager_status,
 };
 use shoal_node::{Daemon, DaemonConfig};
 use shoal_store::{By, Reader, Store};
@@ -369,6 +370,42 @@ async fn write_any(dialer: &Dialer, addrs: &[String], name: &str) -> Option<usiz
     None
 }
 
+/// The index in `addrs` of the leader, once some manager's store lists every manager of
+/// `addrs` as reachable and one of them as the leader.
+async fn stable_leader(dialer: &Dialer, addrs: &[String]) -> Option<usize> {
+    for a in addrs {
+        let Some(mut c) = control(dialer, a).await else {
+            continue;
+        };
+        let Ok(nodes) = c
+            .list_nodes(ListNodesRequest {
+                roles: vec![NodeRole::Manager as i32],
+                ..Default::default()
+            })
+            .await
+        else {
+            continue;
+        };
+        let statuses: Vec<_> = nodes
+            .into_inner()
+            .nodes
+            .into_iter()
+            .filter_map(|n| n.manager_status)
+            .collect();
+        let reachable = statuses
+            .iter()
+            .filter(|m| m.reachability == manager_status::Reachability::Reachable as i32)
+            .count();
+        if statuses.len() < addrs.len() || reachable < addrs.len() {
+            continue;
+        }
+        if let Some(leader) = statuses.iter().find(|m| m.leader) {
+            return addrs.iter().position(|a| *a == leader.addr);
+        }
+    }
+    None
+}
+
 async fn failover(args: &Args, bin: &Path, dir: &Path, report: &mut Report) {
     progress(format!(
         "failover: three manager processes, {} leader kills",
@@ -406,12 +443,18 @@ async fn failover(args: &Args, bin: &Path, dir: &Path, report: &mut Report) {
     for round in 0..args.kills {
         // Stable cluster: every manager running, a leader taking writes.
         let all = addrs(&managers);
+        // (A follower takes a write too, forwarding it: the leader is asked for by name.)
         let mut leader = None;
         let deadline = Instant::now() + Duration::from_secs(60);
         while leader.is_none() {
             seq += 1;
-            leader = write_any(&dialer, &all, &format!("f{seq}")).await;
+            if write_any(&dialer, &all, &format!("f{seq}")).await.is_some() {
+                leader = stable_leader(&dialer, &all).await;
+            }
             assert!(Instant::now() < deadline, "no leader before round {round}");
+            if leader.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         let leader = leader.expect("leader");
         // Let the restarted member catch up so a quorum survives the kill.
