@@ -107,7 +107,8 @@ fn the_swarmkit_walk_through_and_a_leader_killed() {
             && run
                 .stdout
                 .lines()
-                .any(|l| l.contains("Leader") && !l.contains(leader)))
+                // By hostname column, not substring: a node ID may contain "m1".
+                .any(|l| l.contains("Leader") && !l.split_whitespace().any(|w| w == leader)))
         .then_some(())
     });
     let out = c.shoal(&["service", "ls"]).ok();
