@@ -77,8 +77,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use shoal_api::v1::control_client::ControlClient;
 use shoal_api::v1::{
-    Annotations, ConfigSpec, CreateConfigRequest, ListNodesRequest, ListTasksRequest, NodeRole,
-    Task, TaskState, manager_status, node_status,
+    CreateConfigRequest, ListNodesRequest, ListTasksRequest, NodeRole, Task, TaskState,
+    manager_status, node_status,
 };
 use shoal_tls::{Credentials, Dialer};
 use tokio::sync::watch;
@@ -235,22 +235,11 @@ impl Clients {
     }
 }
 
-fn config_spec(name: &str) -> ConfigSpec {
-    ConfigSpec {
-        annotations: Some(Annotations {
-            name: name.into(),
-            ..Default::default()
-        }),
-        data: vec![b'x'; 64],
-        ..Default::default()
-    }
-}
-
 async fn write(client: &mut ControlClient<Channel>, name: &str) -> Result<(), String> {
     match tokio::time::timeout(
         Duration::from_secs(2),
         client.create_config(CreateConfigRequest {
-            spec: Some(config_spec(name)),
+            spec: Some(crate::raft::spec(name)),
         }),
     )
     .await
@@ -276,6 +265,12 @@ async fn stable_leader(clients: &Clients, via: usize, addrs: &[String]) -> Resul
     .map_err(|s| format!("ListNodes: {}", s.message()))?
     .into_inner()
     .nodes;
+    leader_index(&nodes, addrs)
+}
+
+/// The index in `addrs` of the leader the managers' Node objects name, once all of `addrs`
+/// are listed and reachable.
+pub fn leader_index(nodes: &[shoal_api::v1::Node], addrs: &[String]) -> Result<usize, String> {
     let statuses: Vec<_> = nodes
         .iter()
         .filter_map(|n| n.manager_status.clone())

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use shoal_api::v1::control_client::ControlClient;
 use shoal_api::v1::{
     Annotations, Cluster, Config, ConfigSpec, CreateConfigRequest, ListClustersRequest,
-    ListNodesRequest, Meta, NodeRole, manager_status,
+    ListNodesRequest, Meta, NodeRole,
 };
 use shoal_node::{Daemon, DaemonConfig};
 use shoal_store::{By, Reader, Store};
@@ -121,7 +121,8 @@ fn config(name: &str) -> Config {
     }
 }
 
-fn spec(name: &str) -> ConfigSpec {
+/// A small config (64 bytes of data) named `name`: the unit of write of the Raft scenarios.
+pub fn spec(name: &str) -> ConfigSpec {
     ConfigSpec {
         annotations: Some(Annotations {
             name: name.into(),
@@ -377,30 +378,14 @@ async fn stable_leader(dialer: &Dialer, addrs: &[String]) -> Option<usize> {
         let Some(mut c) = control(dialer, a).await else {
             continue;
         };
-        let Ok(nodes) = c
-            .list_nodes(ListNodesRequest {
-                roles: vec![NodeRole::Manager as i32],
-                ..Default::default()
-            })
-            .await
-        else {
-            continue;
+        let request = ListNodesRequest {
+            roles: vec![NodeRole::Manager as i32],
+            ..Default::default()
         };
-        let statuses: Vec<_> = nodes
-            .into_inner()
-            .nodes
-            .into_iter()
-            .filter_map(|n| n.manager_status)
-            .collect();
-        let reachable = statuses
-            .iter()
-            .filter(|m| m.reachability == manager_status::Reachability::Reachable as i32)
-            .count();
-        if statuses.len() < addrs.len() || reachable < addrs.len() {
-            continue;
-        }
-        if let Some(leader) = statuses.iter().find(|m| m.leader) {
-            return addrs.iter().position(|a| *a == leader.addr);
+        if let Ok(nodes) = c.list_nodes(request).await
+            && let Ok(leader) = crate::failover::leader_index(&nodes.into_inner().nodes, addrs)
+        {
+            return Some(leader);
         }
     }
     None
