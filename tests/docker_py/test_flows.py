@@ -66,6 +66,32 @@ class Flows(unittest.TestCase):
         self.assertEqual(after["JoinTokens"]["Manager"], before["JoinTokens"]["Manager"])
         self.assertGreater(after["Version"]["Index"], before["Version"]["Index"])
 
+    def test_01b_autolock_and_unlock_key_rotation(self):
+        # docker-py's test_rotate_manager_unlock_key, with autolock turned on and off.
+        self.assertEqual(self.api.get_unlock_key()["UnlockKey"], "")
+        self.client.swarm.reload()
+        spec = self.client.swarm.attrs["Spec"]
+        spec["EncryptionConfig"]["AutoLockManagers"] = True
+        version = self.client.swarm.attrs["Version"]["Index"]
+        self.api.update_swarm(version=version, swarm_spec=spec)
+        key = self.api.get_unlock_key()["UnlockKey"]
+        self.assertTrue(key.startswith("SWMKEY-1-"), key)
+        self.client.swarm.reload()
+        version = self.client.swarm.attrs["Version"]["Index"]
+        self.api.update_swarm(version=version, swarm_spec=self.client.swarm.attrs["Spec"],
+                              rotate_manager_unlock_key=True)
+        rotated = self.api.get_unlock_key()["UnlockKey"]
+        self.assertTrue(rotated.startswith("SWMKEY-1-") and rotated != key, rotated)
+        with self.assertRaises(APIError) as caught:
+            self.api.unlock_swarm({"UnlockKey": rotated})
+        self.assertEqual(caught.exception.status_code, 409)
+        self.client.swarm.reload()
+        spec = self.client.swarm.attrs["Spec"]
+        spec["EncryptionConfig"]["AutoLockManagers"] = False
+        self.api.update_swarm(version=self.client.swarm.attrs["Version"]["Index"],
+                              swarm_spec=spec)
+        self.assertEqual(self.api.get_unlock_key()["UnlockKey"], "")
+
     def test_02_init_twice_is_refused(self):
         with self.assertRaises(APIError) as caught:
             self.client.swarm.init(advertise_addr=os.environ["SHOAL_ADDR"],
@@ -74,6 +100,10 @@ class Flows(unittest.TestCase):
         self.assertIn("This node is already part of a swarm.", caught.exception.explanation)
 
     def test_03_nodes(self):
+        # The node's own session writes it READY once: read it after that, so the update
+        # below names the version it read.
+        eventually("the node to be ready", lambda: self.client.nodes.get(self.node_id)
+                   .attrs["Status"]["State"] == "ready")
         nodes = self.client.nodes.list()
         self.assertEqual(len(nodes), 1)
         self.assertEqual(len(self.client.nodes.list(filters={"role": "worker"})), 0)

@@ -21,6 +21,7 @@ pub mod labels;
 pub mod naming;
 pub mod shared;
 pub mod task_state;
+pub mod unlock_key;
 pub mod validation;
 
 /// Generated protobuf messages and gRPC services of package `shoal.v1`.

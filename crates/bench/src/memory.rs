@@ -366,8 +366,10 @@ fn in_process(args: &Args, report: &mut Report) {
     let dir_a = temp_dir("bootstrap");
     progress("RaftNode::bootstrap with the loaded state (encode, durable install, restore)");
     let start = Instant::now();
+    // One keyring for every log of this run: the restore below opens the same log again.
+    let keys = shoal_raft::DataKeys::generate();
     let log = LogStore::open(Box::new(
-        RedbLog::open(dir_a.path()).expect("opening the log"),
+        RedbLog::open(dir_a.path(), keys.clone()).expect("opening the log"),
     ))
     .expect("log store");
     let member = RaftMember {
@@ -390,7 +392,7 @@ fn in_process(args: &Args, report: &mut Report) {
     for r in 0..args.runs.max(1) {
         progress(format!("snapshot durable write, run {}", r + 1));
         let dir = temp_dir("write");
-        let log = RedbLog::open(dir.path()).expect("opening the log");
+        let log = RedbLog::open(dir.path(), keys.clone()).expect("opening the log");
         let start = Instant::now();
         log.save_snapshot(&snapshot, snapshot_index + 1)
             .expect("saving the snapshot");
@@ -413,7 +415,7 @@ fn in_process(args: &Args, report: &mut Report) {
         let cpu = cpu_self();
         let start = Instant::now();
         let log = LogStore::open(Box::new(
-            RedbLog::open(dir_a.path()).expect("opening the log"),
+            RedbLog::open(dir_a.path(), keys.clone()).expect("opening the log"),
         ))
         .expect("log store");
         let read = start.elapsed();

@@ -36,9 +36,14 @@ pub enum LocalState {
 }
 
 impl LocalState {
-    /// Whether this node is a manager.
+    /// Whether this node is a manager (an unlocked one: a locked manager serves nothing).
     pub fn is_manager(&self) -> bool {
-        matches!(self, LocalState::Active(info) if info.role == NodeRole::Manager as i32)
+        matches!(self, LocalState::Active(info) if info.role == NodeRole::Manager as i32 && !info.locked)
+    }
+
+    /// Whether this node is a locked manager (autolock), waiting for its unlock key.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, LocalState::Active(info) if info.locked)
     }
 
     /// moby's `Swarm` header: `inactive`, `active/manager`, `active/worker` or `error`.

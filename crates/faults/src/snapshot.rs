@@ -1,7 +1,8 @@
 //! A manager's own store, read without asking it through the Control API (which forwards every
 //! call to the leader): its Raft snapshot file and its Watch history.
 //!
-//! - [`read_snapshot`] reads `<state>/raft/snapshot.bin` from the bind-mounted state directory:
+//! - [`read_snapshot`] reads `<state>/raft/snapshot.bin` from the bind-mounted state directory,
+//!   opened with the data keys beside the node's TLS key (see `shoal_raft::encryption`):
 //!   raft-rs's `Snapshot` (metadata: index and term) whose data is Shoal's `Snapshot`
 //!   (`store.proto`), holding the `StoreSnapshot` — its store version and every config. The file
 //!   is replaced by rename, so a read sees one whole snapshot. The protobuf is walked by hand
@@ -162,13 +163,27 @@ pub fn parse_snapshot(bytes: &[u8]) -> Option<SnapshotFile> {
     })
 }
 
-/// Reads a node's snapshot file (`<state_dir>/raft/snapshot.bin`); `Ok(None)` if there is none.
+/// Reads a node's snapshot file (`<state_dir>/raft/snapshot.bin`), sealed with the data keys
+/// kept beside its TLS key (`certificates/node.key`; the faults clusters are not autolocked);
+/// `Ok(None)` if there is none.
 pub fn read_snapshot(state_dir: &Path) -> Result<Option<SnapshotFile>, String> {
     let path = state_dir.join("raft").join("snapshot.bin");
     match std::fs::read(&path) {
-        Ok(bytes) => parse_snapshot(&bytes)
-            .map(Some)
-            .ok_or_else(|| format!("{}: not a snapshot this reader understands", path.display())),
+        Ok(sealed) => {
+            let key_file = state_dir.join("certificates").join("node.key");
+            let keys = std::fs::read_to_string(&key_file)
+                .map_err(|e| format!("{}: {e}", key_file.display()))
+                .and_then(|text| {
+                    shoal_raft::DataKeys::from_pem(&text)
+                        .map_err(|e| format!("{}: {e}", key_file.display()))?
+                        .ok_or_else(|| format!("{}: no raft data keys", key_file.display()))
+                })?;
+            let bytes = shoal_raft::storage::open_snapshot_file(&sealed, &keys)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            parse_snapshot(&bytes).map(Some).ok_or_else(|| {
+                format!("{}: not a snapshot this reader understands", path.display())
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }

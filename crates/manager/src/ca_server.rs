@@ -238,9 +238,13 @@ impl Ca for CaServer {
         request: Request<GetUnlockKeyRequest>,
     ) -> Result<Response<GetUnlockKeyResponse>, Status> {
         self.authorizer.check(&request, Access::Managers)?;
-        Err(Status::unimplemented(
-            "get_unlock_key is not available yet in this version of Shoal (it comes with autolock)",
-        ))
+        let cluster = self.cluster()?;
+        Ok(Response::new(GetUnlockKeyResponse {
+            unlock_key: crate::cluster::unlock_key(&cluster)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+            version: cluster.meta.as_ref().map(|m| m.version).unwrap_or_default(),
+        }))
     }
 }
 

@@ -6,9 +6,9 @@ use std::time::SystemTime;
 
 use shoal_api::defaults;
 use shoal_api::v1::{
-    Annotations, CaConfig, Certificate, Cluster, ClusterSpec, DispatcherConfig, IssuanceStatus,
-    JoinTokens, Meta, Node, NodeDescription, NodeRole, NodeSpec, OrchestrationConfig, RaftConfig,
-    RootCa, issuance_status, node_spec,
+    Annotations, CaConfig, Certificate, Cluster, ClusterSpec, DispatcherConfig, EncryptionKey,
+    IssuanceStatus, JoinTokens, Meta, Node, NodeDescription, NodeRole, NodeSpec,
+    OrchestrationConfig, RaftConfig, RootCa, issuance_status, node_spec,
 };
 use shoal_ca::{CaError, JoinToken, RootCa as CaRoot};
 use shoal_store::{Action, Change, ChangeSet, Object};
@@ -157,9 +157,66 @@ pub fn initial_state(mut cluster: Cluster, mut node: Node, now: SystemTime) -> C
     }
 }
 
-/// The cluster as clients may see it: without the CA's private keys.
+/// The subsystem of the managers' unlock key in `Cluster.unlock_keys`.
+pub const UNLOCK_KEY_SUBSYSTEM: &str = "manager";
+
+/// Whether the cluster's managers are autolocked.
+pub fn autolock(cluster: &Cluster) -> bool {
+    cluster
+        .spec
+        .as_ref()
+        .and_then(|s| s.encryption_config.as_ref())
+        .is_some_and(|e| e.auto_lock_managers)
+}
+
+/// The managers' unlock key, while autolock is on.
+pub fn unlock_key(cluster: &Cluster) -> Option<&[u8]> {
+    if !autolock(cluster) {
+        return None;
+    }
+    cluster
+        .unlock_keys
+        .iter()
+        .find(|k| k.subsystem == UNLOCK_KEY_SUBSYSTEM && !k.key.is_empty())
+        .map(|k| k.key.as_slice())
+}
+
+/// A new random unlock key, as the cluster object keeps it.
+pub fn new_unlock_key() -> EncryptionKey {
+    EncryptionKey {
+        subsystem: UNLOCK_KEY_SUBSYSTEM.to_string(),
+        algorithm: "chacha20-poly1305".to_string(),
+        key: rand::random::<[u8; shoal_api::unlock_key::KEY_LEN]>().to_vec(),
+        lamport_time: 0,
+    }
+}
+
+/// Makes the cluster's unlock keys follow its spec: a key while autolock is on (a new one if
+/// there is none, or if `rotate`), none while it is off. Rotating with autolock off is
+/// refused, saying why.
+pub fn reconcile_unlock_key(cluster: &mut Cluster, rotate: bool) -> Result<(), String> {
+    if autolock(cluster) {
+        if rotate || unlock_key(cluster).is_none() {
+            cluster.unlock_keys = vec![new_unlock_key()];
+        }
+    } else {
+        if rotate {
+            return Err(
+                "the unlock key cannot be rotated: autolock is off, so there is no \
+                        key; turn it on with `shoal swarm update --autolock=true`"
+                    .into(),
+            );
+        }
+        cluster.unlock_keys.clear();
+    }
+    Ok(())
+}
+
+/// The cluster as clients may see it: without the CA's private keys and the unlock key
+/// (which `GetUnlockKey` gives to managers).
 pub fn redacted(cluster: &Cluster) -> Cluster {
     let mut c = cluster.clone();
+    c.unlock_keys.clear();
     if let Some(root) = c.root_ca.as_mut() {
         root.ca_key.clear();
         if let Some(rotation) = root.root_rotation.as_mut() {

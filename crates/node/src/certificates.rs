@@ -24,6 +24,7 @@ use shoal_raft::service::LEADER_ADDR_METADATA;
 use shoal_tls::{Dialer, NodeCertificates};
 
 use crate::error::NodeError;
+use crate::keys::NodeKeys;
 
 /// A certificate obtained with a join token.
 pub struct Issued {
@@ -154,9 +155,26 @@ pub(crate) fn leader_of(status: &tonic::Status) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The certificates kept in `<state>/certificates/`, if the node has any. A renewal cut
-/// short by a crash is finished here (see [`save_certificates`]).
+/// The certificates kept in `<state>/certificates/`, if the node has any, when its key file
+/// is not locked ([`NodeError::Locked`] if it is; a daemon opens its keys with
+/// [`NodeKeys::open`] and calls [`load_with`]).
 pub fn load(state: &Path) -> Result<Option<NodeCertificates>, NodeError> {
+    match NodeKeys::open(state, None)? {
+        Some(keys) => load_with(&keys),
+        None => load_files(state, None),
+    }
+}
+
+/// The certificates kept beside `keys`, if the node has any. A renewal cut short by a crash
+/// is finished here (see [`save_certificates`]).
+pub fn load_with(keys: &NodeKeys) -> Result<Option<NodeCertificates>, NodeError> {
+    load_files(keys.state(), Some(keys.tls_key_pem()))
+}
+
+fn load_files(
+    state: &Path,
+    key_pem: Option<String>,
+) -> Result<Option<NodeCertificates>, NodeError> {
     let dir = state.join("certificates");
     let read = |name: &str| -> Result<Option<String>, NodeError> {
         let path = dir.join(name);
@@ -166,7 +184,7 @@ pub fn load(state: &Path) -> Result<Option<NodeCertificates>, NodeError> {
             Err(e) => Err(NodeError::io(format!("reading {}", path.display()), e)),
         }
     };
-    match (read("root-ca.crt")?, read("node.crt")?, read("node.key")?) {
+    match (read("root-ca.crt")?, read("node.crt")?, key_pem) {
         (Some(root_pem), Some(cert_pem), Some(key_pem)) => {
             let mut certificates = NodeCertificates {
                 root_pem,
@@ -227,18 +245,20 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Saves the certificates under `<state>/certificates/`.
-pub fn save(state: &Path, issued: &Issued) -> Result<(), NodeError> {
-    save_certificates(state, &issued.certificates())
+/// Saves the certificates of a node that has just got its first ones.
+pub fn save(keys: &NodeKeys, issued: &Issued) -> Result<(), NodeError> {
+    save_certificates(keys, &issued.certificates())
 }
 
 /// Saves `certificates` under `<state>/certificates/` (0700) so that a crash at any point
 /// leaves a usable key and certificate: both are written in full beside the old ones
-/// (`*.new`), then the key is renamed into place, then the certificate. A crash between the
-/// two renames leaves the new key with the old certificate, and the new certificate in
-/// `node.crt.new`; [`load`] sees that the pair does not match and finishes the swap.
-pub fn save_certificates(state: &Path, issued: &NodeCertificates) -> Result<(), NodeError> {
-    let dir = state.join("certificates");
+/// (`*.new`), then the key file is renamed into place, then the certificate. A crash between
+/// the two renames leaves the new key with the old certificate, and the new certificate in
+/// `node.crt.new`; [`load_with`] sees that the pair does not match and finishes the swap. The
+/// key file keeps what else it holds (a manager's Raft data keys) and its sealing (autolock):
+/// `keys` writes it.
+pub fn save_certificates(keys: &NodeKeys, issued: &NodeCertificates) -> Result<(), NodeError> {
+    let dir = keys.state().join("certificates");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -252,17 +272,18 @@ pub fn save_certificates(state: &Path, issued: &NodeCertificates) -> Result<(), 
             .and_then(|()| std::fs::rename(dir.join("root-ca.crt.new"), &root))
             .map_err(|e| io("writing root-ca.crt", e))?;
     }
-    write_new(&dir.join("node.key.new"), &issued.key_pem, 0o600)
-        .map_err(|e| io("writing node.key.new", e))?;
-    write_new(&dir.join("node.crt.new"), &issued.cert_pem, 0o644)
-        .map_err(|e| io("writing node.crt.new", e))?;
-    sync_dir(&dir).map_err(|e| io("syncing", e))?;
-    std::fs::rename(dir.join("node.key.new"), dir.join("node.key"))
-        .map_err(|e| io("replacing node.key", e))?;
-    std::fs::rename(dir.join("node.crt.new"), dir.join("node.crt"))
-        .map_err(|e| io("replacing node.crt", e))?;
-    sync_dir(&dir).map_err(|e| io("syncing", e))?;
-    Ok(())
+    keys.replace_tls_key(&issued.key_pem, |key_file| {
+        write_new(&dir.join("node.key.new"), key_file, 0o600)
+            .map_err(|e| io("writing node.key.new", e))?;
+        write_new(&dir.join("node.crt.new"), &issued.cert_pem, 0o644)
+            .map_err(|e| io("writing node.crt.new", e))?;
+        sync_dir(&dir).map_err(|e| io("syncing", e))?;
+        std::fs::rename(dir.join("node.key.new"), dir.join("node.key"))
+            .map_err(|e| io("replacing node.key", e))?;
+        std::fs::rename(dir.join("node.crt.new"), dir.join("node.crt"))
+            .map_err(|e| io("replacing node.crt", e))?;
+        sync_dir(&dir).map_err(|e| io("syncing", e))
+    })
 }
 
 #[cfg(test)]
@@ -298,7 +319,7 @@ mod tests {
         let root =
             shoal_ca::RootCa::generate(SystemTime::now(), Duration::from_secs(86400)).unwrap();
         let old = issue(&root);
-        save_certificates(dir.path(), &old).unwrap();
+        save_certificates(&NodeKeys::new(dir.path()), &old).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(old.clone()));
         let certs = dir.path().join("certificates");
         use std::os::unix::fs::PermissionsExt;

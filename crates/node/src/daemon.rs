@@ -43,6 +43,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::agent::{Agent, AgentExit, SessionSink, SessionSlot};
 use crate::error::NodeError;
+use crate::keys::{NodeKeys, UnlockKey};
 use crate::local::{LeaveRequest, LocalRequest, LocalSwarm, NewClusterRequest, NotAManager};
 use crate::renewal::{Managers, Renewer};
 use crate::state_dir::{NodeIdentity, StateDir};
@@ -84,6 +85,14 @@ pub struct DaemonConfig {
     /// Labels the node describes itself with (`--label`), matched by `engine.labels.*`
     /// constraints.
     pub labels: Vec<shoal_api::v1::Label>,
+    /// The cluster's unlock key, for a manager whose keys are sealed with it (autolock): given
+    /// by `shoal swarm unlock` to a locked daemon, kept in memory only.
+    pub unlock_key: Option<UnlockKey>,
+    /// Bring a cluster back from this backup (`shoal daemon --restore FILE
+    /// --force-new-cluster`), as a new cluster whose only manager is this node.
+    pub restore: Option<PathBuf>,
+    /// With `init`: lock the new cluster's managers with an unlock key (`--autolock`).
+    pub autolock: bool,
 }
 
 /// What runs a node's tasks (`--executor`).
@@ -133,6 +142,9 @@ impl DaemonConfig {
             process_shim: None,
             availability: shoal_api::v1::node_spec::Availability::Active,
             labels: Vec::new(),
+            unlock_key: None,
+            restore: None,
+            autolock: false,
         }
     }
 
@@ -159,7 +171,8 @@ impl DaemonConfig {
         }
         if self.join_addr.is_some() && self.join_token.is_none() {
             return Err(NodeError::Config(
-                "--join-addr needs --join-token: get one on a manager of the cluster with                  `shoal swarm join-token manager` (or worker)"
+                "--join-addr needs --join-token: get one on a manager of the cluster with \
+                 `shoal swarm join-token manager` (or worker)"
                     .into(),
             ));
         }
@@ -171,6 +184,26 @@ impl DaemonConfig {
         }
         if self.tick_interval.is_zero() {
             return Err(NodeError::Config("--tick-interval must be positive".into()));
+        }
+        if self.restore.is_some() && !self.force_new_cluster {
+            return Err(NodeError::Config(
+                "--restore needs --force-new-cluster: a restored cluster is a new cluster whose \
+                 only manager is this node (add more with `shoal swarm join-token manager`)"
+                    .into(),
+            ));
+        }
+        if self.restore.is_some() && (self.init || self.join_addr.is_some()) {
+            return Err(NodeError::Config(
+                "--restore excludes --init and --join-addr: it starts the restored cluster itself"
+                    .into(),
+            ));
+        }
+        if self.autolock && !self.init {
+            return Err(NodeError::Config(
+                "--autolock goes with --init (a new cluster); for a running cluster use \
+                 `shoal swarm update --autolock=true`"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -186,6 +219,8 @@ pub struct Daemon {
     control: tokio::net::UnixListener,
     /// This node's certificates, shared by its server and its dialers; renewal swaps them.
     credentials: Credentials,
+    /// The node's key file: TLS key, a manager's Raft data keys, autolock.
+    keys: NodeKeys,
     /// The managers this node knows.
     managers: Managers,
     role: Role,
@@ -214,6 +249,8 @@ struct ManagerParts {
     driver: RaftDriver,
     transport: Arc<GrpcTransport>,
     store: Store,
+    /// The Raft log, kept to rotate its data key.
+    log: Arc<RedbLog>,
 }
 
 /// Why [`Daemon::serve`] returned.
@@ -381,6 +418,82 @@ async fn follow_snapshot_policy(store: Store, raft: RaftHandle) {
     }
 }
 
+/// Keeps this manager's key file sealed as the cluster says: with the cluster's unlock key
+/// while autolock is on, in clear while it is off. When a key is set or changes (autolock
+/// turned on, the key rotated, or rotated while this manager was down), the file is sealed
+/// with the new key first and then the Raft data key rotates: the data keys used from then on
+/// were never on disk in clear or under an old unlock key. Until the store holds the cluster
+/// object (a manager still joining), nothing changes.
+async fn follow_autolock(
+    store: Store,
+    keys: NodeKeys,
+    log: Arc<RedbLog>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    use shoal_store::{By, Filter, Reader};
+    loop {
+        let (wanted, mut changes) = store.view_and_watch(
+            Filter::all().kind(shoal_api::v1::ObjectKind::Cluster),
+            |tx| {
+                tx.find::<shoal_api::v1::Cluster>(By::All)
+                    .first()
+                    .map(|c| shoal_manager::cluster::unlock_key(c).and_then(UnlockKey::from_bytes))
+            },
+        );
+        if let Some(wanted) = wanted
+            && wanted != keys.unlock_key()
+        {
+            let result = follow_unlock_key(&keys, &log, wanted).await;
+            if let Err(e) = result {
+                tracing::warn!(
+                    "sealing this manager's keys as the cluster asks failed: {e}; retrying"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+            }
+        }
+        tokio::select! {
+            next = changes.next() => {
+                if matches!(next, Err(shoal_store::WatchError::Closed)) {
+                    return;
+                }
+            }
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Seals the key file with `wanted` (or in clear), then rotates the data key if a key was set.
+async fn follow_unlock_key(
+    keys: &NodeKeys,
+    log: &Arc<RedbLog>,
+    wanted: Option<UnlockKey>,
+) -> Result<(), NodeError> {
+    let locking = wanted.is_some();
+    let keys = keys.clone();
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
+        keys.set_unlock_key(wanted)?;
+        if locking {
+            tracing::info!(
+                "autolock: this manager's keys are sealed with the cluster's unlock key; \
+                 rotating the raft data key"
+            );
+            log.rotate_data_key(&|k| {
+                keys.set_raft_keys(Some(k.clone()))
+                    .map_err(|e| shoal_raft::RaftError::Storage(e.to_string()))
+            })?;
+        } else {
+            tracing::info!("autolock is off: this manager's keys are no longer sealed");
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| NodeError::Serve(e.to_string()))?
+}
+
 async fn announce_address(handle: RaftHandle, identity: NodeIdentity, dialer: Dialer) {
     let me = RaftMember {
         raft_id: identity.raft_id,
@@ -441,7 +554,7 @@ pub(crate) async fn join_cluster(
     availability: shoal_api::v1::node_spec::Availability,
 ) -> Result<(NodeIdentity, crate::certificates::Issued), NodeError> {
     let issued = crate::certificates::obtain_with(addr, token, availability).await?;
-    crate::certificates::save(state_dir.path(), &issued)?;
+    crate::certificates::save(&NodeKeys::new(state_dir.path()), &issued)?;
     let identity = NodeIdentity {
         node_id: issued.identity.node_id.clone(),
         raft_id: 0,
@@ -483,33 +596,41 @@ impl Daemon {
         let control = bind_control_socket(&control_path(&config, &state_dir))?;
         match state_dir.identity()? {
             Some(identity) => {
-                if config.init || config.join_addr.is_some() {
+                if config.init || config.join_addr.is_some() || config.restore.is_some() {
                     return Err(NodeError::Config(format!(
                         "this node already belongs to a cluster (state in {}); start it without \
-                         --init/--join-addr to resume, or use another --state-dir",
+                         --init/--join-addr/--restore to resume, or use another (empty) \
+                         --state-dir",
                         config.state_dir.display()
                     )));
                 }
+                let no_certificates = || {
+                    NodeError::StateDir(format!(
+                        "{} has no certificates: this node cannot prove who it is; restore \
+                         them from a backup, or leave the cluster and join again",
+                        state_dir.path().join("certificates").display()
+                    ))
+                };
+                let keys = NodeKeys::open(state_dir.path(), config.unlock_key.as_ref())?
+                    .ok_or_else(no_certificates)?;
                 let certificates =
-                    crate::certificates::load(state_dir.path())?.ok_or_else(|| {
-                        NodeError::StateDir(format!(
-                            "{} has no certificates: this node cannot prove who it is; restore \
-                             them from a backup, or leave the cluster and join again",
-                            state_dir.path().join("certificates").display()
-                        ))
-                    })?;
+                    crate::certificates::load_with(&keys)?.ok_or_else(no_certificates)?;
                 let credentials = credentials_from(certificates)?;
                 let managers = Managers::new(identity.managers.clone());
-                match credentials.identity().role {
-                    NodeRole::Manager => {
-                        Self::manager(config, state_dir, control, identity, credentials, managers)
-                            .await
-                    }
-                    NodeRole::Worker => {
-                        Self::worker(config, state_dir, control, identity, credentials, managers)
-                    }
+                let node = NodeParts {
+                    state_dir,
+                    control,
+                    identity,
+                    credentials,
+                    keys,
+                    managers,
+                };
+                match node.credentials.identity().role {
+                    NodeRole::Manager => Self::manager(config, node).await,
+                    NodeRole::Worker => Self::worker(config, node),
                 }
             }
+            None if config.restore.is_some() => Self::restore(config, state_dir, control).await,
             None if config.init => Self::init(config, state_dir, control).await,
             None => {
                 let (Some(join_addr), Some(token)) = (&config.join_addr, &config.join_token) else {
@@ -524,14 +645,19 @@ impl Daemon {
                     join_cluster(&state_dir, join_addr, token, config.availability).await?;
                 let credentials = credentials_from(issued.certificates())?;
                 let managers = Managers::new(identity.managers.clone());
+                let keys = NodeKeys::open(state_dir.path(), None)?
+                    .unwrap_or_else(|| NodeKeys::new(state_dir.path()));
+                let node = NodeParts {
+                    state_dir,
+                    control,
+                    identity,
+                    credentials,
+                    keys,
+                    managers,
+                };
                 match issued.identity.role {
-                    NodeRole::Manager => {
-                        Self::manager(config, state_dir, control, identity, credentials, managers)
-                            .await
-                    }
-                    NodeRole::Worker => {
-                        Self::worker(config, state_dir, control, identity, credentials, managers)
-                    }
+                    NodeRole::Manager => Self::manager(config, node).await,
+                    NodeRole::Worker => Self::worker(config, node),
                 }
             }
         }
@@ -579,66 +705,168 @@ impl Daemon {
     ) -> Result<Self, NodeError> {
         let (listener, advertise) = Self::bind_remote(&config).await?;
         let state = Arc::new(StateMachine::new(DEFAULT_WATCH_CAPACITY));
-        let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
-        let identity = NodeIdentity {
-            node_id: shoal_api::id::new_id(),
-            raft_id: loop {
-                let id: u64 = rand::random();
-                if id != 0 {
-                    break id;
-                }
-            },
-            advertise_addr: advertise.clone(),
-            managers: Vec::new(),
-        };
-        let member = RaftMember {
-            raft_id: identity.raft_id,
-            node_id: identity.node_id.clone(),
-            addr: advertise.clone(),
-        };
         // The cluster object (root CA, join tokens, default spec) is part of the first
         // snapshot, so every manager that ever joins has it.
         let now = std::time::SystemTime::now();
-        let cluster = shoal_manager::cluster::new_cluster(now)
+        let mut cluster = shoal_manager::cluster::new_cluster(now)
             .map_err(|e| NodeError::Config(format!("creating the cluster CA: {e}")))?;
+        if config.autolock {
+            cluster
+                .spec
+                .get_or_insert_with(Default::default)
+                .encryption_config
+                .get_or_insert_with(Default::default)
+                .auto_lock_managers = true;
+            shoal_manager::cluster::reconcile_unlock_key(&mut cluster, false)
+                .map_err(NodeError::Config)?;
+        }
+        let autolocked = shoal_manager::cluster::unlock_key(&cluster).is_some();
         let tokens = cluster
             .root_ca
             .as_ref()
             .and_then(|r| r.join_tokens.clone())
             .unwrap_or_default();
-        // The first manager's certificate, from the new root, and its Node object.
-        let (mut node_object, cert_pem, key_pem) = shoal_manager::cluster::first_manager(
-            &cluster,
-            &identity.node_id,
-            &config.hostname,
-            now,
-        )
-        .map_err(|e| NodeError::Config(format!("issuing this manager's certificate: {e}")))?;
-        node_object
-            .spec
-            .get_or_insert_with(Default::default)
-            .availability = config.availability as i32;
-        let root_pem = cluster
-            .root_ca
-            .as_ref()
-            .map(|r| String::from_utf8_lossy(&r.ca_cert).into_owned())
-            .unwrap_or_default();
-        let cert_identity = shoal_ca::parse_node_certificate(&cert_pem)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
-        let issued = crate::certificates::Issued {
-            root_pem,
-            cert_pem,
-            key_pem,
-            identity: cert_identity,
-        };
-        crate::certificates::save(state_dir.path(), &issued)?;
+        let first = FirstManager::new(&config, &state_dir, &cluster, &advertise, now)?;
         state
             .apply(shoal_manager::cluster::initial_state(
                 cluster,
-                node_object,
+                first.node_object.clone(),
                 now,
             ))
             .map_err(|e| NodeError::Config(format!("creating the cluster object: {e}")))?;
+        Self::bootstrap(
+            config,
+            state_dir,
+            control,
+            listener,
+            state,
+            first,
+            |identity| {
+                // Like `docker swarm init`: say how to add to the new cluster. Neither the
+                // manager token nor the unlock key is printed: logs are read by more people
+                // than should hold them.
+                eprintln!(
+                    "Cluster initialized: this node ({}) is now a manager.\n\nTo add a worker to \
+                     this cluster, run on the other machine:\n\n    shoal daemon --join-addr \
+                     {advertise} --join-token {}\n\nTo add a manager, run `shoal swarm \
+                     join-token manager` here and follow the instructions.\n",
+                    identity.node_id, tokens.worker
+                );
+                if autolocked {
+                    eprintln!(
+                        "The managers of this cluster are autolocked: a restarted manager serves \
+                         nothing until it is given the unlock key with `shoal swarm unlock`. Run \
+                         `shoal swarm unlock-key` here to see the key, and keep it safe.\n"
+                    );
+                }
+            },
+        )
+    }
+
+    /// A cluster brought back from a backup (`--restore FILE --force-new-cluster`): the
+    /// store as the backup holds it — same cluster ID, root CA, join tokens, unlock key,
+    /// nodes, services, tasks, networks, secrets and configs — in a new Raft cluster whose only
+    /// member is this node, a new manager with a new node ID and a certificate from the
+    /// backup's root CA. The nodes of the old cluster stay in the store (workers whose
+    /// certificates are still valid can reconnect once they can reach this manager; the old
+    /// managers are no members: remove them with `shoal node rm`). A backup sealed with
+    /// the unlock key needs it ([`NodeError::Locked`] until it is given), and this manager is
+    /// autolocked from its first write, as the cluster was.
+    async fn restore(
+        config: DaemonConfig,
+        state_dir: StateDir,
+        control: tokio::net::UnixListener,
+    ) -> Result<Self, NodeError> {
+        use prost::Message;
+        let path = config.restore.clone().expect("restore was asked for");
+        let bytes = std::fs::read(&path)
+            .map_err(|e| NodeError::io(format!("reading the backup {}", path.display()), e))?;
+        let backup = crate::backup::Backup::parse(bytes, &path.display().to_string())?;
+        let content = backup.open(config.unlock_key.as_ref())?;
+        let snapshot = shoal_api::v1::StoreSnapshot::decode(content.as_slice()).map_err(|e| {
+            NodeError::Config(format!(
+                "{} does not hold a store snapshot this Shoal reads ({e})",
+                path.display()
+            ))
+        })?;
+        let cluster = snapshot.clusters.first().cloned().ok_or_else(|| {
+            NodeError::Config(format!(
+                "{} holds no cluster object (no root CA to start from); it is not a backup of \
+                 a cluster",
+                path.display()
+            ))
+        })?;
+        let (listener, advertise) = Self::bind_remote(&config).await?;
+        let state = Arc::new(StateMachine::new(DEFAULT_WATCH_CAPACITY));
+        state.restore(snapshot).map_err(|e| {
+            NodeError::Config(format!(
+                "the state in {} is refused ({e}); nothing was written",
+                path.display()
+            ))
+        })?;
+        let now = std::time::SystemTime::now();
+        let first = FirstManager::new(&config, &state_dir, &cluster, &advertise, now)?;
+        let mut node_object = first.node_object.clone();
+        let meta = node_object.meta.get_or_insert_with(Default::default);
+        meta.created_at = Some(now.into());
+        meta.updated_at = Some(now.into());
+        state
+            .apply(shoal_store::ChangeSet {
+                changes: vec![shoal_store::Change {
+                    action: shoal_store::Action::Create,
+                    object: shoal_store::Object::Node(Arc::new(node_object)),
+                }],
+                reads: vec![],
+            })
+            .map_err(|e| NodeError::Config(format!("recording this manager: {e}")))?;
+        let header = backup.header;
+        Self::bootstrap(
+            config,
+            state_dir,
+            control,
+            listener,
+            state,
+            first,
+            |identity| {
+                tracing::warn!(
+                    cluster_id = %header.cluster_id,
+                    "restored the cluster from {} (taken {} on node {} at store version {}: \
+                     {}); this node ({}) is its only manager",
+                    path.display(),
+                    header.taken_at,
+                    header.taken_on,
+                    header.store_version,
+                    header.contents(),
+                    identity.node_id,
+                );
+            },
+        )
+    }
+
+    /// Starts Raft as the only member of a cluster whose store `state` holds, then serves:
+    /// `announce` runs once the node's identity is saved.
+    fn bootstrap(
+        config: DaemonConfig,
+        state_dir: StateDir,
+        control: tokio::net::UnixListener,
+        listener: tokio::net::TcpListener,
+        state: Arc<StateMachine>,
+        first: FirstManager,
+        announce: impl FnOnce(&NodeIdentity),
+    ) -> Result<Self, NodeError> {
+        let FirstManager {
+            identity,
+            node_object: _,
+            issued,
+            keys,
+            log,
+            raft_log,
+        } = first;
+        let member = RaftMember {
+            raft_id: identity.raft_id,
+            node_id: identity.node_id.clone(),
+            addr: identity.advertise_addr.clone(),
+        };
         let node = RaftNode::bootstrap(
             Self::node_config(&config, identity.raft_id),
             log,
@@ -646,27 +874,23 @@ impl Daemon {
             member,
         )?;
         state_dir.save_identity(&identity)?;
-        // Like `docker swarm init`: say how to add to the new cluster.
-        // The manager token is not printed: logs are read by more people than should hold it.
-        eprintln!(
-            "Cluster initialized: this node ({}) is now a manager.\n\nTo add a worker to this \
-             cluster, run on the other machine:\n\n    shoal daemon --join-addr {advertise} \
-             --join-token {}\n\nTo add a manager, run `shoal swarm join-token manager` here \
-             and follow the instructions.\n",
-            identity.node_id, tokens.worker
-        );
+        announce(&identity);
         let credentials = credentials_from(issued.certificates())?;
         Self::start_raft(
             config,
-            state_dir,
-            control,
-            identity,
-            credentials,
-            Managers::default(),
+            NodeParts {
+                state_dir,
+                control,
+                identity,
+                credentials,
+                keys,
+                managers: Managers::default(),
+            },
             RaftStart {
                 listener,
                 node,
                 state,
+                log: raft_log,
                 initial_peers: Vec::new(),
                 moved_from: None,
             },
@@ -675,49 +899,55 @@ impl Daemon {
 
     /// A manager: resumes its Raft log, or — new to Raft (just joined with a manager token,
     /// or promoted) — joins Raft through the managers it knows.
-    async fn manager(
-        config: DaemonConfig,
-        state_dir: StateDir,
-        control: tokio::net::UnixListener,
-        mut identity: NodeIdentity,
-        credentials: Credentials,
-        managers: Managers,
-    ) -> Result<Self, NodeError> {
+    async fn manager(config: DaemonConfig, node: NodeParts) -> Result<Self, NodeError> {
+        let NodeParts {
+            state_dir,
+            control,
+            mut identity,
+            credentials,
+            keys,
+            managers,
+        } = node;
         let (listener, advertise) = Self::bind_remote(&config).await?;
         let state = Arc::new(StateMachine::new(DEFAULT_WATCH_CAPACITY));
         let mut initial_peers = Vec::new();
         let mut moved_from = None;
+        let raft_log;
         let node = if identity.raft_id == 0 {
             // Whatever an earlier membership left behind is stale.
             state_dir.remove_raft()?;
-            let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
+            let (log, opened) = open_log(&state_dir, &keys, true)?;
+            raft_log = opened;
             let dialer = Dialer::mutual(credentials.clone());
-            let response =
-                match join_any(&dialer, &managers.get(), &advertise, &identity.node_id).await {
-                    Ok(response) => response,
-                    Err(e) => {
-                        // Demoted again before it could join: the cluster wants a worker.
-                        if let Ok(renewed) =
-                            crate::renewal::renew(state_dir.path(), &credentials, &managers).await
-                            && renewed.role == NodeRole::Worker
-                        {
-                            tracing::info!(
-                                "joining Raft was refused ({e}); the cluster has this node as a \
+            let response = match join_any(&dialer, &managers.get(), &advertise, &identity.node_id)
+                .await
+            {
+                Ok(response) => response,
+                Err(e) => {
+                    // Demoted again before it could join: the cluster wants a worker.
+                    if let Ok(renewed) = crate::renewal::renew(&keys, &credentials, &managers).await
+                        && renewed.role == NodeRole::Worker
+                    {
+                        tracing::info!(
+                            "joining Raft was refused ({e}); the cluster has this node as a \
                                  worker now"
-                            );
-                            drop(listener);
-                            return Self::worker(
-                                config,
+                        );
+                        drop(listener);
+                        return Self::worker(
+                            config,
+                            NodeParts {
                                 state_dir,
                                 control,
                                 identity,
                                 credentials,
+                                keys,
                                 managers,
-                            );
-                        }
-                        return Err(e);
+                            },
+                        );
                     }
-                };
+                    return Err(e);
+                }
+            };
             // A joining manager learns its peers from the answer: it must be able to answer
             // the leader before the snapshot that carries the membership arrives.
             initial_peers = response.members.clone();
@@ -729,7 +959,8 @@ impl Daemon {
                 state.clone(),
             )?
         } else {
-            let log = LogStore::open(Box::new(RedbLog::open(&state_dir.raft_dir())?))?;
+            let (log, opened) = open_log(&state_dir, &keys, false)?;
+            raft_log = opened;
             let advertise = resumed_advertise(&config, &identity.advertise_addr, advertise);
             moved_from =
                 (identity.advertise_addr != advertise).then(|| identity.advertise_addr.clone());
@@ -755,15 +986,19 @@ impl Daemon {
         state_dir.save_identity(&identity)?;
         Self::start_raft(
             config,
-            state_dir,
-            control,
-            identity,
-            credentials,
-            managers,
+            NodeParts {
+                state_dir,
+                control,
+                identity,
+                credentials,
+                keys,
+                managers,
+            },
             RaftStart {
                 listener,
                 node,
                 state,
+                log: raft_log,
                 initial_peers,
                 moved_from,
             },
@@ -772,17 +1007,22 @@ impl Daemon {
 
     fn start_raft(
         config: DaemonConfig,
-        state_dir: StateDir,
-        control: tokio::net::UnixListener,
-        identity: NodeIdentity,
-        credentials: Credentials,
-        managers: Managers,
+        node_parts: NodeParts,
         raft: RaftStart,
     ) -> Result<Self, NodeError> {
+        let NodeParts {
+            state_dir,
+            control,
+            identity,
+            credentials,
+            keys,
+            managers,
+        } = node_parts;
         let RaftStart {
             listener,
             node,
             state,
+            log,
             initial_peers,
             moved_from,
         } = raft;
@@ -835,29 +1075,33 @@ impl Daemon {
             identity,
             control,
             credentials,
+            keys,
             managers,
             role: Role::Manager(Box::new(ManagerParts {
                 listener,
                 driver,
                 transport,
                 store,
+                log,
             })),
             incarnation: new_incarnation(),
         })
     }
 
     /// A worker: holds its certificate and renews it. (Running tasks comes with the agent.)
-    fn worker(
-        config: DaemonConfig,
-        state_dir: StateDir,
-        control: tokio::net::UnixListener,
-        mut identity: NodeIdentity,
-        credentials: Credentials,
-        managers: Managers,
-    ) -> Result<Self, NodeError> {
-        if identity.raft_id != 0 {
+    fn worker(config: DaemonConfig, node: NodeParts) -> Result<Self, NodeError> {
+        let NodeParts {
+            state_dir,
+            control,
+            mut identity,
+            credentials,
+            keys,
+            managers,
+        } = node;
+        if identity.raft_id != 0 || keys.raft_keys().is_some() {
             // A demoted manager: its Raft state belongs to a membership it no longer has.
             state_dir.remove_raft()?;
+            keys.set_raft_keys(None)?;
             identity.raft_id = 0;
             state_dir.save_identity(&identity)?;
         }
@@ -874,10 +1118,16 @@ impl Daemon {
             identity,
             control,
             credentials,
+            keys,
             managers,
             role: Role::Worker,
             incarnation: new_incarnation(),
         })
+    }
+
+    /// The node's key file (shared: it follows unlock-key changes while the node runs).
+    pub fn keys(&self) -> NodeKeys {
+        self.keys.clone()
     }
 
     pub fn identity(&self) -> &NodeIdentity {
@@ -917,6 +1167,7 @@ impl Daemon {
             identity,
             control,
             credentials,
+            keys,
             managers,
             role,
             incarnation,
@@ -926,7 +1177,7 @@ impl Daemon {
         let (local_tx, mut local_rx) = mpsc::channel::<LocalRequest>(1);
         let (role_tx, mut role_rx) = mpsc::channel::<NodeRole>(1);
         let renewer = Renewer::new(
-            state_dir.path().to_path_buf(),
+            keys.clone(),
             credentials.clone(),
             managers.clone(),
             config.clock.clone(),
@@ -955,13 +1206,13 @@ impl Daemon {
             Role::Manager(_) => NodeRole::Manager,
             Role::Worker => NodeRole::Worker,
         };
-        let local_swarm = SwarmServer::new(LocalSwarm::new(
+        let local_swarm = LocalSwarm::new(
             credentials.clone(),
             managers.clone(),
             running_as,
             incarnation,
             local_tx,
-        ));
+        );
         let until_stopping = |mut s: watch::Receiver<bool>| async move {
             let _ = s.wait_for(|s| *s).await;
         };
@@ -972,7 +1223,7 @@ impl Daemon {
                 let local = tokio::spawn(
                     tonic::transport::Server::builder()
                         .add_service(NotAManager::WORKER)
-                        .add_service(local_swarm)
+                        .add_service(SwarmServer::new(local_swarm))
                         .serve_with_incoming_shutdown(
                             tokio_stream::wrappers::UnixListenerStream::new(control),
                             until_stopping(stopping.clone()),
@@ -994,7 +1245,14 @@ impl Daemon {
                     driver,
                     transport,
                     store,
+                    log,
                 } = *parts;
+                let autolock = tokio::spawn(follow_autolock(
+                    store.clone(),
+                    keys.clone(),
+                    log,
+                    stopping.clone(),
+                ));
                 let handle = driver.handle();
                 let authorizer = Authorizer::new(store.clone(), credentials.identity().cluster_id);
                 let managers_only = || authorizer.interceptor(Access::Managers);
@@ -1021,7 +1279,9 @@ impl Daemon {
                         .add_service(WatchServer::new(
                             WatchApi::new(store.clone()).stop_on(stopping.clone()),
                         ))
-                        .add_service(local_swarm)
+                        .add_service(SwarmServer::new(
+                            local_swarm.with_store(store.clone(), handle.clone()),
+                        ))
                         .serve_with_incoming_shutdown(
                             tokio_stream::wrappers::UnixListenerStream::new(control),
                             until_stopping(stopping.clone()),
@@ -1095,6 +1355,7 @@ impl Daemon {
                 let _ = stopping_tx.send(true);
                 orchestrator.stop().await;
                 follow_members.abort();
+                let _ = autolock.await;
                 let served = remote.await.map_err(|e| NodeError::Serve(e.to_string()))?;
                 let _ = local.await;
                 transport.shutdown();
@@ -1142,7 +1403,7 @@ impl Daemon {
                 tracing::info!(
                     "this manager was removed from Raft (demoted); getting a worker certificate"
                 );
-                demoted(&state_dir, &credentials, &managers).await?;
+                demoted(&keys, &credentials, &managers).await?;
                 Outcome::RoleChanged(NodeRole::Worker)
             }
         };
@@ -1194,7 +1455,122 @@ impl From<LocalRequest> for Reason {
 }
 
 /// What a new manager needs to start Raft.
+/// The only manager of a cluster that starts on this node (a new one, or one restored from a
+/// backup): a new identity, its certificate from the cluster's root CA and its Node object,
+/// its key file — sealed from the first byte written when the cluster is autolocked, so
+/// neither its TLS key nor its data keys are ever on disk in clear — and a fresh Raft log.
+struct FirstManager {
+    identity: NodeIdentity,
+    node_object: shoal_api::v1::Node,
+    issued: crate::certificates::Issued,
+    keys: NodeKeys,
+    log: LogStore,
+    raft_log: Arc<RedbLog>,
+}
+
+impl FirstManager {
+    fn new(
+        config: &DaemonConfig,
+        state_dir: &StateDir,
+        cluster: &shoal_api::v1::Cluster,
+        advertise: &str,
+        now: std::time::SystemTime,
+    ) -> Result<Self, NodeError> {
+        let identity = NodeIdentity {
+            node_id: shoal_api::id::new_id(),
+            raft_id: loop {
+                let id: u64 = rand::random();
+                if id != 0 {
+                    break id;
+                }
+            },
+            advertise_addr: advertise.to_string(),
+            managers: Vec::new(),
+        };
+        let (mut node_object, cert_pem, key_pem) = shoal_manager::cluster::first_manager(
+            cluster,
+            &identity.node_id,
+            &config.hostname,
+            now,
+        )
+        .map_err(|e| NodeError::Config(format!("issuing this manager's certificate: {e}")))?;
+        node_object
+            .spec
+            .get_or_insert_with(Default::default)
+            .availability = config.availability as i32;
+        let root_pem = cluster
+            .root_ca
+            .as_ref()
+            .map(|r| String::from_utf8_lossy(&r.ca_cert).into_owned())
+            .unwrap_or_default();
+        let cert_identity = shoal_ca::parse_node_certificate(&cert_pem)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let issued = crate::certificates::Issued {
+            root_pem,
+            cert_pem,
+            key_pem,
+            identity: cert_identity,
+        };
+        let keys = NodeKeys::new(state_dir.path());
+        let unlock_key =
+            shoal_manager::cluster::unlock_key(cluster).and_then(UnlockKey::from_bytes);
+        if unlock_key.is_some() {
+            keys.set_unlock_key(unlock_key)?;
+        }
+        crate::certificates::save(&keys, &issued)?;
+        let (log, raft_log) = open_log(state_dir, &keys, true)?;
+        Ok(Self {
+            identity,
+            node_object,
+            issued,
+            keys,
+            log,
+            raft_log,
+        })
+    }
+}
+
+/// What every active node starts with.
+struct NodeParts {
+    state_dir: StateDir,
+    control: tokio::net::UnixListener,
+    identity: NodeIdentity,
+    credentials: Credentials,
+    keys: NodeKeys,
+    managers: Managers,
+}
+
+/// Opens the Raft log in the state directory, sealed with the node's data keys: a manager
+/// new to Raft (`fresh`) gets new keys, written before anything is sealed with them; one that
+/// resumes its log uses the keys beside its TLS key, and has none only if the log is empty.
+fn open_log(
+    state_dir: &StateDir,
+    keys: &NodeKeys,
+    fresh: bool,
+) -> Result<(LogStore, Arc<RedbLog>), NodeError> {
+    let data_keys = match keys.raft_keys() {
+        Some(k) if !fresh => k,
+        _ => {
+            if !fresh && state_dir.raft_dir().join("log.redb").exists() {
+                return Err(NodeError::StateDir(format!(
+                    "{} holds a Raft log but {} holds no data keys to open it (it was written \
+                     by another node, or by a Shoal from before encryption at rest); move the \
+                     state directory aside and join the cluster again, or restore from a backup",
+                    state_dir.raft_dir().display(),
+                    state_dir.path().join("certificates/node.key").display()
+                )));
+            }
+            let k = shoal_raft::DataKeys::generate();
+            keys.set_raft_keys(Some(k.clone()))?;
+            k
+        }
+    };
+    let log = Arc::new(RedbLog::open(&state_dir.raft_dir(), data_keys)?);
+    Ok((LogStore::open(Box::new(log.clone()))?, log))
+}
+
 struct RaftStart {
+    log: Arc<RedbLog>,
     listener: tokio::net::TcpListener,
     node: RaftNode,
     state: Arc<StateMachine>,
@@ -1277,13 +1653,13 @@ async fn leave_raft(
 
 /// After removal from Raft: renews until the CA hands out a worker certificate.
 async fn demoted(
-    state_dir: &StateDir,
+    keys: &NodeKeys,
     credentials: &Credentials,
     managers: &Managers,
 ) -> Result<(), NodeError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match crate::renewal::renew(state_dir.path(), credentials, managers).await {
+        match crate::renewal::renew(keys, credentials, managers).await {
             Ok(identity) if identity.role == NodeRole::Worker => return Ok(()),
             Ok(_) => tracing::info!("the CA still has this node as a manager; retrying"),
             Err(e) => tracing::warn!("getting a worker certificate failed: {e}; retrying"),

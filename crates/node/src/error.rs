@@ -27,6 +27,22 @@ pub enum NodeError {
     #[error("refused: {0}")]
     Refused(String),
 
+    /// The node's keys are sealed with the cluster's unlock key (autolock) and none was given.
+    #[error(
+        "this manager is locked: its keys are sealed with the cluster's unlock key; run \
+         `shoal swarm unlock` and give the key (`shoal swarm unlock-key` on an unlocked manager \
+         shows it)"
+    )]
+    Locked,
+
+    /// The unlock key given does not open the node's keys.
+    #[error(
+        "invalid unlock key: it does not open this manager's keys. Use the key shown by \
+         `shoal swarm unlock-key` on an unlocked manager; if the key was rotated while this \
+         manager was down, its keys are still sealed with the key from before the rotation"
+    )]
+    InvalidUnlockKey,
+
     /// No manager could be reached.
     #[error("no manager could be reached: {0}")]
     Unreachable(String),

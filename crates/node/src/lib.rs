@@ -17,9 +17,11 @@
 //! cleanly.
 
 pub mod agent;
+pub mod backup;
 pub mod certificates;
 mod daemon;
 mod error;
+pub mod keys;
 mod local;
 pub mod logs;
 pub mod renewal;

@@ -17,8 +17,9 @@ use std::task::{Context, Poll};
 
 use shoal_api::v1::swarm_server::Swarm;
 use shoal_api::v1::{
-    InitSwarmRequest, InitSwarmResponse, JoinSwarmRequest, JoinSwarmResponse, LeaveSwarmRequest,
-    LeaveSwarmResponse, NodeRole, SwarmInfoRequest, SwarmInfoResponse,
+    BackupChunk, BackupRequest, InitSwarmRequest, InitSwarmResponse, JoinSwarmRequest,
+    JoinSwarmResponse, LeaveSwarmRequest, LeaveSwarmResponse, NodeRole, SwarmInfoRequest,
+    SwarmInfoResponse, UnlockSwarmRequest, UnlockSwarmResponse,
 };
 use shoal_tls::Credentials;
 use tokio::sync::{mpsc, oneshot};
@@ -26,7 +27,24 @@ use tonic::codegen::http;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
+use crate::keys::UnlockKey;
 use crate::renewal::Managers;
+
+/// The stream of a backup's bytes.
+pub type BackupStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<BackupChunk, Status>> + Send + 'static>,
+>;
+
+/// Size of the chunks a backup is sent in.
+const BACKUP_CHUNK: usize = 1 << 20;
+
+fn chunked(bytes: Vec<u8>) -> BackupStream {
+    let chunks: Vec<Result<BackupChunk, Status>> = bytes
+        .chunks(BACKUP_CHUNK)
+        .map(|c| Ok(BackupChunk { data: c.to_vec() }))
+        .collect();
+    Box::pin(tokio_stream::iter(chunks))
+}
 
 /// Answers every Control API call of a node that is not a manager, saying why.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +58,12 @@ impl NotAManager {
         message: "this node is a worker, not a manager: the Control API is served by managers; \
                   run the command on a manager (or promote this node with `shoal node promote` \
                   there)",
+    };
+    /// On a locked manager.
+    pub const LOCKED: NotAManager = NotAManager {
+        message: "this manager is locked (autolock): it serves nothing until it is given the \
+                  cluster's unlock key; run `shoal swarm unlock` here (`shoal swarm unlock-key` \
+                  on an unlocked manager shows the key)",
     };
     /// On a node that belongs to no cluster.
     pub const INACTIVE: NotAManager = NotAManager {
@@ -99,6 +123,8 @@ pub struct LocalSwarm {
     /// This run of the daemon ([`SwarmInfoResponse::incarnation`]).
     incarnation: u64,
     requests: mpsc::Sender<LocalRequest>,
+    /// On a manager: its store and Raft, for backups.
+    store: Option<(shoal_store::Store, shoal_raft::RaftHandle)>,
 }
 
 impl LocalSwarm {
@@ -115,7 +141,14 @@ impl LocalSwarm {
             running_as,
             incarnation,
             requests,
+            store: None,
         }
+    }
+
+    /// A manager's: it can take backups of `store`.
+    pub fn with_store(mut self, store: shoal_store::Store, raft: shoal_raft::RaftHandle) -> Self {
+        self.store = Some((store, raft));
+        self
     }
 }
 
@@ -215,7 +248,40 @@ impl Swarm for LocalSwarm {
             managers: self.managers.get(),
             certificate_expiry: Some(identity.not_after.into()),
             incarnation: self.incarnation,
+            locked: false,
         }))
+    }
+
+    async fn unlock(
+        &self,
+        _request: Request<UnlockSwarmRequest>,
+    ) -> Result<Response<UnlockSwarmResponse>, Status> {
+        Err(Status::failed_precondition(
+            "this node is not locked: there is nothing to unlock",
+        ))
+    }
+
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        _request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let Some((store, raft)) = &self.store else {
+            return Err(Status::failed_precondition(
+                "this node is a worker: it holds no copy of the cluster state; run `shoal swarm \
+                 backup` on a manager",
+            ));
+        };
+        let node_id = self.credentials.identity().node_id;
+        let (header, bytes) = crate::backup::take(store, raft, &node_id).await?;
+        tracing::info!(
+            store_version = header.store_version,
+            sealed = header.sealed,
+            "backup taken ({} bytes)",
+            bytes.len()
+        );
+        Ok(Response::new(chunked(bytes)))
     }
 
     async fn leave(
@@ -243,6 +309,8 @@ pub enum InactiveRequest {
         /// The remote API's listen address, if the request names one.
         listen_addr: Option<SocketAddr>,
         advertise_addr: Option<String>,
+        /// Lock the new cluster's managers (`--autolock`).
+        autolock: bool,
         reply: oneshot::Sender<Result<(), Status>>,
     },
     Join {
@@ -278,15 +346,17 @@ impl Swarm for InactiveSwarm {
         &self,
         request: Request<InitSwarmRequest>,
     ) -> Result<Response<InitSwarmResponse>, Status> {
+        let request = request.into_inner();
         let NewClusterRequest {
             listen_addr,
             advertise_addr,
-        } = requested_addrs(&request.into_inner())?;
+        } = requested_addrs(&request)?;
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(InactiveRequest::Init {
                 listen_addr,
                 advertise_addr,
+                autolock: request.autolock,
                 reply,
             })
             .await
@@ -334,5 +404,107 @@ impl Swarm for InactiveSwarm {
         _request: Request<LeaveSwarmRequest>,
     ) -> Result<Response<LeaveSwarmResponse>, Status> {
         Err(not_in_a_cluster())
+    }
+
+    async fn unlock(
+        &self,
+        _request: Request<UnlockSwarmRequest>,
+    ) -> Result<Response<UnlockSwarmResponse>, Status> {
+        Err(not_in_a_cluster())
+    }
+
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        _request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        Err(not_in_a_cluster())
+    }
+}
+
+/// An unlock key given to a locked node, for the supervisor to try.
+pub struct UnlockAttempt {
+    pub key: UnlockKey,
+    /// `Ok` once the key opened the node's keys; the refusal otherwise.
+    pub reply: oneshot::Sender<Result<(), Status>>,
+}
+
+/// The `Swarm` service of a locked manager: `Unlock`, and `Info` saying it is locked;
+/// everything else is refused until it is unlocked.
+pub struct LockedSwarm {
+    node_id: String,
+    attempts: mpsc::Sender<UnlockAttempt>,
+}
+
+impl LockedSwarm {
+    pub fn new(node_id: String, attempts: mpsc::Sender<UnlockAttempt>) -> Self {
+        Self { node_id, attempts }
+    }
+}
+
+fn locked() -> Status {
+    Status::failed_precondition(NotAManager::LOCKED.message)
+}
+
+#[tonic::async_trait]
+impl Swarm for LockedSwarm {
+    async fn init(
+        &self,
+        _request: Request<InitSwarmRequest>,
+    ) -> Result<Response<InitSwarmResponse>, Status> {
+        Err(locked())
+    }
+
+    async fn join(
+        &self,
+        _request: Request<JoinSwarmRequest>,
+    ) -> Result<Response<JoinSwarmResponse>, Status> {
+        Err(locked())
+    }
+
+    async fn info(
+        &self,
+        _request: Request<SwarmInfoRequest>,
+    ) -> Result<Response<SwarmInfoResponse>, Status> {
+        Ok(Response::new(SwarmInfoResponse {
+            node_id: self.node_id.clone(),
+            role: NodeRole::Manager as i32,
+            locked: true,
+            ..Default::default()
+        }))
+    }
+
+    async fn leave(
+        &self,
+        _request: Request<LeaveSwarmRequest>,
+    ) -> Result<Response<LeaveSwarmResponse>, Status> {
+        Err(locked())
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<UnlockSwarmRequest>,
+    ) -> Result<Response<UnlockSwarmResponse>, Status> {
+        let key =
+            UnlockKey::parse(&request.into_inner().unlock_key).map_err(Status::invalid_argument)?;
+        let (reply, answer) = oneshot::channel();
+        self.attempts
+            .send(UnlockAttempt { key, reply })
+            .await
+            .map_err(|_| Status::unavailable("this node is stopping"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("this node is stopping"))??;
+        Ok(Response::new(UnlockSwarmResponse {}))
+    }
+
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        _request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        Err(locked())
     }
 }

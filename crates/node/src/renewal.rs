@@ -18,7 +18,6 @@
 //! Time comes from a [`Clock`], read every `check_every`: tests drive it past the renewal
 //! point instead of waiting for weeks.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +30,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tonic::transport::Channel;
 
 use crate::error::NodeError;
+use crate::keys::NodeKeys;
 
 /// The earliest and latest renewal point, as fractions of a certificate's lifetime.
 pub const RENEWAL_WINDOW: (f64, f64) = (0.5, 0.8);
@@ -122,7 +122,7 @@ where
 /// Gets a new certificate for this node from the CA and puts it in place, in memory and in
 /// `<state>/certificates/`. Returns what the new certificate says.
 pub async fn renew(
-    state: &std::path::Path,
+    keys: &NodeKeys,
     credentials: &Credentials,
     managers: &Managers,
 ) -> Result<CertIdentity, NodeError> {
@@ -170,13 +170,13 @@ pub async fn renew(
     credentials
         .update(certificates.clone())
         .map_err(|e| NodeError::Refused(format!("the CA sent an unusable certificate: {e}")))?;
-    crate::certificates::save_certificates(state, &certificates)?;
+    crate::certificates::save_certificates(keys, &certificates)?;
     Ok(credentials.identity())
 }
 
 /// Renews this node's certificate when it is due, or at once when asked.
 pub struct Renewer {
-    state: PathBuf,
+    keys: NodeKeys,
     credentials: Credentials,
     managers: Managers,
     clock: Arc<dyn Clock>,
@@ -196,14 +196,14 @@ impl RenewalRequest {
 
 impl Renewer {
     pub fn new(
-        state: PathBuf,
+        keys: NodeKeys,
         credentials: Credentials,
         managers: Managers,
         clock: Arc<dyn Clock>,
         check_every: Duration,
     ) -> Self {
         Self {
-            state,
+            keys,
             credentials,
             managers,
             clock,
@@ -239,7 +239,7 @@ impl Renewer {
                 continue;
             }
             let before = self.credentials.identity().role;
-            match renew(&self.state, &self.credentials, &self.managers).await {
+            match renew(&self.keys, &self.credentials, &self.managers).await {
                 Ok(identity) => {
                     failures = 0;
                     let fraction = random_fraction();

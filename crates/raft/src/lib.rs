@@ -3,6 +3,7 @@
 //! (The module essay grows with the crate; see `node.rs` for the state machine.)
 
 pub mod driver;
+pub mod encryption;
 mod error;
 pub mod failpoints;
 mod logger;
@@ -12,6 +13,7 @@ pub mod storage;
 pub mod transport;
 
 pub use driver::{DriverConfig, RaftDriver, RaftHandle, RaftProposer, RaftStatus, Transport};
+pub use encryption::{DataKey, DataKeys, EncryptionError};
 pub use error::{RaftError, Result};
 pub use node::{NodeConfig, Output, ProposalError, ProposalId, RaftNode, ReadId};
 pub use service::RaftService;

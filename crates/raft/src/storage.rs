@@ -43,6 +43,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::encryption::DataKeys;
 use crate::error::{RaftError, Result};
 use crate::failpoints::crash_point;
 
@@ -86,6 +87,30 @@ pub trait LogDurability: Send + Sync + 'static {
     /// configuration (the snapshot file and the log are two writes); [`LogStore::open`]
     /// reconciles them (see there).
     fn install_snapshot(&self, snapshot: &Snapshot, hard_state: &HardState) -> Result<()>;
+}
+
+/// A log shared with its owner (the daemon keeps the [`RedbLog`] to rotate its data key).
+impl<T: LogDurability> LogDurability for Arc<T> {
+    fn load(&self) -> Result<PersistedLog> {
+        (**self).load()
+    }
+
+    fn append(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        conf_state: Option<(&ConfState, u64)>,
+    ) -> Result<()> {
+        (**self).append(entries, hard_state, conf_state)
+    }
+
+    fn save_snapshot(&self, snapshot: &Snapshot, first_kept: u64) -> Result<()> {
+        (**self).save_snapshot(snapshot, first_kept)
+    }
+
+    fn install_snapshot(&self, snapshot: &Snapshot, hard_state: &HardState) -> Result<()> {
+        (**self).install_snapshot(snapshot, hard_state)
+    }
 }
 
 /// The log kept in memory only; clones share it, so a test can restart a node from it.
@@ -158,15 +183,37 @@ const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
-/// The log in a redb database, the snapshot in a file beside it.
+/// The log in a redb database, the snapshot in a file beside it, every record sealed with the
+/// manager's data keys (see [`crate::encryption`]).
 pub struct RedbLog {
     db: redb::Database,
     dir: PathBuf,
+    keys: std::sync::RwLock<DataKeys>,
+    /// Held while the snapshot file is sealed and written, or re-sealed by a rotation: a
+    /// snapshot sealed with a key the rotation is about to forget is never left behind.
+    snapshot_file: Mutex<()>,
+    /// One key rotation at a time.
+    rotation: Mutex<()>,
 }
 
+/// Associated data of a log entry: its place in the log.
+fn entry_context(index: u64) -> [u8; 19] {
+    let mut context = [0u8; 19];
+    context[..11].copy_from_slice(b"raft entry\0");
+    context[11..].copy_from_slice(&index.to_be_bytes());
+    context
+}
+
+/// Associated data of a value in the `meta` table.
+fn meta_context(name: &str) -> Vec<u8> {
+    [b"raft meta\0".as_slice(), name.as_bytes()].concat()
+}
+
+const SNAPSHOT_CONTEXT: &[u8] = b"raft snapshot";
+
 impl RedbLog {
-    /// Opens (or creates) the log in `dir`.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens (or creates) the log in `dir`, its records sealed with `keys`.
+    pub fn open(dir: &Path, keys: DataKeys) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RaftError::io(format!("creating {}", dir.display()), e))?;
         let path = dir.join("log.redb");
@@ -183,12 +230,137 @@ impl RedbLog {
         Ok(Self {
             db,
             dir: dir.to_path_buf(),
+            keys: std::sync::RwLock::new(keys),
+            snapshot_file: Mutex::new(()),
+            rotation: Mutex::new(()),
         })
     }
 
     fn snapshot_path(&self) -> PathBuf {
         self.dir.join(SNAPSHOT_FILE)
     }
+
+    fn keys(&self) -> DataKeys {
+        self.keys.read().expect("data keys lock").clone()
+    }
+
+    /// The data keys the log is sealed with now.
+    pub fn data_keys(&self) -> DataKeys {
+        self.keys()
+    }
+
+    /// Rotates the data key, without stopping the log: a new key seals everything written
+    /// from now on, and everything already on disk (entries, hard state, configuration,
+    /// snapshot) is sealed again with it; then the old key is forgotten. `persist` stores a
+    /// keyring durably (the node keeps it beside its TLS key); it is called twice — with the
+    /// new key and the old ones before anything is sealed with the new key, and with the
+    /// new key alone once nothing on disk needs the old ones — so a crash at any point leaves
+    /// a keyring that opens every record. Returns the keyring now in use.
+    pub fn rotate_data_key(&self, persist: &dyn Fn(&DataKeys) -> Result<()>) -> Result<DataKeys> {
+        let _one_at_a_time = self.rotation.lock().expect("rotation lock");
+        let rotated = self.keys().rotated();
+        persist(&rotated)?;
+        *self.keys.write().expect("data keys lock") = rotated.clone();
+        // Writes that began before the switch sealed with the old key; this transaction
+        // begins after them (redb has one writer at a time) and seals them again.
+        let write = self.db.begin_write().map_err(RaftError::storage)?;
+        {
+            let mut entries = write.open_table(ENTRIES).map_err(RaftError::storage)?;
+            let mut stale = Vec::new();
+            for item in entries.iter().map_err(RaftError::storage)? {
+                let (k, v) = item.map_err(RaftError::storage)?;
+                if !rotated.is_current(v.value()) {
+                    stale.push((k.value(), v.value().to_vec()));
+                }
+            }
+            for (index, sealed) in stale {
+                let context = entry_context(index);
+                let plain = rotated
+                    .open(&context, &sealed, &format!("log entry {index}"))
+                    .map_err(sealing_error)?;
+                entries
+                    .insert(index, rotated.seal(&context, &plain).as_slice())
+                    .map_err(RaftError::storage)?;
+            }
+            let mut meta = write.open_table(META).map_err(RaftError::storage)?;
+            let mut stale = Vec::new();
+            for item in meta.iter().map_err(RaftError::storage)? {
+                let (k, v) = item.map_err(RaftError::storage)?;
+                if !rotated.is_current(v.value()) {
+                    stale.push((k.value().to_string(), v.value().to_vec()));
+                }
+            }
+            for (name, sealed) in stale {
+                let context = meta_context(&name);
+                let plain = rotated
+                    .open(&context, &sealed, &format!("the log's {name}"))
+                    .map_err(sealing_error)?;
+                meta.insert(name.as_str(), rotated.seal(&context, &plain).as_slice())
+                    .map_err(RaftError::storage)?;
+            }
+        }
+        write.commit().map_err(RaftError::storage)?;
+        {
+            let _file = self.snapshot_file.lock().expect("snapshot file lock");
+            match std::fs::read(self.snapshot_path()) {
+                Ok(sealed) if !rotated.is_current(&sealed) => {
+                    let plain = rotated
+                        .open(SNAPSHOT_CONTEXT, &sealed, "the snapshot file")
+                        .map_err(sealing_error)?;
+                    self.write_snapshot_bytes(&rotated.seal(SNAPSHOT_CONTEXT, &plain))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RaftError::io("reading the snapshot", e)),
+            }
+        }
+        let done = rotated.only_current();
+        persist(&done)?;
+        *self.keys.write().expect("data keys lock") = done.clone();
+        tracing::info!(
+            key_id = done.current().id(),
+            "rotated the raft data key; the log and snapshot are sealed with the new one"
+        );
+        Ok(done)
+    }
+
+    fn seal<M: protobuf::Message>(&self, m: &M, context: &[u8]) -> Result<Vec<u8>> {
+        Ok(self
+            .keys
+            .read()
+            .expect("data keys lock")
+            .seal(context, &encode(m)?))
+    }
+
+    fn unseal<M: protobuf::Message>(&self, sealed: &[u8], context: &[u8], what: &str) -> Result<M> {
+        let plain = self
+            .keys
+            .read()
+            .expect("data keys lock")
+            .open(context, sealed, what)
+            .map_err(sealing_error)?;
+        decode(&plain, what)
+    }
+}
+
+/// The raft-rs `Snapshot` bytes of a sealed snapshot file (`<state>/raft/snapshot.bin`), opened
+/// with the manager's data keys — for tools that read a manager's snapshot beside it.
+pub fn open_snapshot_file(
+    sealed: &[u8],
+    keys: &DataKeys,
+) -> std::result::Result<Vec<u8>, crate::encryption::EncryptionError> {
+    keys.open(SNAPSHOT_CONTEXT, sealed, "the snapshot file")
+}
+
+/// A record that does not open: the keyring does not match the log (another node's key file,
+/// a restored key file without its log, or damage).
+fn sealing_error(e: crate::encryption::EncryptionError) -> RaftError {
+    RaftError::Corrupt(format!(
+        "{e}. The raft log and its data keys (kept beside the node key, in \
+         <state>/certificates/node.key) must come from the same manager; if they do, the log \
+         is damaged: see the advice for a damaged log (demote, remove and join this manager \
+         again, or restore from a backup)"
+    ))
 }
 
 /// The refusal to start on a log file that redb cannot open (a damaged end, say): guessing
@@ -219,28 +391,45 @@ impl LogDurability for RedbLog {
     fn load(&self) -> Result<PersistedLog> {
         let mut log = PersistedLog::default();
         match std::fs::read(self.snapshot_path()) {
-            Ok(bytes) => log.snapshot = decode(&bytes, "the snapshot file")?,
+            Ok(bytes) => {
+                log.snapshot = self.unseal(&bytes, SNAPSHOT_CONTEXT, "the snapshot file")?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(RaftError::io("reading the snapshot", e)),
         }
         let read = self.db.begin_read().map_err(RaftError::storage)?;
         let meta = read.open_table(META).map_err(RaftError::storage)?;
         if let Some(v) = meta.get("hard_state").map_err(RaftError::storage)? {
-            log.hard_state = decode(v.value(), "the hard state")?;
+            log.hard_state =
+                self.unseal(v.value(), &meta_context("hard_state"), "the hard state")?;
         }
         if let Some(v) = meta.get("conf_state").map_err(RaftError::storage)? {
-            log.conf_state = decode(v.value(), "the configuration")?;
+            log.conf_state =
+                self.unseal(v.value(), &meta_context("conf_state"), "the configuration")?;
         }
         if let Some(v) = meta.get("conf_index").map_err(RaftError::storage)? {
-            let bytes = <[u8; 8]>::try_from(v.value()).map_err(|_| {
+            let plain = self
+                .keys()
+                .open(
+                    &meta_context("conf_index"),
+                    v.value(),
+                    "the configuration's index",
+                )
+                .map_err(sealing_error)?;
+            let bytes = <[u8; 8]>::try_from(plain.as_slice()).map_err(|_| {
                 RaftError::Corrupt("decoding the configuration's index: not 8 bytes".into())
             })?;
             log.conf_index = Some(u64::from_be_bytes(bytes));
         }
         let entries = read.open_table(ENTRIES).map_err(RaftError::storage)?;
         for item in entries.iter().map_err(RaftError::storage)? {
-            let (_, v) = item.map_err(RaftError::storage)?;
-            log.entries.push(decode(v.value(), "a log entry")?);
+            let (k, v) = item.map_err(RaftError::storage)?;
+            let index = k.value();
+            log.entries.push(self.unseal(
+                v.value(),
+                &entry_context(index),
+                &format!("log entry {index}"),
+            )?);
         }
         // A crash between writing a snapshot and compacting the log leaves entries the
         // snapshot already covers in front; they are harmless but keep the log contiguous
@@ -276,20 +465,20 @@ impl LogDurability for RedbLog {
                     .map_err(RaftError::storage)?;
                 for e in entries {
                     table
-                        .insert(e.index, encode(e)?.as_slice())
+                        .insert(e.index, self.seal(e, &entry_context(e.index))?.as_slice())
                         .map_err(RaftError::storage)?;
                 }
             }
             let mut meta = write.open_table(META).map_err(RaftError::storage)?;
             if let Some(hs) = hard_state {
-                meta.insert("hard_state", encode(hs)?.as_slice())
-                    .map_err(RaftError::storage)?;
+                meta.insert(
+                    "hard_state",
+                    self.seal(hs, &meta_context("hard_state"))?.as_slice(),
+                )
+                .map_err(RaftError::storage)?;
             }
             if let Some((cs, index)) = conf_state {
-                meta.insert("conf_state", encode(cs)?.as_slice())
-                    .map_err(RaftError::storage)?;
-                meta.insert("conf_index", index.to_be_bytes().as_slice())
-                    .map_err(RaftError::storage)?;
+                self.insert_conf(&mut meta, cs, index)?;
             }
         }
         crash_point!("raft-log-fsync-before");
@@ -328,14 +517,13 @@ impl LogDurability for RedbLog {
                 .map_err(RaftError::storage)?;
             let mut table = write.open_table(META).map_err(RaftError::storage)?;
             table
-                .insert("hard_state", encode(hard_state)?.as_slice())
+                .insert(
+                    "hard_state",
+                    self.seal(hard_state, &meta_context("hard_state"))?
+                        .as_slice(),
+                )
                 .map_err(RaftError::storage)?;
-            table
-                .insert("conf_state", encode(meta.get_conf_state())?.as_slice())
-                .map_err(RaftError::storage)?;
-            table
-                .insert("conf_index", meta.index.to_be_bytes().as_slice())
-                .map_err(RaftError::storage)?;
+            self.insert_conf(&mut table, meta.get_conf_state(), meta.index)?;
         }
         write.commit().map_err(RaftError::storage)?;
         Ok(())
@@ -343,15 +531,43 @@ impl LogDurability for RedbLog {
 }
 
 impl RedbLog {
-    /// Writes `snapshot` to a temporary file, syncs it, and renames it into place.
+    /// The configuration and the index it took effect at, into the `meta` table.
+    fn insert_conf(
+        &self,
+        meta: &mut redb::Table<&str, &[u8]>,
+        conf_state: &ConfState,
+        index: u64,
+    ) -> Result<()> {
+        meta.insert(
+            "conf_state",
+            self.seal(conf_state, &meta_context("conf_state"))?
+                .as_slice(),
+        )
+        .map_err(RaftError::storage)?;
+        let index = self
+            .keys()
+            .seal(&meta_context("conf_index"), &index.to_be_bytes());
+        meta.insert("conf_index", index.as_slice())
+            .map_err(RaftError::storage)?;
+        Ok(())
+    }
+
+    /// Seals `snapshot` and writes it to a temporary file, syncs it, and renames it into place.
     fn write_snapshot_file(&self, snapshot: &Snapshot) -> Result<()> {
+        let _file = self.snapshot_file.lock().expect("snapshot file lock");
+        let sealed = self.seal(snapshot, SNAPSHOT_CONTEXT)?;
+        self.write_snapshot_bytes(&sealed)
+    }
+
+    /// Writes `bytes` to a temporary file, syncs it, and renames it into place (the caller
+    /// holds `snapshot_file`).
+    fn write_snapshot_bytes(&self, bytes: &[u8]) -> Result<()> {
         use std::io::Write;
-        let bytes = encode(snapshot)?;
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         {
             let mut f = std::fs::File::create(&tmp)
                 .map_err(|e| RaftError::io("writing the snapshot", e))?;
-            f.write_all(&bytes)
+            f.write_all(bytes)
                 .map_err(|e| RaftError::io("writing the snapshot", e))?;
             f.sync_all()
                 .map_err(|e| RaftError::io("syncing the snapshot", e))?;
@@ -836,10 +1052,10 @@ mod tests {
 
     impl Disk for PathBuf {
         fn open(&self) -> Box<dyn LogDurability> {
-            Box::new(RedbLog::open(self).unwrap())
+            Box::new(RedbLog::open(self, test_keys()).unwrap())
         }
         fn leave_snapshot_only(&self, snapshot: &Snapshot) {
-            RedbLog::open(self)
+            RedbLog::open(self, test_keys())
                 .unwrap()
                 .write_snapshot_file(snapshot)
                 .unwrap();
@@ -943,6 +1159,124 @@ mod tests {
     fn redb_log_keeps_what_was_persisted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft");
-        check_durability(|| Box::new(RedbLog::open(&path).unwrap()));
+        check_durability(|| Box::new(RedbLog::open(&path, test_keys()).unwrap()));
+    }
+
+    /// The same keyring each time a test opens a log again.
+    fn test_keys() -> DataKeys {
+        DataKeys::single(crate::encryption::DataKey::from_bytes(1, [7; 32]))
+    }
+
+    /// Every file under `dir`, read whole.
+    fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+        out
+    }
+
+    fn canary_entry(index: u64, canary: &[u8]) -> Entry {
+        let mut e = entry(index, 1);
+        e.set_data(canary.to_vec().into());
+        e
+    }
+
+    #[test]
+    fn nothing_the_log_holds_is_on_disk_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = b"canary-5f1d2e-never-on-disk";
+        let log = RedbLog::open(dir.path(), test_keys()).unwrap();
+        let entries: Vec<Entry> = (1..=50).map(|i| canary_entry(i, canary)).collect();
+        log.append(
+            &entries,
+            Some(&HardState::default()),
+            Some((&voters(&[1]), 1)),
+        )
+        .unwrap();
+        let mut snap = snapshot_at(40, 1, voters(&[1]));
+        snap.set_data(canary.to_vec().into());
+        log.save_snapshot(&snap, 30).unwrap();
+        drop(log);
+        let files = files_under(dir.path());
+        assert!(files.iter().any(|(p, _)| p.ends_with(SNAPSHOT_FILE)));
+        for (path, bytes) in &files {
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary),
+                "{} holds the canary in clear",
+                path.display()
+            );
+        }
+        // And it all reads back.
+        let log = RedbLog::open(dir.path(), test_keys())
+            .unwrap()
+            .load()
+            .unwrap();
+        assert_eq!(log.entries.len(), 21);
+        assert_eq!(log.entries[0].get_data(), canary);
+        assert_eq!(log.snapshot.get_data(), canary);
+    }
+
+    #[test]
+    fn a_log_does_not_open_with_another_managers_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RedbLog::open(dir.path(), test_keys()).unwrap();
+        log.append(&[entry(1, 1)], Some(&HardState::default()), None)
+            .unwrap();
+        drop(log);
+        let other = DataKeys::single(crate::encryption::DataKey::from_bytes(1, [8; 32]));
+        let err = RedbLog::open(dir.path(), other)
+            .unwrap()
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must come from the same manager"), "{err}");
+    }
+
+    #[test]
+    fn a_data_key_rotates_while_the_log_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(RedbLog::open(dir.path(), test_keys()).unwrap());
+        log.append(&[entry(1, 1)], Some(&HardState::default()), None)
+            .unwrap();
+        log.save_snapshot(&snapshot_at(1, 1, voters(&[1])), 2)
+            .unwrap();
+        let persisted: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+        // Appends go on while the key rotates (bounded: 300 entries).
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 2..=300 {
+                    log.append(&[entry(i, 1)], None, None).unwrap();
+                }
+            })
+        };
+        let recorded = persisted.clone();
+        let keys = log
+            .rotate_data_key(&|k: &DataKeys| {
+                recorded.lock().unwrap().push(k.ids());
+                Ok(())
+            })
+            .unwrap();
+        writer.join().unwrap();
+        // First the new key with the old one, then the new key alone.
+        assert_eq!(*persisted.lock().unwrap(), vec![vec![2, 1], vec![2]]);
+        assert_eq!(keys.ids(), vec![2]);
+        drop(log);
+        // The new key alone opens everything, the old one nothing.
+        let loaded = RedbLog::open(dir.path(), keys).unwrap().load().unwrap();
+        assert_eq!(loaded.entries.len(), 299);
+        assert_eq!(loaded.snapshot.get_metadata().index, 1);
+        assert!(
+            RedbLog::open(dir.path(), test_keys())
+                .unwrap()
+                .load()
+                .is_err()
+        );
     }
 }

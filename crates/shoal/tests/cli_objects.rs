@@ -3,9 +3,7 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal_api::shared::TaskSpecFields;
@@ -13,7 +11,7 @@ use shoal_api::v1::{
     Annotations, ConfigReference, CreateServiceRequest, FileTarget, ProcessSpec, RemoveTaskRequest,
     ReplicatedService, SecretReference, ServiceSpec, TaskSpec, service_spec, task_spec,
 };
-use support::cli::{Run, finished, shoal};
+use support::cli::{Run, shoal, shoal_with_input};
 
 /// A manager that created a cluster (and config "one") and runs tasks with the sim executor.
 async fn manager(dir: &Path) -> (support::Manager, PathBuf) {
@@ -27,22 +25,6 @@ async fn manager(dir: &Path) -> (support::Manager, PathBuf) {
     .await;
     let socket = m.state_dir.join("control.sock");
     (m, socket)
-}
-
-/// `shoal -s SOCKET args...` with `input` on its standard input.
-fn shoal_with_stdin(socket: &Path, args: &[&str], input: &[u8]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("-s")
-        .arg(socket)
-        .args(args)
-        .env_remove("SHOAL_SOCKET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run shoal");
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    finished(child.wait_with_output().unwrap())
 }
 
 /// Every output of a run, kept so that the test can check that a secret shows in none.
@@ -193,7 +175,7 @@ async fn secrets_are_created_listed_inspected_and_removed_never_showing_their_da
         .to_string();
     assert_eq!(db.len(), 25, "{db}");
     let api = seen
-        .ok(shoal_with_stdin(
+        .ok(shoal_with_input(
             &socket,
             &["secret", "create", "api.key", "-"],
             FROM_STDIN.as_bytes(),
@@ -203,7 +185,7 @@ async fn secrets_are_created_listed_inspected_and_removed_never_showing_their_da
     assert_eq!(api.len(), 25, "{api}");
 
     // Refusals: a taken name (whatever its case), no data, a missing file, a bad name.
-    let e = seen.failed(shoal_with_stdin(
+    let e = seen.failed(shoal_with_input(
         &socket,
         &["secret", "create", "DB-PASSWORD", "-"],
         b"other",
@@ -212,7 +194,7 @@ async fn secrets_are_created_listed_inspected_and_removed_never_showing_their_da
         e.contains("secret name DB-PASSWORD is already in use"),
         "{e}"
     );
-    let e = seen.failed(shoal_with_stdin(
+    let e = seen.failed(shoal_with_input(
         &socket,
         &["secret", "create", "empty", "-"],
         b"",
@@ -227,7 +209,7 @@ async fn secrets_are_created_listed_inspected_and_removed_never_showing_their_da
         "{e}"
     );
     assert!(e.contains("or - to read standard input"), "{e}");
-    let e = seen.failed(shoal_with_stdin(
+    let e = seen.failed(shoal_with_input(
         &socket,
         &["secret", "create", "bad name", "-"],
         b"x",
@@ -341,12 +323,12 @@ async fn configs_are_created_listed_inspected_and_removed() {
     .trim()
     .to_string();
     assert_eq!(app.len(), 25, "{app}");
-    let piped = shoal_with_stdin(&socket, &["config", "create", "piped", "-"], b"foobar")
+    let piped = shoal_with_input(&socket, &["config", "create", "piped", "-"], b"foobar")
         .ok()
         .trim()
         .to_string();
 
-    let e = shoal_with_stdin(&socket, &["config", "create", "app.conf", "-"], b"x").failed();
+    let e = shoal_with_input(&socket, &["config", "create", "app.conf", "-"], b"x").failed();
     assert!(e.contains("app.conf"), "{e}");
     assert!(e.contains("already"), "{e}");
 

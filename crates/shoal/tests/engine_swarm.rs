@@ -155,26 +155,6 @@ fn an_inactive_node_answers_and_refuses_as_docker_does() {
     );
 
     // Bad input changes nothing.
-    let autolock = request(
-        &socket,
-        "POST",
-        "/v1.50/swarm/init",
-        Some(r#"{"ListenAddr":"127.0.0.1:1","AutoLockManagers":true}"#),
-    );
-    assert_eq!(autolock.status, 501, "{:?}", autolock.json());
-    refused(
-        docker(
-            &socket,
-            &[
-                "swarm",
-                "init",
-                "--autolock",
-                "--advertise-addr",
-                "127.0.0.1",
-            ],
-        ),
-        "autolock is not implemented yet in Shoal",
-    );
     let pool = request(
         &socket,
         "POST",
@@ -306,7 +286,15 @@ fn an_inactive_node_answers_and_refuses_as_docker_does() {
         ),
         Some("{}"),
     );
-    assert_eq!(unlock_rotation.status, 501);
+    assert_eq!(unlock_rotation.status, 400);
+    assert!(
+        unlock_rotation.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("autolock is off"),
+        "{:?}",
+        unlock_rotation.json()
+    );
     assert_eq!(
         request(&socket, "GET", "/v1.50/swarm", None).json()["Version"],
         after["Version"]
@@ -549,14 +537,27 @@ fn the_docker_cli_makes_and_runs_a_swarm() {
         info_line(&info, "Task History Retention Limit").as_deref(),
         Some("3")
     );
-    refused(
-        docker(&socket, &["swarm", "update", "--autolock"]),
-        "autolock is not implemented yet in Shoal",
+    // Autolock on: the CLI prints the key, and unlock-key shows the same; off again: none.
+    let locked = docker(&socket, &["swarm", "update", "--autolock"]).ok();
+    let shown = locked
+        .split_whitespace()
+        .find(|w| w.starts_with("SWMKEY-1-"))
+        .unwrap_or_else(|| panic!("no key in {locked}"))
+        .to_string();
+    assert_eq!(
+        docker(&socket, &["swarm", "unlock-key", "-q"]).ok().trim(),
+        shown
     );
     assert_eq!(
-        shoal_json(&m1, &["swarm", "inspect"])["Version"],
-        cluster["Version"]
+        shoal_json(&m1, &["swarm", "inspect"])["Spec"]["EncryptionConfig"]["AutoLockManagers"],
+        true
     );
+    let rotated = docker(&socket, &["swarm", "unlock-key", "--rotate", "-q"]).ok();
+    assert!(
+        rotated.trim().starts_with("SWMKEY-1-") && rotated.trim() != shown,
+        "{rotated}"
+    );
+    docker(&socket, &["swarm", "update", "--autolock=false"]).ok();
     let key = docker(&socket, &["swarm", "unlock-key"]);
     assert_eq!(key.code, Some(1));
     assert!(

@@ -1,8 +1,8 @@
 //! Secrets delivered to process tasks, through real `shoal daemon` processes driven by the
 //! command line: the task finds its secret as a 0400 file in `$SHOAL_SECRETS_DIR`, on
 //! /dev/shm, on its own node only; the secret's bytes are nowhere in the nodes' state
-//! directories (but the manager's Raft log, which holds the secret object), nor in the
-//! daemons' debug logs, nor in what `inspect` prints; a service naming a missing secret is
+//! directories (the manager's Raft log holds the secret object, sealed), nor in the daemons'
+//! debug logs, nor in what `inspect` prints; a service naming a missing secret is
 //! refused and nothing is created; the task's directory is gone after `service rm`. And a
 //! container task on a `--executor docker` node finds its secret read-only at
 //! `/run/secrets/<target>` (skipped without an engine, unless `SHOAL_REQUIRE_DOCKER=1`).
@@ -28,31 +28,6 @@ const DB: &str = "51c7e0a9d3b8f264";
 
 fn docker_canary() -> String {
     format!("{A}{DB}")
-}
-
-/// Every file under `dir` whose bytes hold `needle`, skipping directories named in `skip`.
-fn files_holding(dir: &Path, needle: &[u8], skip: &[PathBuf]) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return hits;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            if !skip.contains(&path) {
-                hits.extend(files_holding(&path, needle, skip));
-            }
-        } else if kind.is_file()
-            && let Ok(bytes) = std::fs::read(&path)
-            && bytes.windows(needle.len()).any(|w| w == needle)
-        {
-            hits.push(path);
-        }
-    }
-    hits
 }
 
 /// Removes these directories when dropped.
@@ -150,14 +125,15 @@ fn a_secret_reaches_only_its_task_as_a_private_file_and_nothing_else() {
     let mut on_shm = Vec::new();
     for entry in std::fs::read_dir("/dev/shm").unwrap().flatten() {
         if entry.file_name().to_string_lossy().starts_with("shoal-") {
-            on_shm.extend(files_holding(&entry.path(), canary().as_bytes(), &[]));
+            on_shm.extend(support::files_holding(&entry.path(), canary().as_bytes()));
         }
     }
     assert_eq!(on_shm, [file], "only the task's own file holds the secret");
     for other in ["m1", "w2"] {
         let root = shm_root(&dir.join(other));
         assert!(
-            files_holding(&root, canary().as_bytes(), &[]).is_empty() && !root.join(&task).exists(),
+            support::files_holding(&root, canary().as_bytes()).is_empty()
+                && !root.join(&task).exists(),
             "{other} has nothing of the secret"
         );
     }
@@ -185,14 +161,15 @@ fn a_secret_reaches_only_its_task_as_a_private_file_and_nothing_else() {
     assert_eq!(cluster.inspect("web")["Version"], before["Version"]);
 
     // Nothing of it on disk, nor in the logs, anywhere under the cluster's directory (every
-    // node's state directory and log) but the manager's Raft log, which holds the secret.
+    // node's state directory and log): the manager's Raft log holds the secret, sealed.
     let check_disk = || {
         let logs: String = ["m1", "w1", "w2"]
             .iter()
             .map(|n| std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default())
             .collect();
         assert!(logs.contains("DEBUG"), "the daemons log at debug level");
-        let hits = files_holding(&dir, canary().as_bytes(), &[dir.join("m1/raft")]);
+        assert!(dir.join("m1/raft/log.redb").exists());
+        let hits = support::files_holding(&dir, canary().as_bytes());
         assert!(hits.is_empty(), "the secret is on disk: {hits:?}");
     };
     check_disk();
@@ -335,13 +312,13 @@ fn a_container_finds_its_secret_read_only_at_run_secrets() {
     let task = rows[0].id.clone();
     let on_host = root.join(&task).join("secrets/0");
     assert_eq!(std::fs::read_to_string(&on_host).unwrap(), docker_canary());
-    let hits = files_holding(&dir, docker_canary().as_bytes(), &[dir.join("m1/raft")]);
+    let hits = support::files_holding(&dir, docker_canary().as_bytes());
     assert!(hits.is_empty(), "the secret is on disk: {hits:?}");
 
     cluster.shoal(&["service", "rm", &service]).ok();
     cluster.wait("the task's files to go", &[], |_| {
         (!root.join(&task).exists()).then_some(())
     });
-    let hits = files_holding(&dir, docker_canary().as_bytes(), &[dir.join("m1/raft")]);
+    let hits = support::files_holding(&dir, docker_canary().as_bytes());
     assert!(hits.is_empty(), "the secret is on disk: {hits:?}");
 }

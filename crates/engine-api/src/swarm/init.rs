@@ -3,8 +3,9 @@
 //!
 //! Everything is checked before anything changes: the addresses (Docker's spellings, see
 //! [`super::addr`]), the spec (laid over the defaults and validated as the Control API would,
-//! see [`super::spec`]), the availability, and what Shoal does not do (autolock, other address
-//! pools, a data path) — refused with 501. A node already in a swarm gets moby's 503, unless
+//! see [`super::spec`]), the availability, and what Shoal does not do (other address pools, a
+//! data path) — refused with 501. `AutoLockManagers` locks the new swarm's managers (the CLI
+//! then reads the key from `GET /swarm/unlockkey` and prints it). A node already in a swarm gets moby's 503, unless
 //! `ForceNewCluster` (then the Control API's `force_new_cluster`: a manager restarts as the only
 //! member of a new cluster, keeping its data).
 //!
@@ -18,7 +19,7 @@ use shoal_api::v1::{InitSwarmRequest, UpdateClusterRequest, UpdateNodeRequest, n
 use tonic::Code;
 
 use super::shapes::{DEFAULT_ADDR_POOL, SUBNET_SIZE};
-use super::spec::{Spec, autolock_unsupported, default_cluster_spec, to_cluster_spec};
+use super::spec::{Spec, default_cluster_spec, to_cluster_spec};
 use super::{addr, availability, cluster, wait_for, wait_for_cluster};
 use crate::backend::{Backend, LocalState};
 use crate::error::{self, EngineError};
@@ -55,9 +56,6 @@ pub fn plan(
     request: &InitRequest,
     interfaces: &[addr::InterfaceAddr],
 ) -> Result<Plan, EngineError> {
-    if request.auto_lock_managers {
-        return Err(autolock_unsupported());
-    }
     if !request.default_addr_pool.is_empty()
         && request.default_addr_pool != [DEFAULT_ADDR_POOL.to_string()]
     {
@@ -93,6 +91,8 @@ pub fn plan(
                 .unwrap_or_default(),
             advertise_addr: advertise,
             force_new_cluster: request.force_new_cluster,
+            autolock: request.auto_lock_managers
+                || request.spec.encryption_config.auto_lock_managers,
         },
         spec: request.spec.clone(),
         availability: availability(&request.availability)?,
@@ -240,6 +240,7 @@ mod tests {
                 listen_addr: "0.0.0.0:2377".into(),
                 advertise_addr: "10.1.2.3:2377".into(),
                 force_new_cluster: false,
+                autolock: false,
             }
         );
         assert_eq!(
@@ -297,12 +298,6 @@ mod tests {
     #[test]
     fn what_shoal_does_not_do_is_refused_before_anything_changes() {
         for (body, status, words) in [
-            (r#"{"AutoLockManagers":true}"#, 501, "autolock"),
-            (
-                r#"{"Spec":{"EncryptionConfig":{"AutoLockManagers":true}}}"#,
-                501,
-                "autolock",
-            ),
             (r#"{"DataPathPort":4789}"#, 501, "data plane"),
             (r#"{"DataPathAddr":"eth0"}"#, 501, "data plane"),
             (r#"{"Availability":"sleepy"}"#, 400, "invalid Availability"),

@@ -12,9 +12,8 @@
 //! "KeepOldSnapshots":null,…}}`) change only what they name.
 //!
 //! Refused, changing nothing: a name other than `default` (400, moby's text); negative
-//! durations or ticks (400, naming the field); `AutoLockManagers` (501: Shoal has no autolock
-//! yet); external CAs, a signing CA, and raising `ForceRotate` (501: Shoal's CA signs
-//! certificates itself and has no root rotation yet — the docker CLI would otherwise wait
+//! durations or ticks (400, naming the field); external CAs, a signing CA, and raising
+//! `ForceRotate` (501: Shoal's CA signs certificates itself and has no root rotation yet — the docker CLI would otherwise wait
 //! forever for a rotation that never comes). The rest is checked by the Control API
 //! (`validate_cluster_spec`), which [`to_cluster_spec`] runs up front so that an init with a
 //! bad spec does not create a swarm.
@@ -135,14 +134,6 @@ pub struct Encryption {
     pub auto_lock_managers: bool,
 }
 
-/// The answer for a request that turns autolock on.
-pub fn autolock_unsupported() -> EngineError {
-    EngineError::not_implemented(
-        "autolock is not implemented yet in Shoal: managers cannot be locked with a key, so \
-         AutoLockManagers (docker swarm init/update --autolock) is refused; nothing was changed",
-    )
-}
-
 /// Shoal's default cluster spec (the manager's `default_spec`, SwarmKit's values with Shoal's
 /// Raft timing).
 pub fn default_cluster_spec() -> ClusterSpec {
@@ -223,9 +214,6 @@ pub fn to_cluster_spec(spec: &Spec, base: &ClusterSpec) -> Result<ClusterSpec, E
             "swarm spec must be named \"default\"",
         ));
     }
-    if spec.encryption_config.auto_lock_managers {
-        return Err(autolock_unsupported());
-    }
     let ca = &spec.ca_config;
     if !ca.external_cas.is_empty() {
         return Err(EngineError::not_implemented(
@@ -252,6 +240,13 @@ pub fn to_cluster_spec(spec: &Spec, base: &ClusterSpec) -> Result<ClusterSpec, E
         )));
     }
     let mut out = base.clone();
+    // Laid over the base like every field: on update (a base of defaults) the spec's value
+    // wins, as in moby; on init a swarm forced from a manager's state keeps its autolock.
+    if spec.encryption_config.auto_lock_managers {
+        out.encryption_config = Some(EncryptionConfig {
+            auto_lock_managers: true,
+        });
+    }
     let annotations = out.annotations.get_or_insert_with(Default::default);
     if annotations.name.is_empty() {
         annotations.name = CLUSTER_NAME.into();
@@ -445,11 +440,6 @@ mod tests {
             assert!(e.message.contains(words), "{body}: {e}");
         };
         refused(r#"{"Name":"prod"}"#, 400, "must be named \"default\"");
-        refused(
-            r#"{"EncryptionConfig":{"AutoLockManagers":true}}"#,
-            501,
-            "autolock",
-        );
         refused(
             r#"{"CAConfig":{"ExternalCAs":[{"Protocol":"cfssl","URL":"https://ca"}]}}"#,
             501,

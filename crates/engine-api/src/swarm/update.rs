@@ -23,12 +23,6 @@ pub fn rotation(request: &Request) -> Result<KeyRotation, EngineError> {
         manager_join_token: request.query.bool("rotateManagerToken")?,
         manager_unlock_key: request.query.bool("rotateManagerUnlockKey")?,
     };
-    if rotation.manager_unlock_key {
-        return Err(EngineError::not_implemented(
-            "rotating the unlock key needs autolock, which is not implemented yet in Shoal (no \
-             manager is locked, there is no key to rotate); nothing was changed",
-        ));
-    }
     Ok(rotation)
 }
 
@@ -104,9 +98,11 @@ mod tests {
         let e = request("", "{}").query.version("swarm").unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.starts_with("invalid swarm version ''"), "{e}");
-        let e = rotation(&request("rotateManagerUnlockKey=1&version=3", "{}")).unwrap_err();
-        assert_eq!(e.status, 501);
-        assert!(e.message.contains("autolock"), "{e}");
+        assert!(
+            rotation(&request("rotateManagerUnlockKey=1&version=3", "{}"))
+                .unwrap()
+                .manager_unlock_key
+        );
         assert_eq!(
             rotation(&request("rotateWorkerToken=maybe", "{}"))
                 .unwrap_err()

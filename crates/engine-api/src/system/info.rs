@@ -183,6 +183,13 @@ pub fn swarm_info(
                 ..Default::default()
             };
         }
+        LocalState::Active(info) if info.locked => {
+            return SwarmInfo {
+                node_id: info.node_id.clone(),
+                local_node_state: "locked".into(),
+                ..Default::default()
+            };
+        }
         LocalState::Active(info) => info,
     };
     let mut swarm = SwarmInfo {
@@ -318,6 +325,7 @@ mod tests {
             managers: vec!["127.0.0.1:2377".into()],
             certificate_expiry: None,
             incarnation: 7,
+            locked: false,
         })
     }
 

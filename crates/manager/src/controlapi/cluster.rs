@@ -1,11 +1,14 @@
 //! Clusters: get, list, and update — the spec (validated; the CA's keys in it cannot be set
-//! this way) and the rotation of join tokens: a rotated token stops working at once, since
-//! the CA only accepts the tokens in the cluster object. The CA's private keys are never
-//! returned.
+//! this way), the rotation of join tokens (a rotated token stops working at once, since
+//! the CA only accepts the tokens in the cluster object) and autolock: turning
+//! `encryption_config.auto_lock_managers` on gives the cluster an unlock key (rotated on
+//! request), turning it off removes it; every manager then seals its key file with the key,
+//! or stops sealing it (see the node's `keys` module). The CA's private keys and the unlock
+//! key are never returned with the cluster; `GetUnlockKey` gives the key to managers.
 
 use shoal_api::v1::{
-    Cluster, GetClusterRequest, GetClusterResponse, ListClustersRequest, ListClustersResponse,
-    UpdateClusterRequest, UpdateClusterResponse,
+    Cluster, GetClusterRequest, GetClusterResponse, GetUnlockKeyRequest, GetUnlockKeyResponse,
+    ListClustersRequest, ListClustersResponse, UpdateClusterRequest, UpdateClusterResponse,
 };
 use shoal_ca::JoinToken;
 use shoal_store::{By, Reader};
@@ -65,6 +68,29 @@ impl ControlApi {
         Ok(ListClustersResponse { clusters })
     }
 
+    /// The unlock key while autolock is on; empty otherwise.
+    pub(super) async fn get_unlock_key(
+        &self,
+        _request: GetUnlockKeyRequest,
+    ) -> Result<GetUnlockKeyResponse, Status> {
+        self.linearize().await?;
+        let (key, version) = self.store.view(|tx| {
+            tx.find::<Cluster>(By::All)
+                .first()
+                .map(|c| {
+                    (
+                        crate::cluster::unlock_key(c).map(<[u8]>::to_vec),
+                        c.meta.as_ref().map(|m| m.version).unwrap_or_default(),
+                    )
+                })
+                .unwrap_or_default()
+        });
+        Ok(GetUnlockKeyResponse {
+            unlock_key: key.unwrap_or_default(),
+            version,
+        })
+    }
+
     pub(super) async fn update_cluster(
         &self,
         request: UpdateClusterRequest,
@@ -85,13 +111,10 @@ impl ControlApi {
         }
         self.require_leader()?;
         let rotation = request.rotation.unwrap_or_default();
-        if rotation.manager_unlock_key {
-            return Err(Status::unimplemented(
-                "rotating the unlock key is not available yet in this version of Shoal (it comes with autolock)",
-            ));
-        }
         let id = request.cluster_id.clone();
-        self.store
+        let mut refusal = None;
+        let updated = self
+            .store
             .update(|tx| {
                 let current = tx.lookup::<Cluster>(&id)?;
                 let mut updated = (*current).clone();
@@ -121,10 +144,24 @@ impl ControlApi {
                         tokens.manager = JoinToken::generate(&digest).to_string();
                     }
                 }
+                // Autolock on: the cluster holds an unlock key (a new one when rotated, or
+                // turned on); off: none. Every manager follows it (its key file sealed with
+                // the key, or in clear).
+                if let Err(message) =
+                    crate::cluster::reconcile_unlock_key(&mut updated, rotation.manager_unlock_key)
+                {
+                    refusal = Some(Status::failed_precondition(message));
+                    return Err(shoal_store::StoreError::InvalidTransaction(
+                        "refused".into(),
+                    ));
+                }
                 tx.update(updated)
             })
-            .await
-            .map_err(store_status)?;
+            .await;
+        if let Some(refused) = refusal {
+            return Err(refused);
+        }
+        updated.map_err(store_status)?;
         let cluster = self
             .store
             .view(|tx| tx.lookup::<Cluster>(&request.cluster_id))

@@ -355,6 +355,15 @@ impl shoal_api::v1::control_server::Control for ControlApi {
             .map(tonic::Response::new)
     }
 
+    async fn get_unlock_key(
+        &self,
+        request: tonic::Request<shoal_api::v1::GetUnlockKeyRequest>,
+    ) -> Result<tonic::Response<shoal_api::v1::GetUnlockKeyResponse>, Status> {
+        self.get_unlock_key(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
     async fn get_secret(
         &self,
         request: tonic::Request<shoal_api::v1::GetSecretRequest>,

@@ -42,6 +42,13 @@ pub struct Args {
     /// Make this manager the only member of its cluster, keeping all its data
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// With --init: lock the managers with a key (`shoal swarm unlock-key` shows it)
+    #[arg(long, requires = "init")]
+    pub autolock: bool,
+    /// Bring a cluster back from a backup (`shoal swarm backup`), with this node as its
+    /// only manager; needs --force-new-cluster and an empty state directory
+    #[arg(long, value_name = "FILE", requires = "force_new_cluster", conflicts_with_all = ["init", "join_addr"])]
+    pub restore: Option<PathBuf>,
     /// Raft tick interval, e.g. 100ms
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub tick_interval: Duration,
@@ -127,6 +134,8 @@ pub fn run(args: Args) -> Result<(), String> {
     config.join_token = args.join_token;
     config.listen_control_api = args.listen_control_api;
     config.force_new_cluster = args.force_new_cluster;
+    config.autolock = args.autolock;
+    config.restore = args.restore;
     config.tick_interval = args.tick_interval;
     config.election_tick = args.election_tick;
     config.heartbeat_tick = args.heartbeat_tick;

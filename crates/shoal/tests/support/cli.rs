@@ -1,7 +1,8 @@
 //! The `shoal` binary run as users run it, against a node's control socket.
 
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// What one run of `shoal` printed, and how it ended.
 pub struct Run {
@@ -55,4 +56,25 @@ pub fn shoal(socket: &Path, args: &[&str]) -> Run {
             .output()
             .expect("run shoal"),
     )
+}
+
+/// `shoal -s SOCKET args...` with `input` on its standard input, SHOAL_SOCKET unset.
+pub fn shoal_with_input(socket: &Path, args: &[&str], input: impl AsRef<[u8]>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("-s")
+        .arg(socket)
+        .args(args)
+        .env_remove("SHOAL_SOCKET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_ref())
+        .unwrap();
+    finished(child.wait_with_output().unwrap())
 }

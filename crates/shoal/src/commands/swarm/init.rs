@@ -35,6 +35,10 @@ pub struct Args {
     /// keeping the cluster's data (services, secrets, nodes)
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// Lock the managers with a key: a restarted manager serves nothing until it is given
+    /// the key with `shoal swarm unlock` (the key is printed once, here)
+    #[arg(long)]
+    pub autolock: bool,
 }
 
 pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
@@ -48,6 +52,7 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
                 listen_addr: args.listen_addr.clone().unwrap_or_default(),
                 advertise_addr: args.advertise_addr.clone().unwrap_or_default(),
                 force_new_cluster: args.force_new_cluster,
+                autolock: args.autolock,
             })
             .await
             .map_err(|s| c.error("Swarm.Init", &s))?;
@@ -75,13 +80,19 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
                     .cloned()
                     .unwrap_or_else(|| "<MANAGER-ADDR>".to_string());
                 let id = info.node_id;
-                return output::print(&format!(
+                let mut text = format!(
                     "Swarm initialized: current node ({id}) is now a manager.\n\nTo add a worker \
                      to this swarm, run the following command:\n\n    shoal swarm join --token \
                      {} {addr}\n\nTo add a manager to this swarm, run 'shoal swarm join-token \
                      manager' and follow the instructions.\n",
                     tokens.worker
-                ));
+                );
+                if args.autolock {
+                    let key = super::unlock_key::current_key(&mut fresh).await?;
+                    text.push('\n');
+                    text.push_str(&super::unlock_key::instructions(&key));
+                }
+                return output::print(&text);
             }
             if started.elapsed() > READY_WITHIN {
                 return Err(format!(

@@ -1,11 +1,14 @@
 //! `shoal swarm ...`: the swarm as a whole — join tokens, settings, leaving. One file per
 //! command; this one holds the cluster object as JSON.
 
+pub mod backup;
 pub mod init;
 pub mod inspect;
 pub mod join;
 pub mod join_token;
 pub mod leave;
+pub mod unlock;
+pub mod unlock_key;
 pub mod update;
 
 use std::path::PathBuf;
@@ -36,6 +39,12 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Make this node leave the swarm
     Leave(leave::Args),
+    /// Give a locked manager (autolock) the cluster's unlock key
+    Unlock(unlock::Args),
+    /// Show the cluster's unlock key, or rotate it
+    UnlockKey(unlock_key::Args),
+    /// Write a consistent copy of the cluster state to a file, from this running manager
+    Backup(backup::Args),
 }
 
 pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
@@ -46,6 +55,9 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
         Command::Update(a) => update::run(socket, a),
         Command::Inspect(a) => inspect::run(socket, a),
         Command::Leave(a) => leave::run(socket, a),
+        Command::Unlock(a) => unlock::run(socket, a),
+        Command::UnlockKey(a) => unlock_key::run(socket, a),
+        Command::Backup(a) => backup::run(socket, a),
     }
 }
 

@@ -22,6 +22,10 @@ pub struct Args {
     /// How often nodes report to the dispatcher, e.g. 5s
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub dispatcher_heartbeat: Option<Duration>,
+    /// Lock the managers with a key (true) or stop locking them (false); turning it on
+    /// prints the key
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub autolock: Option<bool>,
 }
 
 impl Args {
@@ -42,14 +46,23 @@ impl Args {
                 .get_or_insert_with(Default::default)
                 .heartbeat_period = Some(duration::to_proto(d));
         }
+        if let Some(on) = self.autolock {
+            spec.encryption_config
+                .get_or_insert_with(Default::default)
+                .auto_lock_managers = on;
+        }
     }
 }
 
 pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
-    client::run(socket, async |c| {
+    let locked_now = client::run(socket, async |c| {
         let cluster = c.cluster().await?;
         let meta = cluster.meta.unwrap_or_default();
         let mut spec = cluster.spec.unwrap_or_default();
+        let was_locked = spec
+            .encryption_config
+            .as_ref()
+            .is_some_and(|e| e.auto_lock_managers);
         args.apply(&mut spec);
         // The manager validates the spec (minimums included) and refuses a stale version.
         c.control()
@@ -61,9 +74,19 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
             })
             .await
             .map_err(|s| c.error("UpdateCluster", &s))?;
-        Ok(())
+        // Turned on: the key is shown now, as by `swarm init --autolock`.
+        if !was_locked && args.autolock == Some(true) {
+            return Ok(Some(super::unlock_key::current_key(c).await?));
+        }
+        Ok(None)
     })?;
-    output::print("Swarm updated.\n")
+    match locked_now {
+        Some(key) => output::print(&format!(
+            "Swarm updated.\n\n{}",
+            super::unlock_key::instructions(&key)
+        )),
+        None => output::print("Swarm updated.\n"),
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +101,7 @@ mod tests {
             cert_expiry: Some(Duration::from_secs(7200)),
             task_history_limit: None,
             dispatcher_heartbeat: None,
+            autolock: None,
         }
         .apply(&mut spec);
         let expiry = spec.ca_config.as_ref().unwrap().node_cert_expiry.unwrap();
@@ -90,11 +114,13 @@ mod tests {
             cert_expiry: None,
             task_history_limit: Some(-1),
             dispatcher_heartbeat: Some(Duration::from_millis(1500)),
+            autolock: Some(true),
         }
         .apply(&mut spec);
         assert_eq!(spec.orchestration.unwrap().task_history_retention_limit, -1);
         let hb = spec.dispatcher.unwrap().heartbeat_period.unwrap();
         assert_eq!((hb.seconds, hb.nanos), (1, 500_000_000));
         assert!(spec.ca_config.is_none());
+        assert!(spec.encryption_config.unwrap().auto_lock_managers);
     }
 }
