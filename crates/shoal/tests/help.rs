@@ -14,6 +14,7 @@ const COMMANDS: &[&[&str]] = &[
     &["swarm", "join-token"],
     &["swarm", "update"],
     &["swarm", "leave"],
+    &["swarm", "ca"],
     &["node"],
     &["node", "ls"],
     &["node", "inspect"],
