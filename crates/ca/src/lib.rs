@@ -11,6 +11,12 @@
 //!   SWMTKN-1-<SHA-256 of the root certificate, base36, 50 chars>-<128-bit secret, base36, 25 chars>
 //! ```
 //!
+//! A *root rotation* replaces the root without stopping the cluster: the new root is
+//! cross-signed by the old one ([`RootCa::cross_signed_by`]), node certificates the new root
+//! signs travel with that cross-signed certificate as their chain (so nodes that trust only
+//! the old root accept them), and [`issued_by`] tells which root signed a node's certificate
+//! (the manager finishes the rotation once every node holds one from the new root).
+//!
 //! This crate is pure: it makes and checks certificates and tokens, and holds no state; the
 //! CA server, TLS configuration and authorization that use it come with the node and manager.
 
@@ -20,8 +26,9 @@ mod error;
 mod token;
 
 pub use certs::{
-    NodeIdentity, RootCa, cert_digest, issue_node_certificate, node_key_and_csr,
-    parse_node_certificate, parse_node_certificate_der,
+    CertIssuer, NodeIdentity, RootCa, RootReport, cert_digest, certificates_der,
+    first_certificate_pem, issue_node_certificate, issued_by, issuer_of, node_key_and_csr,
+    parse_node_certificate, parse_node_certificate_der, root_issuer,
 };
 pub use error::CaError;
 pub use token::JoinToken;

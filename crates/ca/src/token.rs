@@ -31,6 +31,15 @@ impl JoinToken {
         }
     }
 
+    /// The same token for another root (a root rotation that completed): the secret stays, so
+    /// whoever holds the old token only has to take the new digest — Docker does the same.
+    pub fn for_root(&self, ca_digest: &str) -> Self {
+        Self {
+            ca_digest: ca_digest.to_string(),
+            secret: self.secret.clone(),
+        }
+    }
+
     /// Parses a token, refusing anything that does not have its exact shape.
     pub fn parse(token: &str) -> Result<Self, CaError> {
         let bad = |why: &str| {
@@ -98,6 +107,11 @@ mod tests {
         assert_eq!(JoinToken::parse(&text).unwrap(), a);
         assert!(a.matches(&JoinToken::parse(&text).unwrap()));
         assert!(!a.matches(&b));
+        // After a root rotation: the same secret, the new digest.
+        let moved = a.for_root(&"1".repeat(50));
+        assert_eq!(moved.secret, a.secret);
+        assert_eq!(moved.ca_digest, "1".repeat(50));
+        assert!(!moved.matches(&a));
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //! like. A node that was removed is refused. Every call goes through the
 //! [`Authorizer`](crate::authorize::Authorizer): anyone may join with a token, but a
 //! certificate that is presented must be a valid, unrevoked one of this cluster.
+//!
+//! During a root rotation ([`crate::root_rotation`]) the CA signs with the *new* root's key
+//! and hands every certificate out followed by the new root cross-signed by the old one, so
+//! nodes that trust only the old root accept it; `GetRootCACertificate` still answers the
+//! current (old) root, which the join tokens' digest names. A certificate is written to the
+//! store only if the cluster still calls for the signer that made it (the write reads the
+//! cluster, so a rotation committed meanwhile makes it conflict, and it is signed again): no
+//! node is recorded with a certificate from a root the rotation left behind.
 
 use shoal_api::v1::ca_server::Ca;
 use shoal_api::v1::node_ca_server::NodeCa;
@@ -22,12 +30,13 @@ use shoal_api::v1::{
     IssueNodeCertificateResponse, Meta, Node, NodeCertificateStatusRequest,
     NodeCertificateStatusResponse, NodeRole, NodeSpec, issuance_status, node_spec,
 };
-use shoal_ca::{JoinToken, RootCa};
+use shoal_ca::JoinToken;
 use shoal_raft::RaftHandle;
 use shoal_raft::service::{not_leader, to_status};
 use shoal_store::{By, Reader, Store};
 
 use crate::authorize::{Access, Authorizer};
+use crate::root_rotation::Signer;
 use tonic::{Request, Response, Status};
 
 use crate::status::store_status;
@@ -49,16 +58,14 @@ impl CaServer {
         }
     }
 
-    /// The root CA's certificate and key, and the lifetime of node certificates.
-    fn signer(cluster: &Cluster) -> Result<(RootCa, std::time::Duration, String), Status> {
+    /// Who signs now (the root, or the new root during a rotation), the lifetime of node
+    /// certificates, and the cluster ID.
+    fn signer(cluster: &Cluster) -> Result<(Signer, std::time::Duration, String), Status> {
         let root = cluster
             .root_ca
             .as_ref()
             .ok_or_else(|| Status::internal("the cluster has no root CA"))?;
-        let ca = RootCa {
-            cert_pem: String::from_utf8_lossy(&root.ca_cert).into_owned(),
-            key_pem: String::from_utf8_lossy(&root.ca_key).into_owned(),
-        };
+        let signer = Signer::of(root).map_err(|e| Status::internal(e.to_string()))?;
         let expiry = cluster
             .spec
             .as_ref()
@@ -71,37 +78,70 @@ impl CaServer {
             .as_ref()
             .map(|m| m.id.clone())
             .unwrap_or_default();
-        Ok((ca, expiry, cluster_id))
+        Ok((signer, expiry, cluster_id))
     }
 
-    /// Signs `csr` for `node_id` with `role`, as the record a Node keeps of its certificate.
+    /// Signs `csr` for `node_id` with `role`, as the record a Node keeps of its certificate,
+    /// and the signer that signed it.
     fn sign(
         cluster: &Cluster,
         csr: Vec<u8>,
         node_id: &str,
         role: NodeRole,
-    ) -> Result<Box<Certificate>, Status> {
-        let (ca, expiry, cluster_id) = Self::signer(cluster)?;
-        let cert = shoal_ca::issue_node_certificate(
-            &ca,
-            &Self::csr_text(&csr)?,
-            node_id,
-            role,
-            &cluster_id,
-            std::time::SystemTime::now(),
-            expiry,
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Box::new(Certificate {
-            role: role as i32,
-            csr,
-            status: Some(IssuanceStatus {
-                state: issuance_status::State::Issued as i32,
-                err: String::new(),
+    ) -> Result<(Box<Certificate>, Signer), Status> {
+        let (signer, expiry, cluster_id) = Self::signer(cluster)?;
+        let cert = signer
+            .sign(
+                &Self::csr_text(&csr)?,
+                node_id,
+                role,
+                &cluster_id,
+                std::time::SystemTime::now(),
+                expiry,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((
+            Box::new(Certificate {
+                role: role as i32,
+                csr,
+                status: Some(IssuanceStatus {
+                    state: issuance_status::State::Issued as i32,
+                    err: String::new(),
+                }),
+                certificate: cert.into_bytes(),
+                cn: node_id.to_string(),
             }),
-            certificate: cert.into_bytes(),
-            cn: node_id.to_string(),
-        }))
+            signer,
+        ))
+    }
+
+    /// Inside a write: refuses (as a conflict, which the caller retries after signing again)
+    /// when the cluster no longer calls for `signer` — a root rotation started or completed
+    /// since the certificate was signed. Reading the cluster by ID also makes the write
+    /// conflict if the cluster changes before it commits.
+    fn still_signing(
+        tx: &shoal_store::WriteTx<'_>,
+        cluster: &Cluster,
+        signer: &Signer,
+    ) -> shoal_store::Result<()> {
+        let id = cluster.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("");
+        let current = tx.get::<Cluster>(id);
+        let same = current
+            .as_ref()
+            .and_then(|c| c.root_ca.as_ref())
+            .is_some_and(|root| signer.is_current(root));
+        if same {
+            Ok(())
+        } else {
+            Err(shoal_store::StoreError::SequenceConflict {
+                kind: "cluster",
+                id: id.to_string(),
+                read: cluster.meta.as_ref().map(|m| m.version).unwrap_or(0),
+                current: current
+                    .and_then(|c| c.meta.as_ref().map(|m| m.version))
+                    .unwrap_or(0),
+            })
+        }
     }
 
     fn csr_text(csr: &[u8]) -> Result<String, Status> {
@@ -139,16 +179,19 @@ impl CaServer {
             .as_ref()
             .and_then(|s| NodeRole::try_from(s.desired_role).ok())
             .unwrap_or(NodeRole::Worker);
-        let certificate = Self::sign(&cluster, csr, &node_id, role)?;
         let membership = node.spec.as_ref().map(|s| s.membership).unwrap_or(0);
         // The node is read again inside the write: its session writes it too (status,
         // description), and a renewal must not fail because a heartbeat-driven write came
-        // first. A conflict with a write already in flight is tried again.
+        // first. A conflict with a write already in flight — or a root rotation that started
+        // or ended since signing — is tried again, signed afresh.
         let mut attempts = 0;
+        let mut cluster = cluster;
         loop {
+            let (certificate, signer) = Self::sign(&cluster, csr.clone(), &node_id, role)?;
             let written = self
                 .store
                 .update(|tx| {
+                    Self::still_signing(tx, &cluster, &signer)?;
                     let Some(current) = tx.get::<Node>(&node_id) else {
                         return Err(shoal_store::StoreError::NotFound {
                             kind: "node",
@@ -165,6 +208,7 @@ impl CaServer {
                 Ok(_) => break,
                 Err(e) if attempts < 3 && e.class() == shoal_store::ErrorClass::Conflict => {
                     attempts += 1;
+                    cluster = self.cluster()?;
                 }
                 Err(e) => return Err(store_status(e)),
             }
@@ -280,26 +324,45 @@ impl NodeCa for CaServer {
             return Err(not_leader(&self.raft));
         }
         let node_id = shoal_api::id::new_id();
-        let certificate = Self::sign(&cluster, request.csr, &node_id, role)?;
-        let node = Node {
-            meta: Some(Meta {
-                id: node_id.clone(),
+        let mut cluster = cluster;
+        let mut role = role;
+        let mut attempts = 0;
+        loop {
+            let (certificate, signer) = Self::sign(&cluster, request.csr.clone(), &node_id, role)?;
+            let node = Node {
+                meta: Some(Meta {
+                    id: node_id.clone(),
+                    ..Default::default()
+                }),
+                spec: Some(NodeSpec {
+                    desired_role: role as i32,
+                    membership: node_spec::Membership::Accepted as i32,
+                    availability: availability as i32,
+                    ..Default::default()
+                }),
+                role: role as i32,
+                certificate: Some(certificate),
                 ..Default::default()
-            }),
-            spec: Some(NodeSpec {
-                desired_role: role as i32,
-                membership: node_spec::Membership::Accepted as i32,
-                availability: availability as i32,
-                ..Default::default()
-            }),
-            role: role as i32,
-            certificate: Some(certificate),
-            ..Default::default()
-        };
-        self.store
-            .update(|tx| tx.create(node))
-            .await
-            .map_err(store_status)?;
+            };
+            let written = self
+                .store
+                .update(|tx| {
+                    Self::still_signing(tx, &cluster, &signer)?;
+                    tx.create(node)
+                })
+                .await;
+            match written {
+                Ok(()) => break,
+                // The cluster changed meanwhile (a rotation, a token or a setting): check the
+                // token and sign again with what the cluster says now.
+                Err(e) if attempts < 3 && e.class() == shoal_store::ErrorClass::Conflict => {
+                    attempts += 1;
+                    cluster = self.cluster()?;
+                    role = Self::role_for(&cluster, &request.token)?;
+                }
+                Err(e) => return Err(store_status(e)),
+            }
+        }
         Ok(Response::new(IssueNodeCertificateResponse {
             node_id,
             node_membership: node_spec::Membership::Accepted as i32,

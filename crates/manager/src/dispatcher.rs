@@ -10,9 +10,11 @@
 //! replacing any session the node had — and writes the node READY, with the address it
 //! called from and the description it sent (unless the node already is exactly that: an
 //! agent following a new leader after a failover costs no Raft commit). The answer is a stream: first a `SessionMessage`
-//! with the session ID, the node, the managers (Raft members, weight 10) and the cluster's
-//! root certificate; then a new message (same session ID) whenever the Node object changes in
-//! the store or the list of managers changes. The agent then sends heartbeats with its
+//! with the session ID, the node, the managers (Raft members, weight 10) and the roots the
+//! node must trust (the cluster's root certificate; during a root rotation the old and the
+//! new root, see [`crate::root_rotation::trust_bundle`]); then a new message (same session
+//! ID) whenever the Node object changes in the store, the list of managers changes, or the
+//! roots to trust change. The agent then sends heartbeats with its
 //! session ID — as messages on one `Dispatcher.HeartbeatStream` per session (a unary
 //! `Dispatcher.Heartbeat` call per beat, SwarmKit's way, is served too, and costs the manager
 //! a new HTTP/2 stream with headers and trailers each time: see docs/BENCHMARKS.md, S4). A
@@ -1828,6 +1830,13 @@ impl Inner {
             .view(|tx| tx.find::<Cluster>(By::All).into_iter().next())
     }
 
+    /// The roots nodes must trust (see [`crate::root_rotation::trust_bundle`]).
+    fn trust_bundle(&self) -> Vec<u8> {
+        self.cluster()
+            .and_then(|c| c.root_ca.as_ref().map(crate::root_rotation::trust_bundle))
+            .unwrap_or_default()
+    }
+
     /// The heartbeat period: the cluster spec's, else the default.
     fn period(&self) -> Duration {
         self.cluster()
@@ -1924,10 +1933,7 @@ impl Inner {
         node: &Node,
         managers: Vec<WeightedPeer>,
     ) -> SessionMessage {
-        let root_ca = self
-            .cluster()
-            .and_then(|c| c.root_ca.as_ref().map(|r| r.ca_cert.clone()))
-            .unwrap_or_default();
+        let root_ca = self.trust_bundle();
         SessionMessage {
             session_id: session_id.to_string(),
             node: Some(node.clone()),
@@ -2273,6 +2279,8 @@ struct Watcher {
     first: bool,
     /// The manager list last sent.
     managers: Vec<WeightedPeer>,
+    /// The roots to trust last sent.
+    root_ca: Vec<u8>,
     done: bool,
 }
 
@@ -2281,9 +2289,11 @@ type Item = Result<SessionMessage, Status>;
 impl Watcher {
     fn message(&mut self) -> Item {
         self.managers = Inner::managers(&self.inner.leadership.status());
-        Ok(self
+        let message = self
             .inner
-            .message(&self.session_id, &self.node, self.managers.clone()))
+            .message(&self.session_id, &self.node, self.managers.clone());
+        self.root_ca = message.root_ca.clone();
+        Ok(message)
     }
 
     fn end(&mut self, reason: EndReason) -> Item {
@@ -2327,8 +2337,14 @@ impl Watcher {
                 Woken::Node(SessionNews::Changed) => {
                     let node = self.inner.store.view(|tx| tx.get::<Node>(&self.node_id));
                     match node {
-                        // A change already sent (the flag may outlive the message it caused).
-                        Some(node) if Arc::ptr_eq(&node, &self.node) => continue,
+                        // A change already sent (the flag may outlive the message it caused),
+                        // unless the roots to trust changed.
+                        Some(node)
+                            if Arc::ptr_eq(&node, &self.node)
+                                && self.inner.trust_bundle() == self.root_ca =>
+                        {
+                            continue;
+                        }
                         Some(node) => {
                             self.node = node;
                             break self.message();
@@ -2588,6 +2604,26 @@ impl Router {
             }
         }
         for (version, event) in &events {
+            if let Object::Cluster(cluster) = &event.object {
+                // The roots to trust changed (a root rotation started or ended): every
+                // session stream sends its node a message with the new ones.
+                let bundle = |c: &Cluster| {
+                    c.root_ca
+                        .as_ref()
+                        .map(crate::root_rotation::trust_bundle)
+                        .unwrap_or_default()
+                };
+                let old = match event.old.as_ref() {
+                    Some(Object::Cluster(old)) => bundle(old),
+                    _ => Vec::new(),
+                };
+                if bundle(cluster) != old {
+                    for (_, inbox) in state.sessions.values().flatten() {
+                        inbox.changed();
+                    }
+                }
+                continue;
+            }
             if let Object::Node(_) = &event.object {
                 for (_, inbox) in state.sessions.get(event.object.id()).into_iter().flatten() {
                     inbox.changed();
@@ -2646,9 +2682,13 @@ impl Drop for Router {
     }
 }
 
-/// Task and node events: what the router watches.
+/// Task, node and cluster events: what the router watches (cluster events only for the
+/// roots nodes must trust).
 fn router_filter() -> Filter {
-    Filter::all().kind(ObjectKind::Task).kind(ObjectKind::Node)
+    Filter::all()
+        .kind(ObjectKind::Task)
+        .kind(ObjectKind::Node)
+        .kind(ObjectKind::Cluster)
 }
 
 /// The routing task: takes task events from its watch and routes them, until the router is
@@ -3130,6 +3170,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             route,
             first: true,
             managers: Vec::new(),
+            root_ca: Vec::new(),
             done: false,
         })))
     }
@@ -4459,6 +4500,59 @@ mod tests {
         f.set_period(Duration::from_secs(2)).await;
         let period = f.heartbeat(&first.session_id).await.unwrap();
         assert!(within(period, Duration::from_secs(2)), "{period:?}");
+    }
+
+    #[tokio::test]
+    async fn sessions_hear_of_the_roots_to_trust_when_a_root_rotation_starts_and_ends() {
+        let f = fixture().await;
+        let mut stream = f.open().await.unwrap();
+        let first = next(&mut stream).await.unwrap().unwrap();
+        let old = f.cluster.root_ca.as_ref().unwrap().ca_cert.clone();
+        assert_eq!(first.root_ca, old);
+        let cluster_id = f.cluster.meta.as_ref().unwrap().id.clone();
+        // The rotation starts: old root, then new.
+        let id = cluster_id.clone();
+        f.update(|tx| {
+            let mut c = (*tx.get::<Cluster>(&id).unwrap()).clone();
+            crate::root_rotation::start(
+                c.root_ca.as_mut().unwrap(),
+                1,
+                SystemTime::now(),
+                Duration::from_secs(86400),
+            )
+            .unwrap();
+            tx.update(c)
+        })
+        .await;
+        let during = next(&mut stream).await.unwrap().unwrap();
+        assert_eq!(during.session_id, first.session_id);
+        let rotation = f
+            .store
+            .view(|tx| tx.get::<Cluster>(&cluster_id))
+            .unwrap()
+            .root_ca
+            .clone()
+            .unwrap();
+        let bundle = crate::root_rotation::trust_bundle(&rotation);
+        assert!(bundle.starts_with(&old) && bundle.len() > old.len());
+        assert_eq!(during.root_ca, bundle);
+        // A change of the cluster that leaves the roots alone says nothing.
+        f.set_period(Duration::from_secs(3)).await;
+        quiet(&mut stream).await;
+        // It completes: the new root alone.
+        let id = cluster_id.clone();
+        f.update(|tx| {
+            let mut c = (*tx.get::<Cluster>(&id).unwrap()).clone();
+            crate::root_rotation::complete(c.root_ca.as_mut().unwrap()).unwrap();
+            tx.update(c)
+        })
+        .await;
+        let after = next(&mut stream).await.unwrap().unwrap();
+        assert_eq!(
+            after.root_ca,
+            rotation.root_rotation.as_ref().unwrap().ca_cert
+        );
+        quiet(&mut stream).await;
     }
 
     #[tokio::test]

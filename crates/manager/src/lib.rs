@@ -7,6 +7,8 @@
 //! addresses (`allocator`). Control API calls reaching a follower are forwarded to the leader
 //! in one hop (`forward`), so any manager answers any call.
 //! The Watch API (`watchapi`) streams committed changes from any manager's own store.
+//! The leader's root rotation reconciler (`root_rotation`) carries a root CA rotation to its
+//! end.
 
 pub mod allocator;
 pub mod authorize;
@@ -17,6 +19,7 @@ pub mod dispatcher;
 pub mod forward;
 pub mod logbroker;
 pub mod orchestrator;
+pub mod root_rotation;
 pub mod scheduler;
 mod status;
 pub mod watchapi;

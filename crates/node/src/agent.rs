@@ -6,8 +6,23 @@
 //! leader (a follower answers with the leader's address, which the agent follows). The
 //! session is how the cluster knows the node is up (READY), and how the node hears about
 //! itself: the managers' addresses (kept in [`Managers`], used to reconnect and to renew),
-//! and changes to its Node object — a certificate marked `RENEW` (promote, demote) makes the
-//! node renew at once.
+//! the roots it must trust (passed to the renewer, which keeps them), and changes to its Node
+//! object — a certificate marked `RENEW` (promote, demote) or `ROTATE` (a root rotation)
+//! makes the node renew at once. When a session opens and the cluster's record of this
+//! node's certificate is not the certificate the node holds (a renewal the CA recorded but
+//! the node never saved: it crashed in between), the node renews at once too.
+//!
+//! The node's description carries what it holds ([`crate::renewal::tls_info`]): the roots it
+//! trusts and who signed its certificate, which is how the leader learns that a node has
+//! rotated. When the node's credentials change (a renewal, other roots to trust), the agent
+//! re-registers shortly after (changes that come together make one registration): it opens
+//! a new session with the new description *before* letting the current one go (the
+//! dispatcher replaces the old session, so the node never looks disconnected); a new session
+//! that cannot be opened (the dispatcher limits registrations to 3 in 8 s) leaves the current
+//! one in use, and is tried again shortly. A root rotation costs a node two registrations:
+//! one when it has the new roots and its new certificate, one when it trusts the new root
+//! alone. The whole description is also checked every 20 s, as SwarmKit does, and a change
+//! re-registers the same way.
 //!
 //! When the session breaks the agent reconnects with backoff — min(100 ms + 2 × previous,
 //! 8 s), waiting a random part of it, starting afresh after a session that was up, as
@@ -127,7 +142,26 @@ enum SessionEnd {
     Removed(String),
     /// Broken or refused for a reason worth retrying; `String` says why.
     Retry(String),
+    /// Replaced by a session already open (the node's description changed): go on with it.
+    Replaced(Box<Opened>),
 }
+
+/// A session opened, before its first message is read: the description it was opened with,
+/// its connection and its stream.
+struct Opened {
+    description: NodeDescription,
+    channel: Channel,
+    stream: Streaming<SessionMessage>,
+}
+
+/// How long the agent waits before trying again to re-register a changed description that
+/// the manager refused (at most; it starts at a quarter of it and doubles).
+const REREGISTER_RETRY_MAX: Duration = Duration::from_secs(8);
+
+/// How long after the node's credentials change the agent re-registers: changes that come
+/// together — the roots a root rotation names, then the certificate renewed under them — make
+/// one registration (the dispatcher refuses more than 3 in 8 s).
+const REREGISTER_SETTLE: Duration = Duration::from_millis(250);
 
 fn removed(status: &tonic::Status) -> Option<String> {
     (status.code() == tonic::Code::PermissionDenied
@@ -184,6 +218,7 @@ impl Agent {
                 os: std::env::consts::OS.to_string(),
             });
         }
+        description.tls_info = Some(crate::renewal::tls_info(&self.credentials));
         description
     }
 
@@ -200,12 +235,20 @@ impl Agent {
         let base = shoal_api::defaults::SESSION_BACKOFF_BASE;
         let max = shoal_api::defaults::SESSION_BACKOFF_MAX;
         let mut backoff = Duration::ZERO;
+        let mut opened = None;
         loop {
             if *shutdown.borrow() {
                 return AgentExit::Stopped;
             }
             let established = std::sync::atomic::AtomicBool::new(false);
-            let end = self.session(&mut shutdown, &established).await;
+            let end = self
+                .session(&mut shutdown, &established, opened.take())
+                .await;
+            if let SessionEnd::Replaced(next) = end {
+                // The next session is open already: no backoff, no gap.
+                opened = Some(*next);
+                continue;
+            }
             // A session that was up starts the backoff afresh.
             if established.load(std::sync::atomic::Ordering::Relaxed) {
                 backoff = Duration::ZERO;
@@ -220,6 +263,7 @@ impl Agent {
                 SessionEnd::Retry(why) => {
                     tracing::debug!("agent: session ended ({why}); reconnecting in {wait:?}");
                 }
+                SessionEnd::Replaced(_) => unreachable!("handled above"),
             }
             tokio::select! {
                 _ = shutdown.changed() => {}
@@ -229,10 +273,7 @@ impl Agent {
     }
 
     /// Opens a session with the leader, trying every known manager.
-    async fn open(
-        &self,
-        description: &NodeDescription,
-    ) -> Result<(Channel, Streaming<SessionMessage>), SessionEnd> {
+    async fn open(&self, description: NodeDescription) -> Result<Opened, SessionEnd> {
         // No request timeout: the session stream lives as long as the session; heartbeats
         // carry their own.
         let dialer = Dialer::mutual(self.credentials.clone());
@@ -256,7 +297,13 @@ impl Agent {
                 })
                 .await
             {
-                Ok(stream) => return Ok((channel, stream.into_inner())),
+                Ok(stream) => {
+                    return Ok(Opened {
+                        description,
+                        channel,
+                        stream: stream.into_inner(),
+                    });
+                }
                 Err(status) => {
                     if let Some(message) = removed(&status) {
                         return Err(SessionEnd::Removed(message));
@@ -282,6 +329,7 @@ impl Agent {
         &self,
         shutdown: &mut watch::Receiver<bool>,
         established: &std::sync::atomic::AtomicBool,
+        opened: Option<Opened>,
     ) -> SessionEnd {
         let stopping = async {
             let closed = shutdown.wait_for(|stop| *stop).await.is_err();
@@ -291,7 +339,7 @@ impl Agent {
             }
         };
         tokio::select! {
-            end = self.serve(established) => end,
+            end = self.serve(established, opened) => end,
             () = stopping => {
                 // The session's stream and channel are dropped by now; let the connection's
                 // task send the reset before the node goes on stopping.
@@ -301,13 +349,28 @@ impl Agent {
         }
     }
 
-    /// Opens a session and keeps it alive with heartbeats until it breaks.
-    async fn serve(&self, established: &std::sync::atomic::AtomicBool) -> SessionEnd {
-        let description = self.description().await;
-        let (channel, mut stream) = match self.open(&description).await {
-            Ok(s) => s,
-            Err(end) => return end,
+    /// Opens a session (unless `opened` is one already open) and keeps it alive with
+    /// heartbeats until it breaks or is replaced.
+    async fn serve(
+        &self,
+        established: &std::sync::atomic::AtomicBool,
+        opened: Option<Opened>,
+    ) -> SessionEnd {
+        // Heard of from now on: a change made while the session opens is looked at once it is
+        // open.
+        let mut credentials = self.credentials.changes();
+        let opened = match opened {
+            Some(opened) => opened,
+            None => match self.open(self.description().await).await {
+                Ok(opened) => opened,
+                Err(end) => return end,
+            },
         };
+        let Opened {
+            description,
+            channel,
+            mut stream,
+        } = opened;
         let mut client = DispatcherClient::new(channel.clone());
         let first = match stream.message().await {
             Ok(Some(m)) => m,
@@ -321,6 +384,7 @@ impl Agent {
         let session_id = first.session_id.clone();
         established.store(true, std::sync::atomic::Ordering::Relaxed);
         self.learn(&first);
+        self.check_record(&first);
         let mut assignments = match client
             .assignments(AssignmentsRequest {
                 session_id: session_id.clone(),
@@ -361,6 +425,14 @@ impl Agent {
         let mut next_beat = tokio::time::Instant::now();
         let mut next_check =
             tokio::time::Instant::now() + shoal_api::defaults::NODE_DESCRIPTION_CHECK_PERIOD;
+        // A changed description to re-register, and the wait after a refusal.
+        let mut reregister: Option<tokio::time::Instant> = None;
+        let mut reregister_wait = REREGISTER_RETRY_MAX / 4;
+        // The credentials may have changed while the session opened.
+        if credentials.has_changed().unwrap_or(false) {
+            credentials.borrow_and_update();
+            reregister = Some(tokio::time::Instant::now() + REREGISTER_SETTLE);
+        }
         // Log subscriptions, on the same connection; their end does not end the session.
         let logs = self.logs.serve(channel);
         tokio::pin!(logs);
@@ -401,12 +473,55 @@ impl Agent {
                             .unwrap_or_else(|| SessionEnd::Retry(status.message().to_string()));
                     }
                 },
+                // (The agent holds the credentials, so their sender outlives this receiver.)
+                Ok(()) = credentials.changed() => {
+                    // What the node holds is in its description: re-register shortly, once
+                    // the changes that come together (new roots to trust, then the
+                    // certificate renewed under them) have all been made.
+                    let settled = tokio::time::Instant::now() + REREGISTER_SETTLE;
+                    reregister = Some(reregister.map_or(settled, |at| at.min(settled)));
+                }
                 () = tokio::time::sleep_until(next_check) => {
                     next_check += shoal_api::defaults::NODE_DESCRIPTION_CHECK_PERIOD;
+                    reregister = Some(tokio::time::Instant::now());
+                }
+                () = async {
+                    match reregister {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    reregister = None;
                     // SwarmKit re-registers a node whose description changed (resources,
-                    // runtimes, hostname): so does this agent.
-                    if self.description().await != description {
-                        return SessionEnd::Retry("the node's description changed".into());
+                    // runtimes, hostname, the certificate it holds): so does this agent, with
+                    // the new session open before the current one goes.
+                    let fresh = self.description().await;
+                    if fresh != description {
+                        match tokio::time::timeout(
+                            shoal_api::defaults::DISPATCHER_RPC_TIMEOUT,
+                            self.open(fresh),
+                        )
+                        .await
+                        {
+                            Ok(Ok(next)) => {
+                                tracing::info!(
+                                    "agent: the node's description changed; re-registered"
+                                );
+                                return SessionEnd::Replaced(Box::new(next));
+                            }
+                            Ok(Err(SessionEnd::Removed(message))) => {
+                                return SessionEnd::Removed(message);
+                            }
+                            Ok(Err(_)) | Err(_) => {
+                                // Keep this session; try again a little later.
+                                tracing::debug!(
+                                    "agent: re-registering the changed description failed; \
+                                     retrying in {reregister_wait:?}"
+                                );
+                                reregister = Some(tokio::time::Instant::now() + reregister_wait);
+                                reregister_wait = (reregister_wait * 2).min(REREGISTER_RETRY_MAX);
+                            }
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(next_beat) => {
@@ -459,15 +574,62 @@ impl Agent {
             .map(|m| m.addr.clone())
             .collect();
         self.managers.set(addrs);
-        let renew = message
-            .node
-            .as_ref()
-            .and_then(|n| n.certificate.as_ref())
+        if !message.root_ca.is_empty() {
+            let roots = String::from_utf8_lossy(&message.root_ca).into_owned();
+            if roots != self.credentials.certificates().root_pem {
+                tracing::info!("agent: the cluster names other roots to trust");
+                self.renew.trust(roots);
+            }
+        }
+        let certificate = message.node.as_ref().and_then(|n| n.certificate.as_ref());
+        let renew = certificate
             .and_then(|c| c.status.as_ref())
-            .is_some_and(|s| s.state == issuance_status::State::Renew as i32);
-        if renew {
-            tracing::info!("agent: the cluster asks this node to renew its certificate");
-            self.renew.request();
+            .is_some_and(|s| {
+                s.state == issuance_status::State::Renew as i32
+                    || s.state == issuance_status::State::Rotate as i32
+            });
+        if let Some(certificate) = certificate.filter(|_| renew) {
+            // The mark is about the certificate recorded with it: once the node holds
+            // another (it renewed), the mark is spent.
+            let leaf = |pem: &str| {
+                shoal_ca::certificates_der(pem)
+                    .ok()
+                    .map(|mut c| c.remove(0))
+            };
+            let about = String::from_utf8_lossy(&certificate.certificate).into_owned();
+            let held = self.credentials.certificates().cert_pem;
+            if about.is_empty() || leaf(&about) == leaf(&held) {
+                tracing::info!("agent: the cluster asks this node to renew its certificate");
+                self.renew.request_replacing(held);
+            }
+        }
+    }
+
+    /// At the start of a session: if the cluster recorded another certificate for this node
+    /// than the one it holds (the CA signed a renewal this node never saved: it crashed in
+    /// between), renew — the record is what the cluster goes by, and a mark (`ROTATE`,
+    /// `RENEW`) on it is about it, not about what the node holds.
+    fn check_record(&self, first: &SessionMessage) {
+        let Some(certificate) = first.node.as_ref().and_then(|n| n.certificate.as_ref()) else {
+            return;
+        };
+        let held = self.credentials.certificates().cert_pem;
+        // The node's own certificates compared (the chain that came with one may have been
+        // dropped since: see `renewal::trust`).
+        let leaf = |pem: &str| {
+            shoal_ca::certificates_der(pem)
+                .ok()
+                .map(|mut c| c.remove(0))
+        };
+        let recorded = String::from_utf8_lossy(&certificate.certificate);
+        if !certificate.certificate.is_empty() && leaf(&recorded) != leaf(&held) {
+            // Unless a renewal under way installs the recorded certificate first: the request
+            // names the certificate held now.
+            tracing::info!(
+                "agent: the cluster recorded another certificate for this node than the one it \
+                 holds; renewing unless a renewal under way brings it"
+            );
+            self.renew.request_replacing(held);
         }
     }
 }

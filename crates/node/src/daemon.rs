@@ -1298,6 +1298,12 @@ impl Daemon {
                 let dispatcher_task = dispatcher.start();
                 // Services into tasks on nodes, while this manager leads.
                 let orchestrator = Orchestrator::new(store.clone(), handle.clone()).start();
+                // Root CA rotations carried to their end, while this manager leads.
+                let root_rotation = shoal_manager::root_rotation::RootRotationReconciler::new(
+                    store.clone(),
+                    handle.clone(),
+                )
+                .start();
                 // Session streams stay open until the dispatcher ends them: stop it when the
                 // server is told to stop, so the graceful shutdown can finish.
                 let server_stopping = {
@@ -1354,6 +1360,7 @@ impl Daemon {
                 }
                 let _ = stopping_tx.send(true);
                 orchestrator.stop().await;
+                root_rotation.stop().await;
                 follow_members.abort();
                 let _ = autolock.await;
                 let served = remote.await.map_err(|e| NodeError::Serve(e.to_string()))?;

@@ -17,13 +17,28 @@
 //!
 //! Time comes from a [`Clock`], read every `check_every`: tests drive it past the renewal
 //! point instead of waiting for weeks.
+//!
+//! **Root rotation.** The renewer also keeps the node's *trust*: the roots the dispatcher's
+//! session messages name (the cluster's root; the old and the new one while the root is
+//! rotated) replace the node's own, in memory and in `root-ca.crt`, when the agent passes
+//! them on ([`RenewalRequest::trust`]). Trust changes and renewals are made by this one task,
+//! so neither undoes the other. A certificate marked `ROTATE` is renewed at once, as one
+//! marked `RENEW`; during a rotation the CA answers with a certificate from the new root
+//! followed by the old root's cross-signature of it. What the node then holds is what it
+//! reports in its node description ([`tls_info`]): the roots it trusts and who signed its
+//! certificate — the manager finishes a rotation only when every node reports the new root.
+//!
+//! A new certificate is saved to disk before it is used: a node that reports (through its
+//! description) a certificate from the new root always has that certificate on disk.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use shoal_api::clock::Clock;
 use shoal_api::v1::node_ca_client::NodeCaClient;
-use shoal_api::v1::{IssueNodeCertificateRequest, NodeCertificateStatusRequest, NodeRole};
+use shoal_api::v1::{
+    IssueNodeCertificateRequest, NodeCertificateStatusRequest, NodeRole, NodeTlsInfo,
+};
 use shoal_ca::NodeIdentity as CertIdentity;
 use shoal_tls::{Credentials, Dialer, NodeCertificates};
 use tokio::sync::{Notify, mpsc, watch};
@@ -167,30 +182,126 @@ pub async fn renew(
         cert_pem,
         key_pem,
     };
-    credentials
-        .update(certificates.clone())
+    // Checked, then saved, then used: once anything reports the new certificate, it is on
+    // disk.
+    Credentials::new(certificates.clone())
         .map_err(|e| NodeError::Refused(format!("the CA sent an unusable certificate: {e}")))?;
     crate::certificates::save_certificates(keys, &certificates)?;
+    credentials
+        .update(certificates)
+        .map_err(|e| NodeError::Refused(format!("the CA sent an unusable certificate: {e}")))?;
     Ok(credentials.identity())
 }
 
-/// Renews this node's certificate when it is due, or at once when asked.
+/// Makes the node trust `root_pem` (the roots its session named) instead of its own, in
+/// memory and on disk — and, once that is the one root that signed its certificate, drops
+/// the chain the certificate came with. Returns whether anything changed.
+pub fn trust(
+    keys: &NodeKeys,
+    credentials: &Credentials,
+    root_pem: &str,
+) -> Result<bool, NodeError> {
+    let mut certificates = credentials.certificates();
+    if certificates.root_pem == root_pem {
+        return Ok(false);
+    }
+    certificates.root_pem = root_pem.to_string();
+    // Trusting one root that signed our certificate (a root rotation completed): the chain
+    // that went with it (the new root cross-signed by the old) is of no use to anyone any
+    // more — every node trusts the new root — and the certificate is kept alone, chaining to
+    // the new root only.
+    let single_root = shoal_ca::certificates_der(root_pem).is_ok_and(|r| r.len() == 1);
+    if single_root
+        && shoal_ca::certificates_der(&certificates.cert_pem).is_ok_and(|c| c.len() > 1)
+        && shoal_ca::issued_by(&certificates.cert_pem, root_pem)
+        && let Some(leaf) = shoal_ca::first_certificate_pem(&certificates.cert_pem)
+    {
+        certificates.cert_pem = leaf;
+    }
+    Credentials::new(certificates.clone()).map_err(|e| {
+        NodeError::Refused(format!("the roots the cluster named cannot be used: {e}"))
+    })?;
+    crate::certificates::save_certificates(keys, &certificates)?;
+    credentials.update(certificates).map_err(|e| {
+        NodeError::Refused(format!("the roots the cluster named cannot be used: {e}"))
+    })?;
+    Ok(true)
+}
+
+/// What this node holds, as its node description reports it (moby's `TLSInfo`): the roots it
+/// trusts, and the subject and public key of whoever signed its certificate (the cross-signed
+/// root in its chain, or the trusted root that did). Empty issuer fields if none of those did.
+pub fn tls_info(credentials: &Credentials) -> NodeTlsInfo {
+    let certificates = credentials.certificates();
+    let issuer = shoal_ca::issuer_of(&certificates.cert_pem, &certificates.root_pem);
+    NodeTlsInfo {
+        trust_root: certificates.root_pem.into_bytes(),
+        cert_issuer_subject: issuer
+            .as_ref()
+            .map(|i| i.subject.clone())
+            .unwrap_or_default(),
+        cert_issuer_public_key: issuer.map(|i| i.public_key).unwrap_or_default(),
+    }
+}
+
+/// Renews this node's certificate when it is due, or at once when asked, and keeps the roots
+/// it trusts as the cluster says.
 pub struct Renewer {
     keys: NodeKeys,
     credentials: Credentials,
     managers: Managers,
     clock: Arc<dyn Clock>,
     check_every: Duration,
-    requested: Arc<Notify>,
+    requested: RenewalRequest,
 }
 
-/// Asks a running [`Renewer`] to renew now (the cluster marked the certificate `RENEW`).
-#[derive(Clone)]
-pub struct RenewalRequest(Arc<Notify>);
+/// Asks a running [`Renewer`] to renew now (the cluster marked the certificate `RENEW` or
+/// `ROTATE`), or to trust other roots.
+#[derive(Clone, Default)]
+pub struct RenewalRequest {
+    wake: Arc<Notify>,
+    /// Renew if the node still holds one of these certificates (an empty one: whatever it
+    /// holds). A request names the certificate it is about, so one that arrives while a
+    /// renewal is already under way (a session message sent before the CA's answer was
+    /// recorded) does not renew a second time.
+    renew: Arc<Mutex<Vec<String>>>,
+    trust: Arc<Mutex<Option<String>>>,
+}
 
 impl RenewalRequest {
+    /// Renew at once.
     pub fn request(&self) {
-        self.0.notify_one();
+        self.request_replacing(String::new());
+    }
+
+    /// Renew at once if the node still holds `cert_pem` by then.
+    pub fn request_replacing(&self, cert_pem: String) {
+        self.renew.lock().expect("renew lock").push(cert_pem);
+        self.wake.notify_one();
+    }
+
+    /// Trust `root_pem` from now on (the roots a session message named). The latest wins.
+    pub fn trust(&self, root_pem: String) {
+        *self.trust.lock().expect("trust lock") = Some(root_pem);
+        self.wake.notify_one();
+    }
+
+    fn take_trust(&self) -> Option<String> {
+        self.trust.lock().expect("trust lock").take()
+    }
+
+    /// Whether a request asks to replace `held` (and forgets the requests). Certificates are
+    /// compared without their chains, which a completed root rotation drops.
+    fn take_renew(&self, held: &str) -> bool {
+        let leaf = |pem: &str| {
+            shoal_ca::certificates_der(pem)
+                .ok()
+                .map(|mut c| c.remove(0))
+        };
+        let held = leaf(held);
+        std::mem::take(&mut *self.renew.lock().expect("renew lock"))
+            .iter()
+            .any(|about| about.is_empty() || leaf(about) == held)
     }
 }
 
@@ -208,13 +319,13 @@ impl Renewer {
             managers,
             clock,
             check_every,
-            requested: Arc::new(Notify::new()),
+            requested: RenewalRequest::default(),
         }
     }
 
-    /// A handle that makes the renewer renew at once.
+    /// A handle that makes the renewer renew at once, or trust other roots.
     pub fn requester(&self) -> RenewalRequest {
-        RenewalRequest(self.requested.clone())
+        self.requested.clone()
     }
 
     /// Renews until `shutdown` turns true. Every renewal that changes the node's role is
@@ -232,8 +343,25 @@ impl Renewer {
             }
             tokio::select! {
                 _ = shutdown.changed() => continue,
-                () = self.requested.notified() => due = SystemTime::UNIX_EPOCH,
+                () = self.requested.wake.notified() => {}
                 () = tokio::time::sleep(self.check_every) => {}
+            }
+            // Trust first: a renewal asked for with new roots keeps them.
+            if let Some(root_pem) = self.requested.take_trust() {
+                match trust(&self.keys, &self.credentials, &root_pem) {
+                    Ok(true) => tracing::info!(
+                        "this node now trusts the root(s) the cluster names ({} certificate(s))",
+                        shoal_ca::certificates_der(&root_pem).map_or(0, |c| c.len())
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("{e}; keeping the roots this node trusts"),
+                }
+            }
+            if self
+                .requested
+                .take_renew(&self.credentials.certificates().cert_pem)
+            {
+                due = SystemTime::UNIX_EPOCH;
             }
             if self.clock.now() < due {
                 continue;
@@ -303,5 +431,112 @@ mod tests {
             renewal_time(&identity(5000, 4000), 0.5),
             SystemTime::UNIX_EPOCH + Duration::from_secs(5000)
         );
+    }
+
+    fn issue(root: &shoal_ca::RootCa, chain: &str, trust: &str) -> NodeCertificates {
+        let (key_pem, csr) = shoal_ca::node_key_and_csr().unwrap();
+        let cert = shoal_ca::issue_node_certificate(
+            root,
+            &csr,
+            "n1",
+            NodeRole::Worker,
+            "c1",
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        NodeCertificates {
+            root_pem: trust.to_string(),
+            cert_pem: format!("{cert}{chain}"),
+            key_pem,
+        }
+    }
+
+    fn root() -> shoal_ca::RootCa {
+        shoal_ca::RootCa::generate(SystemTime::now(), Duration::from_secs(86400)).unwrap()
+    }
+
+    #[test]
+    fn a_request_names_the_certificate_it_is_about() {
+        let r = RenewalRequest::default();
+        let (a, b) = (
+            issue(&root(), "", "").cert_pem,
+            issue(&root(), "", "").cert_pem,
+        );
+        assert!(!r.take_renew(&a), "nothing asked");
+        r.request_replacing(a.clone());
+        assert!(!r.take_renew(&b), "already replaced");
+        assert!(!r.take_renew(&a), "forgotten once looked at");
+        r.request_replacing(a.clone());
+        r.request_replacing(b.clone());
+        assert!(r.take_renew(&a));
+        r.request();
+        assert!(r.take_renew(&b), "a plain request renews whatever is held");
+        // The chain does not matter: the node's own certificate does.
+        let old = root();
+        let new = root();
+        let cross = new.cross_signed_by(&old).unwrap();
+        let chained = issue(&new, &cross, "").cert_pem;
+        let alone = shoal_ca::first_certificate_pem(&chained).unwrap();
+        r.request_replacing(chained);
+        assert!(r.take_renew(&alone));
+    }
+
+    #[test]
+    fn trusting_the_roots_of_a_rotation_then_the_new_root_alone_drops_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = root();
+        let new = root();
+        let cross = new.cross_signed_by(&old).unwrap();
+        // A node renewed during the rotation: a new certificate with its chain, trusting the
+        // old root still.
+        let start = issue(&new, &cross, &old.cert_pem);
+        let keys = NodeKeys::new(dir.path());
+        crate::certificates::save_certificates(&keys, &start).unwrap();
+        let credentials = Credentials::new(start.clone()).unwrap();
+        let changes = credentials.changes();
+        let reported = tls_info(&credentials);
+        let new_issuer = shoal_ca::root_issuer(&new.cert_pem).unwrap();
+        assert_eq!(reported.cert_issuer_public_key, new_issuer.public_key);
+        assert_eq!(reported.trust_root, old.cert_pem.as_bytes());
+
+        // The bundle: both roots, the chain kept.
+        let both = format!("{}{}", old.cert_pem, new.cert_pem);
+        assert!(trust(&keys, &credentials, &both).unwrap());
+        assert!(!trust(&keys, &credentials, &both).unwrap(), "nothing new");
+        assert_eq!(credentials.certificates().cert_pem, start.cert_pem);
+        assert_eq!(*changes.borrow(), 1);
+        let saved = crate::certificates::load(dir.path()).unwrap().unwrap();
+        assert_eq!(saved.root_pem, both);
+
+        // Unusable roots change nothing, in memory or on disk.
+        let three = format!("{both}{}", root().cert_pem);
+        assert!(trust(&keys, &credentials, &three).is_err());
+        assert_eq!(credentials.certificates().root_pem, both);
+        assert_eq!(
+            crate::certificates::load(dir.path())
+                .unwrap()
+                .unwrap()
+                .root_pem,
+            both
+        );
+
+        // Completed: the new root alone, and the certificate without its chain.
+        assert!(trust(&keys, &credentials, &new.cert_pem).unwrap());
+        let now = credentials.certificates();
+        assert_eq!(now.root_pem, new.cert_pem);
+        assert_eq!(shoal_ca::certificates_der(&now.cert_pem).unwrap().len(), 1);
+        assert!(shoal_ca::issued_by(&now.cert_pem, &new.cert_pem));
+        assert_eq!(crate::certificates::load(dir.path()).unwrap().unwrap(), now);
+        assert_eq!(
+            tls_info(&credentials).cert_issuer_public_key,
+            new_issuer.public_key
+        );
+
+        // A node still on the old root keeps what it holds (it is not the root's to drop).
+        let stale = issue(&old, "", &both);
+        let credentials = Credentials::new(stale.clone()).unwrap();
+        assert!(trust(&keys, &credentials, &old.cert_pem).unwrap());
+        assert_eq!(credentials.certificates().cert_pem, stale.cert_pem);
     }
 }

@@ -17,6 +17,7 @@ const COMMANDS: &[&[&str]] = &[
     &["swarm", "unlock"],
     &["swarm", "unlock-key"],
     &["swarm", "backup"],
+    &["swarm", "ca"],
     &["node"],
     &["node", "ls"],
     &["node", "inspect"],

@@ -10,7 +10,10 @@ use shoal_ca::NodeIdentity;
 
 use crate::TlsError;
 
-/// A node's certificates, PEM: the cluster root, the node certificate and its key.
+/// A node's certificates, PEM: the roots it trusts (the cluster's root; during a root
+/// rotation the old and the new one), the node certificate — possibly followed by its chain
+/// (during a rotation, the new root cross-signed by the old one), which goes along in every
+/// handshake — and its key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeCertificates {
     pub root_pem: String,
@@ -30,6 +33,9 @@ pub(crate) struct Loaded {
 #[derive(Clone)]
 pub struct Credentials {
     current: Arc<RwLock<Arc<Loaded>>>,
+    /// Counts replacements, so that whoever reports what the node holds (the agent's node
+    /// description) hears of each one.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -40,21 +46,29 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The trust store: the cluster's one root certificate. A root file with more than one
-/// certificate is refused — the join token's digest covers exactly one, and nothing else may
-/// slip into what the node trusts.
+/// The most roots a node trusts at once: the cluster's root, and during a root rotation the
+/// new one beside it.
+pub const MAX_TRUSTED_ROOTS: usize = 2;
+
+/// The trust store: the cluster's root certificate — or, while the root is rotated, the old
+/// and the new root (the trust bundle the dispatcher hands out). A file without a certificate,
+/// or with more than [`MAX_TRUSTED_ROOTS`], is refused. (What a *joining* node trusts is
+/// checked against its token's digest, which covers exactly one certificate: see
+/// `shoal_ca::cert_digest`.)
 pub(crate) fn roots(root_pem: &str) -> Result<RootCertStore, TlsError> {
     let certs = CertificateDer::pem_slice_iter(root_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(TlsError::certificates)?;
-    let [root] = <[CertificateDer<'static>; 1]>::try_from(certs).map_err(|certs| {
-        TlsError::Certificates(format!(
-            "the root CA must be exactly one certificate, not {}",
+    if certs.is_empty() || certs.len() > MAX_TRUSTED_ROOTS {
+        return Err(TlsError::Certificates(format!(
+            "the root CA file must hold one certificate (two while the root is rotated), not {}",
             certs.len()
-        ))
-    })?;
+        )));
+    }
     let mut roots = RootCertStore::empty();
-    roots.add(root).map_err(TlsError::certificates)?;
+    for root in certs {
+        roots.add(root).map_err(TlsError::certificates)?;
+    }
     Ok(roots)
 }
 
@@ -105,15 +119,22 @@ impl Credentials {
     pub fn new(certificates: NodeCertificates) -> Result<Self, TlsError> {
         Ok(Self {
             current: Arc::new(RwLock::new(Arc::new(load(certificates)?))),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
-    /// Replaces the certificates (a renewal, a new role). Open connections keep theirs; new
-    /// handshakes use these. Nothing changes when the new ones cannot be used.
+    /// Replaces the certificates (a renewal, a new role, a new trust bundle). Open connections
+    /// keep theirs; new handshakes use these. Nothing changes when the new ones cannot be used.
     pub fn update(&self, certificates: NodeCertificates) -> Result<(), TlsError> {
         let loaded = Arc::new(load(certificates)?);
         *self.current.write().expect("credentials lock") = loaded;
+        self.changes.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// A receiver that sees every replacement made after this call (its value counts them).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub(crate) fn current(&self) -> Arc<Loaded> {

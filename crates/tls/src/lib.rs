@@ -25,6 +25,16 @@
 //! A certificate that fails verification (another CA, expired, not yet valid) fails the
 //! handshake: the RPC never reaches a handler.
 //!
+//! **Root rotation.** While the cluster's root is being replaced, a node trusts two roots,
+//! the old and the new (its `root_pem` holds both), and certificates the new root signs are
+//! presented with the new root cross-signed by the old one as an intermediate. webpki builds
+//! the path from what is presented: a node still trusting only the old root verifies a new
+//! certificate through the cross-signed intermediate, and a node trusting both verifies old
+//! and new certificates directly (the roots share their subject; webpki tries each anchor
+//! whose subject matches and keeps the one whose key verifies the signature). So nodes with
+//! old and new certificates interoperate in every combination, and open connections are never
+//! touched (`tests.rs` checks each combination on real sockets).
+//!
 //! Departure from SwarmKit: SwarmKit reloads credentials by swapping its whole gRPC TLS
 //! config behind a mutex; here the swap is the same idea but the server reads the current
 //! config per accepted connection, and the client checks the server's *role* (manager) and
@@ -35,7 +45,7 @@ mod dialer;
 mod error;
 mod listener;
 
-pub use credentials::{Credentials, NodeCertificates};
+pub use credentials::{Credentials, MAX_TRUSTED_ROOTS, NodeCertificates};
 pub use dialer::{Dialer, WINDOW_BYTES};
 pub use error::TlsError;
 pub use listener::{HANDSHAKE_TIMEOUT, PeerInfo, TlsConnection, TlsIncoming, listen};

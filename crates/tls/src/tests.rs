@@ -208,6 +208,7 @@ async fn renewed_credentials_apply_to_new_connections_and_keep_old_ones() {
 
     // Both sides renew; the worker is promoted on the way.
     let before = server_credentials.identity().not_after;
+    let changes = client_credentials.changes();
     std::thread::sleep(Duration::from_millis(1100));
     server_credentials
         .update(issue(
@@ -239,20 +240,126 @@ async fn renewed_credentials_apply_to_new_connections_and_keep_old_ones() {
     );
     assert_eq!(call(&dialer, &server.addr).await, Ok(1));
 
+    // Whoever watches the credentials heard of the renewal.
+    assert_eq!(*changes.borrow(), 1);
+
     // Unusable certificates change nothing.
     let mut broken = client_credentials.certificates();
     broken.key_pem = issue(&root, "x", NodeRole::Worker, "cluster", SystemTime::now()).key_pem;
     assert!(client_credentials.update(broken).is_err());
+    assert_eq!(*changes.borrow(), 1);
     assert_eq!(client_credentials.identity().role, NodeRole::Manager);
     assert_eq!(call(&dialer, &server.addr).await, Ok(1));
 }
 
 #[test]
-fn a_root_file_must_hold_exactly_one_certificate() {
+fn a_root_file_holds_one_root_or_two_during_a_rotation() {
     let root = root();
-    let smuggled = format!("{}{}", root.cert_pem, root_other().cert_pem);
-    assert!(Dialer::anonymous(&smuggled).is_err());
+    let other = root_other();
     let mut certificates = issue(&root, "n", NodeRole::Worker, "cluster", SystemTime::now());
-    certificates.root_pem = smuggled;
-    assert!(Credentials::new(certificates).is_err());
+    // Old and new root during a rotation: fine, for credentials and for the anonymous dialer.
+    let bundle = format!("{}{}", root.cert_pem, other.cert_pem);
+    assert!(Dialer::anonymous(&bundle).is_ok());
+    certificates.root_pem = bundle.clone();
+    assert!(Credentials::new(certificates.clone()).is_ok());
+    // A third, or nothing: refused.
+    for bad in [format!("{bundle}{}", root_other().cert_pem), String::new()] {
+        assert!(Dialer::anonymous(&bad).is_err(), "{bad}");
+        certificates.root_pem = bad;
+        assert!(Credentials::new(certificates.clone()).is_err());
+    }
+}
+
+/// A node certificate from `new` presented as a rotation hands it out: followed by `new`
+/// cross-signed by `old`, trusting `roots`.
+fn issue_during_rotation(
+    new: &RootCa,
+    cross: &str,
+    id: &str,
+    role: NodeRole,
+    roots: &str,
+) -> Credentials {
+    let mut certificates = issue(new, id, role, "cluster", SystemTime::now());
+    certificates.cert_pem = format!("{}{cross}", certificates.cert_pem);
+    certificates.root_pem = roots.to_string();
+    Credentials::new(certificates).unwrap()
+}
+
+fn trusting(root: &RootCa, id: &str, role: NodeRole, roots: &str) -> Credentials {
+    let mut certificates = issue(root, id, role, "cluster", SystemTime::now());
+    certificates.root_pem = roots.to_string();
+    Credentials::new(certificates).unwrap()
+}
+
+/// Every pair a root rotation can put on the two ends of a connection: old certificates and
+/// new ones (with the cross-signed intermediate), trusting the old root, or both. All of them
+/// handshake, in both directions; and the two that must not — a new certificate without its
+/// intermediate before its holder's peer trusts the new root, an old certificate once the
+/// rotation is over — do not.
+#[tokio::test]
+async fn old_and_new_certificates_interoperate_during_a_root_rotation() {
+    let old = root();
+    let new = root_other();
+    let cross = new.cross_signed_by(&old).unwrap();
+    let only_old = old.cert_pem.clone();
+    let both = format!("{}{}", old.cert_pem, new.cert_pem);
+    let only_new = new.cert_pem.clone();
+
+    // The ends a rotation produces: (description, credentials maker).
+    type Make<'a> = Box<dyn Fn(&str, NodeRole) -> Credentials + 'a>;
+    let ends: Vec<(&str, Make)> = vec![
+        (
+            "old certificate, trusting the old root",
+            Box::new(|id: &str, role| trusting(&old, id, role, &only_old)),
+        ),
+        (
+            "old certificate, trusting both roots",
+            Box::new(|id: &str, role| trusting(&old, id, role, &both)),
+        ),
+        (
+            "new certificate, trusting the old root",
+            Box::new(|id: &str, role| issue_during_rotation(&new, &cross, id, role, &only_old)),
+        ),
+        (
+            "new certificate, trusting both roots",
+            Box::new(|id: &str, role| issue_during_rotation(&new, &cross, id, role, &both)),
+        ),
+    ];
+    for (server_is, server) in &ends {
+        let listening = serve(server("manager1", NodeRole::Manager)).await;
+        for (client_is, client) in &ends {
+            let dialer = Dialer::mutual(client("worker1", NodeRole::Worker));
+            assert_eq!(
+                call(&dialer, &listening.addr).await,
+                Ok(2),
+                "server: {server_is}; client: {client_is}"
+            );
+        }
+        // A node that has not rejoined yet still dials with the old root alone.
+        assert_eq!(
+            call(&Dialer::anonymous(&only_old).unwrap(), &listening.addr).await,
+            Ok(3),
+            "server: {server_is}; anonymous client trusting the old root"
+        );
+    }
+
+    // Once the rotation is over: new certificates, the new root alone.
+    let after = serve(trusting(&new, "manager1", NodeRole::Manager, &only_new)).await;
+    let renewed = Dialer::mutual(issue_during_rotation(
+        &new,
+        &cross,
+        "worker1",
+        NodeRole::Worker,
+        &only_new,
+    ));
+    assert_eq!(call(&renewed, &after.addr).await, Ok(2));
+    // An old certificate is refused then (the rotation waits for every node to renew).
+    let stale = Dialer::mutual(trusting(&old, "worker2", NodeRole::Worker, &both));
+    assert!(call(&stale, &after.addr).await.is_err());
+    // And a new certificate without its intermediate means nothing to a node trusting only
+    // the old root: this is why the CA hands the cross-signed certificate out with it.
+    let bare = serve(trusting(&new, "manager2", NodeRole::Manager, &both)).await;
+    let old_only = Dialer::mutual(trusting(&old, "worker3", NodeRole::Worker, &only_old));
+    let refused = call(&old_only, &bare.addr).await.unwrap_err();
+    assert!(refused.contains("certificate"), "{refused}");
 }

@@ -304,9 +304,9 @@ mod tests {
             (r#"{"ListenAddr":"nope0:1"}"#, 400, "ListenAddr"),
             (r#"{"Spec":{"Name":"other"}}"#, 400, "default"),
             (
-                r#"{"Spec":{"CAConfig":{"ForceRotate":3}}}"#,
+                r#"{"Spec":{"CAConfig":{"SigningCACert":"x"}}}"#,
                 501,
-                "ForceRotate",
+                "signing CA",
             ),
         ] {
             let e = plan(&decode(body), &machine()).unwrap_err();

@@ -11,12 +11,15 @@
 //! changes nothing, and docker-py's partial specs (`{"Raft":{"SnapshotInterval":5000,
 //! "KeepOldSnapshots":null,…}}`) change only what they name.
 //!
+//! `ForceRotate`, like the other numbers, is taken when not zero: raised above the swarm's,
+//! it starts a root CA rotation (what `docker swarm ca --rotate` sends; the Control API starts
+//! it, and refuses a value lower than the swarm's).
+//!
 //! Refused, changing nothing: a name other than `default` (400, moby's text); negative
-//! durations or ticks (400, naming the field); external CAs, a signing CA, and raising
-//! `ForceRotate` (501: Shoal's CA signs certificates itself and has no root rotation yet — the docker CLI would otherwise wait
-//! forever for a rotation that never comes). The rest is checked by the Control API
-//! (`validate_cluster_spec`), which [`to_cluster_spec`] runs up front so that an init with a
-//! bad spec does not create a swarm.
+//! durations or ticks (400, naming the field); external CAs and a signing CA (501: Shoal's CA
+//! generates its own roots — `docker swarm ca --rotate` without `--ca-cert`/`--external-ca`
+//! rotates to a new one). The rest is checked by the Control API (`validate_cluster_spec`), which [`to_cluster_spec`] runs up
+//! front so that an init with a bad spec does not create a swarm.
 
 use std::collections::BTreeMap;
 
@@ -207,7 +210,7 @@ fn tick(field: &str, value: i64) -> Result<u32, EngineError> {
 /// `MergeSwarmSpecToGRPC`), refused (changing nothing) when it asks for what Shoal does not do
 /// or the Control API would refuse. `base` is the defaults on update, and the swarm's current
 /// spec on init (the defaults, unless a manager forces a new cluster from its state). A
-/// `ForceRotate` of 0 or `base`'s is accepted (and leaves `base`'s); any other is refused.
+/// `ForceRotate` of 0 leaves `base`'s.
 pub fn to_cluster_spec(spec: &Spec, base: &ClusterSpec) -> Result<ClusterSpec, EngineError> {
     if !spec.name.is_empty() && spec.name != CLUSTER_NAME {
         return Err(EngineError::bad_request(
@@ -223,21 +226,10 @@ pub fn to_cluster_spec(spec: &Spec, base: &ClusterSpec) -> Result<ClusterSpec, E
     }
     if !ca.signing_ca_cert.is_empty() || !ca.signing_ca_key.is_empty() {
         return Err(EngineError::not_implemented(
-            "a signing CA cannot be given: Shoal has no root CA rotation yet (docker swarm ca \
-             --rotate is not supported); leave CAConfig.SigningCACert and SigningCAKey empty",
+            "a signing CA cannot be given: Shoal's CA generates its own roots (rotate to a new \
+             one with docker swarm ca --rotate, without --ca-cert and --ca-key); leave \
+             CAConfig.SigningCACert and SigningCAKey empty",
         ));
-    }
-    let force_rotate = base
-        .ca_config
-        .as_ref()
-        .map(|c| c.force_rotate)
-        .unwrap_or_default();
-    if ca.force_rotate != 0 && ca.force_rotate != force_rotate {
-        return Err(EngineError::not_implemented(format!(
-            "CAConfig.ForceRotate cannot change ({force_rotate} → {}): Shoal has no root CA \
-             rotation yet (docker swarm ca --rotate is not supported)",
-            ca.force_rotate
-        )));
     }
     let mut out = base.clone();
     // Laid over the base like every field: on update (a base of defaults) the spec's value
@@ -290,6 +282,9 @@ pub fn to_cluster_spec(spec: &Spec, base: &ClusterSpec) -> Result<ClusterSpec, E
     let ca_config = out.ca_config.get_or_insert_with(Default::default);
     if expiry != 0 {
         ca_config.node_cert_expiry = Some(duration(expiry));
+    }
+    if ca.force_rotate != 0 {
+        ca_config.force_rotate = ca.force_rotate;
     }
     if let Some(driver) = &spec.task_defaults.log_driver {
         out.task_defaults = Some(ProtoTaskDefaults {
@@ -432,6 +427,25 @@ mod tests {
     }
 
     #[test]
+    fn force_rotate_is_laid_over_the_base_when_given() {
+        let mut base = default_cluster_spec();
+        base.ca_config.as_mut().unwrap().force_rotate = 4;
+        let rotate = |body: &str| {
+            let spec: Spec = lenient::from_slice(body.as_bytes()).unwrap();
+            to_cluster_spec(&spec, &base)
+                .unwrap()
+                .ca_config
+                .unwrap()
+                .force_rotate
+        };
+        // `docker swarm ca --rotate` sends the value read, plus one.
+        assert_eq!(rotate(r#"{"CAConfig":{"ForceRotate":5}}"#), 5);
+        // Absent or zero: the swarm's, so nothing rotates.
+        assert_eq!(rotate(r#"{"CAConfig":{}}"#), 4);
+        assert_eq!(rotate(r#"{"CAConfig":{"ForceRotate":0}}"#), 4);
+    }
+
+    #[test]
     fn what_shoal_does_not_do_is_refused() {
         let refused = |body: &str, status: u16, words: &str| {
             let spec: Spec = lenient::from_slice(body.as_bytes()).unwrap();
@@ -445,7 +459,6 @@ mod tests {
             501,
             "external CAs",
         );
-        refused(r#"{"CAConfig":{"ForceRotate":1}}"#, 501, "ForceRotate");
         refused(r#"{"CAConfig":{"SigningCACert":"x"}}"#, 501, "signing CA");
         refused(
             r#"{"Dispatcher":{"HeartbeatPeriod":-1}}"#,

@@ -5,7 +5,9 @@
 //! what it sets): it is laid over the defaults (see [`super::spec`]), so absent fields take
 //! their default values. A rotated token stops working at once. Every successful update raises
 //! the swarm's `Version.Index`, a rotation alone included. `rotateManagerUnlockKey` needs
-//! autolock, which Shoal does not have yet: 501, nothing changed.
+//! autolock, which Shoal does not have yet: 501, nothing changed. A `CAConfig.ForceRotate`
+//! raised above the swarm's starts a root CA rotation (`docker swarm ca --rotate`), which
+//! `GET /swarm` then reports as `RootRotationInProgress` until every node has renewed.
 
 use shoal_api::v1::{KeyRotation, UpdateClusterRequest};
 
@@ -32,7 +34,8 @@ pub async fn handle(backend: &Backend, request: Request) -> Result {
     let spec: Spec = lenient::from_slice(&request.body)?;
     let current = cluster(backend).await?;
     // Absent fields take their defaults (moby hands SwarmKit zeros, which it reads as its
-    // defaults); only ForceRotate, which is not changed here, is the swarm's.
+    // defaults); only ForceRotate is the swarm's unless the body sets it: raised, it starts a
+    // root CA rotation (`docker swarm ca --rotate`); lowered, the Control API refuses it.
     let mut base = default_cluster_spec();
     base.ca_config
         .get_or_insert_with(Default::default)

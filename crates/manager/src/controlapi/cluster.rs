@@ -5,6 +5,12 @@
 //! request), turning it off removes it; every manager then seals its key file with the key,
 //! or stops sealing it (see the node's `keys` module). The CA's private keys and the unlock
 //! key are never returned with the cluster; `GetUnlockKey` gives the key to managers.
+//!
+//! Raising `spec.ca_config.force_rotate` (what `swarm ca --rotate` sends) starts a root CA
+//! rotation in the same transaction: a new root, cross-signed by the current one, stored in
+//! `root_ca.root_rotation` (see [`crate::root_rotation`], whose reconciler finishes it). A
+//! rotation already pending is started over with a fresh root, as SwarmKit does. Lowering
+//! the value is refused, changing nothing; leaving it as it is starts nothing.
 
 use shoal_api::v1::{
     Cluster, GetClusterRequest, GetClusterResponse, GetUnlockKeyRequest, GetUnlockKeyResponse,
@@ -106,10 +112,32 @@ impl ControlApi {
             .is_some_and(|c| !c.signing_ca_key.is_empty() || !c.signing_ca_cert.is_empty())
         {
             return Err(Status::invalid_argument(
-                "invalid spec.ca_config: a signing CA cannot be set this way (root rotation comes with `swarm ca --rotate`)",
+                "invalid spec.ca_config: a signing CA cannot be set: Shoal's CA generates its own roots (rotate the root with `shoal swarm ca --rotate`)",
             ));
         }
+        let force_rotate = spec
+            .ca_config
+            .as_ref()
+            .map(|c| c.force_rotate)
+            .unwrap_or_default();
         self.require_leader()?;
+        let current = self
+            .store
+            .view(|tx| tx.lookup::<Cluster>(&request.cluster_id))
+            .map_err(store_status)?;
+        let current_force_rotate = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.ca_config.as_ref())
+            .map(|c| c.force_rotate)
+            .unwrap_or_default();
+        if force_rotate < current_force_rotate {
+            return Err(Status::invalid_argument(format!(
+                "invalid spec.ca_config.force_rotate: {force_rotate} is lower than the current \
+                 {current_force_rotate}; it can only be raised (`shoal swarm ca --rotate` raises \
+                 it by one) or sent back unchanged"
+            )));
+        }
         let rotation = request.rotation.unwrap_or_default();
         let id = request.cluster_id.clone();
         let mut refusal = None;
@@ -133,7 +161,33 @@ impl ControlApi {
                     .map(|a| a.labels.clone())
                     .unwrap_or_default();
                 new_spec.annotations = Some(annotations);
+                let current_force_rotate = current
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.ca_config.as_ref())
+                    .map(|c| c.force_rotate)
+                    .unwrap_or_default();
                 updated.spec = Some(new_spec);
+                // (A lower value was refused above, against the version the request names;
+                // if the cluster moved on since, the version check refuses the write.)
+                if force_rotate > current_force_rotate {
+                    let root = updated.root_ca.as_mut().ok_or_else(|| {
+                        shoal_store::StoreError::InvalidTransaction(
+                            "the cluster has no root CA to rotate".into(),
+                        )
+                    })?;
+                    crate::root_rotation::start(
+                        root,
+                        force_rotate,
+                        std::time::SystemTime::now(),
+                        shoal_api::defaults::ROOT_CA_EXPIRY,
+                    )
+                    .map_err(|e| {
+                        shoal_store::StoreError::InvalidTransaction(format!(
+                            "starting the root CA rotation failed: {e}"
+                        ))
+                    })?;
+                }
                 if let Some(root) = updated.root_ca.as_mut() {
                     let digest = root.ca_cert_hash.clone();
                     let tokens = root.join_tokens.get_or_insert_with(Default::default);

@@ -1,4 +1,5 @@
-//! `shoal swarm inspect`: the cluster object, as a JSON array of one.
+//! `shoal swarm inspect`: the cluster object, as a JSON array of one. While a root CA rotation
+//! is pending, `RootRotation` says how far it has come and which nodes it waits for.
 
 use std::path::PathBuf;
 
@@ -10,6 +11,18 @@ use crate::commands::output;
 pub struct Args {}
 
 pub fn run(socket: Option<PathBuf>, _args: Args) -> Result<(), String> {
-    let cluster = client::run(socket, async |c| c.cluster().await)?;
-    output::print(&output::json_array(vec![super::to_json(&cluster)]))
+    let json = client::run(socket, async |c| {
+        let cluster = c.cluster().await?;
+        let rotating = cluster
+            .root_ca
+            .as_ref()
+            .is_some_and(|r| r.root_rotation.is_some());
+        let progress = if rotating {
+            super::ca::RotationProgress::of(&cluster, &c.nodes().await?)
+        } else {
+            None
+        };
+        Ok(super::to_json(&cluster, progress.as_ref()))
+    })?;
+    output::print(&output::json_array(vec![json]))
 }

@@ -2,6 +2,7 @@
 //! command; this one holds the cluster object as JSON.
 
 pub mod backup;
+pub mod ca;
 pub mod init;
 pub mod inspect;
 pub mod join;
@@ -37,6 +38,8 @@ pub enum Command {
     Update(update::Args),
     /// Show the cluster object, as JSON
     Inspect(inspect::Args),
+    /// Show the root CA certificate, or rotate the root CA
+    Ca(ca::Args),
     /// Make this node leave the swarm
     Leave(leave::Args),
     /// Give a locked manager (autolock) the cluster's unlock key
@@ -54,6 +57,7 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
         Command::JoinToken(a) => join_token::run(socket, a),
         Command::Update(a) => update::run(socket, a),
         Command::Inspect(a) => inspect::run(socket, a),
+        Command::Ca(a) => ca::run(socket, a),
         Command::Leave(a) => leave::run(socket, a),
         Command::Unlock(a) => unlock::run(socket, a),
         Command::UnlockKey(a) => unlock_key::run(socket, a),
@@ -62,7 +66,9 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
 }
 
 /// The cluster as `swarm inspect` shows it (docker's field names; durations in nanoseconds).
-pub fn to_json(cluster: &Cluster) -> Json {
+/// While a root rotation is pending, `rotation` (its progress over the nodes) is shown as
+/// `RootRotation`, after `RootRotationInProgress`.
+pub fn to_json(cluster: &Cluster, rotation: Option<&ca::RotationProgress>) -> Json {
     let meta = cluster.meta.as_ref();
     let spec = cluster.spec.clone().unwrap_or_default();
     let annotations = spec.annotations.clone().unwrap_or_default();
@@ -87,7 +93,7 @@ pub fn to_json(cluster: &Cluster) -> Json {
         .unwrap_or(Json::Null);
     let root = cluster.root_ca.clone().unwrap_or_default();
     let tokens = root.join_tokens.clone().unwrap_or_default();
-    Json::object([
+    let mut json = Json::object([
         ("ID", Json::str(meta.map(|m| m.id.as_str()).unwrap_or(""))),
         ("Version", output::version(meta)),
         (
@@ -187,7 +193,16 @@ pub fn to_json(cluster: &Cluster) -> Json {
                 ("Manager", Json::str(&tokens.manager)),
             ]),
         ),
-    ])
+    ]);
+    if let (Json::Object(fields), Some(rotation)) = (&mut json, rotation) {
+        // Beside RootRotationInProgress.
+        let at = fields
+            .iter()
+            .position(|(k, _)| k == "RootRotationInProgress")
+            .map_or(fields.len(), |i| i + 1);
+        fields.insert(at, ("RootRotation".to_string(), rotation.to_json()));
+    }
+    json
 }
 
 fn string_map(map: &std::collections::BTreeMap<String, String>) -> Json {
@@ -252,7 +267,7 @@ pub(crate) mod tests {
 
     #[test]
     fn cluster_json_uses_docker_field_names() {
-        let json = to_json(&cluster()).pretty();
+        let json = to_json(&cluster(), None).pretty();
         assert!(json.starts_with("{\n    \"ID\": \"cluster1\",\n"), "{json}");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["Version"]["Index"], 12);
