@@ -1,7 +1,9 @@
 //! Clusters: get, list, and update — the spec (validated; the CA's keys in it cannot be set
 //! this way) and the rotation of join tokens: a rotated token stops working at once, since
 //! the CA only accepts the tokens in the cluster object. The CA's private keys are never
-//! returned.
+//! returned. Certificates must last at least the CA's minimum
+//! ([`minimum_node_cert_expiry`](crate::ca_server::minimum_node_cert_expiry): one hour, lower
+//! only under a test knob).
 
 use shoal_api::v1::{
     Cluster, GetClusterRequest, GetClusterResponse, ListClustersRequest, ListClustersResponse,
@@ -72,8 +74,11 @@ impl ControlApi {
         let spec = request
             .spec
             .ok_or_else(|| Status::invalid_argument("invalid spec: a cluster spec is required"))?;
-        shoal_api::validation::validate_cluster_spec(&spec)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        shoal_api::validation::validate_cluster_spec_with(
+            &spec,
+            crate::ca_server::minimum_node_cert_expiry(),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if spec
             .ca_config
             .as_ref()
