@@ -781,6 +781,16 @@ pub fn parse_cidr(s: &str) -> std::result::Result<(std::net::IpAddr, u8), String
 
 /// Validates a cluster spec as sent by `swarm update`.
 pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result {
+    validate_cluster_spec_with(spec, defaults::MIN_NODE_CERT_EXPIRY)
+}
+
+/// [`validate_cluster_spec`] with another shortest certificate lifetime than
+/// [`defaults::MIN_NODE_CERT_EXPIRY`] (a manager's test knob lowers it; see
+/// `shoal_manager::ca_server::minimum_node_cert_expiry`).
+pub fn validate_cluster_spec_with(
+    spec: &ClusterSpec,
+    min_node_cert_expiry: std::time::Duration,
+) -> Result {
     if let Some(d) = &spec.dispatcher {
         validate_duration("spec.dispatcher.heartbeat_period", &d.heartbeat_period)?;
         if let Some(p) = &d.heartbeat_period
@@ -795,11 +805,14 @@ pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result {
     if let Some(ca) = &spec.ca_config {
         validate_duration("spec.ca_config.node_cert_expiry", &ca.node_cert_expiry)?;
         if let Some(e) = &ca.node_cert_expiry
-            && to_std_duration(e) < defaults::MIN_NODE_CERT_EXPIRY
+            && to_std_duration(e) < min_node_cert_expiry
         {
             return Err(invalid(
                 "spec.ca_config.node_cert_expiry",
-                "certificates must be valid for at least 1 hour",
+                format!(
+                    "certificates must be valid for at least {}",
+                    spoken_duration(min_node_cert_expiry)
+                ),
             ));
         }
     }
@@ -813,6 +826,21 @@ pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result {
         ));
     }
     Ok(())
+}
+
+/// A duration as a sentence says it: `1 hour`, `90 minutes`, `5 seconds`, `1.5 seconds`.
+fn spoken_duration(d: std::time::Duration) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs == 0 {
+        format!("{} seconds", d.as_secs_f64())
+    } else if secs.is_multiple_of(3600) {
+        plural(secs / 3600, "hour")
+    } else if secs.is_multiple_of(60) {
+        plural(secs / 60, "minute")
+    } else {
+        plural(secs, "second")
+    }
 }
 
 #[cfg(test)]

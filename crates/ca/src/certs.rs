@@ -170,6 +170,21 @@ pub struct NodeIdentity {
     pub not_after: SystemTime,
 }
 
+impl NodeIdentity {
+    /// When the CA signed the certificate, by the signing manager's clock: `not_before` is
+    /// backdated by [`CERT_BACKDATE`](shoal_api::defaults::CERT_BACKDATE) against clock skew,
+    /// so the lifetime the cluster gave it runs from here to `not_after`. (Never later than
+    /// `not_after`, whatever a certificate's dates say.)
+    pub fn issued_at(&self) -> SystemTime {
+        (self.not_before + shoal_api::defaults::CERT_BACKDATE).min(self.not_after)
+    }
+
+    /// Whether the certificate has expired at `now`.
+    pub fn expired_at(&self, now: SystemTime) -> bool {
+        self.not_after <= now
+    }
+}
+
 /// A new node key (ECDSA P-256) and a CSR for it, both PEM. The CSR's subject does not
 /// matter: the CA sets it.
 pub fn node_key_and_csr() -> Result<(String, String), CaError> {
@@ -448,6 +463,16 @@ mod tests {
         assert_eq!(id.cluster_id, "cluster1");
         let left = id.not_after.duration_since(now).unwrap();
         assert!(left > 89 * DAY && left <= 90 * DAY, "{left:?}");
+        // The backdate is not lifetime: the certificate counts as issued at `now` (to the
+        // second), and has expired from its `not_after` on.
+        let issued = id
+            .issued_at()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let asked = now.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(issued.as_secs(), asked.as_secs());
+        assert!(!id.expired_at(now));
+        assert!(id.expired_at(id.not_after));
         let der = pem_to_der(&cert).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert!(!parsed.is_ca());

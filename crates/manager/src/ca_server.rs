@@ -21,6 +21,22 @@
 //! store only if the cluster still calls for the signer that made it (the write reads the
 //! cluster, so a rotation committed meanwhile makes it conflict, and it is signed again): no
 //! node is recorded with a certificate from a root the rotation left behind.
+//!
+//! Certificates last the cluster's `ca_config.node_cert_expiry` (90 days by default), which
+//! `UpdateCluster` accepts down to one hour ([`minimum_node_cert_expiry`]).
+//!
+//! # Test knob
+//!
+//! Tests of what happens when certificates expire (a node that was off past its
+//! certificate's end, renewal with short lifetimes) cannot wait an hour. The environment
+//! variable `SHOAL_TEST_MINIMUM_CERT_EXPIRY` (a duration such as `5s`, `500ms`, `2m`),
+//! read once by a manager's process, lowers that minimum — never raises it — so a test can
+//! run `shoal swarm update --cert-expiry 10s`. It is for tests only: it is not a flag, no
+//! help text names it, and a manager that has it set says so in its log. Unset (always, in
+//! production), the minimum is one hour, as in SwarmKit.
+
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use shoal_api::v1::ca_server::Ca;
 use shoal_api::v1::node_ca_server::NodeCa;
@@ -40,6 +56,62 @@ use crate::root_rotation::Signer;
 use tonic::{Request, Response, Status};
 
 use crate::status::store_status;
+
+/// The environment variable of the test knob that lowers the shortest certificate lifetime
+/// (see the module notes).
+pub const TEST_MINIMUM_CERT_EXPIRY_ENV: &str = "SHOAL_TEST_MINIMUM_CERT_EXPIRY";
+
+/// The shortest node certificate lifetime `UpdateCluster` accepts:
+/// [`defaults::MIN_NODE_CERT_EXPIRY`](shoal_api::defaults::MIN_NODE_CERT_EXPIRY), unless the
+/// test knob `SHOAL_TEST_MINIMUM_CERT_EXPIRY` lowers it (read once per process).
+pub fn minimum_node_cert_expiry() -> Duration {
+    static MINIMUM: OnceLock<Duration> = OnceLock::new();
+    *MINIMUM.get_or_init(|| {
+        let value = std::env::var(TEST_MINIMUM_CERT_EXPIRY_ENV).ok();
+        match minimum_from(value.as_deref()) {
+            Ok(minimum) => {
+                if value.is_some() {
+                    tracing::warn!(
+                        "test knob {TEST_MINIMUM_CERT_EXPIRY_ENV} is set: certificates may be made to \
+                         last as little as {minimum:?} (never set it outside tests)"
+                    );
+                }
+                minimum
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "ignoring {TEST_MINIMUM_CERT_EXPIRY_ENV}: {why}; the shortest certificate \
+                     lifetime stays {:?}",
+                    shoal_api::defaults::MIN_NODE_CERT_EXPIRY
+                );
+                shoal_api::defaults::MIN_NODE_CERT_EXPIRY
+            }
+        }
+    })
+}
+
+/// The minimum the test knob's `value` asks for: at most the default, never zero.
+fn minimum_from(value: Option<&str>) -> Result<Duration, String> {
+    let default = shoal_api::defaults::MIN_NODE_CERT_EXPIRY;
+    let Some(value) = value.map(str::trim) else {
+        return Ok(default);
+    };
+    let bad = || format!("{value:?} is not a duration such as 5s, 500ms or 2m");
+    let split = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let asked = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if asked.is_zero() {
+        return Err(format!("{value:?} is no lifetime at all"));
+    }
+    Ok(asked.min(default))
+}
 
 /// The CA and NodeCA services of one manager.
 #[derive(Clone)]
@@ -66,13 +138,7 @@ impl CaServer {
             .as_ref()
             .ok_or_else(|| Status::internal("the cluster has no root CA"))?;
         let signer = Signer::of(root).map_err(|e| Status::internal(e.to_string()))?;
-        let expiry = cluster
-            .spec
-            .as_ref()
-            .and_then(|s| s.ca_config.as_ref())
-            .and_then(|c| c.node_cert_expiry.as_ref())
-            .map(shoal_api::validation::to_std_duration)
-            .unwrap_or(shoal_api::defaults::NODE_CERT_EXPIRY);
+        let expiry = crate::cluster::node_cert_lifetime(cluster);
         let cluster_id = cluster
             .meta
             .as_ref()
@@ -397,5 +463,28 @@ impl NodeCa for CaServer {
             status: certificate.status.clone(),
             certificate: Some(certificate),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_knob_only_lowers_the_minimum_lifetime() {
+        let hour = shoal_api::defaults::MIN_NODE_CERT_EXPIRY;
+        assert_eq!(minimum_from(None), Ok(hour));
+        assert_eq!(minimum_from(Some("5s")), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            minimum_from(Some(" 500ms ")),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(minimum_from(Some("2m")), Ok(Duration::from_secs(120)));
+        // Never above the default.
+        assert_eq!(minimum_from(Some("3h")), Ok(hour));
+        for bad in ["", "5", "five", "5 parsecs", "-5s", "0s"] {
+            let e = minimum_from(Some(bad)).unwrap_err();
+            assert!(e.contains(&format!("{:?}", bad.trim())), "{bad}: {e}");
+        }
     }
 }

@@ -72,17 +72,32 @@ pub fn new_cluster(now: SystemTime) -> Result<Cluster, CaError> {
     })
 }
 
-/// The first manager of a new cluster: its Node object and its certificate (PEM) and key.
-pub fn first_manager(
+/// How long the cluster's node certificates last: its spec's `ca_config.node_cert_expiry`, or
+/// the default (90 days).
+pub fn node_cert_lifetime(cluster: &Cluster) -> std::time::Duration {
+    cluster
+        .spec
+        .as_ref()
+        .and_then(|s| s.ca_config.as_ref())
+        .and_then(|c| c.node_cert_expiry.as_ref())
+        .map(shoal_api::validation::to_std_duration)
+        .unwrap_or(defaults::NODE_CERT_EXPIRY)
+}
+
+/// A new key and a manager certificate for `node_id`, signed by the cluster's root CA (whose
+/// key this manager holds in its store) and valid for `lifetime` from `now`: the record a Node
+/// keeps of it, the certificate (PEM) and the key (PEM).
+pub fn issue_manager_certificate(
     cluster: &Cluster,
     node_id: &str,
-    hostname: &str,
     now: SystemTime,
-) -> Result<(Node, String, String), CaError> {
+    lifetime: std::time::Duration,
+) -> Result<(Certificate, String, String), CaError> {
     let root = cluster
         .root_ca
         .as_ref()
-        .ok_or_else(|| CaError::InvalidKey("no root CA".into()))?;
+        .filter(|r| !r.ca_key.is_empty())
+        .ok_or_else(|| CaError::InvalidKey("the cluster object holds no root CA key".into()))?;
     let ca = CaRoot {
         cert_pem: String::from_utf8_lossy(&root.ca_cert).into_owned(),
         key_pem: String::from_utf8_lossy(&root.ca_key).into_owned(),
@@ -100,8 +115,30 @@ pub fn first_manager(
         NodeRole::Manager,
         &cluster_id,
         now,
-        defaults::NODE_CERT_EXPIRY,
+        lifetime,
     )?;
+    let record = Certificate {
+        role: NodeRole::Manager as i32,
+        csr: csr_pem.into_bytes(),
+        status: Some(IssuanceStatus {
+            state: issuance_status::State::Issued as i32,
+            err: String::new(),
+        }),
+        certificate: cert_pem.clone().into_bytes(),
+        cn: node_id.to_string(),
+    };
+    Ok((record, cert_pem, key_pem))
+}
+
+/// The first manager of a new cluster: its Node object and its certificate (PEM) and key.
+pub fn first_manager(
+    cluster: &Cluster,
+    node_id: &str,
+    hostname: &str,
+    now: SystemTime,
+) -> Result<(Node, String, String), CaError> {
+    let (record, cert_pem, key_pem) =
+        issue_manager_certificate(cluster, node_id, now, defaults::NODE_CERT_EXPIRY)?;
     let node = Node {
         meta: Some(Meta {
             id: node_id.to_string(),
@@ -117,16 +154,7 @@ pub fn first_manager(
             ..Default::default()
         })),
         role: NodeRole::Manager as i32,
-        certificate: Some(Box::new(Certificate {
-            role: NodeRole::Manager as i32,
-            csr: csr_pem.into_bytes(),
-            status: Some(IssuanceStatus {
-                state: issuance_status::State::Issued as i32,
-                err: String::new(),
-            }),
-            certificate: cert_pem.clone().into_bytes(),
-            cn: node_id.to_string(),
-        })),
+        certificate: Some(Box::new(record)),
         ..Default::default()
     };
     Ok((node, cert_pem, key_pem))
@@ -247,5 +275,33 @@ mod tests {
         let shown = redacted(&c);
         assert!(shown.root_ca.as_ref().unwrap().ca_key.is_empty());
         assert!(!c.root_ca.as_ref().unwrap().ca_key.is_empty());
+    }
+
+    #[test]
+    fn a_manager_certificate_lasts_what_it_is_asked_and_needs_the_root_key() {
+        let now = SystemTime::now();
+        let mut c = new_cluster(now).unwrap();
+        assert_eq!(node_cert_lifetime(&c), defaults::NODE_CERT_EXPIRY);
+        c.spec
+            .as_mut()
+            .unwrap()
+            .ca_config
+            .as_mut()
+            .unwrap()
+            .node_cert_expiry = Some(duration(std::time::Duration::from_secs(600)));
+        let lifetime = node_cert_lifetime(&c);
+        assert_eq!(lifetime, std::time::Duration::from_secs(600));
+        let (record, pem, key) = issue_manager_certificate(&c, "n1", now, lifetime).unwrap();
+        let id = shoal_ca::parse_node_certificate(&pem).unwrap();
+        assert_eq!((id.node_id.as_str(), id.role), ("n1", NodeRole::Manager));
+        assert_eq!(
+            id.not_after.duration_since(id.issued_at()).unwrap(),
+            lifetime
+        );
+        assert_eq!(record.certificate, pem.as_bytes());
+        assert!(key.contains("PRIVATE KEY"));
+        // A redacted cluster (as clients see it) cannot sign anything.
+        let e = issue_manager_certificate(&redacted(&c), "n1", now, lifetime).unwrap_err();
+        assert!(e.to_string().contains("no root CA key"), "{e}");
     }
 }

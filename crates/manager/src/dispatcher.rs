@@ -1553,8 +1553,9 @@ fn is_ready(node: &Node) -> bool {
 }
 
 /// A node this manager's store does not hold. Not final: a new leader may not have applied
-/// the node's creation yet. (A removed node never gets this far: its certificate is on the
-/// revocation list, which the authorizer checks first.)
+/// the node's creation yet. (A removed node never gets this far: the authorizer, which runs
+/// first, refuses a certificate whose node the store lacks — finally where the store is
+/// complete, with a retry elsewhere.)
 fn not_member(node_id: &str) -> Status {
     Status::unavailable(format!(
         "this manager does not know node {node_id} (yet); retrying shortly. If the node was \
@@ -4898,15 +4899,24 @@ mod tests {
     #[tokio::test]
     async fn only_members_of_this_cluster_with_a_certificate_get_a_session() {
         let f = fixture().await;
+        // A certificate of this cluster whose node the store does not hold: the authorizer
+        // refuses it before the dispatcher sees it, for good (this store is complete).
         let stranger = shoal_api::id::new_id();
         let request = f.request(SessionRequest::default(), &stranger);
         let refused = dispatcher_server::Dispatcher::session(&f.dispatcher, request)
             .await
             .err()
             .unwrap();
-        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert!(
-            refused.message().contains("join it with a token"),
+            refused
+                .message()
+                .contains("is not a member of this cluster (removed?)"),
+            "{}",
+            refused.message()
+        );
+        assert!(
+            refused.message().contains("join again with a token"),
             "{}",
             refused.message()
         );
@@ -5042,10 +5052,10 @@ mod tests {
         f.update(|tx| tx.delete::<Node>(&id)).await;
         let ended = next(&mut stream).await.unwrap().unwrap_err();
         assert_eq!(ended.code(), tonic::Code::PermissionDenied);
-        assert_eq!(
-            f.heartbeat(&session).await.unwrap_err().code(),
-            tonic::Code::NotFound
-        );
+        // Its certificate no longer counts: not even a heartbeat gets in.
+        let refused = f.heartbeat(&session).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("not a member"), "{refused:?}");
     }
 
     #[tokio::test]

@@ -593,14 +593,21 @@ impl Daemon {
     pub async fn start(config: DaemonConfig) -> Result<Self, NodeError> {
         config.validate()?;
         let state_dir = StateDir::open(&config.state_dir)?;
+        // A certificate that expired while the node was off: join again with the token, or
+        // refuse to start saying what to do, before anything changes (see `expiry`).
+        let expiry = crate::expiry::on_start(&config, &state_dir).await?;
         let control = bind_control_socket(&control_path(&config, &state_dir))?;
         match state_dir.identity()? {
             Some(identity) => {
-                if config.init || config.join_addr.is_some() || config.restore.is_some() {
+                let joining = config.join_addr.is_some() || config.join_token.is_some();
+                if config.init
+                    || config.restore.is_some()
+                    || (joining && expiry != crate::expiry::Expiry::Rejoined)
+                {
                     return Err(NodeError::Config(format!(
                         "this node already belongs to a cluster (state in {}); start it without \
-                         --init/--join-addr/--restore to resume, or use another (empty) \
-                         --state-dir",
+                         --init/--join-addr/--join-token/--restore to resume, or use another \
+                         (empty) --state-dir",
                         config.state_dir.display()
                     )));
                 }
@@ -983,8 +990,15 @@ impl Daemon {
                 state.clone(),
             )?
         };
+        // Forcing a new cluster with a certificate that expired while this manager was off:
+        // a new one from the cluster's root CA in the store just loaded (see `expiry`).
+        let reissued = if config.force_new_cluster {
+            crate::expiry::reissue_if_expired(&config, &keys, &state, &credentials)?
+        } else {
+            None
+        };
         state_dir.save_identity(&identity)?;
-        Self::start_raft(
+        let daemon = Self::start_raft(
             config,
             NodeParts {
                 state_dir,
@@ -1002,7 +1016,16 @@ impl Daemon {
                 initial_peers,
                 moved_from,
             },
-        )
+        )?;
+        if let (Some(record), Role::Manager(parts)) = (reissued, &daemon.role) {
+            tokio::spawn(crate::expiry::record_certificate(
+                parts.store.clone(),
+                parts.driver.handle(),
+                daemon.identity.node_id.clone(),
+                record,
+            ));
+        }
+        Ok(daemon)
     }
 
     fn start_raft(
@@ -1254,7 +1277,8 @@ impl Daemon {
                     stopping.clone(),
                 ));
                 let handle = driver.handle();
-                let authorizer = Authorizer::new(store.clone(), credentials.identity().cluster_id);
+                let authorizer = Authorizer::new(store.clone(), credentials.identity().cluster_id)
+                    .with_raft(handle.clone());
                 let managers_only = || authorizer.interceptor(Access::Managers);
                 let log_broker = LogBroker::new(store.clone(), handle.clone(), authorizer.clone());
                 // Control calls reaching this manager while it follows go to the leader,

@@ -10,7 +10,9 @@
 //! again in its new role when promotion or demotion changes it, and inactive after it leaves.
 //!
 //! Start-up, in order: take the state directory's lock (two daemons never share one); read
-//! `node.json` (who this node is) and its certificates (what it may do); for a manager, open
+//! `node.json` (who this node is) and its certificates (what it may do) — a certificate that
+//! expired while the node was off is dealt with first (`expiry`: join again with a token,
+//! renew it from the store under `--force-new-cluster`, or refuse to start); for a manager, open
 //! the Raft log and resume the cluster, start a new one (`--init`), join one, or rewrite the
 //! log into a one-member cluster keeping all data (`--force-new-cluster`). The Raft thread
 //! starts, then the servers. SIGTERM or SIGINT stop the servers, then the Raft thread,
@@ -21,6 +23,7 @@ pub mod backup;
 pub mod certificates;
 mod daemon;
 mod error;
+mod expiry;
 pub mod keys;
 mod local;
 pub mod logs;

@@ -3,7 +3,11 @@
 //!
 //! Each certificate is renewed at a random point between 50 % and 80 % of its lifetime, so
 //! that the nodes of a cluster created together do not all renew at once (SwarmKit does the
-//! same). A renewal is a new key and CSR sent to the CA over mutual TLS *without* a token:
+//! same). The lifetime runs from when the CA signed it to its `not_after`: the hour its
+//! `not_before` is backdated by (against clock skew) is not lifetime. SwarmKit measures from
+//! `not_before`, which for its shortest lifetime (one hour, backdated by one) puts the
+//! renewal point at the moment of issue, and for shorter test lifetimes in the past — a node
+//! renewing in a loop. A renewal is a new key and CSR sent to the CA over mutual TLS *without* a token:
 //! the CA signs for the node ID in our certificate, with the role the cluster assigned the
 //! node — so promote and demote reach a node through its next renewal, which the manager
 //! asks for at once by marking the node's certificate `RENEW` (the agent passes that on with
@@ -15,8 +19,10 @@
 //! atomically). A failed renewal is retried with backoff, while the old certificate is still
 //! valid.
 //!
-//! Time comes from a [`Clock`], read every `check_every`: tests drive it past the renewal
-//! point instead of waiting for weeks.
+//! Time comes from a [`Clock`], read every `check_every` — or sooner, when the renewal point
+//! comes before the next look (the renewer sleeps until then): a certificate that lasts
+//! seconds is renewed in time, and the default look every 10 s costs nothing for one that
+//! lasts weeks. Tests drive the clock past the renewal point instead of waiting for weeks.
 //!
 //! **Root rotation.** The renewer also keeps the node's *trust*: the roots the dispatcher's
 //! session messages name (the cluster's root; the old and the new one while the root is
@@ -52,13 +58,15 @@ pub const RENEWAL_WINDOW: (f64, f64) = (0.5, 0.8);
 /// The longest wait between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// When to renew `certificate`, at `fraction` of its lifetime.
+/// When to renew `certificate`, at `fraction` of its lifetime (from its issue, see the
+/// module notes).
 pub fn renewal_time(certificate: &CertIdentity, fraction: f64) -> SystemTime {
+    let issued = certificate.issued_at();
     let lifetime = certificate
         .not_after
-        .duration_since(certificate.not_before)
+        .duration_since(issued)
         .unwrap_or_default();
-    certificate.not_before + lifetime.mul_f64(fraction)
+    issued + lifetime.mul_f64(fraction)
 }
 
 /// A random point of the renewal window.
@@ -341,10 +349,15 @@ impl Renewer {
             if *shutdown.borrow() {
                 return;
             }
+            // Look again after `check_every`, or at the renewal point if that comes first.
+            let until_due = due
+                .duration_since(self.clock.now())
+                .unwrap_or_default()
+                .min(self.check_every);
             tokio::select! {
                 _ = shutdown.changed() => continue,
                 () = self.requested.wake.notified() => {}
-                () = tokio::time::sleep(self.check_every) => {}
+                () = tokio::time::sleep(until_due) => {}
             }
             // Trust first: a renewal asked for with new roots keeps them.
             if let Some(root_pem) = self.requested.take_trust() {
@@ -413,23 +426,30 @@ mod tests {
 
     #[test]
     fn renewal_falls_between_half_and_four_fifths_of_the_lifetime() {
-        let cert = identity(1000, 1000 + 3600);
-        let at = |f| {
-            renewal_time(&cert, f)
+        // Signed at 1000 + the backdate, for an hour.
+        let backdate = shoal_api::defaults::CERT_BACKDATE.as_secs();
+        let cert = identity(1000, 1000 + backdate + 3600);
+        let at = |cert: &CertIdentity, f| {
+            renewal_time(cert, f)
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap()
                 .as_secs()
         };
-        assert_eq!(at(0.5), 1000 + 1800);
-        assert_eq!(at(0.8), 1000 + 2880);
+        let issued = 1000 + backdate;
+        assert_eq!(at(&cert, 0.5), issued + 1800);
+        assert_eq!(at(&cert, 0.8), issued + 2880);
+        // Ten seconds (a test lifetime): between 5 and 8 s after issue, never in the past.
+        let short = identity(1000, 1000 + backdate + 10);
+        assert_eq!(at(&short, 0.5), issued + 5);
+        assert_eq!(at(&short, 0.8), issued + 8);
         for _ in 0..1000 {
             let f = random_fraction();
             assert!((0.5..=0.8).contains(&f), "{f}");
         }
-        // A certificate whose dates are upside down is renewed at once.
+        // A certificate whose dates are upside down is due at its `not_after` (long past).
         assert_eq!(
             renewal_time(&identity(5000, 4000), 0.5),
-            SystemTime::UNIX_EPOCH + Duration::from_secs(5000)
+            SystemTime::UNIX_EPOCH + Duration::from_secs(4000)
         );
     }
 

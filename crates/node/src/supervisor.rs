@@ -55,6 +55,17 @@ fn belongs_to_a_cluster(state_dir: &Path) -> bool {
 
 /// Runs the node until `stop` turns true.
 pub async fn run(mut config: DaemonConfig, stop: watch::Receiver<bool>) -> Result<Exit, NodeError> {
+    if config.join_token.is_some()
+        && config.join_addr.is_none()
+        && !belongs_to_a_cluster(&config.state_dir)
+    {
+        return Err(NodeError::Config(format!(
+            "--join-token without --join-addr only serves a node whose certificate expired \
+             (it joins again through the managers it knows), and {} holds no cluster state: to \
+             join a cluster, add --join-addr MANAGER",
+            config.state_dir.display()
+        )));
+    }
     loop {
         if !config.init
             && config.join_addr.is_none()

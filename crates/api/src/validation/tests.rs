@@ -382,9 +382,25 @@ fn networks_and_clusters() {
         }),
         ..Default::default()
     };
+    let e = validate_cluster_spec(&cluster).unwrap_err();
+    assert_eq!(e.field, "spec.ca_config.node_cert_expiry");
+    assert!(e.message.contains("at least 1 hour"), "{e}");
+    // A lower minimum (a manager's test knob) accepts it, and says its own figure.
+    validate_cluster_spec_with(&cluster, std::time::Duration::from_secs(5)).unwrap();
+    let e =
+        validate_cluster_spec_with(&cluster, std::time::Duration::from_secs(3 * 3600)).unwrap_err();
+    assert!(e.message.contains("at least 3 hours"), "{e}");
     assert_eq!(
-        validate_cluster_spec(&cluster).unwrap_err().field,
-        "spec.ca_config.node_cert_expiry"
+        spoken_duration(std::time::Duration::from_secs(5)),
+        "5 seconds"
+    );
+    assert_eq!(
+        spoken_duration(std::time::Duration::from_secs(90 * 60)),
+        "90 minutes"
+    );
+    assert_eq!(
+        spoken_duration(std::time::Duration::from_millis(1500)),
+        "1.5 seconds"
     );
 }
 

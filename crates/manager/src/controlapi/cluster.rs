@@ -11,6 +11,10 @@
 //! `root_ca.root_rotation` (see [`crate::root_rotation`], whose reconciler finishes it). A
 //! rotation already pending is started over with a fresh root, as SwarmKit does. Lowering
 //! the value is refused, changing nothing; leaving it as it is starts nothing.
+//!
+//! Certificates must last at least the CA's minimum
+//! ([`minimum_node_cert_expiry`](crate::ca_server::minimum_node_cert_expiry): one hour, lower
+//! only under a test knob).
 
 use shoal_api::v1::{
     Cluster, GetClusterRequest, GetClusterResponse, GetUnlockKeyRequest, GetUnlockKeyResponse,
@@ -104,8 +108,11 @@ impl ControlApi {
         let spec = request
             .spec
             .ok_or_else(|| Status::invalid_argument("invalid spec: a cluster spec is required"))?;
-        shoal_api::validation::validate_cluster_spec(&spec)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        shoal_api::validation::validate_cluster_spec_with(
+            &spec,
+            crate::ca_server::minimum_node_cert_expiry(),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if spec
             .ca_config
             .as_ref()

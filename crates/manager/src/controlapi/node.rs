@@ -29,12 +29,26 @@
 //!
 //! A node that is a manager (by role, desired role or Raft membership) must be demoted first,
 //! whatever `force` says: removing a Raft member by deleting its node object would leave a
-//! voter nobody can see. A node whose status is READY is refused unless `force`. The node
-//! object is deleted and its certificate is revoked in the same transaction: the cluster's
-//! `blacklisted_certificates` gets an entry until every certificate the node may still hold
-//! has expired (the later of its last certificate's `not_after` and now plus the longest
-//! lifetime a certificate can have, plus an hour for clock skew), and entries past that are
-//! pruned, so the list stays bounded by the nodes removed within one certificate lifetime. Time is the store's clock (`WriteTx::now`).
+//! voter nobody can see. A node whose status is READY is refused unless `force`.
+//!
+//! Deleting the node object is what revokes its certificates: the authorizer lets in only
+//! certificates of nodes the store holds (`authorize.rs`, "Membership"), and node IDs are
+//! never reused, so every certificate the node holds — however long it still has to live —
+//! stops counting once the deletion is applied. In the same transaction the node gets an
+//! entry in the cluster's `blacklisted_certificates`, which only serves the message: a
+//! removed node that calls back is told "node X was removed", and a follower that has
+//! applied the removal can say so as a final answer. So the list is kept short:
+//!
+//! - an entry lasts [`REVOCATION_NOTICE`] (a day) from the removal, time being the store's
+//!   clock (`WriteTx::now`); entries past their expiry are pruned at each removal;
+//! - the list holds at most [`MAX_BLACKLISTED_CERTIFICATES`] (1,000) entries: beyond, the
+//!   entries that expire first (the oldest removals) are dropped.
+//!
+//! The cluster object, which every snapshot and every read of the cluster carries, therefore
+//! stays around 40 KB at most however many nodes come and go (a removed node after its entry
+//! is gone is still refused, as "not a member of this cluster (removed?)"). Since every
+//! removal rewrites the cluster object, concurrent removals conflict when applied; a removal
+//! names no version, so it is built again on a fresh view (a few times) rather than failing.
 //!
 //! # Invariants
 //!
@@ -243,9 +257,20 @@ fn is_past(t: &prost_types::Timestamp, now: &prost_types::Timestamp) -> bool {
     (t.seconds, t.nanos) < (now.seconds, now.nanos)
 }
 
-/// Drops the revoked certificates that expired before `now`: TLS refuses them anyway, and
-/// dropping them keeps the list bounded. Entries without an expiry are kept (revoked for
-/// good); this module never writes one.
+/// How long a removed node stays on the cluster's revocation list. The entry is not what
+/// keeps the node out (its node object being gone is); it lets a node that comes back the
+/// same day hear plainly that it was removed.
+pub(crate) const REVOCATION_NOTICE: Duration = Duration::from_secs(24 * 3600);
+
+/// The most entries the revocation list holds, whatever the churn: a hard bound on the size
+/// of the cluster object (about 38 bytes an entry).
+pub(crate) const MAX_BLACKLISTED_CERTIFICATES: usize = 1000;
+
+/// How many times a removal is built again after conflicting with a concurrent write.
+const REMOVAL_ATTEMPTS: usize = 10;
+
+/// Drops the entries that expired before `now`. Entries without an expiry are kept; this
+/// module never writes one.
 fn prune_blacklist(
     list: &mut BTreeMap<String, BlacklistedCertificate>,
     now: &prost_types::Timestamp,
@@ -253,29 +278,44 @@ fn prune_blacklist(
     list.retain(|_, c| c.expiry.as_ref().is_none_or(|e| !is_past(e, now)));
 }
 
-/// How long past the expiry a revocation is kept: clocks of managers differ.
-const REVOCATION_MARGIN: Duration = Duration::from_secs(3600);
+/// Drops entries until at most `max` remain: those that expire first (the oldest removals),
+/// entries without an expiry last, equal expiries by node ID.
+fn cap_blacklist(list: &mut BTreeMap<String, BlacklistedCertificate>, max: usize) {
+    if list.len() <= max {
+        return;
+    }
+    let mut by_expiry: Vec<((i64, i32), String)> = list
+        .iter()
+        .map(|(id, c)| {
+            let expiry = c
+                .expiry
+                .as_ref()
+                .map_or((i64::MAX, i32::MAX), |e| (e.seconds, e.nanos));
+            (expiry, id.clone())
+        })
+        .collect();
+    by_expiry.sort_unstable();
+    for (_, id) in by_expiry.into_iter().take(list.len() - max) {
+        list.remove(&id);
+    }
+}
 
-/// Until when a removed node's certificates must stay revoked: past the `not_after` of its
-/// last certificate, and past what any certificate it may still hold could live — an older
-/// one, issued when certificates lasted longer, may outlive the last — plus a margin for
-/// clock skew. Certificates never outlive the longer of the cluster's lifetime and the
-/// default (90 days), so that bounds the list.
-fn certificate_expiry(node: &Node, cluster: Option<&Cluster>, now: SystemTime) -> SystemTime {
-    let last = node
-        .certificate
-        .as_ref()
-        .and_then(|c| std::str::from_utf8(&c.certificate).ok())
-        .and_then(|pem| shoal_ca::parse_node_certificate(pem).ok())
-        .map(|identity| identity.not_after);
-    let lifetime = cluster
-        .and_then(|c| c.spec.as_ref())
-        .and_then(|s| s.ca_config.as_ref())
-        .and_then(|c| c.node_cert_expiry.as_ref())
-        .map(validation::to_std_duration)
-        .unwrap_or_default()
-        .max(defaults::NODE_CERT_EXPIRY);
-    last.unwrap_or(now).max(now + lifetime) + REVOCATION_MARGIN
+/// Puts `node_id` on the revocation list at `now`, keeping the list short (see the module
+/// notes): expired entries pruned, at most [`MAX_BLACKLISTED_CERTIFICATES`].
+fn revoke(
+    list: &mut BTreeMap<String, BlacklistedCertificate>,
+    node_id: &str,
+    now: &prost_types::Timestamp,
+) {
+    prune_blacklist(list, now);
+    let now_time = SystemTime::try_from(*now).unwrap_or(SystemTime::UNIX_EPOCH);
+    list.insert(
+        node_id.to_string(),
+        BlacklistedCertificate {
+            expiry: Some((now_time + REVOCATION_NOTICE).into()),
+        },
+    );
+    cap_blacklist(list, MAX_BLACKLISTED_CERTIFICATES);
 }
 
 /// How reachable Raft member `raft_id` is, as far as this manager can tell (see the module
@@ -722,42 +762,43 @@ impl<R: NodeRaft> Nodes<'_, R> {
         self.linearize().await?;
         let id = request.node_id.as_str();
         let is_member = members_by_node(&self.raft.status()).contains_key(id);
-        let mut refusal = None;
-        let result = self
-            .store
-            .update(|tx| {
-                let node = tx.get::<Node>(id).ok_or_else(|| node_not_found(id))?;
-                if let Err(s) = check_removal(&node, is_member, request.force) {
-                    refusal = Some(s);
-                    return Err(StoreError::InvalidTransaction("refused".into()));
-                }
-                // The single cluster object; without one (a store that was never initialised)
-                // there is no CA, so no certificate to revoke.
-                let cluster = tx
-                    .find::<Cluster>(By::All)
-                    .first()
-                    .and_then(|c| tx.get::<Cluster>(c.id()));
-                tx.delete::<Node>(id)?;
-                if let Some(cluster) = cluster {
-                    let now = tx.now();
-                    let now_time = SystemTime::try_from(now).unwrap_or(SystemTime::UNIX_EPOCH);
-                    let expiry = certificate_expiry(&node, Some(&cluster), now_time);
-                    let mut updated = (*cluster).clone();
-                    updated.blacklisted_certificates.insert(
-                        id.to_string(),
-                        BlacklistedCertificate {
-                            expiry: Some(expiry.into()),
-                        },
-                    );
-                    prune_blacklist(&mut updated.blacklisted_certificates, &now);
-                    tx.update(updated)?;
-                }
-                Ok(())
-            })
-            .await;
-        if let Some(s) = refusal {
-            return Err(s);
-        }
+        // Every removal rewrites the cluster object (its revocation list), so concurrent
+        // removals of different nodes conflict at apply time; the caller named no version,
+        // so the removal is built again on a fresh view (its checks included) a few times.
+        let mut attempts = 0;
+        let result = loop {
+            let mut refusal = None;
+            let result = self
+                .store
+                .update(|tx| {
+                    let node = tx.get::<Node>(id).ok_or_else(|| node_not_found(id))?;
+                    if let Err(s) = check_removal(&node, is_member, request.force) {
+                        refusal = Some(s);
+                        return Err(StoreError::InvalidTransaction("refused".into()));
+                    }
+                    // The single cluster object; without one (a store that was never
+                    // initialised) there is no CA, so no certificate to revoke.
+                    let cluster = tx
+                        .find::<Cluster>(By::All)
+                        .first()
+                        .and_then(|c| tx.get::<Cluster>(c.id()));
+                    tx.delete::<Node>(id)?;
+                    if let Some(cluster) = cluster {
+                        let mut updated = (*cluster).clone();
+                        revoke(&mut updated.blacklisted_certificates, id, &tx.now());
+                        tx.update(updated)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Some(s) = refusal {
+                return Err(s);
+            }
+            match result {
+                Err(e) if e.is_conflict() && attempts < REMOVAL_ATTEMPTS => attempts += 1,
+                other => break other,
+            }
+        };
         result.map_err(|e| match e {
             StoreError::NotFound { kind: "node", .. } => not_found_status(id),
             other => store_status(other),
@@ -966,50 +1007,44 @@ mod tests {
     }
 
     #[test]
-    fn a_revocation_lasts_until_the_certificate_expires() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(T0);
-        let cluster = crate::cluster::new_cluster(now).unwrap();
-        let node = node_with_certificate(&cluster, "w1", "host-w1", NodeRole::Worker, now);
-        let pem = std::str::from_utf8(&node.certificate.as_ref().unwrap().certificate).unwrap();
-        let not_after = shoal_ca::parse_node_certificate(pem).unwrap().not_after;
-        let longest = now + defaults::NODE_CERT_EXPIRY + REVOCATION_MARGIN;
+    fn the_list_keeps_a_day_of_removals_and_at_most_its_cap() {
+        let entry = |t: Option<u64>| BlacklistedCertificate { expiry: t.map(at) };
+        // Over the cap: the entries that expire first go, entries without an expiry last.
+        let mut list: BTreeMap<String, BlacklistedCertificate> = (0..5)
+            .map(|i| (format!("n{i}"), entry(Some(T0 + 100 - i))))
+            .collect();
+        list.insert("forever".into(), entry(None));
+        list.insert("tie-b".into(), entry(Some(T0 + 50)));
+        list.insert("tie-a".into(), entry(Some(T0 + 50)));
+        cap_blacklist(&mut list, 4);
+        let kept: Vec<&str> = list.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["forever", "n0", "n1", "n2"]);
+        cap_blacklist(&mut list, 1);
+        let kept: Vec<&str> = list.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["forever"]);
+
+        // A removal: expired entries go, the new one lasts a day from now.
+        let mut list = BTreeMap::from([
+            ("old".to_string(), entry(Some(T0 - 1))),
+            ("recent".to_string(), entry(Some(T0 + 60))),
+        ]);
+        revoke(&mut list, "w9", &at(T0));
+        let kept: Vec<&str> = list.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["recent", "w9"]);
         assert_eq!(
-            certificate_expiry(&node, Some(&cluster), now),
-            (not_after + REVOCATION_MARGIN).max(longest)
+            list["w9"].expiry,
+            Some(at(T0 + REVOCATION_NOTICE.as_secs()))
         );
-        // Without a readable certificate, or with a shorter lifetime now: whatever the node
-        // may still hold lives at most the default lifetime.
-        let bare = plain_node("w2", NodeRole::Worker, node_status::State::Down);
-        let mut short = cluster.clone();
-        short
-            .spec
-            .as_mut()
-            .unwrap()
-            .ca_config
-            .as_mut()
-            .unwrap()
-            .node_cert_expiry = Some(prost_types::Duration {
-            seconds: 3600,
-            nanos: 0,
-        });
-        assert_eq!(certificate_expiry(&bare, Some(&short), now), longest);
-        assert_eq!(certificate_expiry(&bare, None, now), longest);
-        // A lifetime longer than the default counts in full.
-        let mut long = short.clone();
-        long.spec
-            .as_mut()
-            .unwrap()
-            .ca_config
-            .as_mut()
-            .unwrap()
-            .node_cert_expiry = Some(prost_types::Duration {
-            seconds: 200 * 24 * 3600,
-            nanos: 0,
-        });
-        assert_eq!(
-            certificate_expiry(&bare, Some(&long), now),
-            now + Duration::from_secs(200 * 24 * 3600) + REVOCATION_MARGIN
-        );
+        // At the cap, the newest removal stays and the oldest goes.
+        let mut full: BTreeMap<String, BlacklistedCertificate> = (0..MAX_BLACKLISTED_CERTIFICATES
+            as u64)
+            .map(|i| (format!("n{i:04}"), entry(Some(T0 + i))))
+            .collect();
+        revoke(&mut full, "latest", &at(T0));
+        assert_eq!(full.len(), MAX_BLACKLISTED_CERTIFICATES);
+        assert!(full.contains_key("latest"));
+        assert!(!full.contains_key("n0000"));
+        assert!(full.contains_key("n0001"));
     }
 
     fn raft_status(me: u64, leader: Option<u64>, voters: usize, reachable: usize) -> RaftStatus {
@@ -1609,17 +1644,16 @@ mod tests {
         ]);
         block_on(w.store.update(|tx| tx.update(cluster))).unwrap();
 
-        let node = w.node("w1").unwrap();
-        let pem = std::str::from_utf8(&node.certificate.as_ref().unwrap().certificate).unwrap();
-        let not_after = shoal_ca::parse_node_certificate(pem).unwrap().not_after;
         w.remove("w1", false).unwrap();
         assert!(w.node("w1").is_none());
         let list = &w.cluster().blacklisted_certificates;
         let keys: Vec<&str> = list.keys().map(String::as_str).collect();
         assert_eq!(keys, ["recent", "w1"]);
-        let expiry = list["w1"].expiry.unwrap();
-        let until = prost_types::Timestamp::from(not_after + REVOCATION_MARGIN);
-        assert!(expiry.seconds >= until.seconds, "{expiry:?} < {until:?}");
+        // A day from the removal, by the store's clock.
+        assert_eq!(
+            list["w1"].expiry,
+            Some(at(T0 + REVOCATION_NOTICE.as_secs()))
+        );
 
         let e = w.remove("w1", false).unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
@@ -1648,5 +1682,108 @@ mod tests {
         w.remove("w1", true).unwrap();
         assert!(w.node("w1").is_none());
         assert!(w.cluster().blacklisted_certificates.contains_key("w1"));
+    }
+
+    /// What the cluster object may weigh after any number of joins and removals: the list's
+    /// 1,000 entries (about 38 bytes each) and the rest of the object (root CA and its key,
+    /// tokens, spec: about 2 KB).
+    const CLUSTER_BYTES_BOUND: usize = 64 * 1024;
+
+    #[test]
+    fn ten_thousand_joins_and_removals_leave_a_bounded_cluster_object_and_no_way_back() {
+        const CYCLES: usize = 10_000;
+        let w = World::new(1, 1, 0);
+        let cluster_id = w.cluster.id().to_string();
+        let authorizer = crate::authorize::Authorizer::new(w.store.clone(), cluster_id.clone());
+        let root = w.cluster.root_ca.as_ref().unwrap();
+        let ca = shoal_ca::RootCa {
+            cert_pem: String::from_utf8(root.ca_cert.clone()).unwrap(),
+            key_pem: String::from_utf8(root.ca_key.clone()).unwrap(),
+        };
+        // One key for every node: the CA takes only the public key from a request.
+        let (_, csr) = shoal_ca::node_key_and_csr().unwrap();
+        let started = std::time::Instant::now();
+        let mut removed = Vec::with_capacity(CYCLES);
+        let mut largest = 0;
+        block_on(async {
+            for _ in 0..CYCLES {
+                // A join, as the CA records it (`ca_server.rs`): a new node ID, a
+                // certificate signed for it, the node object holding it.
+                let node_id = shoal_api::id::new_id();
+                let pem = shoal_ca::issue_node_certificate(
+                    &ca,
+                    &csr,
+                    &node_id,
+                    NodeRole::Worker,
+                    &cluster_id,
+                    SystemTime::now(),
+                    defaults::NODE_CERT_EXPIRY,
+                )
+                .unwrap();
+                let mut node = plain_node(&node_id, NodeRole::Worker, node_status::State::Down);
+                node.certificate = Some(Box::new(Certificate {
+                    role: NodeRole::Worker as i32,
+                    csr: csr.clone().into_bytes(),
+                    status: Some(IssuanceStatus {
+                        state: issuance_status::State::Issued as i32,
+                        err: String::new(),
+                    }),
+                    certificate: pem.clone().into_bytes(),
+                    cn: node_id.clone(),
+                }));
+                w.store.update(|tx| tx.create(node)).await.unwrap();
+                w.nodes()
+                    .remove(RemoveNodeRequest {
+                        node_id: node_id.clone(),
+                        force: false,
+                    })
+                    .await
+                    .unwrap();
+                largest = largest.max(prost::Message::encoded_len(&*w.cluster()));
+                removed.push(shoal_ca::parse_node_certificate(&pem).unwrap());
+            }
+        });
+        let elapsed = started.elapsed();
+        let cluster = w.cluster();
+        assert_eq!(
+            cluster.blacklisted_certificates.len(),
+            MAX_BLACKLISTED_CERTIFICATES
+        );
+        assert!(
+            largest < CLUSTER_BYTES_BOUND,
+            "the cluster object reached {largest} bytes"
+        );
+        // Every removed node's certificate, each valid for 90 days more, is refused: the
+        // last 1,000 as removed (their entries), the others as not members.
+        let (mut as_removed, mut as_not_members) = (0, 0);
+        for identity in removed {
+            assert!(identity.not_after > SystemTime::now() + 80 * DAY);
+            let e = authorizer
+                .check_identity(Some(identity), crate::authorize::Access::Nodes)
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+            if e.message().contains("was removed") {
+                as_removed += 1;
+            } else if e
+                .message()
+                .contains("is not a member of this cluster (removed?)")
+            {
+                as_not_members += 1;
+            } else {
+                panic!("refused for another reason: {e:?}");
+            }
+        }
+        assert_eq!(
+            (as_removed, as_not_members),
+            (
+                MAX_BLACKLISTED_CERTIFICATES,
+                CYCLES - MAX_BLACKLISTED_CERTIFICATES
+            )
+        );
+        eprintln!(
+            "{CYCLES} joins and removals in {elapsed:.1?}: the cluster object weighs {} bytes \
+             (at most {largest} along the way)",
+            prost::Message::encoded_len(&*cluster)
+        );
     }
 }

@@ -60,8 +60,19 @@ fn task(id: &str, service: &str, node: &str) -> Task {
     }
 }
 
-/// A broker whose store holds tasks t1, t2 of service s1 on nodes n1 and n2, t3 of s1 on n1,
-/// and t9 not yet assigned.
+/// A member node: the authorizer lets in only certificates of nodes the store holds.
+fn node(id: &str) -> shoal_api::v1::Node {
+    shoal_api::v1::Node {
+        meta: Some(Meta {
+            id: id.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A broker whose store holds nodes n1 and n2, tasks t1, t2 of service s1 on n1 and n2, t3 of
+/// s1 on n1, and t9 not yet assigned.
 async fn fixture() -> Fixture {
     let store = Store::new();
     let cluster = crate::cluster::new_cluster(SystemTime::now()).unwrap();
@@ -69,6 +80,8 @@ async fn fixture() -> Fixture {
     store
         .update(|tx| {
             tx.create(cluster)?;
+            tx.create(node("n1"))?;
+            tx.create(node("n2"))?;
             tx.create(task("t1", "s1", "n1"))?;
             tx.create(task("t2", "s1", "n2"))?;
             tx.create(task("t3", "s1", "n1"))?;

@@ -36,8 +36,9 @@ pub struct Args {
     /// Join the cluster of the manager at this address
     #[arg(long, value_name = "ADDR")]
     pub join_addr: Option<String>,
-    /// Join token (`shoal swarm join-token manager` on a manager prints one)
-    #[arg(long, value_name = "TOKEN", requires = "join_addr")]
+    /// Join token (`shoal swarm join-token manager` on a manager prints one); also brings
+    /// back a node whose certificate expired while it was off, as a new node
+    #[arg(long, value_name = "TOKEN")]
     pub join_token: Option<String>,
     /// Make this manager the only member of its cluster, keeping all its data
     #[arg(long)]

@@ -98,6 +98,8 @@ pub struct Cluster {
     daemons: BTreeMap<String, Manager>,
     /// Flags every daemon of the cluster starts with (see [`Cluster::start_with`]).
     extra: Vec<String>,
+    /// Environment every daemon of the cluster starts with (see [`Cluster::start_with_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -110,10 +112,20 @@ impl Cluster {
     /// [`Cluster::start`] with `extra_daemon_flags` given to every daemon, the workers that
     /// join later included (e.g. `["--executor", "sim"]`).
     pub fn start_with(workers: &[&str], extra_daemon_flags: &[&str]) -> Cluster {
+        Cluster::start_with_env(workers, extra_daemon_flags, &[])
+    }
+
+    /// [`Cluster::start_with`], every daemon (the workers that join later included) started
+    /// with `env` added to its environment (a daemon restarted later starts without it).
+    pub fn start_with_env(
+        workers: &[&str],
+        extra_daemon_flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut flags = vec!["--init", "--hostname", "m1"];
         flags.extend_from_slice(extra_daemon_flags);
-        let m1 = Manager::start(dir.path(), "m1", &flags);
+        let m1 = Manager::start_with_env(dir.path(), "m1", &flags, env);
         let socket = m1.state_dir.join("control.sock");
         let manager_addr = m1.addr.clone();
         let mut cluster = Cluster {
@@ -122,6 +134,10 @@ impl Cluster {
             manager_addr,
             daemons: BTreeMap::from([("m1".to_string(), m1)]),
             extra: extra_daemon_flags.iter().map(|f| f.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         cluster.wait_ready("m1");
         for name in workers {
@@ -135,6 +151,13 @@ impl Cluster {
         self.dir.path()
     }
 
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
     /// Starts a worker named `name` that joins with the worker token; waits until READY.
     pub fn join_worker(&mut self, name: &str) {
         let token = self
@@ -142,7 +165,7 @@ impl Cluster {
             .ok()
             .trim()
             .to_string();
-        let worker = Manager::start(
+        let worker = Manager::start_with_env(
             self.dir.path(),
             name,
             &[
@@ -156,6 +179,7 @@ impl Cluster {
             .into_iter()
             .chain(self.extra.iter().map(String::as_str))
             .collect::<Vec<_>>(),
+            &self.env(),
         );
         self.daemons.insert(name.to_string(), worker);
         self.wait_ready(name);
@@ -168,7 +192,7 @@ impl Cluster {
             .ok()
             .trim()
             .to_string();
-        let manager = Manager::start(
+        let manager = Manager::start_with_env(
             self.dir.path(),
             name,
             &[
@@ -182,6 +206,7 @@ impl Cluster {
             .into_iter()
             .chain(self.extra.iter().map(String::as_str))
             .collect::<Vec<_>>(),
+            &self.env(),
         );
         self.daemons.insert(name.to_string(), manager);
         self.wait_ready(name);

@@ -59,6 +59,12 @@ pub struct Manager {
 impl Manager {
     /// Starts `shoal daemon` with `extra` flags.
     pub fn start(dir: &Path, name: &str, extra: &[&str]) -> Manager {
+        Manager::start_with_env(dir, name, extra, &[])
+    }
+
+    /// Starts `shoal daemon` with `extra` flags and `env` added to its environment (this run
+    /// only: a restart starts without it).
+    pub fn start_with_env(dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Manager {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let state_dir = dir.join(name);
@@ -69,7 +75,7 @@ impl Manager {
             log,
             child: None,
         };
-        m.spawn(extra);
+        m.spawn_with_env(extra, env);
         m
     }
 
