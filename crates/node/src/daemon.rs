@@ -1128,6 +1128,11 @@ impl Daemon {
             identity.raft_id = 0;
             state_dir.save_identity(&identity)?;
         }
+        // Workers are never locked (as in SwarmKit): a demoted autolocked manager's key file
+        // goes back to clear, or it would wait for an unlock key at its next start.
+        if keys.unlock_key().is_some() {
+            keys.set_unlock_key(None)?;
+        }
         if managers.get().is_empty() {
             return Err(NodeError::StateDir(format!(
                 "{} names no manager to reach; leave the cluster and join again",

@@ -337,3 +337,36 @@ async fn swarm_init_autolock_prints_the_key_once_and_a_restart_is_locked() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_manager_of_an_autolocked_cluster_is_a_worker_that_is_never_locked() {
+    let mut c = Cluster::start(&[]);
+    c.join_manager("m2");
+    let out = c.shoal(&["swarm", "update", "--autolock=true"]).ok();
+    key_in(&out);
+    let key_file = c.dir().join("m2/certificates/node.key");
+    c.wait("m2's key file to be sealed", &[], |_| {
+        let text = std::fs::read_to_string(&key_file).unwrap_or_default();
+        text.contains("SHOAL LOCKED NODE KEYS").then_some(())
+    });
+    c.shoal(&["node", "demote", "m2"]).ok();
+    c.wait("m2's key file to be in clear again", &[], |_| {
+        let text = std::fs::read_to_string(&key_file).unwrap_or_default();
+        (text.contains("PRIVATE KEY") && !text.contains("SHOAL RAFT DATA KEYS")).then_some(())
+    });
+    c.daemon("m2").terminate(Duration::from_secs(10));
+    c.daemon("m2").restart(&["--hostname", "m2"]);
+    // Up again, and not locked: it answers that there is nothing to unlock.
+    let m2 = c.socket_of("m2");
+    c.wait("m2 to answer that it is not locked", &[], |_| {
+        let run = support::cli::shoal(&m2, &["swarm", "unlock"]);
+        assert!(
+            !run.stderr.contains("no unlock key given"),
+            "m2 came back locked"
+        );
+        run.stderr.contains("not locked").then_some(())
+    });
+    c.wait("m2 to be a READY worker", &[], |c| {
+        c.node("m2").filter(|n| n.status == "Ready").map(|_| ())
+    });
+}
