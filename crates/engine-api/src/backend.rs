@@ -57,6 +57,19 @@ impl LocalState {
     }
 }
 
+/// moby's 503 for a Control API call on a node in `state` that serves none: inactive, a
+/// worker, or a locked manager; `None` on an active manager.
+pub fn not_a_manager(state: &LocalState) -> Option<EngineError> {
+    match state {
+        LocalState::Inactive => Some(EngineError::unavailable(error::NOT_A_MANAGER_INACTIVE)),
+        state if state.is_locked() => Some(EngineError::unavailable(error::LOCKED)),
+        state @ LocalState::Active(_) if !state.is_manager() => {
+            Some(EngineError::unavailable(error::NOT_A_MANAGER_WORKER))
+        }
+        _ => None,
+    }
+}
+
 /// Clients of the node's control socket.
 #[derive(Clone)]
 pub struct Backend {
@@ -130,16 +143,10 @@ impl Backend {
     /// The Engine API error for a failed Control API call: a refusal because this node is
     /// not a manager becomes moby's 503; everything else maps as [`EngineError::from_status`].
     pub async fn control_error(&self, status: Status) -> EngineError {
-        if status.code() == Code::FailedPrecondition {
-            match self.local_state().await {
-                LocalState::Inactive => {
-                    return EngineError::unavailable(error::NOT_A_MANAGER_INACTIVE);
-                }
-                state @ LocalState::Active(_) if !state.is_manager() => {
-                    return EngineError::unavailable(error::NOT_A_MANAGER_WORKER);
-                }
-                _ => {}
-            }
+        if status.code() == Code::FailedPrecondition
+            && let Some(refusal) = not_a_manager(&self.local_state().await)
+        {
+            return refusal;
         }
         EngineError::from_status(&status)
     }

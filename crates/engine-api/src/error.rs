@@ -32,6 +32,9 @@ pub const NOT_A_MANAGER_WORKER: &str = "This node is not a swarm manager. Worker
                                         used to view or modify cluster state. Please run this \
                                         command on a manager node or promote the current node \
                                         to a manager.";
+/// moby's text for a call on a locked manager (autolock).
+pub const LOCKED: &str = "Swarm is encrypted and needs to be unlocked before it can be used. \
+                          Please use \"docker swarm unlock\" to unlock it.";
 /// moby's text for a stale version (docker-py retries on its ending).
 pub const OUT_OF_SEQUENCE: &str = "rpc error: code = Unknown desc = update out of sequence";
 

@@ -215,7 +215,34 @@ async fn autolock_keeps_a_restarted_manager_locked_until_it_gets_the_key() {
     let old = support::cli::shoal_with_input(&c.socket, &["swarm", "unlock"], format!("{key}\n"))
         .failed();
     assert!(old.contains("invalid unlock key"), "{old}");
-    support::cli::shoal_with_input(&c.socket, &["swarm", "unlock"], format!("{rotated}\n")).ok();
+    // The Engine API says it as moby does: locked, 503 for other calls, 401 for a wrong key.
+    let engine = c.engine_socket_of("m1");
+    let info = support::engine::request(&engine, "GET", "/v1.50/info", None).json();
+    assert_eq!(info["Swarm"]["LocalNodeState"], "locked", "{info}");
+    let swarm = support::engine::request(&engine, "GET", "/v1.50/swarm", None);
+    assert_eq!(swarm.status, 503);
+    assert!(
+        swarm.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Swarm is encrypted and needs to be unlocked"),
+        "{}",
+        swarm.json()
+    );
+    let wrong = support::engine::request(
+        &engine,
+        "POST",
+        "/v1.50/swarm/unlock",
+        Some(&format!(r#"{{"UnlockKey":"{key}"}}"#)),
+    );
+    assert_eq!(wrong.status, 401, "{}", wrong.json());
+    let right = support::engine::request(
+        &engine,
+        "POST",
+        "/v1.50/swarm/unlock",
+        Some(&format!(r#"{{"UnlockKey":"{rotated}"}}"#)),
+    );
+    assert_eq!(right.status, 200, "{}", right.json());
     c.wait("m1 to serve again", &[], |c| {
         c.shoal(&["service", "ls"]).code.eq(&Some(0)).then_some(())
     });

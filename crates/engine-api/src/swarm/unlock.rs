@@ -75,5 +75,13 @@ mod tests {
         });
         assert!(locked.is_locked());
         assert!(!locked.is_manager());
+        // Every other call on a locked manager gets moby's text.
+        let e = crate::backend::not_a_manager(&locked).unwrap();
+        assert_eq!((e.status, e.message.as_str()), (503, error::LOCKED));
+        assert!(crate::backend::not_a_manager(&manager).is_none());
+        assert_eq!(
+            crate::backend::not_a_manager(&worker).unwrap().message,
+            error::NOT_A_MANAGER_WORKER
+        );
     }
 }
