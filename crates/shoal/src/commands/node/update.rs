@@ -96,6 +96,15 @@ impl Changes {
     }
 }
 
+/// How many times a write refused for a stale version is made again from a fresh read.
+const STALE_RETRIES: u32 = 5;
+
+/// Whether the manager refused the write because the node changed since it was read.
+fn is_stale(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::FailedPrecondition
+        && status.message().starts_with("update out of sequence")
+}
+
 pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
     let changes = Changes {
         availability: args.availability,
@@ -105,20 +114,27 @@ pub fn run(socket: Option<PathBuf>, args: Args) -> Result<(), String> {
     };
     let name = args.node;
     client::run(socket, async |c| {
-        let nodes = c.nodes().await?;
-        let node = RESOLVER.resolve(&nodes, &name)?;
-        let mut spec = node.spec.clone().unwrap_or_default();
-        changes.apply(&mut spec)?;
-        let request = UpdateNodeRequest {
-            node_id: id(node).to_string(),
-            node_version: version(node),
-            spec: Some(spec),
-        };
-        c.control()
-            .update_node(request)
-            .await
-            .map_err(|s| c.error("UpdateNode", &s))?;
-        Ok(())
+        // The changes are a delta on the spec: when the node's object changed between the
+        // read and the write (its own status or description, reported by its agent), they are
+        // applied again to a fresh read instead of failing. Bounded.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let nodes = c.nodes().await?;
+            let node = RESOLVER.resolve(&nodes, &name)?;
+            let mut spec = node.spec.clone().unwrap_or_default();
+            changes.apply(&mut spec)?;
+            let request = UpdateNodeRequest {
+                node_id: id(node).to_string(),
+                node_version: version(node),
+                spec: Some(spec),
+            };
+            match c.control().update_node(request).await {
+                Ok(_) => return Ok(()),
+                Err(s) if attempts < STALE_RETRIES && is_stale(&s) => continue,
+                Err(s) => return Err(c.error("UpdateNode", &s)),
+            }
+        }
     })?;
     // As docker does: the node, as it was named.
     output::print(&format!("{name}\n"))
