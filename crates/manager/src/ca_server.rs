@@ -121,6 +121,19 @@ pub struct CaServer {
     authorizer: Authorizer,
 }
 
+/// How many times an issuance that conflicted with another write of the cluster object (a
+/// removal's revocation entry, a rotation, a setting) is signed and written again. Node
+/// removals in a burst each rewrite the cluster object, so a join among them may conflict a
+/// few times in a row.
+const CONFLICT_RETRIES: u32 = 10;
+
+/// A short, growing, jittered pause before trying a conflicted issuance again, so that
+/// writers that conflicted together do not collide again.
+async fn conflict_pause(attempt: u32) {
+    let millis = rand::random_range(5..=20) * u64::from(attempt);
+    tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+}
+
 impl CaServer {
     pub fn new(store: Store, raft: RaftHandle, authorizer: Authorizer) -> Self {
         Self {
@@ -272,8 +285,12 @@ impl CaServer {
                 .await;
             match written {
                 Ok(_) => break,
-                Err(e) if attempts < 3 && e.class() == shoal_store::ErrorClass::Conflict => {
+                Err(e)
+                    if attempts < CONFLICT_RETRIES
+                        && e.class() == shoal_store::ErrorClass::Conflict =>
+                {
                     attempts += 1;
+                    conflict_pause(attempts).await;
                     cluster = self.cluster()?;
                 }
                 Err(e) => return Err(store_status(e)),
@@ -421,8 +438,12 @@ impl NodeCa for CaServer {
                 Ok(()) => break,
                 // The cluster changed meanwhile (a rotation, a token or a setting): check the
                 // token and sign again with what the cluster says now.
-                Err(e) if attempts < 3 && e.class() == shoal_store::ErrorClass::Conflict => {
+                Err(e)
+                    if attempts < CONFLICT_RETRIES
+                        && e.class() == shoal_store::ErrorClass::Conflict =>
+                {
                     attempts += 1;
+                    conflict_pause(attempts).await;
                     cluster = self.cluster()?;
                     role = Self::role_for(&cluster, &request.token)?;
                 }
